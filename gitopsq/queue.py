@@ -1,0 +1,159 @@
+"""Admission decisions for gitopsq's priority queue.
+
+Pure functions only: the controller passes in the clock (`now`), the free
+capacity and any jitter, and applies the returned decision itself. That keeps
+every scheduling rule testable without a database, a provider or a sleep.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+NO_CAPACITY = "no-capacity"
+RETRY_LIMIT_EXCEEDED = "retry-limit-exceeded"
+
+# Cloud backoff after a provider capacity error, indexed by attempts - 1;
+# the last value is the cap for every later attempt.
+BACKOFF_SCHEDULE_S: tuple[float, ...] = (15.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A submission waiting for capacity, as the controller last recorded it."""
+
+    submission_id: int
+    run: str
+    priority: int
+    queued_at: float
+    demand: Mapping[str, int]
+    retry_on_no_capacity: bool
+    deadline: float | None = None  # retry window end; None = forever / not yet waiting
+    next_try_at: float | None = None  # cloud backoff
+    last_attempt_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    launch: tuple[int, ...]  # submission ids, in queue order
+    fail: tuple[tuple[int, str], ...]  # (submission id, reason), in queue order
+    wait: tuple[int, ...]  # still waiting, in queue order
+    next_check_at: float | None
+
+
+def _order_key(w: Waiting) -> tuple[int, float, int]:
+    # queued_at is when the run *first* entered the queue, so a run that goes
+    # back to waiting keeps its place instead of starting over at the end.
+    return (-w.priority, w.queued_at, w.submission_id)
+
+
+def queue_order(waiting: Iterable[Waiting]) -> list[Waiting]:
+    """Priority descending, then earliest queued_at, then submission id."""
+    return sorted(waiting, key=_order_key)
+
+
+def fits(demand: Mapping[str, int], free: Mapping[str, int]) -> bool:
+    """True when every demanded amount is available; unknown resources are unlimited."""
+    return all(amount <= free[name] for name, amount in demand.items() if name in free)
+
+
+def _in_backoff(w: Waiting, now: float, capacity_freed_at: float | None) -> bool:
+    if w.next_try_at is None or w.next_try_at <= now:
+        return False
+    # Freed capacity wakes a backed-off run at once: otherwise a long-waiting
+    # run whose backoff grew could be overtaken by newer, lower-priority runs.
+    if capacity_freed_at is not None and (
+        w.last_attempt_at is None or capacity_freed_at > w.last_attempt_at
+    ):
+        return False
+    return True
+
+
+def admit(
+    waiting: Iterable[Waiting],
+    capacity: Mapping[str, int],
+    now: float,
+    capacity_freed_at: float | None = None,
+) -> Decision:
+    """Decide which waiting submissions launch, fail or keep waiting right now.
+
+    Best effort: a submission that does not fit is passed over, and smaller
+    ones behind it may still launch with the capacity that is left.
+    """
+    ordered = queue_order(waiting)
+    ids = [w.submission_id for w in ordered]
+    if len(ids) != len(set(ids)):
+        raise ValueError("duplicate submission ids in the queue")
+
+    free = dict(capacity)
+    launch: list[int] = []
+    fail: list[tuple[int, str]] = []
+    still_waiting: list[Waiting] = []
+
+    for w in ordered:
+        # Deadline first: once the retry window is over the run fails even if
+        # it would fit now, so the outcome does not depend on timing luck.
+        if w.deadline is not None and now >= w.deadline:
+            fail.append((w.submission_id, RETRY_LIMIT_EXCEEDED))
+        elif _in_backoff(w, now, capacity_freed_at):
+            # Skipped entirely: it consumes no capacity this round.
+            still_waiting.append(w)
+        elif fits(w.demand, free):
+            for name, amount in w.demand.items():
+                if name in free:
+                    free[name] -= amount
+            launch.append(w.submission_id)
+        elif not w.retry_on_no_capacity:
+            fail.append((w.submission_id, NO_CAPACITY))
+        else:
+            still_waiting.append(w)
+
+    return Decision(
+        launch=tuple(launch),
+        fail=tuple(fail),
+        wait=tuple(w.submission_id for w in still_waiting),
+        next_check_at=_next_check_at(still_waiting, now),
+    )
+
+
+def _next_check_at(still_waiting: Iterable[Waiting], now: float) -> float | None:
+    # Only deadlines and backoff expiries change a decision on their own;
+    # anything else (a run finishing, a new commit) is an external event.
+    times = [
+        t
+        for w in still_waiting
+        for t in (w.deadline, w.next_try_at)
+        if t is not None and t > now
+    ]
+    return min(times, default=None)
+
+
+def backoff_delay(attempts: int, jitter: float) -> float:
+    """Seconds to wait after the `attempts`-th provider capacity error.
+
+    `jitter` in [0, 1) comes from the caller's RNG and spreads the delay by
+    +-10% so that runs refused together do not all retry in the same second.
+    """
+    if attempts < 1:
+        raise ValueError("attempts must be >= 1")
+    if not 0.0 <= jitter < 1.0:
+        raise ValueError("jitter must be in [0, 1)")
+    base = BACKOFF_SCHEDULE_S[min(attempts, len(BACKOFF_SCHEDULE_S)) - 1]
+    return base * (0.9 + 0.2 * jitter)
+
+
+def retry_after_end(
+    event: str,
+    on_events: Iterable[str] | None,
+    duration_s: float | None,
+    window_start: float,
+    now: float,
+) -> bool:
+    """Whether a run that ended with `event` goes back to the queue.
+
+    `window_start` is when the retry window opened (first time the run waited,
+    or last time it was running); `duration_s` None means retry forever.
+    """
+    if not on_events or event not in on_events:
+        return False
+    return duration_s is None or now - window_start < duration_s
