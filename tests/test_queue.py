@@ -1,0 +1,352 @@
+"""Tests for gitopsq.queue: one table per rule, then properties over random queues."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gitopsq.queue import (
+    NO_CAPACITY,
+    RETRY_LIMIT_EXCEEDED,
+    Decision,
+    Waiting,
+    admit,
+    backoff_delay,
+    fits,
+    queue_order,
+    retry_after_end,
+)
+
+NOW = 1000.0
+
+
+def w(sid, priority=50, queued_at=0.0, demand=None, retry=True, **kw):
+    return Waiting(
+        submission_id=sid,
+        run=f"run-{sid}",
+        priority=priority,
+        queued_at=queued_at,
+        demand={"slots": 1} if demand is None else demand,
+        retry_on_no_capacity=retry,
+        **kw,
+    )
+
+
+# --- queue order -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "items, expected",
+    [
+        # priority descending
+        ([w(1, priority=10), w(2, priority=90), w(3, priority=50)], [2, 3, 1]),
+        # same priority: earlier queued_at first
+        ([w(1, queued_at=30), w(2, queued_at=10), w(3, queued_at=20)], [2, 3, 1]),
+        # priority beats queued_at
+        ([w(1, priority=0, queued_at=0), w(2, priority=100, queued_at=99)], [2, 1]),
+        # full tie: submission id
+        ([w(7), w(3), w(5)], [3, 5, 7]),
+    ],
+)
+def test_queue_order(items, expected):
+    assert [x.submission_id for x in queue_order(items)] == expected
+
+
+def test_launch_follows_queue_order():
+    d = admit([w(1, priority=10), w(2, priority=90)], {"slots": 1}, NOW)
+    assert d == Decision(launch=(2,), fail=(), wait=(1,), next_check_at=None)
+
+
+# --- capacity and best effort --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "demand, free, expected",
+    [
+        ({"slots": 1, "gpus": 2}, {"slots": 1, "gpus": 2}, True),
+        ({"slots": 1, "gpus": 2}, {"slots": 1, "gpus": 1}, False),
+        ({"slots": 1, "gpus": 0}, {"slots": 1, "gpus": 0}, True),
+        ({"nodes": 1}, {"slots": 0}, True),  # resource not capped -> unlimited
+        ({"nodes": 3}, {"nodes": 2}, False),
+        ({}, {"slots": 0}, True),
+    ],
+)
+def test_fits(demand, free, expected):
+    assert fits(demand, free) is expected
+
+
+def test_big_run_does_not_block_smaller_runs_behind_it():
+    big = w(1, priority=90, demand={"slots": 1, "gpus": 4})
+    small = w(2, priority=50, demand={"slots": 1, "gpus": 1})
+    smaller = w(3, priority=10, demand={"slots": 1, "gpus": 0})
+    d = admit([small, big, smaller], {"slots": 2, "gpus": 2}, NOW)
+    assert d.launch == (2, 3)
+    assert d.wait == (1,)
+    assert d.fail == ()
+
+
+def test_admitting_subtracts_demand_for_the_rest_of_the_decision():
+    runs = [w(i, queued_at=i, demand={"nodes": 1}) for i in range(1, 5)]
+    d = admit(runs, {"nodes": 2}, NOW)
+    assert d.launch == (1, 2)
+    assert d.wait == (3, 4)
+
+
+def test_missing_resource_is_unlimited():
+    runs = [w(i, demand={"nodes": 1}) for i in range(1, 4)]
+    d = admit(runs, {}, NOW)
+    assert d.launch == (1, 2, 3)
+
+
+# --- no retry / deadlines ----------------------------------------------------------
+
+
+def test_no_retry_policy_fails_with_no_capacity_at_once():
+    d = admit([w(1), w(2, retry=False), w(3)], {"slots": 1}, NOW)
+    assert d.launch == (1,)
+    assert d.fail == ((2, NO_CAPACITY),)
+    assert d.wait == (3,)
+
+
+def test_no_retry_policy_launches_when_it_fits():
+    d = admit([w(1, retry=False)], {"slots": 1}, NOW)
+    assert d.launch == (1,) and d.fail == ()
+
+
+@pytest.mark.parametrize(
+    "deadline, free, expected",
+    [
+        # deadline passed: fails whether or not it fits
+        (NOW - 1, 0, "fail"),
+        (NOW - 1, 1, "fail"),
+        (NOW, 1, "fail"),  # now >= deadline counts as passed
+        # deadline ahead: launches if it fits, otherwise keeps waiting
+        (NOW + 1, 1, "launch"),
+        (NOW + 1, 0, "wait"),
+        # forever
+        (None, 0, "wait"),
+        (None, 1, "launch"),
+    ],
+)
+def test_deadline(deadline, free, expected):
+    d = admit([w(1, deadline=deadline)], {"slots": free}, NOW)
+    outcome = {
+        "fail": Decision((), ((1, RETRY_LIMIT_EXCEEDED),), (), None),
+        "launch": Decision((1,), (), (), None),
+        "wait": Decision((), (), (1,), deadline),
+    }[expected]
+    assert d == outcome
+
+
+def test_expired_run_frees_its_place_for_the_next():
+    d = admit([w(1, priority=90, deadline=NOW - 5), w(2, priority=10)], {"slots": 1}, NOW)
+    assert d.fail == ((1, RETRY_LIMIT_EXCEEDED),)
+    assert d.launch == (2,)
+
+
+def test_duration_forever_waits_for_any_time():
+    d = admit([w(1, queued_at=0.0, deadline=None)], {"slots": 0}, 1e12)
+    assert d.wait == (1,) and d.fail == () and d.next_check_at is None
+
+
+# --- cloud backoff -----------------------------------------------------------------
+
+
+def test_backoff_skips_and_does_not_consume_capacity():
+    backed_off = w(1, priority=90, next_try_at=NOW + 30, last_attempt_at=NOW - 15)
+    other = w(2, priority=10)
+    d = admit([backed_off, other], {"nodes": 1}, NOW)
+    assert d == Decision(launch=(2,), fail=(), wait=(1,), next_check_at=NOW + 30)
+
+
+def test_backoff_expired_is_tried_again():
+    d = admit([w(1, next_try_at=NOW, last_attempt_at=NOW - 15)], {"slots": 1}, NOW)
+    assert d.launch == (1,)
+
+
+@pytest.mark.parametrize(
+    "freed_at, expected_launch",
+    [
+        (NOW - 5, (1,)),  # freed after the last attempt: wakes it, keeps its priority
+        (NOW - 15, (2,)),  # freed exactly at the last attempt: not newer
+        (NOW - 20, (2,)),  # freed before the last attempt: still backed off
+        (None, (2,)),
+    ],
+)
+def test_capacity_freed_overrides_backoff(freed_at, expected_launch):
+    backed_off = w(1, priority=90, next_try_at=NOW + 600, last_attempt_at=NOW - 15)
+    newer = w(2, priority=10, queued_at=NOW - 1)
+    d = admit([newer, backed_off], {"slots": 1}, NOW, capacity_freed_at=freed_at)
+    assert d.launch == expected_launch
+
+
+def test_backoff_does_not_bypass_deadline():
+    d = admit([w(1, deadline=NOW, next_try_at=NOW + 60)], {"slots": 1}, NOW)
+    assert d.fail == ((1, RETRY_LIMIT_EXCEEDED),)
+
+
+# --- next_check_at -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "items, free, expected",
+    [
+        ([], 1, None),
+        ([w(1)], 1, None),  # launched: nothing pending
+        ([w(1)], 0, None),  # waits forever: no timed event
+        ([w(1, deadline=NOW + 50), w(2, deadline=NOW + 20)], 0, NOW + 20),
+        ([w(1, deadline=NOW + 50, next_try_at=NOW + 10)], 0, NOW + 10),
+        # a past next_try_at is not a future check
+        ([w(1, deadline=NOW + 50, next_try_at=NOW - 10)], 0, NOW + 50),
+        # the launched run's deadline does not count
+        ([w(1, priority=90, deadline=NOW + 5), w(2, deadline=NOW + 40)], 1, NOW + 40),
+        # failed runs do not count
+        ([w(1, deadline=NOW - 1, next_try_at=NOW + 5)], 0, None),
+    ],
+)
+def test_next_check_at(items, free, expected):
+    assert admit(items, {"slots": free}, NOW).next_check_at == expected
+
+
+def test_duplicate_ids_are_rejected():
+    with pytest.raises(ValueError):
+        admit([w(1), w(1)], {"slots": 1}, NOW)
+
+
+# --- backoff_delay -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "attempts, base",
+    [(1, 15), (2, 30), (3, 60), (4, 120), (5, 300), (6, 600), (7, 600), (100, 600)],
+)
+def test_backoff_schedule(attempts, base):
+    assert backoff_delay(attempts, 0.5) == pytest.approx(base)
+    assert backoff_delay(attempts, 0.0) == pytest.approx(base * 0.9)
+
+
+@given(attempts=st.integers(1, 50), jitter=st.floats(0.0, 1.0, exclude_max=True))
+def test_backoff_jitter_bounds(attempts, jitter):
+    base = [15, 30, 60, 120, 300, 600][min(attempts, 6) - 1]
+    # Inclusive upper bound: jitter just below 1 can round up to exactly +10%.
+    assert base * 0.9 <= backoff_delay(attempts, jitter) <= base * 1.1
+
+
+@pytest.mark.parametrize("attempts, jitter", [(0, 0.5), (-1, 0.5), (1, 1.0), (1, -0.1)])
+def test_backoff_rejects_bad_input(attempts, jitter):
+    with pytest.raises(ValueError):
+        backoff_delay(attempts, jitter)
+
+
+# --- retry_after_end ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "event, on_events, duration_s, window_start, now, expected",
+    [
+        ("interruption", ("interruption",), 3600, 0, 100, True),
+        ("error", ("interruption",), 3600, 0, 100, False),
+        ("error", ("interruption", "error"), 3600, 0, 100, True),
+        ("no-capacity", ("no-capacity",), 60, 0, 59.9, True),
+        ("interruption", ("interruption",), 3600, 0, 3600, False),  # window closed
+        ("interruption", ("interruption",), 3600, 500, 3700, True),  # window reopened
+        ("interruption", ("interruption",), None, 0, 1e12, True),  # forever
+        ("interruption", (), None, 0, 1, False),
+        ("interruption", None, None, 0, 1, False),
+    ],
+)
+def test_retry_after_end(event, on_events, duration_s, window_start, now, expected):
+    assert retry_after_end(event, on_events, duration_s, window_start, now) is expected
+
+
+# --- properties ----------------------------------------------------------------------
+
+RESOURCES = ("slots", "gpus", "nodes")
+demands = st.dictionaries(st.sampled_from(RESOURCES), st.integers(0, 4), max_size=3)
+capacities = st.dictionaries(st.sampled_from(RESOURCES), st.integers(0, 6), max_size=3)
+maybe_time = st.one_of(st.none(), st.floats(NOW - 100, NOW + 100))
+
+
+@st.composite
+def queues(draw, demand=demands):
+    n = draw(st.integers(0, 12))
+    ids = draw(st.lists(st.integers(1, 10_000), min_size=n, max_size=n, unique=True))
+    return [
+        Waiting(
+            submission_id=sid,
+            run=f"run-{sid}",
+            priority=draw(st.integers(0, 100)),
+            queued_at=draw(st.floats(0, NOW)),
+            demand=draw(demand),
+            retry_on_no_capacity=draw(st.booleans()),
+            deadline=draw(maybe_time),
+            next_try_at=draw(maybe_time),
+            last_attempt_at=draw(maybe_time),
+        )
+        for sid in ids
+    ]
+
+
+def _used(items, ids, resource):
+    return sum(x.demand.get(resource, 0) for x in items if x.submission_id in ids)
+
+
+@settings(max_examples=300)
+@given(items=queues(), capacity=capacities, freed_at=maybe_time)
+def test_every_id_appears_exactly_once(items, capacity, freed_at):
+    d = admit(items, capacity, NOW, freed_at)
+    out = list(d.launch) + [sid for sid, _ in d.fail] + list(d.wait)
+    assert sorted(out) == sorted(x.submission_id for x in items)
+    assert {reason for _, reason in d.fail} <= {NO_CAPACITY, RETRY_LIMIT_EXCEEDED}
+
+
+@settings(max_examples=300)
+@given(items=queues(), capacity=capacities, freed_at=maybe_time)
+def test_launched_demand_never_exceeds_capacity(items, capacity, freed_at):
+    d = admit(items, capacity, NOW, freed_at)
+    for resource, free in capacity.items():
+        assert _used(items, set(d.launch), resource) <= free
+
+
+@settings(max_examples=300)
+@given(items=queues(), capacity=capacities, freed_at=maybe_time)
+def test_no_skipped_run_would_have_fit(items, capacity, freed_at):
+    # Every run passed over for lack of capacity really did not fit in what was
+    # left after the runs launched ahead of it in queue order.
+    d = admit(items, capacity, NOW, freed_at)
+    ordered = queue_order(items)
+    launched = set(d.launch)
+    no_capacity = {sid for sid, r in d.fail if r == NO_CAPACITY}
+    for i, x in enumerate(ordered):
+        backed_off = (
+            x.next_try_at is not None
+            and x.next_try_at > NOW
+            and not (
+                freed_at is not None
+                and (x.last_attempt_at is None or freed_at > x.last_attempt_at)
+            )
+        )
+        passed_over = x.submission_id in no_capacity or (
+            x.submission_id in d.wait and not backed_off
+        )
+        if not passed_over:
+            continue
+        ahead = {y.submission_id for y in ordered[:i]} & launched
+        left = {r: f - _used(items, ahead, r) for r, f in capacity.items()}
+        assert not fits(x.demand, left)
+    assert list(d.launch) == [y.submission_id for y in ordered if y.submission_id in launched]
+    assert list(d.wait) == [y.submission_id for y in ordered if y.submission_id in d.wait]
+
+
+@settings(max_examples=300)
+@given(items=queues(demand=st.just({"slots": 1})))
+def test_one_slot_launches_first_not_failed(items):
+    # No backoff here, so the only way to be skipped is to fail or not fit.
+    items = [
+        Waiting(**{**x.__dict__, "next_try_at": None, "last_attempt_at": None}) for x in items
+    ]
+    d = admit(items, {"slots": 1}, NOW)
+    failed = {sid for sid, _ in d.fail}
+    remaining = [x.submission_id for x in queue_order(items) if x.submission_id not in failed]
+    assert list(d.launch) == remaining[:1]
