@@ -1,0 +1,70 @@
+"""The config repository's own settings: `.gitopsq.yml` (which paths hold runs, repo-wide defaults)."""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from gitopsq.yamlload import Problem, SpecError, load_yaml
+
+CONFIG_FILE = ".gitopsq.yml"
+DEFAULT_PATHS = ("**/*.yml", "**/*.yaml")
+
+
+@functools.cache
+def _glob_regex(pattern: str) -> re.Pattern:
+    """A path glob as git users write it: `*` stays in one folder, `**/` spans any folders."""
+    out, i = "", 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif pattern[i] == "*":
+            out, i = out + "[^/]*", i + 1
+        elif pattern[i] == "?":
+            out, i = out + "[^/]", i + 1
+        else:
+            out, i = out + re.escape(pattern[i]), i + 1
+    return re.compile(out + r"\Z")
+
+
+@dataclass(frozen=True)
+class RepoConfig:
+    paths: tuple[str, ...] = DEFAULT_PATHS
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+    def is_run_path(self, path: str) -> bool:
+        """True for files that hold runs: they match `paths`, and are not in a dot-folder."""
+        if path == CONFIG_FILE or any(part.startswith(".") for part in path.split("/")):
+            return False
+        return any(_glob_regex(p).match(path) for p in self.paths)
+
+
+def parse_config(raw: bytes | None, file: str = CONFIG_FILE) -> RepoConfig:
+    """Read `.gitopsq.yml`; a missing file means the defaults. Raises SpecError."""
+    if raw is None:
+        return RepoConfig()
+    loaded = load_yaml(raw, file)
+    data = loaded.data
+    if data is None:
+        return RepoConfig()
+    if not isinstance(data, dict):
+        raise SpecError([Problem(file, 1, "", "expected a mapping with paths and defaults")])
+    problems = []
+    for key in data:
+        if key not in ("paths", "defaults"):
+            problems.append(Problem(file, loaded.line_of((key,)), key, "unknown field (use paths or defaults)"))
+    paths = data.get("paths", list(DEFAULT_PATHS))
+    if not isinstance(paths, list) or not paths or not all(isinstance(p, str) and p for p in paths):
+        problems.append(Problem(file, loaded.line_of(("paths",)), "paths", "expected a non-empty list of globs such as runs/**/*.yml"))
+    defaults = data.get("defaults", {})
+    if not isinstance(defaults, dict):
+        problems.append(Problem(file, loaded.line_of(("defaults",)), "defaults", "expected a mapping of run fields"))
+    elif "name" in defaults or "type" in defaults:
+        problems.append(Problem(file, loaded.line_of(("defaults",)), "defaults", "name and type cannot have defaults"))
+    if problems:
+        raise SpecError(problems)
+    return RepoConfig(tuple(paths), defaults)

@@ -1,0 +1,86 @@
+"""Run files on disk (a checkout, or files named on the command line), for `gitopsq validate`."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gitopsq.config import CONFIG_FILE, RepoConfig, parse_config
+from gitopsq.yamlload import MAX_FILE_BYTES, Problem, SpecError
+
+
+@dataclass
+class Collected:
+    files: dict[str, bytes] = field(default_factory=dict)  # display path -> content
+    configs: dict[str, RepoConfig] = field(default_factory=dict)  # display path -> its repo's config
+    problems: list[Problem] = field(default_factory=list)
+
+
+def find_root(path: Path) -> Path:
+    """The config repo a file belongs to: the nearest parent holding .gitopsq.yml or .git."""
+    for parent in [path, *path.parents]:
+        if (parent / CONFIG_FILE).exists() or (parent / ".git").exists():
+            return parent
+    return path if path.is_dir() else path.parent
+
+
+def _read(path: Path) -> bytes:
+    # Read one byte past the limit so the parser can report an oversized file without loading it all.
+    with open(path, "rb") as handle:
+        return handle.read(MAX_FILE_BYTES + 1)
+
+
+def _config_of(root: Path, display: str, out: Collected, cache: dict[Path, RepoConfig]) -> RepoConfig:
+    if root not in cache:
+        config_path = root / CONFIG_FILE
+        try:
+            cache[root] = parse_config(config_path.read_bytes() if config_path.exists() else None, _display(config_path, display))
+        except SpecError as exc:
+            out.problems.extend(exc.problems)
+            cache[root] = RepoConfig()
+    return cache[root]
+
+
+def _display(path: Path, _hint: str = "") -> str:
+    try:
+        return os.path.relpath(path)
+    except ValueError:
+        return str(path)
+
+
+def collect(paths: list[str]) -> Collected:
+    """Files named directly are run files; folders contribute what their config's `paths` select."""
+    out = Collected()
+    cache: dict[Path, RepoConfig] = {}
+    for given in paths:
+        path = Path(given)
+        if not path.exists():
+            out.problems.append(Problem(given, None, "", "no such file or folder"))
+            continue
+        if path.is_file():
+            config = _config_of(find_root(path.resolve()), given, out, cache)
+            _add(out, path, given, config)
+            continue
+        root = find_root(path.resolve())
+        config = _config_of(root, given, out, cache)
+        for dirpath, dirnames, filenames in os.walk(path):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                full = Path(dirpath) / name
+                relative = full.resolve().relative_to(root).as_posix() if not full.is_symlink() else os.path.relpath(full, root)
+                if config.is_run_path(relative):
+                    _add(out, full, _display(full), config)
+    return out
+
+
+def _add(out: Collected, path: Path, display: str, config: RepoConfig) -> None:
+    if path.is_symlink():
+        out.problems.append(Problem(display, None, "", "is a symlink; run files must be regular files"))
+        return
+    try:
+        out.files[display] = _read(path)
+    except OSError as exc:
+        out.problems.append(Problem(display, None, "", f"cannot read: {exc.strerror}"))
+        return
+    out.configs[display] = config

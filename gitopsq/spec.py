@@ -1,0 +1,454 @@
+"""Load, validate and normalise one run file into an immutable RunSpec.
+
+`schemas/run.schema.json` is the single source of the format; this module validates against
+it with one reused validator and turns its errors into `file:line: field: message` problems
+that say what would be accepted. Normalising parses durations, sizes and GPU specs into
+numbers so that the planner and providers never look at strings again.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+from gitopsq.resources import schema_path
+from gitopsq.yamlload import Loaded, Problem, SpecError, field_name, load_yaml
+
+RETRY_EVENTS = ("no-capacity", "interruption", "error")
+DEFAULT_RETRY_DURATION = 3600
+IN_PLACE_FIELDS = ("priority", "inactivity_duration", "max_duration", "retry")
+RUN_TYPES = ("task", "service", "dev-environment")
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,40}$")
+
+__all__ = ["Problem", "SpecError", "RunSpec", "Retry", "Resources", "Gpu", "Range", "parse_run", "load_schema"]
+
+
+# --- the schema and its one validator -------------------------------------------------------
+
+
+@functools.cache
+def load_schema() -> dict:
+    return json.loads(schema_path().read_text("utf-8"))
+
+
+@functools.cache
+def _validator():
+    # Imported here: jsonschema costs ~100 ms to import and `gitopsq --help` should not pay it.
+    import jsonschema
+
+    schema = load_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+@functools.cache
+def allowed_fields(run_type: str) -> frozenset[str]:
+    """Top-level fields the schema knows for a run type (supported, unsupported or forbidden)."""
+    schema = load_schema()
+    names = set(schema["properties"])
+    for branch in schema["allOf"]:
+        if branch["if"]["properties"]["type"]["const"] == run_type:
+            names |= set(branch["then"]["properties"])
+    return frozenset(names)
+
+
+# --- turning schema errors into problems -----------------------------------------------------
+
+_JSON_TYPE = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "an integer", float: "a number", type(None): "null"}
+_EXPECTED = {"object": "a mapping", "array": "a list", "string": "a string", "integer": "an integer", "number": "a number", "boolean": "true or false"}
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _type_name(value: Any) -> str:
+    return _JSON_TYPE.get(type(value), type(value).__name__)
+
+
+def _message(error, fallback: str | None = None) -> str:
+    """A sentence for one jsonschema error, preferring the schema's own x-message."""
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    value = error.instance
+    if error.validator == "not" and "x-unsupported" in schema:
+        why = schema["x-unsupported"]
+        return "not supported by gitopsq yet" + (f" ({why})" if why else "")
+    custom = schema.get(f"x-message-{error.validator}") or schema.get("x-message")
+    if custom:
+        return custom.replace("{value}", _show(value))
+    if error.validator in ("pattern", "enum", "const", "minimum", "maximum") and fallback:
+        return fallback.replace("{value}", _show(value))
+    if error.validator == "type":
+        expected = error.validator_value
+        expected = [expected] if isinstance(expected, str) else expected
+        got = "nothing (is what belongs under it indented?)" if value is None else f"{_type_name(value)} {_show(value)}"
+        return f"expected {' or '.join(_EXPECTED.get(t, t) for t in expected)}, got {got}"
+    if error.validator == "enum":
+        return f"{_show(value)} is not one of: {', '.join(str(v) for v in error.validator_value)}"
+    if error.validator == "minItems":
+        return "must not be empty"
+    if error.validator == "uniqueItems":
+        return "lists an item twice"
+    if error.validator in ("minimum", "exclusiveMinimum"):
+        return f"{_show(value)} is too small (minimum {error.validator_value})"
+    if error.validator == "maximum":
+        return f"{_show(value)} is too large (maximum {error.validator_value})"
+    if error.validator == "minLength":
+        return "must not be empty"
+    if error.validator == "minProperties":
+        return "must not be an empty mapping"
+    if error.validator == "propertyNames":
+        return f"{_show(value)} is not a valid name"
+    return error.message
+
+
+def _explain(error, fallback: str | None = None) -> list[tuple[tuple, str]]:
+    """(path, message) pairs for one error, descending into anyOf when one branch is meant."""
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    if error.validator in ("anyOf", "oneOf") and error.context:
+        own = schema.get("x-message") or fallback
+        # The branches whose type matches the value are the ones the author meant; when there is
+        # exactly one, its specific errors beat a generic "not valid under any of the schemas".
+        by_branch: dict[int, list] = {}
+        for sub in error.context:
+            by_branch.setdefault(sub.schema_path[0], []).append(sub)
+        meant = [errs for errs in by_branch.values() if not any(e.validator == "type" and not e.relative_path for e in errs)]
+        if len(meant) == 1:
+            out = []
+            for sub in meant[0]:
+                out.extend(_explain(sub, own))
+            return out
+        if own:
+            return [(tuple(error.absolute_path), own.replace("{value}", _show(error.instance)))]
+    if error.validator == "required":
+        missing = [name for name in error.validator_value if isinstance(error.instance, dict) and name not in error.instance]
+        message = schema.get("x-message-required", "required field is missing")
+        return [(tuple(error.absolute_path) + (name,), message) for name in missing]
+    if error.validator in ("additionalProperties", "unevaluatedProperties"):
+        known = set(schema.get("properties", {}))
+        extra = [k for k in error.instance if k not in known] if isinstance(error.instance, dict) else []
+        return [(tuple(error.absolute_path) + (k,), _unknown(k, known)) for k in extra]
+    return [(tuple(error.absolute_path), _message(error, fallback))]
+
+
+def _unknown(name: str, known: set[str]) -> str:
+    close = difflib.get_close_matches(str(name), sorted(known), n=1)
+    return "unknown field" + (f" (did you mean {close[0]!r}?)" if close else "")
+
+
+def schema_problems(data: Any, loaded: Loaded, file: str) -> list[Problem]:
+    """Every problem of one document, ordered by line."""
+    if not isinstance(data, dict):
+        return [Problem(file, loaded.line_of(()), "", f"a run file is a mapping of fields, got {_type_name(data)}")]
+    found: list[tuple[tuple, str]] = []
+    type_ok = data.get("type") in RUN_TYPES
+    for error in _validator().iter_errors(data):
+        if error.validator == "unevaluatedProperties" and not error.absolute_path:
+            continue  # unknown top-level fields are reported below, once, with a suggestion
+        found.extend(_explain(error))
+    if type_ok:
+        allowed = allowed_fields(data["type"])
+        supported = {k for k in allowed if "x-unsupported" not in load_schema()["properties"].get(k, {})}
+        found.extend(((k,), _unknown(k, supported)) for k in data if k not in allowed)
+    problems = {(loaded.line_of(path) or 0, field_name(path), message) for path, message in found}
+    return [Problem(file, line or None, fld, msg) for line, fld, msg in sorted(problems)]
+
+
+# --- the normalised spec ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Range:
+    min: float | None = None
+    max: float | None = None
+
+    def contains(self, value: float) -> bool:
+        return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+
+
+@dataclass(frozen=True)
+class Gpu:
+    vendor: str | None = None
+    names: tuple[str, ...] = ()
+    memory: Range | None = None  # GB per GPU
+    total_memory: Range | None = None  # GB over all GPUs
+    count: Range = Range(1, 1)
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu: Range | None = None
+    memory: Range | None = None  # GB
+    gpu: Gpu | None = None
+    disk: Range | None = None  # GB
+    shm_size: float | None = None  # GB
+
+    @property
+    def gpu_count(self) -> int:
+        """GPUs the run needs at least (0 when it asks for none)."""
+        if self.gpu is None:
+            return 0
+        return int(self.gpu.count.min or 0)
+
+
+@dataclass(frozen=True)
+class Retry:
+    on_events: tuple[str, ...] = RETRY_EVENTS
+    duration: int | None = DEFAULT_RETRY_DURATION  # seconds; None retries forever
+
+    def covers(self, event: str) -> bool:
+        return event in self.on_events
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    name: str
+    type: str
+    commands: tuple[str, ...] = ()
+    init: tuple[str, ...] = ()
+    ide: str | None = None
+    port: int | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    image: str | None = None
+    python: str | None = None
+    shell: str = "bash"
+    resources: Resources = field(default_factory=Resources)
+    priority: int = 0
+    retry: Retry | None = None
+    max_duration: int | None = None
+    inactivity_duration: int | None = None
+    backends: tuple[str, ...] = ()
+    regions: tuple[str, ...] = ()
+    spot_policy: str | None = None
+    max_price: float | None = None
+
+    def to_dict(self) -> dict:
+        """A JSON-ready form, stable across runs: what is stored and diffed."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "RunSpec":
+        def rng(value):
+            return Range(**value) if value is not None else None
+
+        res = dict(data.get("resources") or {})
+        gpu = res.get("gpu")
+        if gpu is not None:
+            gpu = Gpu(vendor=gpu["vendor"], names=tuple(gpu["names"]), memory=rng(gpu["memory"]),
+                      total_memory=rng(gpu["total_memory"]), count=Range(**gpu["count"]))
+        resources = Resources(cpu=rng(res.get("cpu")), memory=rng(res.get("memory")), gpu=gpu,
+                              disk=rng(res.get("disk")), shm_size=res.get("shm_size"))
+        retry = data.get("retry")
+        if retry is not None:
+            retry = Retry(on_events=tuple(retry["on_events"]), duration=retry["duration"])
+        values = dict(data)
+        values.update(resources=resources, retry=retry, env=tuple(tuple(kv) for kv in data.get("env", ())))
+        for key in ("commands", "init", "backends", "regions"):
+            values[key] = tuple(data.get(key, ()))
+        return cls(**values)
+
+    def env_dict(self) -> dict[str, str]:
+        return dict(self.env)
+
+
+# --- parsing helpers (inputs already passed the schema) --------------------------------------
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_SIZE_UNITS = {"MB": 1 / 1024, "GB": 1.0, "TB": 1024.0}
+_SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([MGT]B)?\s*$")
+_GPU_VENDORS = {"nvidia", "amd", "google", "tpu", "intel"}
+
+
+def parse_duration(value: Any) -> int | None:
+    """Seconds, or None for off."""
+    if value is False or value == "off":
+        return None
+    if isinstance(value, int):
+        return value
+    return int(value[:-1]) * _DURATION_UNITS[value[-1]]
+
+
+def parse_size(value: Any) -> float:
+    """A size in GB; bare numbers are GB as in dstack."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    number, unit = _SIZE_RE.match(value).groups()
+    return float(number) * _SIZE_UNITS[unit or "GB"]
+
+
+def parse_range(value: Any, parse=parse_size) -> Range:
+    if isinstance(value, dict):
+        return Range(parse(value["min"]) if "min" in value else None, parse(value["max"]) if "max" in value else None)
+    if isinstance(value, str) and ".." in value:
+        low, high = (part.strip() for part in value.split("..", 1))
+        return Range(parse(low) if low else None, parse(high) if high else None)
+    single = parse(value)
+    return Range(single, single)
+
+
+def parse_count(value: Any) -> float:
+    return float(int(str(value).strip()))
+
+
+def parse_gpu(value: Any) -> Gpu:
+    """dstack's GPU grammar: [vendor:][names:][memory range:][count range], or a mapping."""
+    if isinstance(value, int):
+        return Gpu(count=Range(value, value))
+    if isinstance(value, dict):
+        names = value.get("name", ())
+        names = (names,) if isinstance(names, str) else tuple(names)
+        count = parse_range(value["count"], parse_count) if "count" in value else Range(1, 1)
+        memory = parse_range(value["memory"]) if "memory" in value else None
+        total = parse_range(value["total_memory"]) if "total_memory" in value else None
+        return Gpu(value.get("vendor"), names, memory, total, count)
+    vendor, names, memory, count = None, (), None, Range(1, 1)
+    for token in value.strip().split(":"):
+        if re.fullmatch(r"[0-9]+|[0-9]+\.\.[0-9]*|\.\.[0-9]+", token):
+            count = parse_range(token, parse_count)
+        elif re.search(r"[0-9][MGT]B", token):
+            memory = parse_range(token)
+        elif token.lower() in _GPU_VENDORS:
+            vendor = token.lower()
+        else:
+            names = tuple(token.split(","))
+    if vendor is None and names and all(re.match(r"v[0-9]", n) for n in names):
+        vendor = "google"  # TPU names such as v5litepod-8
+    return Gpu(vendor, names, memory, None, count)
+
+
+def _env(value: Any) -> tuple[tuple[str, str], ...]:
+    if isinstance(value, dict):
+        pairs = [(k, _scalar_text(v)) for k, v in value.items()]
+    else:
+        pairs = [tuple(item.split("=", 1)) for item in value or ()]
+    return tuple(pairs)
+
+
+def _scalar_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _retry(value: Any) -> Retry | None:
+    if value is None or value is False:
+        return None
+    if value is True:
+        return Retry()
+    duration = parse_duration(value["duration"]) if "duration" in value else DEFAULT_RETRY_DURATION
+    return Retry(tuple(value.get("on_events", RETRY_EVENTS)), duration)
+
+
+def _resources(value: Mapping | None) -> Resources:
+    value = value or {}
+    disk = value.get("disk")
+    if isinstance(disk, dict) and "size" in disk:
+        disk = disk["size"]
+    return Resources(
+        cpu=parse_range(value["cpu"], parse_count) if "cpu" in value else None,
+        memory=parse_range(value["memory"]) if "memory" in value else None,
+        gpu=parse_gpu(value["gpu"]) if "gpu" in value else None,
+        disk=parse_range(disk) if disk is not None else None,
+        shm_size=parse_size(value["shm_size"]) if "shm_size" in value else None,
+    )
+
+
+def _range_problems(res: Resources) -> list[tuple[tuple, str]]:
+    """Ranges the schema cannot see are backwards (min above max)."""
+    out = []
+    checks = {("resources", "cpu"): res.cpu, ("resources", "memory"): res.memory, ("resources", "disk"): res.disk}
+    if res.gpu:
+        checks[("resources", "gpu")] = res.gpu.count
+        checks[("resources", "gpu", "memory")] = res.gpu.memory
+    for path, rng in checks.items():
+        if rng and rng.min is not None and rng.max is not None and rng.min > rng.max:
+            out.append((path, f"range {rng.min:g}..{rng.max:g} is empty (the minimum is above the maximum)"))
+    return out
+
+
+# --- the entry point -------------------------------------------------------------------------
+
+
+def merge_defaults(defaults: Mapping, data: Mapping) -> dict:
+    """The file's own fields win; mappings merge key by key; lists and scalars replace."""
+    merged = dict(defaults)
+    for key, value in data.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_defaults(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_run(raw: bytes, file: str, defaults: Mapping | None = None, defaults_file: str = ".gitopsq.yml") -> RunSpec:
+    """Parse one run file into a RunSpec, or raise SpecError with every problem found.
+
+    Never raises anything else, whatever the bytes: that is a tested property.
+    """
+    try:
+        return _parse_run(raw, file, defaults or {}, defaults_file)
+    except SpecError:
+        raise
+    except Exception as exc:  # a bug of ours must still reach the user as a message on the file
+        raise SpecError([Problem(file, None, "", f"internal error while reading this file: {type(exc).__name__}: {exc}")]) from exc
+
+
+def _parse_run(raw: bytes, file: str, defaults: Mapping, defaults_file: str) -> RunSpec:
+    loaded = load_yaml(raw, file)
+    data = loaded.data
+    if isinstance(data, dict) and defaults:
+        data = merge_defaults(defaults, data)
+    problems = schema_problems(data, loaded, file)
+    if defaults and isinstance(loaded.data, dict):
+        # A problem in a field the file did not write comes from the repo-wide defaults.
+        problems = [
+            Problem(defaults_file, None, p.field, p.message) if p.field and p.field.split(".")[0].split("[")[0] not in loaded.data else p
+            for p in problems
+        ]
+    if problems:
+        raise SpecError(problems)
+
+    name = data.get("name")
+    if name is None:
+        stem = file.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        if not NAME_RE.match(stem):
+            raise SpecError([Problem(file, 1, "name", f"no name given and the file name {stem!r} is not a run name; add name: (lower-case letters, digits and '-')")])
+        name = stem
+    resources = _resources(data.get("resources"))
+    range_errors = _range_problems(resources)
+    if range_errors:
+        raise SpecError([Problem(file, loaded.line_of(path), field_name(path), msg) for path, msg in range_errors])
+    python = data.get("python")
+    return RunSpec(
+        name=name,
+        type=data["type"],
+        commands=tuple(data.get("commands", ())),
+        init=tuple(data.get("init", ())),
+        ide=data.get("ide"),
+        port=data.get("port"),
+        env=_env(data.get("env")),
+        image=data.get("image"),
+        python=str(python) if python is not None else None,
+        shell=data.get("shell", "bash"),
+        resources=resources,
+        priority=data.get("priority", 0),
+        retry=_retry(data.get("retry")),
+        max_duration=parse_duration(data["max_duration"]) if "max_duration" in data else None,
+        inactivity_duration=parse_duration(data["inactivity_duration"]) if "inactivity_duration" in data else None,
+        backends=tuple(data.get("backends", ())),
+        regions=tuple(data.get("regions", ())),
+        spot_policy=data.get("spot_policy"),
+        max_price=data.get("max_price"),
+    )
+
+
+def changed_fields(old: RunSpec | None, new: RunSpec) -> dict[str, tuple[Any, Any]]:
+    """Top-level fields whose normalised value differs: {field: (old, new)}."""
+    new_d = new.to_dict()
+    old_d = old.to_dict() if old else {}
+    return {k: (old_d.get(k), v) for k, v in new_d.items() if old_d.get(k) != v}
