@@ -1,0 +1,487 @@
+"""The embedded local compute provider: each node is a process group on this machine.
+
+A node runs a bash script in its own working directory, with stdout+stderr going to a
+log file. The controller may be killed at any moment, so everything lives on disk:
+
+    <state>/.lock                     flock taken while creating (capacity check + spawn)
+    <state>/nodes/<node id>/meta.json name, tags, pid, start_time, started_at, gpus, image, ...
+    <state>/nodes/<node id>/script.sh the user script
+    <state>/nodes/<node id>/log       stdout+stderr of the run
+    <state>/nodes/<node id>/work/     working directory of the run (name: ex_workdir_name)
+    <state>/nodes/<node id>/exit_code written atomically by the wrapper when the script ends
+    <state>/nodes/<node id>/destroyed marker: node is gone from list_nodes, files are kept
+
+Destroyed nodes keep their directory (log and work/) because users read the logs of
+finished runs; pruning old node directories is left to the controller.
+
+Process tree: the controller starts a short-lived launcher (reaped at once), which starts
+the wrapper in a new session and exits. The wrapper is therefore adopted by init (or by
+the controller when it is a subreaper / PID 1 in a container, in which case this driver
+reaps it) and keeps running when the controller dies. The wrapper runs the user script as
+a child and then records its exit status, so the status is saved without the controller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from libcloud.common.types import LibcloudError
+from libcloud.compute.base import Node, NodeDriver, NodeImage, NodeSize
+from libcloud.compute.types import NodeState
+
+__all__ = [
+    "LocalNodeDriver",
+    "LocalError",
+    "LocalCapacityError",
+    "LocalImageError",
+    "PROVIDER",
+    "register",
+]
+
+PROVIDER = "gitopsq-local"
+
+
+class LocalError(LibcloudError):
+    """Base error of the local provider; str() is the plain message."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+class LocalCapacityError(LocalError):
+    """Not enough free slots or GPUs on this machine right now."""
+
+
+class LocalImageError(LocalError):
+    """A container image was asked for but no container engine answers."""
+
+
+def register() -> None:
+    """Make get_driver("gitopsq-local") return LocalNodeDriver (safe to call repeatedly)."""
+    from libcloud.compute.providers import DRIVERS, set_driver
+
+    if PROVIDER in DRIVERS:
+        return
+    try:
+        set_driver(PROVIDER, "gitopsq.providers.local", "LocalNodeDriver")
+    except AttributeError:  # registered concurrently: that is what we wanted
+        pass
+
+
+# Runs as a separate short-lived process so the wrapper is not our child: its parent
+# exits right away and init adopts the wrapper. It records pid and start time in
+# meta.json itself, so they reach disk even if the controller dies meanwhile.
+_LAUNCHER = r"""
+import json, os, subprocess, sys
+meta_path, log_path, *argv = sys.argv[1:]
+with open(log_path, "ab", buffering=0) as log:
+    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                         start_new_session=True)
+with open(f"/proc/{p.pid}/stat") as f:
+    start = int(f.read().rsplit(")", 1)[1].split()[19])
+with open(meta_path) as f:
+    meta = json.load(f)
+meta.update(pid=p.pid, start_time=start)
+with open(meta_path + ".tmp", "w") as f:
+    json.dump(meta, f, indent=2)
+os.replace(meta_path + ".tmp", meta_path)
+"""
+
+# The wrapper is the process group leader. The trap (a handler, not "ignore", so the
+# child does not inherit it) lets a SIGTERM to the group end the script first and still
+# record its status (143). Only SIGKILL of the wrapper loses the exit code.
+_WRAPPER = r"""
+exit_file=$1; shift
+trap : TERM INT HUP
+"$@"
+code=$?
+printf '%s\n' "$code" > "$exit_file.tmp" && command -p mv -f "$exit_file.tmp" "$exit_file"
+"""
+
+_UNSET = object()
+_RESERVED_NAMES = {".", "..", "log", "meta.json", "meta.json.tmp", "script.sh", "exit_code",
+                   "exit_code.tmp", "destroyed"}
+
+
+def _proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, pgrp, start time in clock ticks) of a process, None if it does not exist."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+    return fields[0], int(fields[2]), int(fields[19])
+
+
+def _alive(pid: int | None, start_time: int | None) -> bool:
+    """True if pid is still the process we started (start time guards pid reuse)."""
+    if not pid or start_time is None:
+        return False
+    st = _proc_stat(pid)
+    return st is not None and st[0] not in "ZX" and st[2] == start_time
+
+
+def _group_members(pgid: int, start_time: int) -> list[int]:
+    """Live processes of the node's group (started no earlier than its leader)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            st = _proc_stat(int(entry))
+            if st and st[1] == pgid and st[0] not in "ZX" and st[2] >= start_time:
+                members.append(int(entry))
+    return members
+
+
+def _reap(pid: int | None, start_time: int | None) -> None:
+    """Reap the wrapper if it was re-parented to us (controller is PID 1 or a subreaper)."""
+    if not pid:
+        return
+    st = _proc_stat(pid)
+    if st and st[0] == "Z" and st[2] == start_time:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # not our child: init reaps it
+            pass
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _count_gpus() -> int:
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+
+
+class LocalNodeDriver(NodeDriver):
+    """Runs nodes as process groups on this machine; all state lives under `key`."""
+
+    type = PROVIDER
+    name = "gitopsq local"
+    website = ""
+    features = {"create_node": []}
+
+    container_tools = ("docker", "podman")
+
+    def __init__(
+        self, key: str | Path, slots: int | None = None, gpus: int | None = None
+    ) -> None:
+        # No super().__init__(): it would build a network connection we have no use for.
+        self.state_dir = Path(key).expanduser().resolve()
+        self.key, self.secret, self.secure = str(self.state_dir), None, False
+        self.api_version = self.region = self.connection = None
+        self.slots = (os.cpu_count() or 1) if slots is None else slots
+        self.gpus = _count_gpus() if gpus is None else gpus
+        self.nodes_dir = self.state_dir / "nodes"
+        self.nodes_dir.mkdir(parents=True, exist_ok=True)
+        self._container_tool_cache: object = _UNSET
+
+    # ---- catalog -------------------------------------------------------------------
+
+    def list_sizes(self, location=None) -> list[NodeSize]:
+        ram_mb = 0
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    ram_mb = int(line.split()[1]) // 1024
+        disk_gb = shutil.disk_usage(self.state_dir).total // 1024**3
+        extra = {"cpus": self.slots, "gpus": self.gpus}
+        return [NodeSize("local", "local", ram_mb, disk_gb, None, 0, self, extra=extra)]
+
+    def list_images(self, location=None, ex_only_active=True) -> list[NodeImage]:
+        # Container images are not listed: create_node takes them by name (ex_image).
+        return [NodeImage("host", "host", self, extra={"description": "run on the host"})]
+
+    # ---- nodes ---------------------------------------------------------------------
+
+    def create_node(
+        self,
+        name: str,
+        size: NodeSize | None = None,
+        image: NodeImage | None = None,
+        ex_script: str = "",
+        ex_env: dict[str, str] | None = None,
+        ex_gpus: int = 0,
+        ex_image: str | None = None,
+        ex_tags: dict[str, str] | None = None,
+        ex_workdir_name: str | None = None,
+        **kwargs,
+    ) -> Node:
+        workdir_name = ex_workdir_name or "work"
+        # One plain name that cannot clash with the driver's own files in the node dir.
+        if "/" in workdir_name or workdir_name in _RESERVED_NAMES:
+            raise LocalError(f"invalid ex_workdir_name {workdir_name!r}", driver=self)
+        if ex_gpus < 0:
+            raise LocalError(f"ex_gpus must be >= 0, got {ex_gpus}", driver=self)
+        # Decide on the container engine before taking a slot or writing anything.
+        tool = self._container_tool() if ex_image else None
+        if ex_image and tool is None:
+            raise LocalImageError(
+                f"image {ex_image!r} needs docker or podman, and neither answered "
+                f"'docker info' / 'podman info' (not installed or no engine running)",
+                driver=self,
+            )
+
+        with self._lock(fcntl.LOCK_EX):
+            free_slots, free_gpus = self._free()
+            missing = []
+            if free_slots < 1:
+                missing.append(f"no free slot (all {self.slots} in use)")
+            if ex_gpus > len(free_gpus):
+                missing.append(
+                    f"{ex_gpus} GPU(s) requested, {len(free_gpus)} of {self.gpus} free"
+                )
+            if missing:
+                raise LocalCapacityError("; ".join(missing), driver=self)
+            gpu_ids = free_gpus[:ex_gpus]
+
+            node_id = f"local-{uuid.uuid4().hex}"
+            node_dir = self.nodes_dir / node_id
+            workdir = node_dir / workdir_name
+            workdir.mkdir(parents=True)
+            script = node_dir / "script.sh"
+            script.write_text(ex_script)
+            (node_dir / "log").touch()
+            meta = {
+                "id": node_id,
+                "name": name,
+                "tags": dict(ex_tags or {}),
+                "pid": None,  # filled in by the launcher
+                "start_time": None,
+                "started_at": _now(),
+                "gpus": gpu_ids,
+                "image": ex_image,
+                "container_tool": tool,
+                "workdir": workdir_name,
+            }
+            meta_path = node_dir / "meta.json"
+            _write_atomic(meta_path, json.dumps(meta, indent=2))
+
+            env = self._node_env(ex_env, gpu_ids)
+            command = self._command(node_id, script, workdir, env, ex_env, ex_image, tool, gpu_ids)
+            launch = subprocess.run(
+                [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(meta_path),
+                 str(node_dir / "log"), shutil.which("bash") or "/bin/bash", "-c",
+                 _WRAPPER, "gitopsq-node", str(node_dir / "exit_code"), *command],
+                cwd=workdir, env=env, stdin=subprocess.DEVNULL,
+                capture_output=True, text=True, timeout=60,
+            )
+            if launch.returncode != 0:
+                (node_dir / "destroyed").touch()
+                raise LocalError(
+                    f"could not start node {node_id}: {launch.stderr.strip()}", driver=self
+                )
+            return self._node(node_dir)
+
+    def list_nodes(self, *args, **kwargs) -> list[Node]:
+        with self._lock(fcntl.LOCK_SH):
+            nodes = [self._node(d) for d in self._node_dirs() if not (d / "destroyed").exists()]
+        return sorted((n for n in nodes if n), key=lambda n: n.extra["started_at"] or "")
+
+    def destroy_node(self, node: Node | str, ex_timeout: float = 5.0) -> bool:
+        """Stop the node's process group (TERM, then KILL after ex_timeout) and hide it.
+
+        The node directory, with its log and work dir, stays on disk. Returns False for
+        an unknown node id.
+        """
+        node_dir = self.nodes_dir / (node if isinstance(node, str) else node.id)
+        meta = self._meta(node_dir)
+        if meta is None:
+            return False
+        pid, start = meta.get("pid"), meta.get("start_time")
+        if pid and start is not None and not self._pid_reused(pid, start):
+            self._signal_group(pid, start, signal.SIGTERM)
+            if not self._wait_group_gone(pid, start, ex_timeout):
+                self._signal_group(pid, start, signal.SIGKILL)
+                self._wait_group_gone(pid, start, 2.0)
+            _reap(pid, start)
+        if meta.get("image") and meta.get("container_tool"):
+            # Killing the client does not always stop the container itself.
+            subprocess.run(
+                [meta["container_tool"], "rm", "-f", f"gitopsq-{meta['id']}"],
+                capture_output=True, timeout=30, check=False,
+            )
+        (node_dir / "destroyed").touch()
+        return True
+
+    # ---- extras --------------------------------------------------------------------
+
+    def ex_capacity(self) -> dict[str, int]:
+        """Free slots and GPUs, counting nodes whose process is still running."""
+        with self._lock(fcntl.LOCK_SH):
+            free_slots, free_gpus = self._free()
+        return {"slots": free_slots, "gpus": len(free_gpus)}
+
+    def ex_log_path(self, node_or_id: Node | str) -> Path:
+        node_id = node_or_id if isinstance(node_or_id, str) else node_or_id.id
+        return self.nodes_dir / node_id / "log"
+
+    def ex_get_node(self, node_id: str) -> Node | None:
+        """The node, destroyed ones included (state TERMINATED); None if unknown."""
+        node_dir = self.nodes_dir / node_id
+        return self._node(node_dir) if node_dir.is_dir() else None
+
+    # ---- internals -----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _lock(self, mode: int):
+        # flock is per open file, so a fresh fd per call keeps threads and processes apart.
+        fd = os.open(self.state_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, mode)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _node_dirs(self) -> list[Path]:
+        return [d for d in self.nodes_dir.iterdir() if d.is_dir()]
+
+    @staticmethod
+    def _meta(node_dir: Path) -> dict | None:
+        try:
+            return json.loads((node_dir / "meta.json").read_text())
+        except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+            return None  # creation died before meta.json was written
+
+    def _free(self) -> tuple[int, list[int]]:
+        used_slots, used_gpus = 0, set()
+        for d in self._node_dirs():
+            meta = self._meta(d)
+            if meta is None or (d / "destroyed").exists():
+                continue
+            if _alive(meta.get("pid"), meta.get("start_time")):
+                used_slots += 1
+                used_gpus.update(meta.get("gpus", []))
+        return self.slots - used_slots, [g for g in range(self.gpus) if g not in used_gpus]
+
+    def _node(self, node_dir: Path) -> Node | None:
+        meta = self._meta(node_dir)
+        if meta is None:
+            return None
+        pid, start = meta.get("pid"), meta.get("start_time")
+        running = _alive(pid, start)
+        if not running:
+            _reap(pid, start)
+        exit_code = finished_at = None
+        exit_file = node_dir / "exit_code"
+        if not running and exit_file.exists():
+            exit_code = int(exit_file.read_text().strip())
+            finished_at = dt.datetime.fromtimestamp(
+                exit_file.stat().st_mtime, dt.timezone.utc
+            ).isoformat(timespec="milliseconds")
+        destroyed = (node_dir / "destroyed").exists()
+        if destroyed:
+            state = NodeState.TERMINATED
+        else:
+            state = NodeState.RUNNING if running else NodeState.STOPPED
+        extra = {
+            "tags": meta.get("tags", {}),
+            "pid": pid,
+            "exit_code": exit_code,
+            # Ended without the wrapper recording a status: killed, or machine rebooted.
+            "lost": not running and exit_code is None,
+            "log": str(node_dir / "log"),
+            "workdir": str(node_dir / meta.get("workdir", "work")),
+            "gpus": meta.get("gpus", []),
+            "image": meta.get("image"),
+            "started_at": meta.get("started_at"),
+            "finished_at": finished_at,
+            "destroyed": destroyed,
+        }
+        created = dt.datetime.fromisoformat(meta["started_at"]) if meta.get("started_at") else None
+        return Node(meta["id"], meta.get("name", ""), state, [], ["127.0.0.1"], self,
+                    extra=extra, created_at=created)
+
+    @staticmethod
+    def _pid_reused(pid: int, start: int) -> bool:
+        st = _proc_stat(pid)
+        return st is not None and st[2] != start
+
+    @staticmethod
+    def _signal_group(pgid: int, start: int, sig: int) -> None:
+        if _group_members(pgid, start):
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                pass
+
+    @staticmethod
+    def _wait_group_gone(pgid: int, start: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while _group_members(pgid, start):
+            if time.monotonic() >= deadline:
+                return False
+            _reap(pgid, start)
+            time.sleep(0.05)
+        return True
+
+    @staticmethod
+    def _node_env(ex_env: dict[str, str] | None, gpu_ids: list[int]) -> dict[str, str]:
+        # A clean env: the controller's own variables (tokens, credentials) stay out.
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            "HOME": os.environ.get("HOME", "/"),
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+            "PYTHONUNBUFFERED": "1",  # so Python scripts' output reaches the log live
+        }
+        env.update({str(k): str(v) for k, v in (ex_env or {}).items()})
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpu_ids))
+        return env
+
+    @staticmethod
+    def _command(node_id, script, workdir, env, ex_env, image, tool, gpu_ids) -> list[str]:
+        if not image:
+            # stdbuf makes C programs line-buffer stdout into the log (stderr is unbuffered).
+            stdbuf = shutil.which("stdbuf", path=env["PATH"])
+            prefix = [stdbuf, "-oL"] if stdbuf else []
+            return [*prefix, shutil.which("bash") or "/bin/bash", str(script)]
+        cmd = [tool, "run", "--rm", "--name", f"gitopsq-{node_id}",
+               "-v", f"{workdir}:/work", "-v", f"{script}:/gitopsq/script.sh:ro", "-w", "/work"]
+        # Values come from the CLI's env; CUDA_VISIBLE_DEVICES is the runtime's business
+        # inside the container, where the assigned GPUs are renumbered from 0.
+        for k in ["LANG", "PYTHONUNBUFFERED", *(ex_env or {})]:
+            cmd += ["-e", k]
+        if gpu_ids:
+            ids = ",".join(map(str, gpu_ids))
+            cmd += ["--gpus", f"device={ids}"] if tool == "docker" else [
+                a for g in gpu_ids for a in ("--device", f"nvidia.com/gpu={g}")
+            ]
+        return [*cmd, image, "bash", "/gitopsq/script.sh"]
+
+    def _container_tool(self) -> str | None:
+        """docker or podman, whichever engine answers first; the answer is cached."""
+        if self._container_tool_cache is _UNSET:
+            self._container_tool_cache = None
+            for tool in self.container_tools:
+                try:
+                    ok = subprocess.run(
+                        [tool, "info"], capture_output=True, timeout=3
+                    ).returncode == 0
+                except (OSError, subprocess.SubprocessError):
+                    ok = False
+                if ok:
+                    self._container_tool_cache = tool
+                    break
+        return self._container_tool_cache
