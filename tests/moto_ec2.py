@@ -1,0 +1,218 @@
+"""moto's EC2 server on 127.0.0.1 with fault injection, for tests.
+
+moto never fails for capacity, throttling or outages, so a small WSGI
+middleware sits in front of its app and answers chosen requests itself.
+
+    with MotoEC2Server() as server:
+        driver = make_ec2_driver(endpoint=server.endpoint, key="testing", secret="testing")
+        server.inject("RunInstances", "InsufficientInstanceCapacity", status=500)
+        ...
+        assert server.calls["RunInstances"] == 2
+
+moto keeps its backends in process-wide globals, so servers are isolated by
+resetting that state on start; run one server at a time.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from http import HTTPStatus
+from urllib.parse import parse_qs
+from xml.sax.saxutils import escape
+
+import requests
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
+from werkzeug.serving import make_server
+
+TEST_KEY = "testing"
+TEST_SECRET = "testing"
+
+_app_lock = threading.Lock()
+_moto_app: DomainDispatcherApplication | None = None
+
+
+def _shared_moto_app() -> DomainDispatcherApplication:
+    # Building moto's Flask apps is slow and their state is global anyway.
+    global _moto_app
+    with _app_lock:
+        if _moto_app is None:
+            _moto_app = DomainDispatcherApplication(create_backend_app)
+        return _moto_app
+
+
+class _QuietHandler(MotoRequestHandler):
+    def log_request(self, *args, **kwargs):  # keep pytest output readable
+        pass
+
+
+@dataclass
+class Fault:
+    action: str  # EC2 Action name, or "*" for any
+    times: int
+    status: int = 500
+    code: str | None = None  # AWS error code; None means a plain HTTP body
+    message: str = ""
+    delay: float = 0.0  # stall first; with no code and status 0 the request then reaches moto
+
+
+def _error_xml(code: str, message: str) -> bytes:
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        "<Response><Errors><Error><Code>%s</Code><Message>%s</Message></Error></Errors>"
+        "<RequestID>%s</RequestID></Response>" % (escape(code), escape(message), uuid.uuid4())
+    ).encode()
+
+
+class FaultInjector:
+    """WSGI middleware: counts EC2 actions and answers injected faults."""
+
+    def __init__(self, app):
+        self.app = app
+        self.calls: Counter[str] = Counter()
+        self._faults: list[Fault] = []
+        self._lock = threading.Lock()
+        self.stopping = threading.Event()
+
+    def add(self, fault: Fault) -> None:
+        with self._lock:
+            self._faults.append(fault)
+
+    @staticmethod
+    def _action(environ) -> str | None:
+        query = parse_qs(environ.get("QUERY_STRING", ""))
+        if "Action" in query:
+            return query["Action"][0]
+        if environ.get("CONTENT_TYPE", "").startswith("application/x-www-form-urlencoded"):
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            body = environ["wsgi.input"].read(length) if length else b""
+            # Put the body back for moto.
+            environ["wsgi.input"] = io.BytesIO(body)
+            form = parse_qs(body.decode("utf-8", "replace"))
+            if "Action" in form:
+                return form["Action"][0]
+        return None
+
+    def _take(self, action: str) -> Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.action in ("*", action):
+                    fault.times -= 1
+                    if fault.times <= 0:
+                        self._faults.remove(fault)
+                    return fault
+        return None
+
+    def __call__(self, environ, start_response):
+        if environ.get("PATH_INFO", "").startswith("/moto-api"):
+            return self.app(environ, start_response)
+        action = self._action(environ) or "?"
+        with self._lock:
+            self.calls[action] += 1
+        fault = self._take(action)
+        if fault is None:
+            return self.app(environ, start_response)
+        if fault.delay and self.stopping.wait(fault.delay):
+            fault = Fault(action, 1, status=503, message="server stopping")
+        if fault.code:
+            body = _error_xml(fault.code, fault.message or fault.code)
+            content_type = "text/xml"
+        elif fault.status:
+            body = (fault.message or "Service Unavailable").encode()
+            content_type = "text/plain"
+        else:
+            # Pure delay: the client has likely given up; moto still answers.
+            return self.app(environ, start_response)
+        start_response(
+            "%d %s" % (fault.status, HTTPStatus(fault.status).phrase),
+            [("Content-Type", content_type), ("Content-Length", str(len(body)))],
+        )
+        return [body]
+
+
+class MotoEC2Server:
+    """moto's EC2 server on a free 127.0.0.1 port, behind a FaultInjector."""
+
+    def __init__(self, host: str = "127.0.0.1"):
+        self.host = host
+        self.injector = FaultInjector(_shared_moto_app())
+        self._server = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return "http://%s:%d" % (self.host, self.port)
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "server not started"
+        return self._server.server_port
+
+    @property
+    def calls(self) -> Counter[str]:
+        """Requests seen per EC2 action, including those answered with faults."""
+        return self.injector.calls
+
+    def start(self) -> "MotoEC2Server":
+        self._server = make_server(
+            self.host, 0, self.injector, threaded=True, request_handler=_QuietHandler
+        )
+        # A short poll interval makes stop() (and so each test) fast.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        self.reset()
+        return self
+
+    def reset(self) -> None:
+        """Wipe moto's (process-wide) state: instances, tags, counters."""
+        requests.post(self.endpoint + "/moto-api/reset", timeout=10).raise_for_status()
+        self.injector.calls.clear()
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        self.injector.stopping.set()  # release stalled requests
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
+        self._server = None
+
+    def __enter__(self) -> "MotoEC2Server":
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def inject(
+        self,
+        action: str = "RunInstances",
+        code: str = "InsufficientInstanceCapacity",
+        status: int = 500,
+        times: int = 1,
+        message: str | None = None,
+    ) -> None:
+        """Answer the next `times` `action` requests with an AWS XML error."""
+        self.injector.add(Fault(action, times, status, code, message or "Injected %s" % code))
+
+    def inject_http(
+        self,
+        action: str = "*",
+        status: int = 503,
+        times: int = 1,
+        body: str = "Service Unavailable",
+    ) -> None:
+        """Answer with a bare HTTP error (no XML), as a proxy or LB would."""
+        self.injector.add(Fault(action, times, status, None, body))
+
+    def inject_delay(self, action: str = "*", seconds: float = 2.0, times: int = 1) -> None:
+        """Stall requests before passing them to moto, to provoke client timeouts."""
+        self.injector.add(Fault(action, times, status=0, delay=seconds))
