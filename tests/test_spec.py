@@ -1,0 +1,97 @@
+"""Normalising run files: durations, retry, resources, defaults, and dstack's GPU grammar."""
+
+from __future__ import annotations
+
+import pytest
+
+from gitopsq.spec import Gpu, Range, Retry, RunSpec, SpecError, parse_run
+
+
+def parse(text: str, **kw) -> RunSpec:
+    return parse_run(text.encode(), "runs/x.yml", **kw)
+
+
+def test_minimal_task_defaults():
+    spec = parse("type: task\ncommands: [echo hi]\n")
+    assert spec.name == "x"
+    assert spec.priority == 0
+    assert spec.retry is None
+    assert spec.max_duration is None
+    assert spec.resources.gpu is None
+    assert spec.commands == ("echo hi",)
+
+
+@pytest.mark.parametrize("text, seconds", [("90", 90), ("30s", 30), ("30m", 1800), ("1h", 3600), ("2d", 172800), ("1w", 604800), ("off", None)])
+def test_durations(text, seconds):
+    assert parse(f"type: task\ncommands: [x]\nmax_duration: {text}\n").max_duration == seconds
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("true", Retry(("no-capacity", "interruption", "error"), 3600)),
+    ("false", None),
+    ("{on_events: [no-capacity]}", Retry(("no-capacity",), 3600)),
+    ("{duration: off}", Retry(("no-capacity", "interruption", "error"), None)),
+    ("{on_events: [error], duration: 2h}", Retry(("error",), 7200)),
+])
+def test_retry_forms(text, expected):
+    assert parse(f"type: task\ncommands: [x]\nretry: {text}\n").retry == expected
+
+
+@pytest.mark.parametrize("gpu, expected", [
+    ("H100:1", Gpu(None, ("H100",), None, None, Range(1, 1))),
+    ("A100:80GB:8", Gpu(None, ("A100",), Range(80, 80), None, Range(8, 8))),
+    ("24GB", Gpu(None, (), Range(24, 24), None, Range(1, 1))),
+    ("40GB..80GB:4", Gpu(None, (), Range(40, 80), None, Range(4, 4))),
+    ("nvidia:4..8", Gpu("nvidia", (), None, None, Range(4, 8))),
+    ("1..2", Gpu(None, (), None, None, Range(1, 2))),
+    ("A10G,A100:2", Gpu(None, ("A10G", "A100"), None, None, Range(2, 2))),
+    ("amd:MI300X:8", Gpu("amd", ("MI300X",), None, None, Range(8, 8))),
+    ("v5litepod-8", Gpu("google", ("v5litepod-8",), None, None, Range(1, 1))),
+    ("24GB:1..2", Gpu(None, (), Range(24, 24), None, Range(1, 2))),
+])
+def test_gpu_grammar(gpu, expected):
+    assert parse(f"type: task\ncommands: [x]\nresources:\n  gpu: {gpu!r}\n").resources.gpu == expected
+
+
+def test_gpu_mapping_and_sizes():
+    spec = parse("type: task\ncommands: [x]\nresources:\n  cpu: 4..\n  memory: 16GB..\n  disk: 512MB..1TB\n  shm_size: 16GB\n  gpu: {name: [H100], memory: 80GB, count: 1..2}\n")
+    res = spec.resources
+    assert res.cpu == Range(4, None)
+    assert res.memory == Range(16, None)
+    assert res.disk == Range(0.5, 1024)
+    assert res.shm_size == 16
+    assert res.gpu == Gpu(None, ("H100",), Range(80, 80), None, Range(1, 2))
+    assert res.gpu_count == 1
+
+
+def test_env_list_and_mapping_normalise_alike():
+    a = parse("type: task\ncommands: [x]\nenv: [A=1, B=two=2]\n")
+    b = parse("type: task\ncommands: [x]\nenv: {A: 1, B: two=2}\n")
+    assert a.env == b.env == (("A", "1"), ("B", "two=2"))
+
+
+def test_defaults_merge_under_the_file():
+    defaults = {"retry": {"on_events": ["no-capacity"], "duration": "off"}, "priority": 5}
+    assert parse("type: task\ncommands: [x]\n", defaults=defaults).retry == Retry(("no-capacity",), None)
+    own = parse("type: task\ncommands: [x]\npriority: 9\nretry: {duration: 2h}\n", defaults=defaults)
+    assert own.priority == 9
+    assert own.retry == Retry(("no-capacity",), 7200)
+
+
+def test_spec_round_trips_through_dict():
+    spec = parse("type: dev-environment\nide: vscode\ninit: [echo]\ninactivity_duration: 2h\nretry: true\nresources: {gpu: 'A100:80GB:2', cpu: 4}\n")
+    assert RunSpec.from_dict(spec.to_dict()) == spec
+    assert spec.inactivity_duration == 7200
+
+
+def test_image_without_commands_is_valid():
+    spec = parse("type: service\nimage: nginx\nport: 80\n")
+    assert spec.commands == () and spec.image == "nginx"
+
+
+def test_errors_are_collected_together():
+    with pytest.raises(SpecError) as caught:
+        parse("type: task\ncommands: [x]\npriority: 200\nmax_duration: forever\nfoo: 1\n")
+    fields = [p.field for p in caught.value.problems]
+    assert fields == ["priority", "max_duration", "foo"]
+    assert [p.line for p in caught.value.problems] == [3, 4, 5]

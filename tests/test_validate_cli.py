@@ -1,0 +1,120 @@
+"""`gitopsq validate`: exit codes, formats, and errors that name the file, line and field."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from tests.helpers import ROOT, cli_json, run_cli
+
+INVALID = sorted((ROOT / "tests" / "invalid").glob("*.yml"))
+EXPECT = re.compile(rb"^# expect: (\S+) (\S+): (.+)$")
+
+
+def test_examples_repo_validates():
+    result = run_cli("validate", str(ROOT / "examples-repo"))
+    assert result.exit_code == 0, result.output
+    assert "4 run file(s) checked: 4 valid, 0 invalid" in result.output
+
+
+def test_examples_validate_against_the_schema_alone():
+    # The schema must stand on its own for editors: a plain jsonschema call, no gitopsq code.
+    schema = json.loads((ROOT / "schemas" / "run.schema.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    runs = sorted((ROOT / "examples-repo" / "runs").glob("*.yml"))
+    assert len(runs) >= 4
+    for path in runs:
+        errors = list(validator.iter_errors(yaml.safe_load(path.read_text())))
+        assert errors == [], f"{path}: {[e.message for e in errors]}"
+
+
+def test_invalid_corpus_is_large_enough():
+    assert len(INVALID) >= 30
+
+
+@pytest.mark.parametrize("path", INVALID, ids=lambda p: p.name)
+def test_invalid_file_names_line_and_field(path: Path):
+    line, field, message = EXPECT.match(path.read_bytes().split(b"\n", 1)[0]).groups()
+    code, out = cli_json("validate", "--format", "json", str(path))
+    assert code == 1
+    errors = out["errors"]
+    assert errors, "an invalid file must report at least one error"
+    expected_field = "" if field == b"-" else field.decode()
+    matching = [
+        e for e in errors
+        if e["field"] == expected_field
+        and (line == b"-" or e["line"] == int(line))
+        and message.decode() in e["message"]
+        and e["file"].endswith(path.name)
+    ]
+    assert matching, f"expected {line.decode()} {expected_field}: {message.decode()!r}, got {errors}"
+
+
+def test_too_large_file(tmp_path: Path):
+    big = tmp_path / "big.yml"
+    big.write_text("type: task\ncommands:\n" + "  - echo xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\n" * 6000)
+    code, out = cli_json("validate", "--format", "json", str(big))
+    assert code == 1
+    assert "limited to 256 KiB" in out["errors"][0]["message"]
+
+
+def test_text_format_is_file_line_field_message(tmp_path: Path):
+    (tmp_path / "a.yml").write_text("type: task\ncommands: [echo]\nretry:\n  duration: forever\n")
+    result = run_cli("validate", str(tmp_path / "a.yml"))
+    assert result.exit_code == 1
+    assert f"{tmp_path / 'a.yml'}:4: retry.duration: 'forever' is not a duration (use 30m, 1h, 2d or off)" in result.output
+
+
+def test_github_format_annotations(tmp_path: Path):
+    (tmp_path / "a.yml").write_text("type: task\ncommands: [echo]\npriority: 101\n")
+    result = run_cli("validate", "--format", "github", str(tmp_path / "a.yml"))
+    assert result.exit_code == 1
+    line = result.output.strip().splitlines()[0]
+    assert line.startswith("::error file=")
+    assert ",line=3," in line
+    assert line.endswith("::priority: 101 is not a priority (use an integer from 0 to 100)")
+
+
+def test_duplicate_names_are_an_error_on_each_file(tmp_path: Path):
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "a.yml").write_text("type: task\nname: same\ncommands: [echo a]\n")
+    (tmp_path / "runs" / "b.yml").write_text("type: task\nname: same\ncommands: [echo b]\n")
+    (tmp_path / "runs" / "c.yml").write_text("type: task\ncommands: [echo c]\n")
+    code, out = cli_json("validate", "--format", "json", str(tmp_path))
+    assert code == 1
+    files = sorted(Path(e["file"]).name for e in out["errors"])
+    assert files == ["a.yml", "b.yml"]
+    assert all(e["field"] == "name" and "'same'" in e["message"] for e in out["errors"])
+    assert [Path(v["file"]).name for v in out["valid"]] == ["c.yml"]
+
+
+def test_folder_uses_paths_and_defaults_of_gitopsq_yml(tmp_path: Path):
+    (tmp_path / ".gitopsq.yml").write_text("paths: ['runs/*.yml']\ndefaults:\n  priority: 7\n")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "a.yml").write_text("type: task\ncommands: [echo a]\n")
+    (tmp_path / "notes.yml").write_text("this: is not a run file\n")
+    (tmp_path / ".github").mkdir()
+    (tmp_path / ".github" / "ci.yml").write_text("on: push\n")
+    code, out = cli_json("validate", "--format", "json", str(tmp_path))
+    assert code == 0, out
+    assert [Path(v["file"]).name for v in out["valid"]] == ["a.yml"]
+
+
+def test_bad_default_is_reported_on_gitopsq_yml(tmp_path: Path):
+    (tmp_path / ".gitopsq.yml").write_text("defaults:\n  retry:\n    duration: someday\n")
+    (tmp_path / "a.yml").write_text("type: task\ncommands: [echo a]\n")
+    code, out = cli_json("validate", "--format", "json", str(tmp_path))
+    assert code == 1
+    assert out["errors"][0]["file"] == ".gitopsq.yml"
+    assert out["errors"][0]["field"] == "retry.duration"
+
+
+def test_missing_path(tmp_path: Path):
+    result = run_cli("validate", str(tmp_path / "nope.yml"))
+    assert result.exit_code == 1
+    assert "no such file or folder" in result.output
