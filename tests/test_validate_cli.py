@@ -118,3 +118,15 @@ def test_missing_path(tmp_path: Path):
     result = run_cli("validate", str(tmp_path / "nope.yml"))
     assert result.exit_code == 1
     assert "no such file or folder" in result.output
+
+
+def test_installed_command_finds_its_schema(tmp_path: Path):
+    # The console script of this environment, run from elsewhere: it must find the schema
+    # shipped inside the installed package, not the source tree.
+    import subprocess
+    import sys
+
+    script = Path(sys.executable).parent / "gitopsq"
+    result = subprocess.run([str(script), "validate", str(ROOT / "examples-repo")], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "4 valid, 0 invalid" in result.stderr
