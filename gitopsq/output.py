@@ -26,3 +26,65 @@ def github_annotation(problem: Problem) -> str:
 
 def problems_json(problems: list[Problem], **extra) -> str:
     return json.dumps({**extra, "errors": [p.as_dict() for p in problems]}, indent=2)
+
+
+# --- plans -------------------------------------------------------------------------------------
+
+_SYMBOL = {"submit": "+", "update": "~", "restart": "-/+", "cancel": "-"}
+_VERB = {"submit": "submit", "update": "update in place", "restart": "restart", "cancel": "cancel"}
+
+
+def _short(value, limit: int = 70) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def plan_summary(actions, problems) -> str:
+    counts = {k: sum(1 for a in actions if a.kind == k) for k in _SYMBOL}
+    parts = [f"{counts[k]} to {_VERB[k]}" for k in _SYMBOL if counts[k]]
+    text = ", ".join(parts) if parts else "no changes"
+    if problems:
+        text += f"; {len(problems)} validation error(s)"
+    return text
+
+
+def plan_text(actions, problems) -> str:
+    lines = []
+    for action in actions:
+        priority = (action.spec or {}).get("priority")
+        lines.append(f"{_SYMBOL[action.kind]:>3} {action.run} ({_VERB[action.kind]}) {action.file or ''}"
+                     + (f" priority {priority}" if priority is not None else ""))
+        if action.kind in ("update", "restart"):
+            for name, (old, new) in action.changes.items():
+                lines.append(f"      {name}: {_short(old)} -> {_short(new)}")
+    for problem in problems:
+        lines.append(f"error: {problem}")
+    lines.append(f"Plan: {plan_summary(actions, problems)}.")
+    return "\n".join(lines)
+
+
+def plan_markdown(actions, problems, base: str = "", head: str = "") -> str:
+    out = [f"### gitopsq plan: {plan_summary(actions, problems)}"]
+    if base and head:
+        out.append(f"`{base[:12]}` → `{head[:12]}`")
+    if actions:
+        out += ["", "| | run | action | priority | file |", "|---|---|---|---|---|"]
+        for a in actions:
+            priority = (a.spec or {}).get("priority", "")
+            out.append(f"| `{_SYMBOL[a.kind]}` | **{a.run}** | {_VERB[a.kind]} | {priority} | `{a.file or ''}` |")
+        for a in actions:
+            if a.kind in ("update", "restart") and a.changes:
+                out += ["", f"<details><summary>{a.run}: {len(a.changes)} field(s) changed ({_VERB[a.kind]})</summary>", "",
+                        "| field | old | new |", "|---|---|---|"]
+                out += [f"| `{k}` | `{_short(o, 60)}` | `{_short(n, 60)}` |" for k, (o, n) in a.changes.items()]
+                out += ["", "</details>"]
+    if problems:
+        out += ["", f"#### Validation errors ({len(problems)})", ""]
+        out += [f"- `{p.file}:{p.line or ''}` **{p.field or '(file)'}**: {p.message}" for p in problems]
+        out += ["", "Runs whose file is invalid keep their last valid spec."]
+    return "\n".join(out) + "\n"
+
+
+def plan_json(actions, problems, base: str = "", head: str = "") -> str:
+    return json.dumps({"base": base, "head": head, "actions": [a.as_dict() for a in actions],
+                       "errors": [p.as_dict() for p in problems]}, indent=2)

@@ -43,14 +43,22 @@ def build_runset(files: Mapping[str, bytes], config: RepoConfig | None, parse: P
 
 def flag_duplicates(result: RunSet) -> RunSet:
     """Two files claiming one name: both are invalid, so neither replaces what runs."""
+    for path, problem in duplicate_names({path: spec.name for path, spec in result.specs.items()}).items():
+        del result.specs[path]
+        result.problems.setdefault(path, []).append(problem)
+    return result
+
+
+def duplicate_names(names: Mapping[str, str]) -> dict[str, Problem]:
+    """path -> name in; path -> problem out, for every path whose name another path claims too."""
     claims: dict[str, list[str]] = {}
-    for path, spec in result.specs.items():
-        claims.setdefault(spec.name, []).append(path)
+    for path, name in names.items():
+        claims.setdefault(name, []).append(path)
+    out = {}
     for name, paths in claims.items():
         if len(paths) < 2:
             continue
         for path in paths:
-            others = ", ".join(p for p in paths if p != path)
-            del result.specs[path]
-            result.problems.setdefault(path, []).append(Problem(path, 1, "name", f"run name {name!r} is also claimed by {others}; each run needs a name of its own"))
-    return result
+            others = ", ".join(p for p in sorted(paths) if p != path)
+            out[path] = Problem(path, 1, "name", f"run name {name!r} is also claimed by {others}; each run needs a name of its own")
+    return out

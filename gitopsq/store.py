@@ -1,0 +1,272 @@
+"""gitopsq's state in SQLite: runs, submissions, the event log, the git cursor, the parse cache.
+
+Every state change is a row written in a transaction before the side effect it announces.
+History is append-only: name reuse adds submission N+1, nothing is overwritten.
+The schema is created with sqlite-utils; hot paths (the queue, status changes) use raw SQL.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import sqlite_utils
+
+SCHEMA_VERSION = 1
+ACTIVE = ("queued", "provisioning", "running", "stopping")
+FINISHED = ("done", "failed", "cancelled")
+
+
+def _migrate_1(db: sqlite_utils.Database) -> None:
+    db["runs"].create({
+        "name": str, "file": str, "blob": str, "spec": str, "priority": int, "present": int,
+        "last_submission": int, "created_at": float, "updated_at": float,
+    }, pk="name")
+    db["submissions"].create({
+        "id": int, "run": str, "number": int, "spec": str, "priority": int, "status": str,
+        "reason": str, "message": str, "exit_code": int, "commit_sha": str,
+        "submitted_at": float, "queued_at": float, "started_at": float, "finished_at": float,
+        "node_id": str, "node_name": str, "attempts": int, "deadline": float, "next_try_at": float,
+        "last_attempt_at": float, "window_start": float, "last_activity_at": float,
+        "stop_reason": str, "token": str,
+    }, pk="id", not_null={"run", "number", "status"}, defaults={"attempts": 0})
+    db["submissions"].create_index(["run", "number"], unique=True)
+    # The queue is read in admission order: this index makes that a range scan.
+    db.execute("CREATE INDEX submissions_queue ON submissions(status, priority DESC, queued_at, id)")
+    db["events"].create({
+        "id": int, "at": float, "run": str, "submission_id": int, "kind": str, "detail": str, "commit_sha": str,
+    }, pk="id")
+    db["events"].create_index(["run"])
+    db["events"].create_index(["submission_id"])
+    db["cursors"].create({"branch": str, "commit_sha": str, "at": float}, pk="branch")
+    # The run files of the last reconciled tree with their parse result, so an unchanged blob is
+    # never parsed again, even after a restart.
+    db["files"].create({"path": str, "blob": str, "config": str, "name": str, "spec": str, "problems": str}, pk="path")
+
+
+MIGRATIONS = {1: _migrate_1}
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What the store knows of one run, as the planner needs it."""
+
+    name: str
+    file: str | None
+    blob: str | None
+    spec: dict | None
+    present: bool
+    status: str | None  # the latest submission's status; None when never submitted
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE
+
+
+class Store:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=30000")
+        self.conn = conn
+        self.db = sqlite_utils.Database(conn)
+        self._migrate()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # --- schema -----------------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        with self.transaction():
+            self.conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+            version = int(self.meta("schema_version") or 0)
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(f"{self.path} was written by a newer gitopsq (schema {version}); upgrade gitopsq")
+            for number in range(version + 1, SCHEMA_VERSION + 1):
+                MIGRATIONS[number](self.db)
+                self.set_meta("schema_version", str(number))
+            if self.meta("controller_id") is None:
+                self.set_meta("controller_id", uuid.uuid4().hex[:12])
+
+    def meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.conn.execute("INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+
+    @property
+    def controller_id(self) -> str:
+        return self.meta("controller_id")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic unit: everything inside commits together or not at all."""
+        if self.conn.in_transaction:  # nested: part of the outer transaction
+            yield self.conn
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # --- cursor and parse cache ---------------------------------------------------------------
+
+    def cursor(self, branch: str) -> str | None:
+        row = self.conn.execute("SELECT commit_sha FROM cursors WHERE branch = ?", (branch,)).fetchone()
+        return row[0] if row else None
+
+    def set_cursor(self, branch: str, commit: str, now: float) -> None:
+        self.conn.execute(
+            "INSERT INTO cursors(branch, commit_sha, at) VALUES(?, ?, ?) ON CONFLICT(branch) DO UPDATE SET commit_sha = excluded.commit_sha, at = excluded.at",
+            (branch, commit, now),
+        )
+
+    def files(self) -> dict[str, sqlite3.Row]:
+        return {row["path"]: row for row in self.conn.execute("SELECT * FROM files")}
+
+    def replace_files(self, rows: list[dict], removed: list[str]) -> None:
+        self.conn.executemany("DELETE FROM files WHERE path = ?", [(p,) for p in removed])
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO files(path, blob, config, name, spec, problems) VALUES(:path, :blob, :config, :name, :spec, :problems)",
+            rows,
+        )
+
+    def file_problems(self) -> list[dict]:
+        out = []
+        for row in self.conn.execute("SELECT path, problems FROM files WHERE problems IS NOT NULL ORDER BY path"):
+            out.extend(json.loads(row["problems"]))
+        return out
+
+    # --- runs ---------------------------------------------------------------------------------
+
+    def recorded(self) -> dict[str, Recorded]:
+        rows = self.conn.execute(
+            "SELECT r.name, r.file, r.blob, r.spec, r.present, s.status FROM runs r LEFT JOIN submissions s ON s.id = r.last_submission"
+        )
+        return {
+            row["name"]: Recorded(row["name"], row["file"], row["blob"], json.loads(row["spec"]) if row["spec"] else None, bool(row["present"]), row["status"])
+            for row in rows
+        }
+
+    def upsert_run(self, name: str, file: str | None, blob: str | None, spec: dict | None, present: bool, now: float) -> None:
+        priority = spec["priority"] if spec else 0
+        self.conn.execute(
+            """INSERT INTO runs(name, file, blob, spec, priority, present, created_at, updated_at)
+               VALUES(?, ?, ?, ?, ?, ?, ?, ?)
+               ON CONFLICT(name) DO UPDATE SET file = excluded.file, blob = excluded.blob,
+                 spec = COALESCE(excluded.spec, runs.spec), priority = excluded.priority,
+                 present = excluded.present, updated_at = excluded.updated_at""",
+            (name, file, blob, json.dumps(spec, sort_keys=True) if spec else None, priority, int(present), now, now),
+        )
+
+    def mark_absent(self, name: str, now: float) -> None:
+        self.conn.execute("UPDATE runs SET present = 0, updated_at = ? WHERE name = ?", (now, name))
+
+    def run(self, name: str) -> sqlite3.Row | None:
+        return self.conn.execute("SELECT * FROM runs WHERE name = ?", (name,)).fetchone()
+
+    # --- submissions --------------------------------------------------------------------------
+
+    def add_submission(self, run: str, spec: dict, commit: str | None, now: float) -> int:
+        """Append submission N+1 of a run, queued."""
+        number = self.conn.execute("SELECT COALESCE(MAX(number), 0) + 1 FROM submissions WHERE run = ?", (run,)).fetchone()[0]
+        cur = self.conn.execute(
+            """INSERT INTO submissions(run, number, spec, priority, status, commit_sha, submitted_at, queued_at, attempts, token)
+               VALUES(?, ?, ?, ?, 'queued', ?, ?, ?, 0, ?)""",
+            (run, number, json.dumps(spec, sort_keys=True), spec["priority"], commit, now, now, secrets.token_urlsafe(24)),
+        )
+        sub_id = cur.lastrowid
+        self.conn.execute("UPDATE runs SET last_submission = ? WHERE name = ?", (sub_id, run))
+        self.event(run, sub_id, "submitted", {"number": number}, commit, now)
+        return sub_id
+
+    def submission(self, sub_id: int) -> sqlite3.Row | None:
+        return self.conn.execute("SELECT * FROM submissions WHERE id = ?", (sub_id,)).fetchone()
+
+    def current_submission(self, run: str) -> sqlite3.Row | None:
+        return self.conn.execute(
+            "SELECT s.* FROM submissions s JOIN runs r ON r.last_submission = s.id WHERE r.name = ?", (run,)
+        ).fetchone()
+
+    def submissions_with_status(self, *statuses: str) -> list[sqlite3.Row]:
+        marks = ",".join("?" * len(statuses))
+        return self.conn.execute(
+            f"SELECT * FROM submissions WHERE status IN ({marks}) ORDER BY priority DESC, queued_at, id", statuses
+        ).fetchall()
+
+    def update_submission(self, sub_id: int, **fields: Any) -> None:
+        if not fields:
+            return
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        self.conn.execute(f"UPDATE submissions SET {sets} WHERE id = ?", (*fields.values(), sub_id))
+
+    def set_status(self, sub_id: int, status: str, now: float, reason: str | None = None, commit: str | None = None,
+                   detail: dict | None = None, **fields: Any) -> bool:
+        """The one place a submission changes status: no-op when unchanged, else a past-tense event."""
+        row = self.submission(sub_id)
+        if row is None or (row["status"] == status and not fields):
+            return False
+        changes = dict(fields, status=status)
+        if reason is not None:
+            changes["reason"] = reason
+        if status in FINISHED:
+            changes.setdefault("finished_at", now)
+        self.update_submission(sub_id, **changes)
+        if row["status"] != status:
+            info = {"from": row["status"], "to": status, **({"reason": reason} if reason else {}), **(detail or {})}
+            self.event(row["run"], sub_id, status, info, commit, now)
+        return True
+
+    def history(self, run: str) -> list[sqlite3.Row]:
+        return self.conn.execute("SELECT * FROM submissions WHERE run = ? ORDER BY number", (run,)).fetchall()
+
+    # --- events -------------------------------------------------------------------------------
+
+    def event(self, run: str | None, sub_id: int | None, kind: str, detail: dict | None, commit: str | None, now: float) -> None:
+        self.conn.execute(
+            "INSERT INTO events(at, run, submission_id, kind, detail, commit_sha) VALUES(?, ?, ?, ?, ?, ?)",
+            (now, run, sub_id, kind, json.dumps(detail or {}, sort_keys=True), commit),
+        )
+
+    def events(self, run: str | None = None, limit: int = 200) -> list[sqlite3.Row]:
+        if run is None:
+            return self.conn.execute("SELECT * FROM events ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        return self.conn.execute("SELECT * FROM events WHERE run = ? ORDER BY id DESC LIMIT ?", (run, limit)).fetchall()
+
+
+def default_db_path() -> Path:
+    """GITOPSQ_DB, else a state directory of the user's."""
+    import os
+
+    if os.environ.get("GITOPSQ_DB"):
+        return Path(os.environ["GITOPSQ_DB"])
+    return state_dir() / "gitopsq.db"
+
+
+def state_dir() -> Path:
+    import os
+
+    if os.environ.get("GITOPSQ_STATE_DIR"):
+        return Path(os.environ["GITOPSQ_STATE_DIR"])
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "gitopsq"
+
+
+def now() -> float:
+    return time.time()
