@@ -135,3 +135,148 @@ def json_short(value) -> str:
 
     text = json.dumps(value, sort_keys=True)
     return text if len(text) <= 70 else text[:67] + "..."
+
+
+# --- running runs -------------------------------------------------------------------------------
+
+db_option = click.option("--db", envvar="GITOPSQ_DB", type=click.Path(dir_okay=False),
+                         help="State database (default: $GITOPSQ_DB, else ~/.local/state/gitopsq/gitopsq.db).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+def _provider_options(provider, local_slots, local_gpus, provider_opt, max_nodes, public_url):
+    from gitopsq.runtime import ProviderOptions
+
+    pairs = []
+    for item in provider_opt:
+        if "=" not in item:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--provider-opt")
+        pairs.append(tuple(item.split("=", 1)))
+    return ProviderOptions(provider, local_slots, local_gpus, tuple(pairs), max_nodes, public_url)
+
+
+@main.command()
+@click.option("--repo", "repo_location", required=True, help="The config repository: a local path, or a URL to clone and fetch.")
+@click.option("--branch", default="main", show_default=True, help="The branch whose tip is the desired state.")
+@db_option
+@click.option("--once", is_flag=True, help="Run one controller step and exit.")
+@click.option("--provider", default="local", show_default=True, help="local (this machine), or a Libcloud compute provider such as ec2.")
+@click.option("--provider-opt", multiple=True, metavar="KEY=VALUE", help="Passed to the provider's driver: region=..., endpoint=URL, image=...")
+@click.option("--local-slots", type=click.IntRange(min=1), help="Runs at once on this machine (default: CPU count).")
+@click.option("--local-gpus", type=click.IntRange(min=0), help="GPUs on this machine (default: what nvidia-smi reports, else 0).")
+@click.option("--max-nodes", type=click.IntRange(min=1), help="Cap on nodes a cloud provider runs at once.")
+@click.option("--public-url", help="How cloud nodes reach this controller to report their exit code.")
+def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, local_gpus, max_nodes, public_url) -> None:
+    """Reconcile the config repo: submit, update, restart and cancel runs, and run the queue.
+
+    With --once: one step (read the branch tip, apply the plan, watch nodes, admit from the
+    queue), then exit; nodes keep running and the next step picks them up.
+    """
+    from gitopsq.runtime import make_controller, open_store
+
+    opts = _provider_options(provider, local_slots, local_gpus, provider_opt, max_nodes, public_url)
+    store = open_store(db)
+    controller = make_controller(repo_location, branch, store, opts)
+    if once:
+        result = controller.step(fetch=True)
+        for action in result.actions:
+            click.echo(f"{action.kind} {action.run}")
+        if controller.provider_health:
+            click.echo(controller.provider_health, err=True)
+        return
+    from gitopsq.daemon import run_daemon
+
+    run_daemon(controller)
+
+
+@main.command()
+@db_option
+@click.option("--all", "include_all", is_flag=True, help="Include runs whose file is gone.")
+@click.option("--status", help="Only runs whose current submission has this status.")
+@json_option
+def ps(db, include_all, status, as_json) -> None:
+    """List runs in queue order: active ones by priority then first queued, then finished ones."""
+    from gitopsq.runtime import open_store
+    from gitopsq.store import listing
+    from gitopsq.views import print_json, runs_table
+
+    rows = listing(open_store(db), include_all, status)
+    print_json(rows) if as_json else runs_table(rows)
+
+
+@main.command()
+@click.argument("name")
+@db_option
+@json_option
+def history(name, db, as_json) -> None:
+    """Every submission of run NAME, oldest first, with status, reason and log file."""
+    from gitopsq.runtime import open_store
+    from gitopsq.store import history as load_history
+    from gitopsq.views import history_table, print_json
+
+    rows = load_history(open_store(db), name)
+    if not rows:
+        raise click.ClickException(f"no run named {name!r}")
+    print_json(rows) if as_json else history_table(rows)
+
+
+@main.command()
+@click.argument("name")
+@db_option
+@click.option("--submission", "number", type=int, help="Submission number (default: the latest).")
+def logs(name, db, number) -> None:
+    """Print the output of run NAME (every attempt of the submission, oldest first)."""
+    from pathlib import Path
+
+    from gitopsq.runtime import open_store
+    from gitopsq.store import attempt_logs
+
+    store = open_store(db)
+    rows = store.history(name)
+    if not rows:
+        raise click.ClickException(f"no run named {name!r}")
+    sub = rows[-1] if number is None else next((r for r in rows if r["number"] == number), None)
+    if sub is None:
+        raise click.ClickException(f"run {name!r} has no submission {number}")
+    paths = attempt_logs(store, sub["id"])
+    if not paths:
+        raise click.ClickException(f"{name} submission {sub['number']} has no log yet (status {sub['status']})")
+    for index, path in enumerate(paths):
+        if len(paths) > 1:
+            click.echo(f"--- attempt {index + 1} ({path})")
+        try:
+            click.echo(Path(path).read_text(errors="replace"), nl=False)
+        except OSError as exc:
+            click.echo(f"(log not readable here: {exc.strerror})", err=True)
+
+
+@main.command()
+@click.argument("name")
+@db_option
+def touch(name, db) -> None:
+    """Report activity of dev environment NAME: resets its inactivity_duration clock."""
+    import time
+
+    from gitopsq.controller import touch as record_touch
+    from gitopsq.runtime import open_store
+
+    if not record_touch(open_store(db), name, time.time()):
+        raise click.ClickException(f"run {name!r} is not active")
+    click.echo(f"{name}: activity recorded")
+
+
+@main.command()
+@click.argument("submission_id", type=int)
+@click.option("--token", required=True, help="The submission's token (given to the node in its user-data).")
+@click.option("--exit-code", required=True, type=int, help="The exit code of the run's commands.")
+@db_option
+def report(submission_id, token, exit_code, db) -> None:
+    """Record a cloud node's exit code for SUBMISSION_ID; a wrong token changes nothing."""
+    import time
+
+    from gitopsq.controller import record_report
+    from gitopsq.runtime import open_store
+
+    if not record_report(open_store(db), submission_id, token, exit_code, time.time()):
+        raise click.ClickException("report refused: unknown submission, wrong token, or not running")
+    click.echo(f"submission {submission_id}: exit code {exit_code} recorded")

@@ -35,7 +35,7 @@ def _migrate_1(db: sqlite_utils.Database) -> None:
         "submitted_at": float, "queued_at": float, "started_at": float, "finished_at": float,
         "node_id": str, "node_name": str, "attempts": int, "deadline": float, "next_try_at": float,
         "last_attempt_at": float, "window_start": float, "last_activity_at": float,
-        "stop_reason": str, "token": str,
+        "stop_reason": str, "token": str, "log_path": str, "reported_at": float,
     }, pk="id", not_null={"run", "number", "status"}, defaults={"attempts": 0})
     db["submissions"].create_index(["run", "number"], unique=True)
     # The queue is read in admission order: this index makes that a range scan.
@@ -270,3 +270,61 @@ def state_dir() -> Path:
 
 def now() -> float:
     return time.time()
+
+
+LISTING_SQL = """
+SELECT r.name, r.file, r.present, s.id AS submission_id, s.number AS submission, s.status, s.priority,
+       s.reason, s.message, s.exit_code, s.attempts, s.queued_at, s.started_at, s.finished_at,
+       s.window_start, s.next_try_at, s.spec, s.log_path, s.node_id
+FROM runs r JOIN submissions s ON s.id = r.last_submission
+{where}
+ORDER BY CASE WHEN s.status IN ('queued', 'provisioning', 'running', 'stopping') THEN 0 ELSE 1 END,
+         CASE WHEN s.status IN ('queued', 'provisioning', 'running', 'stopping') THEN -s.priority ELSE 0 END,
+         CASE WHEN s.status IN ('queued', 'provisioning', 'running', 'stopping') THEN s.queued_at ELSE -s.finished_at END,
+         s.id
+"""
+
+
+def listing(store: Store, include_all: bool = False, status: str | None = None) -> list[dict]:
+    """Runs with their current submission, active ones first in queue order (priority, then first queued)."""
+    clauses, params = [], []
+    if not include_all:
+        clauses.append("(r.present = 1 OR s.status IN ('queued', 'provisioning', 'running', 'stopping'))")
+    if status:
+        clauses.append("s.status = ?")
+        params.append(status)
+    where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+    rows = store.conn.execute(LISTING_SQL.format(where=where), params).fetchall()
+    return [describe(dict(row)) for row in rows]
+
+
+def describe(row: dict) -> dict:
+    """A submission row as the API and `ps --json` show it: retry state spelled out."""
+    spec = json.loads(row.pop("spec")) if row.get("spec") else {}
+    retry = spec.get("retry")
+    deadline = None
+    if retry and "no-capacity" in retry["on_events"] and retry["duration"] is not None and row.get("window_start"):
+        deadline = row["window_start"] + retry["duration"]
+    row["deadline"] = deadline
+    row["retry"] = retry
+    row["type"] = spec.get("type")
+    row["present"] = bool(row.get("present", True))
+    return row
+
+
+def history(store: Store, run: str) -> list[dict]:
+    rows = store.conn.execute(
+        """SELECT run AS name, id AS submission_id, number AS submission, status, priority, reason, message, exit_code,
+                  attempts, queued_at, started_at, finished_at, window_start, next_try_at, spec, log_path, node_id, commit_sha
+           FROM submissions WHERE run = ? ORDER BY number""", (run,)).fetchall()
+    return [describe(dict(row)) for row in rows]
+
+
+def attempt_logs(store: Store, submission_id: int) -> list[str]:
+    """Log files of every node a submission ran on, oldest first (retries run on new nodes)."""
+    logs = []
+    for row in store.conn.execute("SELECT detail FROM events WHERE submission_id = ? AND kind = 'running' ORDER BY id", (submission_id,)):
+        path = json.loads(row["detail"]).get("log")
+        if path and path not in logs:
+            logs.append(path)
+    return logs

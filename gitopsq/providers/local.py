@@ -485,3 +485,72 @@ class LocalNodeDriver(NodeDriver):
                     self._container_tool_cache = tool
                     break
         return self._container_tool_cache
+
+
+# ---- the controller's view: how runs map onto this driver ----------------------------------
+
+
+class LocalAdapter:
+    """The local machine as a gitopsq provider: a slot per run, GPUs by index, logs on disk."""
+
+    name = "local"
+    reports_exit_codes = False  # the wrapper records the exit code; list_nodes reports it
+
+    def __init__(self, driver: LocalNodeDriver):
+        self.driver = driver
+
+    def demand(self, spec) -> dict[str, int]:
+        return {"slots": 1, "gpus": spec.resources.gpu_count}
+
+    def capacity(self, owned_running: int) -> dict[str, int]:
+        return self.driver.ex_capacity()
+
+    def unsatisfiable(self, spec) -> str | None:
+        """Why this machine can never run the spec (it would wait forever), or None."""
+        res = spec.resources
+        if res.gpu_count > self.driver.gpus:
+            return f"resources.gpu: needs {res.gpu_count} GPU(s); this machine has {self.driver.gpus} (--local-gpus)"
+        cpus = os.cpu_count() or 1
+        if res.cpu and res.cpu.min and res.cpu.min > cpus:
+            return f"resources.cpu: needs {res.cpu.min:g} CPUs; this machine has {cpus}"
+        ram_gb = self.driver.list_sizes()[0].ram / 1024
+        if res.memory and res.memory.min and res.memory.min > ram_gb:
+            return f"resources.memory: needs {res.memory.min:g}GB; this machine has {ram_gb:.1f}GB"
+        return None
+
+    def create_args(self, launch, tags: dict[str, str]) -> dict:
+        from gitopsq.providers.base import run_env, run_script
+
+        spec = launch.spec
+        return dict(name=f"gq-{launch.run}-{launch.submission_id}", ex_script=run_script(spec),
+                    ex_env=run_env(spec, launch), ex_gpus=spec.resources.gpu_count,
+                    ex_image=spec.image, ex_tags=tags)
+
+    def classify(self, exc: Exception):
+        from gitopsq.providers.base import CAPACITY, ERROR, ProviderError
+
+        if isinstance(exc, LocalCapacityError):
+            return ProviderError(CAPACITY, "no-free-slot", str(exc))
+        if isinstance(exc, LocalImageError):
+            return ProviderError(ERROR, "no-container-engine", str(exc))
+        return ProviderError(ERROR, type(exc).__name__, str(exc))
+
+    def list_owned(self, driver, controller_id: str) -> list[Node]:
+        from gitopsq.providers.base import TAG_CONTROLLER
+
+        return [n for n in driver.list_nodes() if (n.extra.get("tags") or {}).get(TAG_CONTROLLER) == controller_id]
+
+    def exit_code(self, node: Node):
+        extra = node.extra
+        return node.state == NodeState.RUNNING, extra.get("exit_code"), bool(extra.get("lost")), extra.get("log")
+
+
+def make_local_provider(state_dir: Path, controller_id: str, slots: int | None = None, gpus: int | None = None):
+    """The embedded default provider, through Libcloud's driver registry."""
+    from libcloud.compute.providers import get_driver
+
+    from gitopsq.providers.base import LibcloudProvider
+
+    register()
+    driver = get_driver(PROVIDER)(state_dir, slots=slots, gpus=gpus)
+    return LibcloudProvider(driver, LocalAdapter(driver), controller_id)

@@ -1,0 +1,394 @@
+"""One idempotent controller step: git -> plan -> store -> queue -> provider -> store.
+
+The only place that sequences side effects. Each sub-step reads the store, decides (with the
+pure `plan` and `queue` modules) and records its intent in a transaction *before* calling the
+provider, so a crash at any point is repaired by the next start: half-done launches are
+adopted or rolled back, nodes nobody owns are destroyed, stops are finished.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from gitopsq import queue as q
+from gitopsq.desired import FileRow, read_tree
+from gitopsq.plan import Known, absent, plan
+from gitopsq.providers.base import AUTH, CAPACITY, THROTTLE, UNSATISFIABLE, Launch, NodeStatus, Provider, ProviderError
+from gitopsq.source import ConfigRepo
+from gitopsq.spec import RunSpec
+from gitopsq.store import Store
+
+log = logging.getLogger("gitopsq.controller")
+
+POLL_INTERVAL = 1.0  # while nodes run: how often to look at them
+# Final status for each reason a submission was stopped by gitopsq.
+STOP_OUTCOME = {
+    "deleted": "cancelled",
+    "replaced": "cancelled",
+    "max-duration-exceeded": "failed",
+    "inactivity-duration-exceeded": "done",
+}
+
+
+@dataclass
+class StepResult:
+    commit: str | None = None
+    actions: list = field(default_factory=list)
+    launched: list[int] = field(default_factory=list)
+    next_wake: float | None = None
+
+
+class Controller:
+    def __init__(self, store: Store, provider: Provider, repo: ConfigRepo | None = None, branch: str = "main",
+                 clock: Callable[[], float] = time.time, rng: random.Random | None = None):
+        self.store = store
+        self.provider = provider
+        self.repo = repo
+        self.branch = branch
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.recovered = False
+        self.provider_health: str | None = None  # None = healthy, else the one message to show
+
+    # --- the step -----------------------------------------------------------------------------
+
+    def step(self, fetch: bool = False) -> StepResult:
+        result = StepResult()
+        if not self.recovered:
+            self.recover()
+            self.recovered = True
+        if self.repo is not None:
+            if fetch:
+                self.repo.fetch()
+            result.commit, result.actions = self.sync_git()
+        self.finish_stops()
+        self.poll_nodes()
+        self.enforce_deadlines()
+        result.launched = self.admit_and_launch()
+        self.finish_stops()  # stops requested by this step's deadlines
+        result.next_wake = self.next_wake()
+        return result
+
+    # --- git ----------------------------------------------------------------------------------
+
+    def sync_git(self):
+        """Bring the store to the branch tip: plan, and record actions, cursor and files in one transaction."""
+        tip = self.repo.tip()
+        cursor = self.store.cursor(self.branch)
+        if tip is None or tip == cursor:
+            return tip, []  # a missing branch never means "cancel everything"
+        cache = {path: FileRow(**dict(row)) for path, row in self.store.files().items()}
+        base = cursor if cursor and cache else None
+        tree = read_tree(self.repo, tip, cache, base=base)
+        known = {r.name: Known(r.name, r.file, r.spec, r.present, r.status) for r in self.store.recorded().values()}
+        actions = plan(tree.desired, tree.invalid_files, known)
+        gone = absent(tree.desired, tree.invalid_files, known)
+        now = self.clock()
+        with self.store.transaction():
+            for action in actions:
+                self._apply_action(action, tip, now)
+            for name, want in tree.desired.items():
+                self.store.upsert_run(name, want.file, want.blob, dict(want.spec), True, now)
+            for name in gone:
+                self.store.mark_absent(name, now)
+            removed = [p for p in cache if p not in tree.files]
+            changed = [row.as_dict() for path, row in tree.files.items() if cache.get(path) != row]
+            self.store.replace_files(changed, removed)
+            self.store.set_cursor(self.branch, tip, now)
+            self.store.event(None, None, "reconciled", {"commit": tip, "actions": len(actions), "parsed": tree.parsed,
+                                                         "errors": len(tree.all_problems())}, tip, now)
+        return tip, actions
+
+    def _apply_action(self, action, commit: str, now: float) -> None:
+        store = self.store
+        detail = {"file": action.file, "changes": {k: [o, n] for k, (o, n) in action.changes.items()}}
+        if action.kind in ("submit", "restart"):
+            if action.kind == "restart":
+                self._stop(action.run, "replaced", commit, now)
+            store.upsert_run(action.run, action.file, None, dict(action.spec), True, now)
+            sub_id = store.add_submission(action.run, dict(action.spec), commit, now)
+            store.event(action.run, sub_id, action.kind, detail, commit, now)
+        elif action.kind == "update":
+            current = store.current_submission(action.run)
+            store.update_submission(current["id"], spec=json.dumps(dict(action.spec), sort_keys=True), priority=action.spec["priority"])
+            store.event(action.run, current["id"], "updated", detail, commit, now)
+        elif action.kind == "cancel":
+            self._stop(action.run, "deleted", commit, now)
+
+    def _stop(self, run: str, reason: str, commit: str | None, now: float) -> None:
+        """Record the intent to stop a run's active submission; the node is stopped in finish_stops."""
+        current = self.store.current_submission(run)
+        if current is None or current["status"] not in ("queued", "provisioning", "running"):
+            return
+        if current["status"] == "queued":
+            self.store.set_status(current["id"], STOP_OUTCOME[reason], now, reason=reason, commit=commit)
+        else:
+            self.store.set_status(current["id"], "stopping", now, reason=reason, commit=commit, stop_reason=reason)
+
+    # --- recovery -----------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Finish or roll back what a crash interrupted; adopt our nodes, destroy orphans."""
+        try:
+            nodes = self.provider.nodes()
+        except ProviderError as exc:
+            self._provider_trouble(exc)
+            return
+        by_sub = {n.submission_id: n for n in nodes if n.submission_id is not None}
+        now = self.clock()
+        for sub in self.store.submissions_with_status("provisioning"):
+            node = by_sub.get(sub["id"])
+            with self.store.transaction():
+                if node is not None and not node.lost:
+                    self.store.set_status(sub["id"], "running", now, node_id=node.node_id, started_at=sub["started_at"] or now,
+                                          log_path=node.log_path, window_start=now,
+                                          detail={"adopted": node.node_id, "log": node.log_path})
+                else:
+                    # The launch never completed: queue it again, as if it had not been tried.
+                    self.store.set_status(sub["id"], "queued", now, node_id=None, detail={"rolled_back": True})
+            if node is not None and node.lost:
+                self._destroy(node.node_id)
+        active_ids = {s["id"] for s in self.store.submissions_with_status("running", "stopping")}
+        for node in nodes:
+            if node.submission_id not in active_ids:
+                log.info("destroying orphan node %s (submission %s)", node.node_id, node.submission_id)
+                self._destroy(node.node_id)
+
+    # --- stopping -----------------------------------------------------------------------------
+
+    def finish_stops(self) -> None:
+        for sub in self.store.submissions_with_status("stopping"):
+            if sub["node_id"] and not self._destroy(sub["node_id"]):
+                continue  # provider trouble: try again next step
+            now = self.clock()
+            reason = sub["stop_reason"] or "deleted"
+            with self.store.transaction():
+                self.store.set_status(sub["id"], STOP_OUTCOME.get(reason, "cancelled"), now, reason=reason)
+            self._capacity_freed(now)
+
+    def _destroy(self, node_id: str) -> bool:
+        try:
+            self.provider.stop(node_id)
+            return True
+        except ProviderError as exc:
+            self._provider_trouble(exc)
+            return False
+
+    # --- watching nodes -----------------------------------------------------------------------
+
+    def poll_nodes(self) -> None:
+        watched = self.store.submissions_with_status("running")
+        if not watched:
+            return
+        try:
+            nodes = {n.submission_id: n for n in self.provider.nodes() if n.submission_id is not None}
+        except ProviderError as exc:
+            self._provider_trouble(exc)
+            return
+        self.provider_health = None
+        for sub in watched:
+            node = nodes.get(sub["id"])
+            reported = sub["reported_at"] is not None
+            if node is not None and node.running and not reported:
+                continue
+            now = self.clock()
+            if reported:
+                exit_code, event = sub["exit_code"], None
+            elif node is None or node.lost:
+                exit_code, event = None, "interruption"
+            else:
+                exit_code, event = node.exit_code, None
+            self._finish(sub, exit_code, event, now)
+            if node is not None:
+                self._destroy(node.node_id)
+            self._capacity_freed(now)
+
+    def _finish(self, sub, exit_code: int | None, event: str | None, now: float) -> None:
+        """A node ended: done, failed, or back to the queue when the retry policy says so."""
+        spec = RunSpec.from_dict(json.loads(sub["spec"]))
+        if event is None and exit_code == 0:
+            with self.store.transaction():
+                self.store.set_status(sub["id"], "done", now, exit_code=0)
+            return
+        event = event or "error"
+        reason = "interrupted" if event == "interruption" else "exit-code"
+        retry = spec.retry
+        window_start = sub["window_start"] or sub["started_at"] or now
+        with self.store.transaction():
+            if retry and q.retry_after_end(event, retry.on_events, retry.duration, window_start, now):
+                self.store.set_status(sub["id"], "queued", now, reason=reason, exit_code=exit_code, node_id=None,
+                                      attempts=sub["attempts"] + 1, window_start=now, next_try_at=None,
+                                      reported_at=None, detail={"retry": event, "exit_code": exit_code})
+            else:
+                self.store.set_status(sub["id"], "failed", now, reason=reason, exit_code=exit_code,
+                                      detail={"exit_code": exit_code})
+
+    # --- deadlines ----------------------------------------------------------------------------
+
+    def enforce_deadlines(self) -> None:
+        now = self.clock()
+        for sub in self.store.submissions_with_status("running"):
+            spec = RunSpec.from_dict(json.loads(sub["spec"]))
+            reason = _expired(spec, sub, now)
+            if reason:
+                with self.store.transaction():
+                    self.store.set_status(sub["id"], "stopping", now, reason=reason, stop_reason=reason)
+
+    # --- admission ----------------------------------------------------------------------------
+
+    def admit_and_launch(self) -> list[int]:
+        queued = self.store.submissions_with_status("queued")
+        if not queued:
+            return []
+        now = self.clock()
+        specs = {s["id"]: RunSpec.from_dict(json.loads(s["spec"])) for s in queued}
+        # Runs nothing here can ever satisfy fail at once, naming the resource.
+        for sub in queued:
+            why = self.provider.unsatisfiable(specs[sub["id"]])
+            if why:
+                with self.store.transaction():
+                    self.store.set_status(sub["id"], "failed", now, reason="unsatisfiable", message=why, detail={"message": why})
+        queued = [s for s in queued if self.store.submission(s["id"])["status"] == "queued"]
+        try:
+            capacity = self.provider.capacity()
+        except ProviderError as exc:
+            self._provider_trouble(exc)
+            return []
+        waiting = [self._waiting(sub, specs[sub["id"]]) for sub in queued]
+        decision = q.admit(waiting, capacity, now, self._freed_at())
+        rows = {s["id"]: s for s in queued}
+        with self.store.transaction():
+            for sub_id, reason in decision.fail:
+                self.store.set_status(sub_id, "failed", now, reason=reason)
+            for sub_id in decision.wait:
+                if rows[sub_id]["window_start"] is None:
+                    self.store.update_submission(sub_id, window_start=now)
+        launched = []
+        for sub_id in decision.launch:
+            if self._launch(rows[sub_id], specs[sub_id]):
+                launched.append(sub_id)
+        return launched
+
+    def _waiting(self, sub, spec: RunSpec) -> q.Waiting:
+        retry = spec.retry
+        on_capacity = bool(retry and retry.covers("no-capacity"))
+        deadline = None
+        if on_capacity and retry.duration is not None and sub["window_start"] is not None:
+            deadline = sub["window_start"] + retry.duration
+        return q.Waiting(sub["id"], sub["run"], sub["priority"], sub["queued_at"], self.provider.demand(spec),
+                         on_capacity, deadline, sub["next_try_at"], sub["last_attempt_at"])
+
+    def _launch(self, sub, spec: RunSpec) -> bool:
+        now = self.clock()
+        with self.store.transaction():  # intent first: a crash from here on is adopted or rolled back
+            self.store.set_status(sub["id"], "provisioning", now, last_attempt_at=now)
+        launch = Launch(sub["id"], sub["run"], sub["number"], spec, sub["token"])
+        try:
+            node = self.provider.launch(launch)
+        except ProviderError as exc:
+            self._launch_failed(sub, spec, exc, self.clock())
+            return False
+        now = self.clock()
+        self.provider_health = None
+        with self.store.transaction():
+            self.store.set_status(sub["id"], "running", now, node_id=node.node_id, started_at=now, window_start=now,
+                                  log_path=node.log_path, next_try_at=None,
+                                  detail={"node": node.node_id, "log": node.log_path})
+        return True
+
+    def _launch_failed(self, sub, spec: RunSpec, exc: ProviderError, now: float) -> None:
+        retry = spec.retry
+        detail = {"kind": exc.kind, "code": exc.code, "message": exc.message}
+        with self.store.transaction():
+            if exc.kind == UNSATISFIABLE:
+                self.store.set_status(sub["id"], "failed", now, reason="unsatisfiable", message=exc.message, detail=detail)
+            elif exc.kind == CAPACITY:
+                if retry and retry.covers("no-capacity"):
+                    attempts = sub["attempts"] + 1
+                    self.store.set_status(sub["id"], "queued", now, attempts=attempts, message=str(exc), detail=detail,
+                                          window_start=sub["window_start"] or now,
+                                          next_try_at=now + q.backoff_delay(attempts, self.rng.random()))
+                else:
+                    self.store.set_status(sub["id"], "failed", now, reason="no-capacity", message=str(exc), detail=detail)
+            elif exc.kind in (THROTTLE, AUTH):
+                # The provider's trouble, not the run's: wait and try again, not counted as an attempt.
+                self._provider_trouble(exc)
+                self.store.set_status(sub["id"], "queued", now, message=str(exc), detail=detail,
+                                      next_try_at=now + q.backoff_delay(1, self.rng.random()))
+            else:
+                window_start = sub["window_start"] or now
+                if retry and q.retry_after_end("error", retry.on_events, retry.duration, window_start, now):
+                    attempts = sub["attempts"] + 1
+                    self.store.set_status(sub["id"], "queued", now, attempts=attempts, message=str(exc), detail=detail,
+                                          window_start=window_start, next_try_at=now + q.backoff_delay(attempts, self.rng.random()))
+                else:
+                    self.store.set_status(sub["id"], "failed", now, reason="provider-error", message=str(exc), detail=detail)
+        self.store.event(sub["run"], sub["id"], "provider-error", detail, None, now)
+
+    # --- bookkeeping --------------------------------------------------------------------------
+
+    def _provider_trouble(self, exc: ProviderError) -> None:
+        message = f"provider {self.provider.name}: {exc.kind}: {exc}"
+        if message != self.provider_health:
+            log.warning("%s", message)  # once per distinct problem, not once per run
+        self.provider_health = message
+
+    def _capacity_freed(self, now: float) -> None:
+        self.store.set_meta("capacity_freed_at", repr(now))
+
+    def _freed_at(self) -> float | None:
+        value = self.store.meta("capacity_freed_at")
+        return float(value) if value else None
+
+    def next_wake(self) -> float | None:
+        """When the next step is due without any trigger (None: only a trigger can change anything)."""
+        now = self.clock()
+        times = []
+        if self.store.submissions_with_status("running", "provisioning", "stopping"):
+            times.append(now + POLL_INTERVAL)
+        for sub in self.store.submissions_with_status("queued"):
+            spec = RunSpec.from_dict(json.loads(sub["spec"]))
+            waiting = self._waiting(sub, spec)
+            times += [t for t in (waiting.deadline, waiting.next_try_at) if t is not None]
+        return min(times) if times else None
+
+
+def _expired(spec: RunSpec, sub, now: float) -> str | None:
+    started = sub["started_at"]
+    if spec.max_duration is not None and started is not None and now - started >= spec.max_duration:
+        return "max-duration-exceeded"
+    if spec.type == "dev-environment" and spec.inactivity_duration is not None:
+        last = max(t for t in (sub["last_activity_at"], started, 0) if t is not None)
+        if now - last >= spec.inactivity_duration:
+            return "inactivity-duration-exceeded"
+    return None
+
+
+def touch(store: Store, run: str, now: float) -> bool:
+    """Record activity of a run's dev environment (resets its inactivity clock)."""
+    current = store.current_submission(run)
+    if current is None or current["status"] not in ("queued", "provisioning", "running"):
+        return False
+    with store.transaction():
+        store.update_submission(current["id"], last_activity_at=now)
+    return True
+
+
+def record_report(store: Store, submission_id: int, token: str, exit_code: int, now: float) -> bool:
+    """A node's exit-code report: accepted only with that submission's token, only while it runs."""
+    import hmac
+
+    sub = store.submission(submission_id)
+    if sub is None or not sub["token"] or not hmac.compare_digest(sub["token"].encode(), token.encode()):
+        return False
+    if sub["status"] not in ("provisioning", "running") or sub["reported_at"] is not None:
+        return False
+    with store.transaction():
+        store.update_submission(submission_id, exit_code=exit_code, reported_at=now)
+        store.event(sub["run"], submission_id, "reported", {"exit_code": exit_code}, None, now)
+    return True

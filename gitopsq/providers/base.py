@@ -1,0 +1,172 @@
+"""The small protocol the controller needs from a provider, implemented once over Libcloud.
+
+`LibcloudProvider` talks to any Libcloud `NodeDriver` (create_node, list_nodes, destroy_node):
+it tags every node with the controller id, run name and submission id, finds its own nodes by
+those tags, and maps errors to kinds. What differs between drivers (how a node gets its work,
+how capacity is known, which size fits) is a `DriverAdapter` - the local machine and a cloud each
+have one; neither is a second code path for the controller.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from gitopsq.spec import RunSpec
+
+TAG_CONTROLLER = "gitopsq-controller"
+TAG_RUN = "gitopsq-run"
+TAG_SUBMISSION = "gitopsq-submission"
+
+# Error kinds, each handled one way by the controller.
+CAPACITY = "capacity"  # no room now: queue per retry policy
+THROTTLE = "throttle"  # provider busy (throttling, 5xx, timeouts): back off, not a run failure
+AUTH = "auth"  # credentials: runs wait, the provider is reported unhealthy
+UNSATISFIABLE = "unsatisfiable"  # no size/machine can ever satisfy the resources: fail at once
+ERROR = "error"  # anything else: the run's `error` retry event
+
+
+class ProviderError(Exception):
+    def __init__(self, kind: str, code: str, message: str):
+        super().__init__(f"{code}: {message}" if code else message)
+        self.kind, self.code, self.message = kind, code, message
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One node to create for one submission."""
+
+    submission_id: int
+    run: str
+    number: int
+    spec: RunSpec
+    token: str  # per-submission secret for the node's exit-code report
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    node_id: str
+    submission_id: int | None
+    run: str | None
+    running: bool
+    exit_code: int | None  # when ended; None if lost or unknown
+    lost: bool = False  # ended without recording an exit code
+    log_path: str | None = None
+
+
+class Provider(Protocol):
+    name: str
+    reports_exit_codes: bool  # True: nodes report through the callback; False: nodes() tells
+
+    def demand(self, spec: RunSpec) -> dict[str, int]: ...
+    def capacity(self) -> dict[str, int]: ...
+    def unsatisfiable(self, spec: RunSpec) -> str | None: ...
+    def launch(self, launch: Launch) -> NodeStatus: ...
+    def nodes(self) -> list[NodeStatus]: ...
+    def stop(self, node_id: str) -> None: ...
+
+
+def run_script(spec: RunSpec) -> str:
+    """The bash script a node runs: commands in order, stopping at the first that fails.
+
+    A dev environment runs `init` and then stays up until it is stopped.
+    """
+    steps = list(spec.init if spec.type == "dev-environment" else spec.commands)
+    body = "\n".join(steps)
+    if spec.type == "dev-environment":
+        body += "\necho 'gitopsq: dev environment ready'\nwhile :; do sleep 3600; done"
+    if spec.shell in ("bash", "/bin/bash"):
+        return f"set -e\n{body}\n"
+    return f"exec {shlex.quote(spec.shell if '/' in spec.shell else '/bin/' + spec.shell)} -ec {shlex.quote(body)}\n"
+
+
+def run_env(spec: RunSpec, launch: Launch) -> dict[str, str]:
+    env = spec.env_dict()
+    env.update(GITOPSQ_RUN=launch.run, GITOPSQ_SUBMISSION=str(launch.number), GITOPSQ_SUBMISSION_ID=str(launch.submission_id))
+    return env
+
+
+class DriverAdapter(Protocol):
+    """What differs between Libcloud drivers."""
+
+    name: str
+    reports_exit_codes: bool
+
+    def demand(self, spec: RunSpec) -> dict[str, int]: ...
+    def capacity(self, owned_running: int) -> dict[str, int]: ...
+    def unsatisfiable(self, spec: RunSpec) -> str | None: ...
+    def create_args(self, launch: Launch, tags: dict[str, str]) -> dict: ...
+    def classify(self, exc: Exception) -> ProviderError: ...
+    def list_owned(self, driver, controller_id: str) -> list: ...
+    def exit_code(self, node) -> tuple[bool, int | None, bool, str | None]: ...  # running, exit code, lost, log
+
+
+class LibcloudProvider:
+    """A Provider over any Libcloud NodeDriver plus its adapter."""
+
+    def __init__(self, driver, adapter: DriverAdapter, controller_id: str):
+        self.driver = driver
+        self.adapter = adapter
+        self.controller_id = controller_id
+        self.name = adapter.name
+        self.reports_exit_codes = adapter.reports_exit_codes
+
+    def demand(self, spec: RunSpec) -> dict[str, int]:
+        return self.adapter.demand(spec)
+
+    def capacity(self) -> dict[str, int]:
+        running = sum(1 for node in self.nodes() if node.running)
+        return self.adapter.capacity(running)
+
+    def unsatisfiable(self, spec: RunSpec) -> str | None:
+        return self.adapter.unsatisfiable(spec)
+
+    def tags(self, launch: Launch) -> dict[str, str]:
+        return {TAG_CONTROLLER: self.controller_id, TAG_RUN: launch.run, TAG_SUBMISSION: str(launch.submission_id)}
+
+    def launch(self, launch: Launch) -> NodeStatus:
+        try:
+            node = self.driver.create_node(**self.adapter.create_args(launch, self.tags(launch)))
+        except ProviderError:
+            raise
+        except Exception as exc:  # every driver failure becomes one of the kinds, in one place
+            raise self.adapter.classify(exc) from exc
+        return self._status(node)
+
+    def nodes(self) -> list[NodeStatus]:
+        try:
+            owned = self.adapter.list_owned(self.driver, self.controller_id)
+        except ProviderError:
+            raise
+        except Exception as exc:
+            raise self.adapter.classify(exc) from exc
+        return [self._status(node) for node in owned]
+
+    def stop(self, node_id: str) -> None:
+        try:
+            for node in self.adapter.list_owned(self.driver, self.controller_id):
+                if node.id == node_id:
+                    self.driver.destroy_node(node)
+                    return
+        except ProviderError:
+            raise
+        except Exception as exc:
+            raise self.adapter.classify(exc) from exc
+
+    def _status(self, node) -> NodeStatus:
+        tags = _tags_of(node)
+        sub = tags.get(TAG_SUBMISSION)
+        running, exit_code, lost, log = self.adapter.exit_code(node)
+        return NodeStatus(node.id, int(sub) if sub and sub.isdigit() else None, tags.get(TAG_RUN), running, exit_code, lost, log)
+
+
+def _tags_of(node) -> dict[str, str]:
+    extra = node.extra or {}
+    return dict(extra.get("tags") or {})
+
+
+def log_dir_for(db_path: Path) -> Path:
+    """Where the local provider keeps node state and logs for one state database."""
+    return db_path.parent / f"{db_path.stem}-nodes"

@@ -1,0 +1,93 @@
+"""Tables for people (rich) and JSON for scripts, for `ps` and `history`."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import click
+
+STATUS_STYLE = {"queued": "yellow", "provisioning": "cyan", "running": "green", "stopping": "magenta",
+                "done": "bold green", "failed": "bold red", "cancelled": "dim"}
+
+
+def print_json(rows: list[dict]) -> None:
+    click.echo(json.dumps(rows, indent=2, default=str))
+
+
+def ago(seconds: float | None) -> str:
+    """A short human duration: 42s, 3m05s, 2h10m, 3d4h."""
+    if seconds is None:
+        return ""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+    return f"{s // 86400}d{(s % 86400) // 3600}h"
+
+
+def _retry_state(row: dict, now: float) -> str:
+    retry = row.get("retry")
+    if not retry:
+        return "no retry"
+    parts = [f"#{row['attempts']}" if row.get("attempts") else ""]
+    if row["status"] == "queued" and row.get("deadline"):
+        parts.append(f"gives up in {ago(row['deadline'] - now)}")
+    elif row["status"] == "queued" and retry["duration"] is None and "no-capacity" in retry["on_events"]:
+        parts.append("waits forever")
+    if row["status"] == "queued" and row.get("next_try_at") and row["next_try_at"] > now:
+        parts.append(f"next try in {ago(row['next_try_at'] - now)}")
+    return " ".join(p for p in parts if p) or ",".join(retry["on_events"])
+
+
+def _time_column(row: dict, now: float) -> str:
+    if row["status"] == "queued":
+        return f"waiting {ago(now - row['queued_at'])}"
+    if row["status"] in ("running", "provisioning", "stopping") and row.get("started_at"):
+        return f"up {ago(now - row['started_at'])}"
+    if row.get("finished_at"):
+        return f"ended {ago(now - row['finished_at'])} ago"
+    return ""
+
+
+def runs_table(rows: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    now = time.time()
+    table = Table(box=None, header_style="bold")
+    for column in ("NAME", "STATUS", "PRIORITY", "SUB", "TIME", "RETRY", "REASON"):
+        table.add_column(column, justify="right" if column in ("PRIORITY", "SUB") else "left")
+    for row in rows:
+        status = row["status"]
+        reason = row.get("reason") or ""
+        if row.get("exit_code") not in (None, 0):
+            reason = f"{reason} ({row['exit_code']})".strip()
+        table.add_row(row["name"], f"[{STATUS_STYLE.get(status, '')}]{status}[/]", str(row["priority"]),
+                      str(row["submission"]), _time_column(row, now), _retry_state(row, now), reason)
+    console = Console()
+    if not rows:
+        console.print("No runs. Commit a run file to the config repo, then run gitopsq serve.")
+        return
+    console.print(table)
+
+
+def history_table(rows: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    now = time.time()
+    table = Table(box=None, header_style="bold")
+    for column in ("SUB", "STATUS", "PRIORITY", "SUBMITTED", "TIME", "REASON", "COMMIT", "LOG"):
+        table.add_column(column)
+    for row in rows:
+        reason = row.get("reason") or ""
+        if row.get("exit_code") is not None:
+            reason = f"{reason} exit {row['exit_code']}".strip()
+        table.add_row(str(row["submission"]), f"[{STATUS_STYLE.get(row['status'], '')}]{row['status']}[/]",
+                      str(row["priority"]), f"{ago(now - row['queued_at'])} ago", _time_column(row, now), reason,
+                      (row.get("commit_sha") or "")[:10], row.get("log_path") or "")
+    Console().print(table)
