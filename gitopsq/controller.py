@@ -99,6 +99,7 @@ class Controller:
             removed = [p for p in cache if p not in tree.files]
             changed = [row.as_dict() for path, row in tree.files.items() if cache.get(path) != row]
             self.store.replace_files(changed, removed)
+            self.store.replace_problems([p.as_dict() for p in tree.all_problems()])
             self.store.set_cursor(self.branch, tip, now)
             self.store.event(None, None, "reconciled", {"commit": tip, "actions": len(actions), "parsed": tree.parsed,
                                                          "errors": len(tree.all_problems())}, tip, now)

@@ -49,6 +49,8 @@ def _migrate_1(db: sqlite_utils.Database) -> None:
     # The run files of the last reconciled tree with their parse result, so an unchanged blob is
     # never parsed again, even after a restart.
     db["files"].create({"path": str, "blob": str, "config": str, "name": str, "spec": str, "problems": str}, pk="path")
+    # Every validation problem of the last reconciled tree (parse errors, duplicate names, config).
+    db["problems"].create({"id": int, "file": str, "line": int, "field": str, "message": str}, pk="id")
 
 
 MIGRATIONS = {1: _migrate_1}
@@ -148,10 +150,12 @@ class Store:
         )
 
     def file_problems(self) -> list[dict]:
-        out = []
-        for row in self.conn.execute("SELECT path, problems FROM files WHERE problems IS NOT NULL ORDER BY path"):
-            out.extend(json.loads(row["problems"]))
-        return out
+        rows = self.conn.execute("SELECT file, line, field, message FROM problems ORDER BY id")
+        return [dict(row) for row in rows]
+
+    def replace_problems(self, problems: list[dict]) -> None:
+        self.conn.execute("DELETE FROM problems")
+        self.conn.executemany("INSERT INTO problems(file, line, field, message) VALUES(:file, :line, :field, :message)", problems)
 
     # --- runs ---------------------------------------------------------------------------------
 

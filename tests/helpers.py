@@ -21,3 +21,45 @@ def run_cli(*args: str, input: str | None = None, env: dict | None = None):
 def cli_json(*args: str):
     result = run_cli(*args)
     return result.exit_code, json.loads(result.output)
+
+
+class GitRepo:
+    """A real git repository in a temp dir, driven like a user would."""
+
+    def __init__(self, path: Path, branch: str = "main"):
+        import subprocess
+
+        self.path = path
+        self.branch = branch
+        path.mkdir(parents=True, exist_ok=True)
+        self._run = lambda *a: subprocess.run(["git", *a], cwd=path, check=True, capture_output=True, text=True).stdout.strip()
+        self.git("init", "-q", "-b", branch)
+        self.git("config", "user.email", "test@gitopsq.dev")
+        self.git("config", "user.name", "gitopsq test")
+        self.git("config", "commit.gpgsign", "false")
+
+    def git(self, *args: str) -> str:
+        return self._run(*args)
+
+    def write(self, rel: str, text: str) -> None:
+        target = self.path / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+
+    def remove(self, rel: str) -> None:
+        (self.path / rel).unlink()
+
+    def commit(self, message: str = "change", **files: str) -> str:
+        self.git("add", "--all")
+        self.git("commit", "-q", "--allow-empty", "-m", message)
+        return self.head()
+
+    def head(self) -> str:
+        return self.git("rev-parse", "HEAD")
+
+
+def task(name: str, commands: str = "echo hi", **fields) -> str:
+    """A run file's text."""
+    lines = ["type: task", f"name: {name}", f"commands: [{commands!r}]"]
+    lines += [f"{k}: {v}" for k, v in fields.items()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,251 @@
+"""From commits to actions, end to end on real git repositories and a real store."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+
+from gitopsq.controller import Controller
+from gitopsq.source import ConfigRepo
+from gitopsq.store import Store
+from tests.fakes import Clock, FakeProvider
+from tests.helpers import GitRepo, task
+
+
+@pytest.fixture
+def env(tmp_path):
+    repo = GitRepo(tmp_path / "repo")
+    repo.write("runs/a.yml", task("a"))
+    repo.commit("first")
+    store = Store(tmp_path / "state.db")
+    provider = FakeProvider(slots=10)
+    source = ConfigRepo(str(repo.path))
+    controller = Controller(store, provider, source, clock=Clock())
+    yield repo, store, provider, controller
+    source.close()
+    store.close()
+
+
+def sync(controller):
+    _, actions = controller.sync_git()
+    return [(a.kind, a.run) for a in actions]
+
+
+def status(store, run):
+    return store.current_submission(run)["status"]
+
+
+def test_add_submits(env):
+    repo, store, provider, controller = env
+    assert sync(controller) == [("submit", "a")]
+    assert status(store, "a") == "queued"
+    assert store.current_submission("a")["number"] == 1
+
+
+def test_replaying_the_same_commit_does_nothing(env):
+    repo, store, provider, controller = env
+    sync(controller)
+    events = len(store.events(limit=1000))
+    assert sync(controller) == []
+    controller.recovered = True
+    store.set_cursor("main", "0" * 40, 0)  # even a lost cursor: a full comparison finds nothing to do
+    assert sync(controller) == []
+    assert len(store.history("a")) == 1
+    assert len(store.events(limit=1000)) == events + 1  # only the "reconciled" event of the full comparison
+
+
+def test_in_place_edit_updates_without_restart(env):
+    repo, store, provider, controller = env
+    sync(controller)
+    controller.step()
+    assert provider.running_runs() == ["a"]
+    repo.write("runs/a.yml", task("a", priority=70))
+    repo.commit()
+    assert sync(controller) == [("update", "a")]
+    current = store.current_submission("a")
+    assert current["number"] == 1 and current["status"] == "running" and current["priority"] == 70
+    assert json.loads(current["spec"])["priority"] == 70
+    assert provider.stopped == []
+
+
+def test_commands_edit_restarts(env):
+    repo, store, provider, controller = env
+    sync(controller)
+    controller.step()
+    repo.write("runs/a.yml", task("a", "echo changed"))
+    repo.commit()
+    assert sync(controller) == [("restart", "a")]
+    old, new = store.history("a")
+    assert old["status"] == "stopping" and old["stop_reason"] == "replaced"
+    assert new["status"] == "queued" and new["number"] == 2
+    controller.step()
+    assert store.history("a")[0]["status"] == "cancelled"
+    assert store.history("a")[0]["reason"] == "replaced"
+    assert provider.stopped == ["node-0"]
+    assert [l.number for l in provider.launched] == [1, 2]
+
+
+def test_delete_cancels(env):
+    repo, store, provider, controller = env
+    sync(controller)
+    controller.step()
+    repo.remove("runs/a.yml")
+    repo.commit()
+    assert sync(controller) == [("cancel", "a")]
+    controller.step()
+    sub = store.current_submission("a")
+    assert (sub["status"], sub["reason"]) == ("cancelled", "deleted")
+    assert provider.running_runs() == []
+
+
+def test_move_without_rename_does_nothing(env):
+    repo, store, provider, controller = env
+    sync(controller)
+    repo.git("mv", "runs/a.yml", "runs/moved.yml")
+    repo.commit()
+    assert sync(controller) == []
+    assert store.run("a")["file"] == "runs/moved.yml"
+
+
+def test_rename_cancels_old_and_submits_new(env):
+    repo, store, provider, controller = env
+    sync(controller)
+    repo.write("runs/a.yml", task("b"))
+    repo.commit()
+    assert sync(controller) == [("cancel", "a"), ("submit", "b")]
+
+
+def test_invalid_edit_keeps_running_then_fix_applies(env):
+    repo, store, provider, controller = env
+    sync(controller)
+    controller.step()
+    repo.write("runs/a.yml", task("a", priority=500))
+    repo.commit()
+    assert sync(controller) == []
+    assert status(store, "a") == "running"
+    problems = store.file_problems()
+    assert [(p["file"], p["line"], p["field"]) for p in problems] == [("runs/a.yml", 4, "priority")]
+    repo.write("runs/a.yml", task("a", priority=60))
+    repo.commit()
+    assert sync(controller) == [("update", "a")]
+    assert store.file_problems() == []
+
+
+def test_invalid_new_file_is_reported_not_submitted(env):
+    repo, store, provider, controller = env
+    sync(controller)
+    repo.write("runs/bad.yml", "type: task\ncommands: [x\n")
+    repo.commit()
+    assert sync(controller) == []
+    assert store.file_problems()[0]["file"] == "runs/bad.yml"
+
+
+def test_re_adding_finished_run_submits_again(env):
+    repo, store, provider, controller = env
+    sync(controller)
+    controller.step()
+    provider.finish("node-0", 0)
+    controller.step()
+    assert status(store, "a") == "done"
+    repo.remove("runs/a.yml")
+    repo.commit()
+    assert sync(controller) == []
+    repo.write("runs/a.yml", task("a"))
+    repo.commit()
+    assert sync(controller) == [("submit", "a")]
+    first, second = store.history("a")
+    assert (first["number"], first["status"]) == (1, "done")
+    assert (second["number"], second["status"]) == (2, "queued")
+
+
+def test_two_files_one_name(env):
+    repo, store, provider, controller = env
+    sync(controller)
+    controller.step()
+    repo.write("runs/copy.yml", task("a", "echo copy"))
+    repo.commit()
+    assert sync(controller) == []  # both invalid: the run already running keeps running
+    assert status(store, "a") == "running"
+    assert sorted(p["file"] for p in store.file_problems()) == ["runs/a.yml", "runs/copy.yml"]
+    repo.remove("runs/copy.yml")
+    repo.commit()
+    assert sync(controller) == []
+    assert store.file_problems() == []
+
+
+def test_force_push_dropping_the_cursor(env):
+    repo, store, provider, controller = env
+    repo.write("runs/b.yml", task("b"))
+    repo.commit("adds b")
+    assert sync(controller) == [("submit", "a"), ("submit", "b")]
+    # Rewrite history: drop the commit that added b, edit a, and make the old commit unreachable.
+    repo.git("reset", "-q", "--hard", "HEAD~1")
+    repo.write("runs/a.yml", task("a", priority=3))
+    repo.commit("rewritten")
+    repo.git("reflog", "expire", "--expire=now", "--all")
+    repo.git("gc", "-q", "--prune=now")
+    assert sync(controller) == [("update", "a"), ("cancel", "b")]
+    assert status(store, "b") == "cancelled"
+    assert store.current_submission("a")["priority"] == 3
+
+
+def test_merge_commit(env):
+    repo, store, provider, controller = env
+    sync(controller)
+    repo.git("checkout", "-q", "-b", "feature")
+    repo.write("runs/f.yml", task("f"))
+    repo.commit("feature")
+    repo.git("checkout", "-q", "main")
+    repo.write("runs/a.yml", task("a", priority=9))
+    repo.commit("main edit")
+    repo.git("merge", "-q", "--no-ff", "-m", "merge", "feature")
+    assert sync(controller) == [("update", "a"), ("submit", "f")]
+    assert store.current_submission("f")["status"] == "queued"
+    assert store.current_submission("a")["priority"] == 9
+
+
+def test_crash_inside_the_transaction_leaves_the_store_as_it_was(env, monkeypatch):
+    repo, store, provider, controller = env
+    sync(controller)
+    repo.write("runs/a.yml", task("a", "echo new"))
+    repo.write("runs/c.yml", task("c"))
+    repo.commit()
+
+    def dump():
+        out = {}
+        for table in ("runs", "submissions", "events", "cursors", "files"):
+            out[table] = [tuple(r) for r in store.conn.execute(f"SELECT * FROM {table} ORDER BY 1")]
+        return out
+
+    before = dump()
+    original = store.set_cursor
+
+    def crash(*args):
+        raise RuntimeError("simulated crash before commit")
+
+    monkeypatch.setattr(store, "set_cursor", crash)
+    with pytest.raises(RuntimeError):
+        controller.sync_git()
+    assert dump() == before
+    monkeypatch.setattr(store, "set_cursor", original)
+    assert sorted(sync(controller)) == [("restart", "a"), ("submit", "c")]
+
+
+def test_unchanged_blobs_are_not_parsed_again(env, tmp_path):
+    repo, store, provider, controller = env
+    for i in range(5):
+        repo.write(f"runs/r{i}.yml", task(f"r{i}"))
+    repo.commit()
+    sync(controller)
+    repo.write("runs/r0.yml", task("r0", priority=1))
+    repo.commit()
+    sync(controller)
+    last = json.loads(store.events(limit=1)[0]["detail"])
+    assert last["parsed"] == 1
+    # A restart of the controller (new objects, same database) parses nothing for an unchanged tip.
+    store.set_cursor("main", "0" * 40, 0)
+    fresh = Controller(Store(store.path), provider, ConfigRepo(str(repo.path)), clock=Clock())
+    fresh.sync_git()
+    assert json.loads(fresh.store.events(limit=1)[0]["detail"])["parsed"] == 0
