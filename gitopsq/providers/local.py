@@ -81,10 +81,12 @@ def register() -> None:
 
 # Runs as a separate short-lived process so the wrapper is not our child: its parent
 # exits right away and init adopts the wrapper. It records pid and start time in
-# meta.json itself, so they reach disk even if the controller dies meanwhile.
+# meta.json itself, so they reach disk even if the controller dies meanwhile. It inherits
+# the driver's lock and holds it until the pid is on disk: a controller restarted meanwhile
+# waits in list_nodes instead of taking a starting node for a lost one and launching again.
 _LAUNCHER = r"""
 import json, os, subprocess, sys
-meta_path, log_path, *argv = sys.argv[1:]
+lock_fd, meta_path, log_path, *argv = sys.argv[1:]
 with open(log_path, "ab", buffering=0) as log:
     p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                          start_new_session=True)
@@ -96,6 +98,7 @@ meta.update(pid=p.pid, start_time=start)
 with open(meta_path + ".tmp", "w") as f:
     json.dump(meta, f, indent=2)
 os.replace(meta_path + ".tmp", meta_path)
+os.close(int(lock_fd))
 """
 
 # The wrapper is the process group leader. The trap (a handler, not "ignore", so the
@@ -244,7 +247,7 @@ class LocalNodeDriver(NodeDriver):
                 driver=self,
             )
 
-        with self._lock(fcntl.LOCK_EX):
+        with self._lock(fcntl.LOCK_EX) as lock_fd:
             free_slots, free_gpus = self._free()
             missing = []
             if free_slots < 1:
@@ -282,10 +285,10 @@ class LocalNodeDriver(NodeDriver):
             env = self._node_env(ex_env, gpu_ids)
             command = self._command(node_id, script, workdir, env, ex_env, ex_image, tool, gpu_ids)
             launch = subprocess.run(
-                [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(meta_path),
+                [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(lock_fd), str(meta_path),
                  str(node_dir / "log"), shutil.which("bash") or "/bin/bash", "-c",
                  _WRAPPER, "gitopsq-node", str(node_dir / "exit_code"), *command],
-                cwd=workdir, env=env, stdin=subprocess.DEVNULL,
+                cwd=workdir, env=env, stdin=subprocess.DEVNULL, pass_fds=(lock_fd,),
                 capture_output=True, text=True, timeout=60,
             )
             if launch.returncode != 0:
@@ -351,7 +354,7 @@ class LocalNodeDriver(NodeDriver):
         fd = os.open(self.state_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, mode)
-            yield
+            yield fd
         finally:
             os.close(fd)  # releases the lock
 

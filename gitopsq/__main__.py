@@ -1,0 +1,3 @@
+from gitopsq.cli import main
+
+main()
