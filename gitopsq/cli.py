@@ -1,5 +1,7 @@
 """The `gitopsq` command line: thin click wrappers over the library."""
 
+import re
+
 import click
 
 from gitopsq import __version__
@@ -166,11 +168,22 @@ def _provider_options(provider, local_slots, local_gpus, provider_opt, max_nodes
 @click.option("--local-gpus", type=click.IntRange(min=0), help="GPUs on this machine (default: what nvidia-smi reports, else 0).")
 @click.option("--max-nodes", type=click.IntRange(min=1), help="Cap on nodes a cloud provider runs at once.")
 @click.option("--public-url", help="How cloud nodes reach this controller to report their exit code.")
-def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, local_gpus, max_nodes, public_url) -> None:
+@click.option("--http", "http", default="127.0.0.1:8765", show_default=True, metavar="HOST:PORT",
+              help="Where the JSON API, webhook, metrics and dashboard listen; 'off' for none.")
+@click.option("--interval", default="60s", show_default=True, help="How often to fetch a remote repo, and to check everything anyway.")
+@click.option("--webhook-secret-file", type=click.Path(exists=True, dir_okay=False),
+              help="File holding the shared secret that webhook signatures are checked against.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, local_gpus, max_nodes, public_url,
+          http, interval, webhook_secret_file, log_format) -> None:
     """Reconcile the config repo: submit, update, restart and cancel runs, and run the queue.
 
+    Runs until SIGTERM or Ctrl-C, reacting to commits at once (a local repo is watched; a URL
+    is fetched every --interval, or when a webhook arrives), and serves the API and dashboard.
+    On exit, nodes keep running; the next start adopts them.
+
     With --once: one step (read the branch tip, apply the plan, watch nodes, admit from the
-    queue), then exit; nodes keep running and the next step picks them up.
+    queue), then exit.
     """
     from gitopsq.runtime import make_controller, open_store
 
@@ -184,9 +197,16 @@ def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, 
         if controller.provider_health:
             click.echo(controller.provider_health, err=True)
         return
-    from gitopsq.daemon import run_daemon
+    from pathlib import Path
 
-    run_daemon(controller)
+    from gitopsq.daemon import DaemonOptions, run_daemon
+    from gitopsq.spec import parse_duration
+
+    if not re.fullmatch(r"[0-9]+[smhdw]?", interval):
+        raise click.BadParameter("use seconds or 30s, 5m, 1h", param_hint="--interval")
+    seconds = parse_duration(interval if interval[-1].isalpha() else int(interval))
+    secret = Path(webhook_secret_file).read_bytes().strip() if webhook_secret_file else None
+    run_daemon(controller, DaemonOptions(None if http == "off" else http, float(seconds), secret, log_format))
 
 
 @main.command()

@@ -54,6 +54,8 @@ class Controller:
         self.rng = rng or random.Random()
         self.recovered = False
         self.provider_health: str | None = None  # None = healthy, else the one message to show
+        self.on_provider_error: Callable[[str], None] | None = None  # metrics hook: called with the kind
+        self.last_commit: str | None = store.cursor(branch)
 
     # --- the step -----------------------------------------------------------------------------
 
@@ -66,6 +68,7 @@ class Controller:
             if fetch:
                 self.repo.fetch()
             result.commit, result.actions = self.sync_git()
+            self.last_commit = result.commit or self.last_commit
         self.finish_stops()
         self.poll_nodes()
         self.enforce_deadlines()
@@ -334,6 +337,8 @@ class Controller:
     # --- bookkeeping --------------------------------------------------------------------------
 
     def _provider_trouble(self, exc: ProviderError) -> None:
+        if self.on_provider_error:
+            self.on_provider_error(exc.kind)
         message = f"provider {self.provider.name}: {exc.kind}: {exc}"
         if message != self.provider_health:
             log.warning("%s", message)  # once per distinct problem, not once per run

@@ -200,6 +200,11 @@ class ConfigRepo:
 
     # -- refs and commits --------------------------------------------------------
 
+    @property
+    def display_location(self) -> str:
+        """The location with any credentials in a URL hidden, for logs and the dashboard."""
+        return _redact(self.location)
+
     def fetch(self) -> None:
         """Remote: force-fetch the branch into the tracking ref. Local: nothing to do."""
         if not self.is_remote:
