@@ -14,5 +14,6 @@ USER gitopsq
 ENV GITOPSQ_STATE_DIR=/data
 WORKDIR /data
 
-ENTRYPOINT ["gitopsq"]
+EXPOSE 8765
+ENTRYPOINT ["gitopsq", "serve"]
 CMD ["--help"]
