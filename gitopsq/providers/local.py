@@ -471,7 +471,9 @@ class LocalNodeDriver(NodeDriver):
             cmd += ["--gpus", f"device={ids}"] if tool == "docker" else [
                 a for g in gpu_ids for a in ("--device", f"nvidia.com/gpu={g}")
             ]
-        return [*cmd, image, "bash", "/gitopsq/script.sh"]
+        # An empty script means the run gave no commands: the image's own command runs.
+        own_command = script.read_text().strip() == ""
+        return [*cmd, image] if own_command else [*cmd, image, "bash", "/gitopsq/script.sh"]
 
     def _container_tool(self) -> str | None:
         """docker or podman, whichever engine answers first; the answer is cached."""
@@ -525,7 +527,8 @@ class LocalAdapter:
         from gitopsq.providers.base import run_env, run_script
 
         spec = launch.spec
-        return dict(name=f"gq-{launch.run}-{launch.submission_id}", ex_script=run_script(spec),
+        script = run_script(spec) if spec.commands or spec.type == "dev-environment" else ""
+        return dict(name=f"gq-{launch.run}-{launch.submission_id}", ex_script=script,
                     ex_env=run_env(spec, launch), ex_gpus=spec.resources.gpu_count,
                     ex_image=spec.image, ex_tags=tags)
 
