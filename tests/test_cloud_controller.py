@@ -374,3 +374,48 @@ def test_kill_9_never_duplicates_or_orphans_instances(tmp_path, server):
         assert len(world.instances()) == len(current) - 1 + 3
     finally:
         world.close()
+
+
+def test_serve_reports_provider_config_errors_plainly(tmp_path, monkeypatch):
+    from tests.helpers import run_cli
+
+    work = tmp_path / "config"
+    work.mkdir()
+    git(work, "init", "-q", "-b", "main")
+    git(work, "commit", "-q", "--allow-empty", "-m", "empty")
+    monkeypatch.setenv("GITOPSQ_PROVIDER_SECRET", "very-secret-value")
+    monkeypatch.delenv("GITOPSQ_PROVIDER_KEY")
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    base = ["serve", "--repo", str(work), "--db", str(tmp_path / "s.db"), "--once", "--provider", "ec2"]
+    result = run_cli(*base)
+    assert result.exit_code == 1
+    assert "Error: --public-url is required for a cloud provider" in result.output
+    result = run_cli(*base, "--public-url", PUBLIC_URL, "--provider-opt", "region=us-east-1")
+    assert result.exit_code == 1
+    assert "GITOPSQ_PROVIDER_KEY" in result.output and "very-secret-value" not in result.output
+
+
+def test_serve_once_launches_on_ec2(tmp_path, server):
+    from tests.helpers import run_cli
+
+    work = tmp_path / "config"
+    work.mkdir()
+    git(work, "init", "-q", "-b", "main")
+    (work / "job.yml").write_text(run_file())
+    git(work, "add", "-A")
+    git(work, "commit", "-q", "-m", "job")
+    db = tmp_path / "s.db"
+    result = run_cli("serve", "--repo", str(work), "--db", str(db), "--once", "--provider", "ec2",
+                     "--provider-opt", "region=us-east-1", "--provider-opt", f"endpoint={server.endpoint}",
+                     "--max-nodes", "3", "--public-url", PUBLIC_URL)
+    assert result.exit_code == 0, result.output
+    assert result.output == "submit job\n"
+    store = Store(db)
+    try:
+        sub = store.current_submission("job")
+        driver = ec2.make_ec2_driver(endpoint=server.endpoint, key=TEST_KEY, secret=TEST_SECRET)
+        [node] = ec2.list_nodes_by_tag(driver, TAG_CONTROLLER, store.controller_id)
+        assert (sub["status"], sub["node_id"]) == ("running", node.id)
+    finally:
+        store.close()
