@@ -5,7 +5,8 @@ a `LibcloudProvider` over a Libcloud driver plus a `CloudAdapter`, so a cloud is
 driver, not a second code path in the controller. What the adapter adds:
 
 - the size: the cheapest `NodeSize` whose vCPUs, memory and GPUs satisfy `resources`
-  (`choose_size`, a pure function), honouring `max_price`, `regions`, `backends`, `spot_policy`;
+  (`choose_size`, a pure function), honouring `max_price`, `regions`, `backends`, `spot_policy`
+  (`spot` asks the driver for a spot instance; `auto` and `on-demand` get on-demand ones);
 - the work, as user-data (`user_data`): a bash script that runs the commands (inside `image`
   with docker when one is set), reports the exit code to `--public-url` with the submission's
   token, and powers the node off;
@@ -231,7 +232,7 @@ def user_data(launch: Launch, public_url: str) -> str:
     """
     spec = launch.spec
     env = run_env(spec, launch)
-    exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items() if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k))
+    exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())  # names: the schema's pattern
     url = f"{public_url.rstrip('/')}/api/submissions/{launch.submission_id}/report"
     body_head = json.dumps({"token": launch.token})[:-1] + ', "exit_code": '
     if spec.image:
@@ -303,8 +304,8 @@ class CloudAdapter:
         self.location = location
         self._sizes: list[NodeSize] | None = None
         self._image: NodeImage | None = None
-        params = inspect.signature(driver.create_node).parameters
-        self._accepts = set(params) if not any(p.kind == p.VAR_KEYWORD for p in params.values()) else set(params) | {"*"}
+        # Only arguments create_node names: a driver taking **kwargs may drop what it does not know.
+        self._accepts = set(inspect.signature(driver.create_node).parameters)
 
     @property
     def is_ec2(self) -> bool:
