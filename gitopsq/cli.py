@@ -185,11 +185,15 @@ def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, 
     With --once: one step (read the branch tip, apply the plan, watch nodes, admit from the
     queue), then exit.
     """
+    from gitopsq.providers.base import ProviderConfigError
     from gitopsq.runtime import make_controller, open_store
 
     opts = _provider_options(provider, local_slots, local_gpus, provider_opt, max_nodes, public_url)
     store = open_store(db)
-    controller = make_controller(repo_location, branch, store, opts)
+    try:
+        controller = make_controller(repo_location, branch, store, opts)
+    except ProviderConfigError as exc:  # bad --provider-opt, missing credentials or --public-url
+        raise click.ClickException(str(exc)) from None
     if once:
         result = controller.step(fetch=True)
         for action in result.actions:

@@ -190,11 +190,12 @@ class Controller:
         if not watched:
             return
         try:
-            nodes = {n.submission_id: n for n in self.provider.nodes() if n.submission_id is not None}
+            listed = self.provider.nodes()
         except ProviderError as exc:
             self._provider_trouble(exc)
             return
         self.provider_health = None
+        nodes = self._match_nodes(listed)
         for sub in watched:
             node = nodes.get(sub["id"])
             reported = sub["reported_at"] is not None
@@ -211,6 +212,23 @@ class Controller:
             if node is not None:
                 self._destroy(node.node_id)
             self._capacity_freed(now)
+
+    def _match_nodes(self, listed: list[NodeStatus]) -> dict[int, NodeStatus]:
+        """Each active submission's node; destroys nodes no active submission owns, and duplicates.
+
+        A create that was in flight when a controller died can surface after the restart relaunched
+        its submission: that second node of one submission is not the recorded one, so it goes.
+        """
+        active = {s["id"]: s for s in self.store.submissions_with_status("provisioning", "running", "stopping")}
+        by_sub: dict[int, NodeStatus] = {}
+        for node in listed:
+            sub = active.get(node.submission_id)
+            if sub is None or node.submission_id in by_sub or (sub["node_id"] and sub["node_id"] != node.node_id):
+                log.info("destroying node %s: not the node of an active submission (%s)", node.node_id, node.submission_id)
+                self._destroy(node.node_id)
+                continue
+            by_sub[node.submission_id] = node
+        return by_sub
 
     def _finish(self, sub, exit_code: int | None, event: str | None, now: float) -> None:
         """A node ended: done, failed, or back to the queue when the retry policy says so."""
@@ -291,7 +309,7 @@ class Controller:
         now = self.clock()
         with self.store.transaction():  # intent first: a crash from here on is adopted or rolled back
             self.store.set_status(sub["id"], "provisioning", now, last_attempt_at=now)
-        launch = Launch(sub["id"], sub["run"], sub["number"], spec, sub["token"])
+        launch = Launch(sub["id"], sub["run"], sub["number"], spec, sub["token"], sub["attempts"])
         try:
             node = self.provider.launch(launch)
         except ProviderError as exc:

@@ -28,6 +28,10 @@ UNSATISFIABLE = "unsatisfiable"  # no size/machine can ever satisfy the resource
 ERROR = "error"  # anything else: the run's `error` retry event
 
 
+class ProviderConfigError(Exception):
+    """A provider cannot be built from the options and environment given (said without secrets)."""
+
+
 class ProviderError(Exception):
     def __init__(self, kind: str, code: str, message: str):
         super().__init__(f"{code}: {message}" if code else message)
@@ -43,6 +47,7 @@ class Launch:
     number: int
     spec: RunSpec
     token: str  # per-submission secret for the node's exit-code report
+    attempt: int = 0  # the submission's attempts so far: a relaunch after a crash reuses the number
 
 
 @dataclass(frozen=True)

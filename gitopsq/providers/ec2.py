@@ -24,6 +24,8 @@ from libcloud.compute.drivers.ec2 import NAMESPACE, EC2Connection, EC2NodeDriver
 from libcloud.compute.types import NodeState
 from libcloud.utils.xml import findtext
 
+from gitopsq.providers.base import TAG_CONTROLLER
+
 __all__ = [
     "CONTROLLER_TAG",
     "DEFAULT_IMAGE_NAME",
@@ -41,7 +43,7 @@ __all__ = [
 ]
 
 # Tag put on every instance so a controller can find (only) its own nodes.
-CONTROLLER_TAG = "gitopsq-controller"
+CONTROLLER_TAG = TAG_CONTROLLER
 
 # Default image: newest x86_64 Amazon Linux 2023 published by Amazon.
 DEFAULT_IMAGE_OWNER = "amazon"
@@ -127,6 +129,13 @@ class GitopsqEC2Driver(EC2NodeDriver):
     """EC2 driver that signs with SigV4 and tolerates namespace variants."""
 
     connectionCls = NormalisingEC2Connection
+    # libcloud's map lacks stopping/stopped (they read as UNKNOWN): a node that ended must say so.
+    NODE_STATE_MAP = {
+        **EC2NodeDriver.NODE_STATE_MAP,
+        "shutting-down": NodeState.STOPPING,
+        "stopping": NodeState.STOPPING,
+        "stopped": NodeState.STOPPED,
+    }
 
     def __init__(self, *args, **kwargs):
         # SigV2 is rejected by current AWS regions and most compatible servers.

@@ -1,0 +1,520 @@
+"""Any Libcloud compute provider as a gitopsq provider; EC2 is the one tested end to end.
+
+`make_cloud_provider("ec2", {"region": "us-east-1"}, controller_id, max_nodes, public_url)` builds
+a `LibcloudProvider` over a Libcloud driver plus a `CloudAdapter`, so a cloud is an adapter and a
+driver, not a second code path in the controller. What the adapter adds:
+
+- the size: the cheapest `NodeSize` whose vCPUs, memory and GPUs satisfy `resources`
+  (`choose_size`, a pure function), honouring `max_price`, `regions`, `backends`, `spot_policy`
+  (`spot` asks the driver for a spot instance; `auto` and `on-demand` get on-demand ones);
+- the work, as user-data (`user_data`): a bash script that runs the commands (inside `image`
+  with docker when one is set), reports the exit code to `--public-url` with the submission's
+  token, and powers the node off;
+- capacity: `--max-nodes` when given, else the cloud answers create-node with capacity errors;
+- errors, mapped to the provider error kinds by `ec2.classify_error`.
+
+Credentials come from the environment only (GITOPSQ_PROVIDER_KEY / GITOPSQ_PROVIDER_SECRET, and
+for EC2 also AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY), never from options, and are never logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import inspect
+import json
+import math
+import os
+import re
+import shlex
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from libcloud.compute.base import NodeImage, NodeSize
+from libcloud.compute.types import NodeState
+
+from gitopsq.providers import ec2
+from gitopsq.providers.base import (
+    ERROR,
+    TAG_CONTROLLER,
+    UNSATISFIABLE,
+    Launch,
+    LibcloudProvider,
+    ProviderConfigError,
+    ProviderError,
+    run_env,
+    run_script,
+)
+from gitopsq.spec import Gpu, Range, Resources, RunSpec
+
+__all__ = [
+    "CloudAdapter",
+    "SizeInfo",
+    "choose_size",
+    "make_cloud_provider",
+    "size_info",
+    "user_data",
+]
+
+# dstack's defaults for what a run file leaves unset (a GPU nobody asked for is not paid for).
+DEFAULT_CPU = Range(2, None)
+DEFAULT_MEMORY = Range(8, None)  # GB
+DEFAULT_DISK = Range(100, None)  # GB
+
+# Node states in which the node still works on its run; every other state means it ended.
+_WORKING = {NodeState.PENDING, NodeState.RUNNING, NodeState.STARTING, NodeState.REBOOTING,
+            NodeState.UNKNOWN, NodeState.RECONFIGURING, NodeState.MIGRATING, NodeState.UPDATING,
+            NodeState.NORMAL}
+
+# The GPU of each EC2 GPU family: vendor, model name as dstack writes it, memory per GPU in GB.
+# Libcloud's size data gives only the count ("gpu") and a total memory text ("gpuMemory").
+EC2_GPUS = {
+    "g2": ("nvidia", "K520", 4), "g3": ("nvidia", "M60", 8), "g3s": ("nvidia", "M60", 8),
+    "g4ad": ("amd", "V520", 8), "g4dn": ("nvidia", "T4", 16), "g5": ("nvidia", "A10G", 24),
+    "g5g": ("nvidia", "T4G", 16), "g6": ("nvidia", "L4", 24), "gr6": ("nvidia", "L4", 24),
+    "g6e": ("nvidia", "L40S", 48), "p2": ("nvidia", "K80", 12), "p3": ("nvidia", "V100", 16),
+    "p3dn": ("nvidia", "V100", 32), "p4d": ("nvidia", "A100", 40), "p4de": ("nvidia", "A100", 80),
+    "p5": ("nvidia", "H100", 80), "p5e": ("nvidia", "H200", 141), "p5en": ("nvidia", "H200", 141),
+}
+# dstack's backend names for Libcloud provider names, for the `backends` field.
+BACKEND_ALIASES = {"ec2": {"ec2", "aws"}, "gce": {"gce", "gcp"}, "azure_arm": {"azure", "azure_arm"}}
+
+EC2_OPTIONS = {
+    "region": "the region to run in (default us-east-1)",
+    "endpoint": "URL of an EC2-compatible API server",
+    "image": "AMI id to boot (default: newest Amazon Linux 2023 for arch)",
+    "image_name": "glob of image names to pick the newest of",
+    "image_owner": "owner of image_name images (default amazon)",
+    "arch": "x86_64 (default) or arm64: the sizes the image can boot",
+    "key_name": "EC2 key pair for SSH",
+    "security_groups": "comma-separated security group names",
+    "subnet": "subnet id",
+    "iam_profile": "instance profile name or ARN",
+    "timeout": "seconds per API request (default 30)",
+}
+_CREDENTIAL_KEYS = {"key", "secret", "access_key", "secret_key", "password", "token"}
+
+
+# --- sizes ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SizeInfo:
+    """What a Libcloud NodeSize offers, in the units of a run file."""
+
+    id: str
+    price: float | None  # per hour; None when unknown (libcloud's data has gaps and zeros)
+    vcpus: float | None
+    memory: float  # GB
+    gpu_count: int = 0
+    gpu_vendor: str | None = None
+    gpu_name: str | None = None
+    gpu_memory: float | None = None  # GB per GPU
+    arch: str | None = None  # x86_64 / arm64; None when the driver does not say
+
+
+def _number(value) -> float | None:
+    match = re.match(r"\s*([0-9]+(?:\.[0-9]+)?)", str(value)) if value is not None else None
+    return float(match.group(1)) if match else None
+
+
+def size_info(size: NodeSize) -> SizeInfo:
+    extra = size.extra or {}
+    vcpus = next((_number(extra[k]) for k in ("vcpu", "vcpus", "cpu", "cpus", "guestCpus") if extra.get(k) is not None), None)
+    price = size.price if isinstance(size.price, (int, float)) and size.price > 0 else None
+    gpu_count = int(next((_number(extra[k]) for k in ("gpu", "gpus", "gpu_count") if extra.get(k) is not None), 0) or 0)
+    vendor = name = memory = None
+    arch = None
+    if "physicalProcessor" in extra:  # EC2's data
+        arch = "arm64" if "Graviton" in str(extra["physicalProcessor"]) else "x86_64"
+        family = str(size.id).split(".")[0]
+        if gpu_count and family in EC2_GPUS:
+            vendor, name, memory = EC2_GPUS[family]
+        elif gpu_count:
+            total = _number(extra.get("gpuMemory"))
+            memory = total / gpu_count if total else None
+    else:
+        name = extra.get("gpu_model") or extra.get("gpu_name")
+    return SizeInfo(str(size.id), price, vcpus, (size.ram or 0) / 1024, gpu_count, vendor, name, memory, arch)
+
+
+def _show(rng: Range, unit: str = "") -> str:
+    low = "" if rng.min is None else f"{rng.min:g}{unit}"
+    high = "" if rng.max is None else f"{rng.max:g}{unit}"
+    return low if rng.min == rng.max else f"{low}..{high}"
+
+
+def _gpu_text(gpu: Gpu) -> str:
+    what = "/".join(gpu.names) or (f"{gpu.vendor} GPU" if gpu.vendor else "GPU")
+    text = f"{_show(gpu.count)}x {what}"
+    if gpu.memory:
+        text += f" with {_show(gpu.memory, 'GB')} each"
+    if gpu.total_memory:
+        text += f" with {_show(gpu.total_memory, 'GB')} in total"
+    return text
+
+
+def _gpu_fits(info: SizeInfo, gpu: Gpu | None) -> bool:
+    if gpu is None:
+        return info.gpu_count == 0
+    if not gpu.count.contains(info.gpu_count):
+        return False
+    if info.gpu_count == 0:
+        return True  # a count range starting at 0 is met by no GPU
+    if gpu.vendor and gpu.vendor != info.gpu_vendor:
+        return False  # an unknown vendor does not satisfy a named one
+    if gpu.names and (info.gpu_name or "").lower() not in {n.lower() for n in gpu.names}:
+        return False
+    if gpu.memory and (info.gpu_memory is None or not gpu.memory.contains(info.gpu_memory)):
+        return False
+    if gpu.total_memory and (info.gpu_memory is None or not gpu.total_memory.contains(info.gpu_memory * info.gpu_count)):
+        return False
+    return True
+
+
+def _sort_key(info: SizeInfo):
+    return (info.price is None, info.price or 0.0, info.vcpus or 0.0, info.memory, info.id)
+
+
+def choose_size(sizes: list[NodeSize], resources: Resources, *, max_price: float | None = None,
+                arch: str | None = "x86_64", provider: str = "cloud", region: str | None = None,
+                ) -> tuple[NodeSize | None, str | None]:
+    """The cheapest size satisfying `resources` (sizes without a price last), or why there is none.
+
+    Unset cpu and memory take dstack's defaults (2.. vCPUs, 8GB..); no GPU asked for means a size
+    without one; sizes of another CPU architecture than the image's (`arch`) are left out. The
+    message names the resource no size has, or `max_price` when only the price rules sizes out.
+    """
+    where = f" in {region}" if region else ""
+    cpu = resources.cpu or DEFAULT_CPU
+    memory = resources.memory or DEFAULT_MEMORY
+    infos = [(size, size_info(size)) for size in sizes]
+    infos = [(s, i) for s, i in infos if arch is None or i.arch is None or i.arch == arch]
+    tests = {
+        "resources.cpu": (lambda i: i.vcpus is not None and cpu.contains(i.vcpus), f"{_show(cpu)} vCPUs"),
+        "resources.memory": (lambda i: memory.contains(i.memory), f"{_show(memory, 'GB')} of memory"),
+        "resources.gpu": (lambda i: _gpu_fits(i, resources.gpu),
+                          _gpu_text(resources.gpu) if resources.gpu else "no GPU"),
+    }
+    fitting = [(s, i) for s, i in infos if all(test(i) for test, _ in tests.values())]
+    if not fitting:
+        for field, (test, want) in tests.items():
+            if not any(test(i) for _, i in infos):
+                return None, f"{field}: no {provider} size has {want}{where}"
+        wants = ", ".join(want for _, want in tests.values())
+        return None, f"resources: no {provider} size has all of {wants}{where}"
+    fitting.sort(key=lambda si: _sort_key(si[1]))
+    if max_price is not None:
+        priced = [(s, i) for s, i in fitting if i.price is not None and i.price <= max_price]
+        if not priced:
+            cheapest = fitting[0][1]
+            cost = f"costs {cheapest.price:g}/h" if cheapest.price is not None else "has no known price"
+            return None, f"max_price: the cheapest {provider} size that fits{where} ({cheapest.id}) {cost}, above {max_price:g}"
+        fitting = priced
+    return fitting[0][0], None
+
+
+# --- the node's work -----------------------------------------------------------------------------
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def user_data(launch: Launch, public_url: str) -> str:
+    """The cloud-init script of one node: run the commands, report the exit code, power off.
+
+    The commands run as `bash script.sh` in a work directory (inside `image` through docker when
+    set) with the run's env; only those variables are exported, so the report token stays out of
+    the run's environment. The report is POST {public_url}/api/submissions/{id}/report with JSON
+    {"token", "exit_code"}, by curl or else python3, retried; then `shutdown -h now`, unless
+    GITOPSQ_NO_POWEROFF=1. GITOPSQ_WORKDIR (default /var/lib/gitopsq) and GITOPSQ_REPORT_BACKOFF
+    (seconds, default 5) exist so the script can be exercised off a cloud node.
+    """
+    spec = launch.spec
+    env = run_env(spec, launch)
+    exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())  # names: the schema's pattern
+    url = f"{public_url.rstrip('/')}/api/submissions/{launch.submission_id}/report"
+    body_head = json.dumps({"token": launch.token})[:-1] + ', "exit_code": '
+    if spec.image:
+        gpus = "--gpus all " if spec.resources.gpu_count else ""
+        env_flags = " ".join(f"-e {k}" for k in ["PYTHONUNBUFFERED", *env])
+        run = f"""if ! command -v docker >/dev/null 2>&1; then
+    (dnf install -y docker || yum install -y docker || (apt-get update && apt-get install -y docker.io)) >/dev/null 2>&1
+    systemctl start docker >/dev/null 2>&1 || service docker start >/dev/null 2>&1
+  fi
+  exec docker run --rm --network host {gpus}-v "$GITOPSQ_DIR/work:/work" -v "$GITOPSQ_DIR/script.sh:/gitopsq/script.sh:ro" -w /work {env_flags} {shlex.quote(spec.image)} bash /gitopsq/script.sh"""
+    else:
+        run = 'exec bash "$GITOPSQ_DIR/script.sh"'
+    return f"""#!/bin/bash
+# gitopsq node: run {launch.run}, submission {launch.number} (id {launch.submission_id})
+GITOPSQ_DIR="${{GITOPSQ_WORKDIR:-/var/lib/gitopsq}}"
+mkdir -p "$GITOPSQ_DIR/work"
+echo {_b64(run_script(spec))} | base64 -d > "$GITOPSQ_DIR/script.sh"
+echo {_b64(exports)} | base64 -d > "$GITOPSQ_DIR/env.sh"
+(
+  cd "$GITOPSQ_DIR/work" || exit 1
+  export PYTHONUNBUFFERED=1
+  . "$GITOPSQ_DIR/env.sh"
+  {run}
+) 2>&1 < /dev/null | tee -a "$GITOPSQ_DIR/run.log"
+code=${{PIPESTATUS[0]}}
+echo "gitopsq: commands exited with $code"
+url={shlex.quote(url)}
+body={shlex.quote(body_head)}"$code}}"
+for attempt in 1 2 3 4 5 6; do
+  if command -v curl >/dev/null 2>&1; then
+    curl -fsS -m 20 -X POST -H 'Content-Type: application/json' --data "$body" "$url" >/dev/null && break
+  elif command -v python3 >/dev/null 2>&1; then
+    python3 -c 'import sys, urllib.request
+req = urllib.request.Request(sys.argv[1], data=sys.argv[2].encode(), headers={{"Content-Type": "application/json"}}, method="POST")
+urllib.request.urlopen(req, timeout=20).read()' "$url" "$body" && break
+  fi
+  echo "gitopsq: report attempt $attempt failed" >&2
+  [ "$attempt" = 6 ] || sleep $((attempt * ${{GITOPSQ_REPORT_BACKOFF:-5}}))
+done
+if [ "${{GITOPSQ_NO_POWEROFF:-0}}" != 1 ]; then
+  sync
+  shutdown -h now || poweroff
+fi
+exit "$code"
+"""
+
+
+# --- the adapter ---------------------------------------------------------------------------------
+
+
+class CloudAdapter:
+    """A Libcloud cloud as a gitopsq provider: a node per run, work as user-data, exit codes reported."""
+
+    reports_exit_codes = True  # nodes report through the callback; a silent end is an interruption
+
+    def __init__(self, driver, name: str, controller_id: str, public_url: str, *, region: str | None = None,
+                 max_nodes: int | None = None, arch: str | None = "x86_64", image: str | None = None,
+                 image_name: str | None = None, image_owner: str | None = None, create_extra: dict | None = None,
+                 location: str | None = None):
+        self.driver = driver
+        self.name = name
+        self.controller_id = controller_id
+        self.public_url = public_url
+        self.region = region
+        self.max_nodes = max_nodes
+        self.arch = arch
+        self.image_id, self.image_name, self.image_owner = image, image_name, image_owner
+        self.create_extra = dict(create_extra or {})
+        self.location = location
+        self._sizes: list[NodeSize] | None = None
+        self._image: NodeImage | None = None
+        # Only arguments create_node names: a driver taking **kwargs may drop what it does not know.
+        self._accepts = set(inspect.signature(driver.create_node).parameters)
+
+    @property
+    def is_ec2(self) -> bool:
+        return isinstance(self.driver, ec2.GitopsqEC2Driver)
+
+    def _takes(self, arg: str) -> bool:
+        return arg in self._accepts
+
+    # --- what runs need -------------------------------------------------------------------------
+
+    def demand(self, spec: RunSpec) -> dict[str, int]:
+        return {"nodes": 1}
+
+    def capacity(self, owned_running: int) -> dict[str, int]:
+        return {"nodes": self.max_nodes - owned_running} if self.max_nodes else {}
+
+    def sizes(self) -> list[NodeSize]:
+        if self._sizes is None:
+            self._sizes = list(self.driver.list_sizes())
+        return self._sizes
+
+    def choose(self, spec: RunSpec) -> tuple[NodeSize | None, str | None]:
+        return choose_size(self.sizes(), spec.resources, max_price=spec.max_price, arch=self.arch,
+                           provider=self.name, region=self.region)
+
+    def unsatisfiable(self, spec: RunSpec) -> str | None:
+        """Why no node of this provider can ever run the spec, or None (also when it cannot tell yet)."""
+        if spec.backends and not (set(spec.backends) & BACKEND_ALIASES.get(self.name, {self.name})):
+            return f"backends: this controller provisions on {self.name} only, not {', '.join(spec.backends)}"
+        if spec.regions and self.region and self.region not in spec.regions:
+            return f"regions: this controller provisions in {self.region} only, not {', '.join(spec.regions)}"
+        if spec.spot_policy == "spot" and not self._takes("ex_spot"):
+            return f"spot_policy: the {self.name} driver cannot request spot instances; use on-demand or auto"
+        try:
+            self.sizes()
+        except Exception:  # the API is unreachable now: launch will say so, as a classified error
+            return None
+        return self.choose(spec)[1]
+
+    # --- creating nodes -------------------------------------------------------------------------
+
+    def image(self) -> NodeImage:
+        if self._image is None:
+            if self.is_ec2:
+                kwargs = {"image_id": self.image_id}
+                if self.image_name:
+                    kwargs["name_pattern"] = self.image_name
+                elif not self.image_id:
+                    kwargs["name_pattern"] = ec2.DEFAULT_IMAGE_NAME.replace("x86_64", self.arch or "x86_64")
+                if self.image_owner:
+                    kwargs["owner"] = self.image_owner
+                self._image = ec2.pick_image(self.driver, **kwargs)
+            elif self.image_id:
+                self._image = self.driver.get_image(self.image_id)
+            else:
+                raise ProviderError(ERROR, "no-image", f"provider {self.name} needs --provider-opt image=IMAGE_ID")
+        return self._image
+
+    def create_args(self, launch: Launch, tags: dict[str, str]) -> dict:
+        spec = launch.spec
+        size, why = self.choose(spec)
+        if size is None:
+            raise ProviderError(UNSATISFIABLE, "no-size", why)
+        image = self.image()
+        args = dict(self.create_extra, name=f"gq-{launch.run}-{launch.submission_id}", size=size, image=image)
+        script = user_data(launch, self.public_url)
+        if self._takes("ex_userdata"):
+            args["ex_userdata"] = script
+        elif self._takes("ex_user_data"):
+            args["ex_user_data"] = script
+        else:
+            raise ProviderError(UNSATISFIABLE, "no-user-data", f"the {self.name} driver cannot pass user-data to a node")
+        if self._takes("ex_metadata"):
+            args["ex_metadata"] = dict(tags)
+        if self._takes("ex_clienttoken"):
+            # Idempotent create: after a crash the same attempt returns the instance already made.
+            args["ex_clienttoken"] = f"gq-{self.controller_id}-{launch.submission_id}-{launch.attempt}"
+        if self._takes("ex_terminate_on_shutdown"):
+            args["ex_terminate_on_shutdown"] = True  # the script's power-off ends the node's costs too
+        if spec.spot_policy == "spot":
+            args["ex_spot"] = True
+            if spec.max_price is not None and self._takes("ex_spot_max_price"):
+                args["ex_spot_max_price"] = spec.max_price
+        if self.location and self._takes("location"):
+            args["location"] = next((loc for loc in self.driver.list_locations() if self.location in (loc.id, loc.name)), None)
+        if self.is_ec2:
+            disk = spec.resources.disk or DEFAULT_DISK
+            root = (image.extra or {}).get("root_device_name") or "/dev/xvda"
+            args["ex_blockdevicemappings"] = [{"DeviceName": root, "Ebs": {
+                "VolumeSize": int(math.ceil(disk.min or DEFAULT_DISK.min)), "VolumeType": "gp3", "DeleteOnTermination": "true"}}]
+        return args
+
+    def classify(self, exc: Exception) -> ProviderError:
+        if isinstance(exc, ProviderError):
+            return exc
+        kind, code, message = ec2.classify_error(exc)
+        return ProviderError(kind, code, message)
+
+    # --- watching nodes -------------------------------------------------------------------------
+
+    def list_owned(self, driver, controller_id: str) -> list:
+        """Our nodes that are not terminated."""
+        if self.is_ec2:
+            return ec2.list_nodes_by_tag(driver, TAG_CONTROLLER, controller_id)
+        owned = []
+        for node in driver.list_nodes():
+            extra = node.extra if node.extra is not None else {}
+            if "tags" not in extra and isinstance(extra.get("metadata"), dict):
+                extra["tags"] = dict(extra["metadata"])  # drivers that keep ex_metadata under metadata
+                node.extra = extra
+            if (extra.get("tags") or {}).get(TAG_CONTROLLER) == controller_id and node.state != NodeState.TERMINATED:
+                owned.append(node)
+        return owned
+
+    def exit_code(self, node):
+        """Running while the node works; ended without a report is lost (the exit code comes by report)."""
+        if node.state in _WORKING:
+            return True, None, False, None
+        return False, None, True, None
+
+
+# --- construction --------------------------------------------------------------------------------
+
+
+def _endpoint_kwargs(endpoint: str) -> dict:
+    url = urlsplit(endpoint)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ProviderConfigError(f"--provider-opt endpoint must look like http(s)://host[:port], got {endpoint!r}")
+    secure = url.scheme == "https"
+    return {"host": url.hostname, "port": url.port or (443 if secure else 80), "secure": secure}
+
+
+def _check_public_url(public_url: str | None) -> str:
+    if not public_url:
+        raise ProviderConfigError("--public-url is required for a cloud provider: nodes report their exit code to it")
+    url = urlsplit(public_url)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ProviderConfigError(f"--public-url must look like http(s)://host[:port], got {public_url!r}")
+    return public_url
+
+
+def make_cloud_provider(name: str, options: dict, controller_id: str, max_nodes: int | None = None,
+                        public_url: str | None = None) -> LibcloudProvider:
+    """A provider over the Libcloud compute driver `name`; raises ProviderConfigError on bad options."""
+    options = dict(options)
+    public_url = _check_public_url(public_url)
+    secrets = sorted(_CREDENTIAL_KEYS & set(options))
+    if secrets:
+        raise ProviderConfigError(f"--provider-opt {', '.join(secrets)}: credentials come from the environment "
+                                  "(GITOPSQ_PROVIDER_KEY / GITOPSQ_PROVIDER_SECRET), never from options")
+    if name == "ec2":
+        return _make_ec2(options, controller_id, max_nodes, public_url)
+    return _make_generic(name, options, controller_id, max_nodes, public_url)
+
+
+def _make_ec2(options: dict, controller_id: str, max_nodes: int | None, public_url: str) -> LibcloudProvider:
+    unknown = sorted(set(options) - set(EC2_OPTIONS))
+    if unknown:
+        known = "; ".join(f"{k} ({v})" for k, v in EC2_OPTIONS.items())
+        raise ProviderConfigError(f"--provider-opt {', '.join(unknown)}: not an ec2 option; ec2 takes {known}")
+    region = options.get("region", "us-east-1")
+    arch = options.get("arch", "x86_64")
+    if arch not in ("x86_64", "arm64"):
+        raise ProviderConfigError(f"--provider-opt arch must be x86_64 or arm64, got {arch!r}")
+    try:
+        timeout = float(options.get("timeout", 30))
+        driver = ec2.make_ec2_driver(region, options.get("endpoint"), timeout=timeout)
+    except ec2.EC2CredentialsError as exc:
+        raise ProviderConfigError(str(exc)) from None
+    except ValueError as exc:  # a bad endpoint, timeout or region; none of these is a secret
+        raise ProviderConfigError(f"ec2: {exc}") from None
+    create_extra = {}
+    if options.get("key_name"):
+        create_extra["ex_keyname"] = options["key_name"]
+    if options.get("security_groups"):
+        create_extra["ex_security_groups"] = [g.strip() for g in options["security_groups"].split(",") if g.strip()]
+    if options.get("subnet"):
+        from libcloud.compute.drivers.ec2 import EC2NetworkSubnet
+
+        create_extra["ex_subnet"] = EC2NetworkSubnet(options["subnet"], options["subnet"], "available")
+    if options.get("iam_profile"):
+        create_extra["ex_iamprofile"] = options["iam_profile"]
+    adapter = CloudAdapter(driver, "ec2", controller_id, public_url, region=region, max_nodes=max_nodes, arch=arch,
+                           image=options.get("image"), image_name=options.get("image_name"),
+                           image_owner=options.get("image_owner"), create_extra=create_extra)
+    return LibcloudProvider(driver, adapter, controller_id)
+
+
+def _make_generic(name: str, options: dict, controller_id: str, max_nodes: int | None, public_url: str) -> LibcloudProvider:
+    from libcloud.compute.providers import get_driver
+
+    try:
+        cls = get_driver(name)
+    except AttributeError:
+        raise ProviderConfigError(f"--provider {name}: not a Libcloud compute provider") from None
+    key = os.environ.get("GITOPSQ_PROVIDER_KEY")
+    if not key:
+        raise ProviderConfigError(f"provider {name}: set GITOPSQ_PROVIDER_KEY (and GITOPSQ_PROVIDER_SECRET if it needs one)")
+    secret = os.environ.get("GITOPSQ_PROVIDER_SECRET")
+    create_keys = {"image", "location", "arch"}
+    kwargs = {k: v for k, v in options.items() if k not in create_keys and k != "endpoint"}
+    if options.get("endpoint"):
+        kwargs.update(_endpoint_kwargs(options["endpoint"]))
+    try:
+        driver = cls(key, secret, **kwargs) if secret else cls(key, **kwargs)
+    except TypeError as exc:
+        raise ProviderConfigError(f"provider {name}: {exc}") from None
+    adapter = CloudAdapter(driver, name, controller_id, public_url, region=options.get("region"), max_nodes=max_nodes,
+                           arch=options.get("arch"), image=options.get("image"), location=options.get("location"))
+    return LibcloudProvider(driver, adapter, controller_id)
+
+

@@ -1,0 +1,338 @@
+"""The cloud provider: size choice, the node's user-data script, and EC2 against moto."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from libcloud.compute.base import NodeSize
+
+from gitopsq.providers import ec2
+from gitopsq.providers.base import AUTH, CAPACITY, ERROR, TAG_CONTROLLER, THROTTLE, Launch, ProviderConfigError, ProviderError
+from gitopsq.providers.cloud import choose_size, make_cloud_provider, size_info, user_data
+from gitopsq.spec import parse_run
+from tests.moto_ec2 import TEST_KEY, TEST_SECRET, MotoEC2Server
+
+PUBLIC_URL = "http://127.0.0.1:8765"
+
+
+def spec_of(text: str):
+    return parse_run(text.encode(), "runs/r.yml")
+
+
+def task(resources: str = "{}", extra: str = ""):
+    return spec_of(f"type: task\ncommands: [echo hi]\nresources: {resources}\n{extra}")
+
+
+@pytest.fixture
+def creds(monkeypatch):
+    monkeypatch.setenv("GITOPSQ_PROVIDER_KEY", TEST_KEY)
+    monkeypatch.setenv("GITOPSQ_PROVIDER_SECRET", TEST_SECRET)
+
+
+# --- size choice -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def us_east_1_sizes():
+    # Libcloud's EC2 catalogue and prices ship with it: no API call.
+    return ec2.make_ec2_driver("us-east-1", key="k", secret="s").list_sizes()
+
+
+@pytest.mark.parametrize("resources, arch, expected", [
+    ("{}", "x86_64", "t3a.large"),  # dstack's defaults: 2.. vCPUs, 8GB..
+    ("{cpu: 2, memory: 8GB}", "x86_64", "t3a.large"),
+    ("{cpu: 2, memory: 8GB}", "arm64", "t4g.large"),  # Graviton only for an arm64 image
+    ("{cpu: 4.., memory: 16GB..}", "x86_64", "t3a.xlarge"),
+    ("{gpu: T4}", "x86_64", "g4dn.xlarge"),
+    ("{gpu: A10G}", "x86_64", "g5.xlarge"),
+    ("{gpu: 24GB}", "x86_64", "g6.xlarge"),  # L4 24GB is cheaper than A10G 24GB
+    ("{gpu: 'amd:1'}", "x86_64", "g4ad.xlarge"),
+    ("{gpu: H100:8}", "x86_64", "p5.48xlarge"),
+    ("{gpu: A100:80GB:8}", "x86_64", "p4de.24xlarge"),
+    ("{gpu: '40GB..80GB:4'}", "x86_64", "g6e.12xlarge"),
+])
+def test_cheapest_ec2_size(us_east_1_sizes, resources, arch, expected):
+    size, why = choose_size(us_east_1_sizes, task(resources).resources, arch=arch, provider="ec2", region="us-east-1")
+    assert why is None
+    assert size.id == expected
+    # and it really is the cheapest priced x86/arm size that fits
+    info = size_info(size)
+    assert info.price > 0 and info.arch == arch
+
+
+@pytest.mark.parametrize("resources, extra, message", [
+    ("{gpu: H100:16}", "", "resources.gpu: no ec2 size has 16x H100 in us-east-1"),
+    ("{gpu: {name: [H100], count: 1..2}}", "", "resources.gpu: no ec2 size has 1..2x H100 in us-east-1"),
+    ("{memory: 100TB}", "", "resources.memory: no ec2 size has 102400GB of memory in us-east-1"),
+    ("{cpu: 64, memory: 4GB..8GB}", "", "resources: no ec2 size has all of 64 vCPUs, 4GB..8GB of memory, no GPU in us-east-1"),
+    ("{gpu: A100:8}", "max_price: 10\n", "max_price: the cheapest ec2 size that fits in us-east-1 (p4d.24xlarge) costs 36.0499/h, above 10"),
+])
+def test_unsatisfiable_names_the_resource(us_east_1_sizes, resources, extra, message):
+    spec = task(resources, extra)
+    assert choose_size(us_east_1_sizes, spec.resources, max_price=spec.max_price, provider="ec2", region="us-east-1") == (None, message)
+
+
+def test_max_price_keeps_a_cheap_enough_size(us_east_1_sizes):
+    spec = task("{gpu: T4}", "max_price: 0.6\n")
+    assert choose_size(us_east_1_sizes, spec.resources, max_price=spec.max_price)[0].id == "g4dn.xlarge"
+
+
+def _size(id, price, cpus, ram_gb, **extra):
+    return NodeSize(id, id, int(ram_gb * 1024), 0, 0, price, driver=None, extra={"vcpus": cpus, **extra})
+
+
+def test_sizes_without_a_price_go_last():
+    sizes = [_size("unpriced", None, 2, 8), _size("zero", 0.0, 2, 8), _size("dear", 0.5, 8, 32), _size("cheap", 0.1, 4, 16)]
+    assert choose_size(sizes, task().resources, arch=None)[0].id == "cheap"
+    assert choose_size(sizes[:2], task().resources, arch=None)[0].id in ("unpriced", "zero")
+    # an unknown price never passes max_price
+    assert choose_size(sizes[:2], task().resources, max_price=1.0, arch=None)[0] is None
+
+
+def test_generic_size_gpu_count_and_no_gpu_unless_asked():
+    sizes = [_size("gpu", 0.1, 4, 16, gpu_count=1), _size("plain", 0.2, 4, 16)]
+    assert choose_size(sizes, task().resources, arch=None)[0].id == "plain"
+    assert choose_size(sizes, task("{gpu: 1}").resources, arch=None)[0].id == "gpu"
+    # a GPU name the driver does not report cannot be promised
+    assert choose_size(sizes, task("{gpu: H100}").resources, arch=None)[0] is None
+
+
+# --- the node's user-data script ---------------------------------------------------------------
+
+
+class ReportServer:
+    """Stands in for the controller's report endpoint on 127.0.0.1; answers 503 `fail` times first."""
+
+    def __init__(self, fail: int = 0):
+        self.posts: list[tuple[str, str, dict]] = []
+        self.fail = fail
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.posts.append((self.path, self.headers["Content-Type"], json.loads(body)))
+                status = 503 if outer.fail > 0 else 200
+                outer.fail -= 1
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_port}"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)
+
+
+def _bin_without_curl(tmp_path: Path) -> str:
+    """A PATH with what the script needs (python3 included) but no curl."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("bash", "mkdir", "base64", "tee", "sleep", "sync", "cat", "env"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    (bin_dir / "python3").symlink_to(sys.executable)
+    return str(bin_dir)
+
+
+def _run_user_data(script: str, tmp_path: Path, path: str | None = None):
+    env = {"PATH": path or os.environ["PATH"], "HOME": str(tmp_path), "GITOPSQ_NO_POWEROFF": "1",
+           "GITOPSQ_WORKDIR": str(tmp_path / "node"), "GITOPSQ_REPORT_BACKOFF": "0"}
+    return subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("client", ["curl", "python3"])
+def test_user_data_runs_commands_and_reports_exit_code(tmp_path, client):
+    spec = spec_of("type: task\nenv: {GREETING: \"hello 'world'\"}\ncommands:\n"
+                   "  - echo \"$GREETING\" > greeting.txt\n  - env > env.txt\n  - echo ran-commands\n  - exit 3\n")
+    launch = Launch(41, "r", 2, spec, "secret-token-41")
+    path = None if client == "curl" else _bin_without_curl(tmp_path)
+    if client == "curl":
+        assert shutil.which("curl")
+    with ReportServer() as server:
+        done = _run_user_data(user_data(launch, server.url + "/"), tmp_path, path)
+    assert done.returncode == 3, done.stderr
+    assert "ran-commands" in done.stdout
+    work = tmp_path / "node" / "work"
+    assert (work / "greeting.txt").read_text() == "hello 'world'\n"
+    run_env = (work / "env.txt").read_text()
+    assert "GITOPSQ_SUBMISSION_ID=41" in run_env and "GITOPSQ_RUN=r" in run_env
+    assert "secret-token-41" not in run_env  # the token is the script's, not the run's
+    assert "ran-commands" in (tmp_path / "node" / "run.log").read_text()
+    assert server.posts == [("/api/submissions/41/report", "application/json", {"token": "secret-token-41", "exit_code": 3})]
+
+
+def test_user_data_retries_the_report(tmp_path):
+    launch = Launch(7, "r", 1, spec_of("type: task\ncommands: [\"true\"]\n"), "tok")
+    with ReportServer(fail=2) as server:
+        done = _run_user_data(user_data(launch, server.url), tmp_path)
+    assert done.returncode == 0
+    assert [post[2] for post in server.posts] == [{"token": "tok", "exit_code": 0}] * 3
+    assert done.stderr.count("report attempt") == 2
+
+
+def test_user_data_runs_image_through_docker(tmp_path):
+    # A stand-in docker records how it is called and runs the script as the container would.
+    fake = tmp_path / "fakebin"
+    fake.mkdir()
+    (fake / "docker").write_text('#!/bin/bash\nprintf "%s\\n" "$@" > "$GITOPSQ_WORKDIR/docker-args"\n'
+                                 'exec bash "$GITOPSQ_WORKDIR/script.sh"\n')
+    (fake / "docker").chmod(0o755)
+    spec = spec_of("type: task\nimage: python:3.11-slim\nenv: {A: b}\nresources: {gpu: 1}\ncommands: [echo in-container]\n")
+    with ReportServer() as server:
+        done = _run_user_data(user_data(Launch(5, "r", 1, spec, "tok"), server.url), tmp_path,
+                              f"{fake}:{os.environ['PATH']}")
+    assert done.returncode == 0, done.stderr
+    args = (tmp_path / "node" / "docker-args").read_text().splitlines()
+    assert "in-container" in done.stdout
+    assert args[:4] == ["run", "--rm", "--network", "host"]
+    assert "--gpus" in args and args[args.index("-e") + 1] == "PYTHONUNBUFFERED"
+    assert "A" in args and args[-3:] == ["python:3.11-slim", "bash", "/gitopsq/script.sh"]
+    assert server.posts[0][2] == {"token": "tok", "exit_code": 0}
+
+
+def test_user_data_powers_off_unless_told_not_to():
+    script = user_data(Launch(1, "r", 1, task(), "t"), PUBLIC_URL)
+    assert 'if [ "${GITOPSQ_NO_POWEROFF:-0}" != 1 ]; then' in script
+    assert "shutdown -h now" in script
+
+
+# --- EC2 through the provider, against moto ----------------------------------------------------
+
+
+@pytest.fixture
+def server():
+    with MotoEC2Server() as srv:
+        yield srv
+
+
+@pytest.fixture
+def provider(server, creds):
+    return make_cloud_provider("ec2", {"region": "us-east-1", "endpoint": server.endpoint}, "ctl-test", None, PUBLIC_URL)
+
+
+def test_launch_tags_size_user_data_and_client_token(server, provider):
+    spec = task("{cpu: 4, memory: 16GB}")
+    status = provider.launch(Launch(12, "train", 3, spec, "tok-12", attempt=2))
+    assert (status.submission_id, status.run, status.running, status.lost) == (12, "train", True, False)
+    [node] = ec2.list_nodes_by_tag(provider.driver, TAG_CONTROLLER, "ctl-test")
+    assert node.id == status.node_id
+    assert node.extra["tags"] == {"Name": "gq-train-12", "gitopsq-controller": "ctl-test", "gitopsq-run": "train",
+                                  "gitopsq-submission": "12"}
+    assert node.extra["instance_type"] == "t3a.xlarge"
+    assert node.extra["client_token"] == "gq-ctl-test-12-2"
+    script = ec2.get_user_data(provider.driver, node)
+    assert script.startswith("#!/bin/bash\n") and "/api/submissions/12/report" in script and "tok-12" in script
+    assert [n.node_id for n in provider.nodes()] == [node.id]
+
+
+def test_capacity_is_max_nodes_minus_running(server, creds):
+    capped = make_cloud_provider("ec2", {"endpoint": server.endpoint}, "ctl-cap", 3, PUBLIC_URL)
+    assert capped.capacity() == {"nodes": 3}
+    capped.launch(Launch(1, "a", 1, task(), "t"))
+    assert capped.capacity() == {"nodes": 2}
+    assert capped.demand(task()) == {"nodes": 1}
+    unlimited = make_cloud_provider("ec2", {"endpoint": server.endpoint}, "ctl-cap", None, PUBLIC_URL)
+    assert unlimited.capacity() == {}
+
+
+def test_stopped_or_terminated_node_is_lost(server, provider):
+    status = provider.launch(Launch(1, "a", 1, task(), "t"))
+    [node] = ec2.list_nodes_by_tag(provider.driver, TAG_CONTROLLER, "ctl-test")
+    provider.driver.ex_stop_node(node)
+    [stopped] = provider.nodes()
+    assert (stopped.node_id, stopped.running, stopped.lost, stopped.exit_code) == (status.node_id, False, True, None)
+    provider.stop(status.node_id)
+    assert provider.nodes() == []
+
+
+@pytest.mark.parametrize("inject, kind, code", [
+    (lambda s: s.inject("RunInstances", "InsufficientInstanceCapacity", status=500), CAPACITY, "InsufficientInstanceCapacity"),
+    (lambda s: s.inject("RunInstances", "VcpuLimitExceeded", status=400), CAPACITY, "VcpuLimitExceeded"),
+    (lambda s: s.inject("RunInstances", "RequestLimitExceeded", status=503), THROTTLE, "RequestLimitExceeded"),
+    (lambda s: s.inject_http("RunInstances", status=503), THROTTLE, "HTTP503"),
+    (lambda s: s.inject("RunInstances", "AuthFailure", status=401), AUTH, "AuthFailure"),
+    (lambda s: s.inject("RunInstances", "InvalidParameterValue", status=400), ERROR, "InvalidParameterValue"),
+])
+def test_launch_errors_are_classified(server, provider, inject, kind, code):
+    provider.adapter.image()  # the image lookup is not the call under test
+    inject(server)
+    with pytest.raises(ProviderError) as info:
+        provider.launch(Launch(1, "a", 1, task(), "t"))
+    assert (info.value.kind, info.value.code) == (kind, code)
+    assert server.calls["RunInstances"] == 1
+    assert provider.nodes() == []
+
+
+def test_unsatisfiable_placement(provider):
+    assert provider.unsatisfiable(task()) is None
+    assert provider.unsatisfiable(task(extra="regions: [us-east-1, eu-west-1]\nbackends: [aws]\n")) is None
+    assert provider.unsatisfiable(task(extra="regions: [eu-west-1]\n")) == \
+        "regions: this controller provisions in us-east-1 only, not eu-west-1"
+    assert provider.unsatisfiable(task(extra="backends: [gcp]\n")) == "backends: this controller provisions on ec2 only, not gcp"
+    assert provider.unsatisfiable(task("{gpu: H100:16}")) == "resources.gpu: no ec2 size has 16x H100 in us-east-1"
+
+
+def test_spot_request_reaches_ec2(server, provider):
+    spec = task(extra="spot_policy: spot\nmax_price: 0.5\n")
+    assert provider.unsatisfiable(spec) is None
+    args = provider.adapter.create_args(Launch(1, "a", 1, spec, "t"), {})
+    assert (args["ex_spot"], args["ex_spot_max_price"]) == (True, 0.5)
+    provider.launch(Launch(1, "a", 1, spec, "t"))
+    [node] = ec2.list_nodes_by_tag(provider.driver, TAG_CONTROLLER, "ctl-test")
+    assert node.extra["instance_lifecycle"] == "spot"
+
+
+def test_config_errors_name_the_problem_never_a_secret(monkeypatch, server):
+    opts = {"endpoint": server.endpoint}
+    with pytest.raises(ProviderConfigError, match="--public-url is required"):
+        make_cloud_provider("ec2", opts, "c", None, None)
+    with pytest.raises(ProviderConfigError, match="credentials come from the environment"):
+        make_cloud_provider("ec2", {**opts, "secret": "hunter2"}, "c", None, PUBLIC_URL)
+    with pytest.raises(ProviderConfigError, match=r"zone: not an ec2 option; ec2 takes region"):
+        make_cloud_provider("ec2", {**opts, "zone": "a"}, "c", None, PUBLIC_URL)
+    for var in ("GITOPSQ_PROVIDER_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("GITOPSQ_PROVIDER_SECRET", "very-secret-value")
+    with pytest.raises(ProviderConfigError) as info:
+        make_cloud_provider("ec2", opts, "c", None, PUBLIC_URL)
+    assert "GITOPSQ_PROVIDER_KEY" in str(info.value) and "very-secret-value" not in str(info.value)
+    with pytest.raises(ProviderConfigError, match="not a Libcloud compute provider"):
+        make_cloud_provider("no-such-cloud", {}, "c", None, PUBLIC_URL)
+
+
+def test_aws_environment_credentials_work_for_ec2(monkeypatch, server):
+    for var in ("GITOPSQ_PROVIDER_KEY", "GITOPSQ_PROVIDER_SECRET"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "aws-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-secret")
+    provider = make_cloud_provider("ec2", {"endpoint": server.endpoint}, "c", None, PUBLIC_URL)
+    assert provider.driver.key == "aws-key"
+    assert provider.nodes() == []
+
+
+def test_controller_tag_is_one_constant():
+    assert ec2.CONTROLLER_TAG is TAG_CONTROLLER
+    assert re.fullmatch(r"[a-z-]+", TAG_CONTROLLER)
