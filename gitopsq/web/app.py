@@ -88,7 +88,8 @@ def create_app(db_path: Path, wake: Callable[[str], None], status: Callable[[], 
         return queries.submissions(pool.get(), status)
 
     @app.post("/api/submissions/{submission_id}/report", response_model=ReportAccepted, tags=["submissions"],
-              responses={403: {"model": Problem, "description": "Unknown submission, wrong token, or not running."}})
+              responses={400: {"model": Problem, "description": "The body is not JSON."},
+                         403: {"model": Problem, "description": "Unknown submission, wrong token, or not running."}})
     def report(body: Report, submission_id: int = PathParam(ge=1, le=INT64)):
         """A cloud node reports its exit code; accepted only with that submission's token."""
         store = pool.get()
@@ -120,7 +121,8 @@ def create_app(db_path: Path, wake: Callable[[str], None], status: Callable[[], 
         """The dashboard: the queue, the last reconciled commit, provider health, validation errors."""
         return dashboard.render_index(pool.get(), status(), clock())
 
-    @app.get("/runs/{name}", response_class=HTMLResponse, tags=["dashboard"])
+    @app.get("/runs/{name}", response_class=HTMLResponse, tags=["dashboard"],
+             responses={404: {"content": {"text/html": {}}, "description": "No run of that name."}})
     def run_page(name: str):
         """A run's history and the tail of its latest log."""
         page = dashboard.render_run(pool.get(), name, clock())
