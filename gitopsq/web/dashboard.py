@@ -1,0 +1,87 @@
+"""Server-rendered dashboard pages (Jinja2 templates shipped in gitopsq/web/templates)."""
+
+from __future__ import annotations
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from gitopsq.store import Store, listing
+from gitopsq.views import ago
+from gitopsq.web import queries
+
+ENV = Environment(loader=PackageLoader("gitopsq.web", "templates"), autoescape=select_autoescape(["html"]))
+ENV.filters["ago"] = ago
+ENV.filters["short"] = lambda sha: (sha or "")[:12]
+
+
+def retry_state(row: dict, now: float) -> tuple[str, str]:
+    """(kind, text): how a run's retry policy stands — none, gives-up, forever, backoff or policy."""
+    retry = row.get("retry")
+    if not retry:
+        return "none", "no retry"
+    queued = row["status"] == "queued"
+    attempts = f"{row['attempts']} attempt(s) failed" if row.get("attempts") else ""
+    kind, parts = "policy", [attempts]
+    if queued and row.get("deadline"):
+        left = row["deadline"] - now
+        kind = "gives-up"
+        parts.append(f"gives up in {ago(left)}" if left > 0 else "giving up")
+    elif queued and retry["duration"] is None and "no-capacity" in retry["on_events"]:
+        kind = "forever"
+        parts.append("waits forever")
+    if queued and row.get("next_try_at") and row["next_try_at"] > now:
+        kind = "backoff" if kind == "policy" else kind
+        parts.append(f"next try in {ago(row['next_try_at'] - now)}")
+    if kind == "policy":
+        limit = "forever" if retry["duration"] is None else f"for {ago(retry['duration'])}"
+        parts.append(f"retries on {', '.join(retry['on_events'])} {limit}")
+    return kind, "; ".join(p for p in parts if p)
+
+
+def time_column(row: dict, now: float) -> tuple[float | None, str]:
+    """(seconds, text): waiting for queued runs, up for running ones, ended ago for finished ones."""
+    if row["status"] == "queued" and row.get("queued_at"):
+        seconds = now - row["queued_at"]
+        return seconds, f"waiting {ago(seconds)}"
+    if row["status"] in ("provisioning", "running", "stopping") and row.get("started_at"):
+        seconds = now - row["started_at"]
+        return seconds, f"up {ago(seconds)}"
+    if row.get("finished_at"):
+        seconds = now - row["finished_at"]
+        return seconds, f"ended {ago(seconds)} ago"
+    return None, ""
+
+
+def reason_text(row: dict) -> str:
+    reason = row.get("reason") or ""
+    if row.get("exit_code") is not None and row["status"] != "done":
+        reason = f"{reason} (exit {row['exit_code']})".strip()
+    return reason
+
+
+def _shown(row: dict, now: float) -> dict:
+    retry_kind, retry_text = retry_state(row, now)
+    seconds, time_text = time_column(row, now)
+    return {**row, "retry_kind": retry_kind, "retry_text": retry_text, "seconds": seconds, "time_text": time_text,
+            "reason_text": reason_text(row)}
+
+
+def render_index(store: Store, status: dict, now: float) -> str:
+    rows = [_shown(row, now) for row in listing(store)]
+    return ENV.get_template("index.html").render(
+        rows=rows, info=status, now=now, problems=store.file_problems(),
+        since_step=(now - status["last_step_at"]) if status.get("last_step_at") else None)
+
+
+def render_run(store: Store, name: str, now: float) -> str | None:
+    if not queries.run_exists(store, name):
+        return None
+    history = [_shown(row, now) for row in queries.submissions(store, run=name)]
+    path = queries.latest_log(store, history)
+    tail, why = queries.log_tail(path) if path else (None, "no log yet")
+    return ENV.get_template("run.html").render(
+        name=name, run=store.run(name), history=list(reversed(history)), now=now, log_path=path, log_tail=tail,
+        log_problem=why, lines=queries.LOG_TAIL_LINES)
+
+
+def render_missing(name: str) -> str:
+    return ENV.get_template("missing.html").render(name=name)

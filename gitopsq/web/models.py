@@ -1,0 +1,118 @@
+"""The JSON API's bodies, as pydantic models: FastAPI's /openapi.json is built from them."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Status = Literal["queued", "provisioning", "running", "stopping", "done", "failed", "cancelled"]
+
+# SQLite integers are 64-bit; exit codes and ids outside these bounds are refused with a 422.
+INT32 = 2**31 - 1
+INT64 = 2**63 - 1
+
+
+class RetryPolicy(BaseModel):
+    on_events: list[str] = Field(description="Events that requeue the run: no-capacity, interruption, error.")
+    duration: int | None = Field(description="Seconds the retries may take; null retries forever.")
+
+
+class RunRow(BaseModel):
+    """A run with its current submission, as `gitopsq ps --json` prints it."""
+
+    name: str
+    file: str | None = Field(description="The run file in the config repo.")
+    present: bool = Field(description="False once the file is gone from the branch.")
+    submission_id: int
+    submission: int = Field(description="The submission number of this run (1, 2, ... on restarts).")
+    status: Status
+    priority: int
+    reason: str | None = Field(description="Why the submission ended or was requeued.")
+    message: str | None
+    exit_code: int | None
+    attempts: int | None = Field(description="Failed attempts so far (retries).")
+    queued_at: float | None
+    started_at: float | None
+    finished_at: float | None
+    window_start: float | None = Field(description="Start of the current retry window.")
+    next_try_at: float | None = Field(description="No launch before this time (backoff).")
+    deadline: float | None = Field(description="When a queued run waiting for capacity gives up.")
+    retry: RetryPolicy | None
+    type: str | None = Field(description="task, service or dev-environment.")
+    log_path: str | None
+    node_id: str | None
+
+
+class RunDetail(RunRow):
+    commit_sha: str | None = Field(description="The commit that submitted the current submission.")
+    submitted_at: float | None
+    last_activity_at: float | None = Field(description="Last dev-environment heartbeat.")
+    reported_at: float | None = Field(description="When the node reported its exit code.")
+    stop_reason: str | None
+
+
+class Submission(BaseModel):
+    name: str = Field(description="The run.")
+    submission_id: int
+    submission: int
+    status: Status
+    priority: int
+    reason: str | None
+    message: str | None
+    exit_code: int | None
+    attempts: int | None
+    submitted_at: float | None
+    queued_at: float | None
+    started_at: float | None
+    finished_at: float | None
+    window_start: float | None
+    next_try_at: float | None
+    last_activity_at: float | None
+    reported_at: float | None
+    stop_reason: str | None
+    deadline: float | None
+    retry: RetryPolicy | None
+    type: str | None
+    log_path: str | None
+    node_id: str | None
+    commit_sha: str | None
+
+
+class Report(BaseModel):
+    """A cloud node's exit code, signed with its submission's token."""
+
+    token: str = Field(max_length=512)
+    exit_code: int = Field(ge=-INT32, le=INT32)
+
+
+class ReportAccepted(BaseModel):
+    submission_id: int
+    exit_code: int
+    reported_at: float | None
+
+
+class Activity(BaseModel):
+    name: str
+    last_activity_at: float
+
+
+class Health(BaseModel):
+    """Liveness: always 200 while the process serves; provider trouble is in provider_health."""
+
+    model_config = ConfigDict(extra="allow")
+    status: Literal["ok"]
+    branch: str | None = None
+    commit: str | None = Field(None, description="The last reconciled commit.")
+    provider: str | None = None
+    provider_health: str | None = Field(None, description="null when healthy, else the provider's problem.")
+    last_step_at: float | None = None
+    repo: str | None = None
+
+
+class WebhookAccepted(BaseModel):
+    accepted: bool
+
+
+class Problem(BaseModel):
+    detail: str

@@ -1,0 +1,124 @@
+"""Store reads the web app needs beyond store.py, and one store connection per thread.
+
+FastAPI runs sync endpoints in a thread pool and an sqlite3 connection must not be shared by
+two threads at once, so every thread opens its own `Store` on first use (WAL lets them read
+while the controller writes).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from gitopsq.store import ACTIVE, LISTING_SQL, Store, describe, listing
+
+STATUSES = ("queued", "provisioning", "running", "stopping", "done", "failed", "cancelled")
+LOG_TAIL_LINES = 100
+LOG_TAIL_BYTES = 256 * 1024  # read at most this much from the end of a log file
+
+
+class StorePool:
+    """One `Store` per thread, all closed by `close()` (the app's shutdown)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._opened: list[Store] = []
+        self._generation = 0
+
+    def get(self) -> Store:
+        held = getattr(self._local, "held", None)
+        if held is None or held[0] != self._generation:
+            store = Store(self.path)
+            with self._lock:
+                self._opened.append(store)
+                held = self._local.held = (self._generation, store)
+        return held[1]
+
+    def close(self) -> None:
+        with self._lock:
+            self._generation += 1
+            for store in self._opened:
+                store.close()
+            self._opened.clear()
+
+
+_SUBMISSION_SQL = """
+SELECT run AS name, id AS submission_id, number AS submission, status, priority, reason, message, exit_code,
+       attempts, submitted_at, queued_at, started_at, finished_at, window_start, next_try_at, last_activity_at,
+       reported_at, stop_reason, spec, log_path, node_id, commit_sha
+FROM submissions {where}
+"""
+
+
+def submissions(store: Store, status: str | None = None, run: str | None = None) -> list[dict]:
+    """Submissions in queue order (priority, then first queued); without a status, the active ones.
+
+    With `run`: every submission of that run, oldest first.
+    """
+    if run is not None:
+        sql, params = _SUBMISSION_SQL.format(where="WHERE run = ? ORDER BY number"), [run]
+    else:
+        wanted = (status,) if status else ACTIVE
+        marks = ",".join("?" * len(wanted))
+        sql, params = _SUBMISSION_SQL.format(where=f"WHERE status IN ({marks}) ORDER BY priority DESC, queued_at, id"), list(wanted)
+    return [describe(dict(row)) for row in store.conn.execute(sql, params)]
+
+
+def run_detail(store: Store, name: str) -> dict | None:
+    """A run as `listing()` shows it, with its current submission's times, commit and report."""
+    row = store.conn.execute(LISTING_SQL.format(where="WHERE r.name = ?"), (name,)).fetchone()
+    if row is None:
+        return None
+    detail = describe(dict(row))
+    extra = store.conn.execute(
+        "SELECT commit_sha, submitted_at, last_activity_at, reported_at, stop_reason FROM submissions WHERE id = ?",
+        (detail["submission_id"],)).fetchone()
+    detail.update(dict(extra))
+    return detail
+
+
+def run_exists(store: Store, name: str) -> bool:
+    return store.run(name) is not None
+
+
+def queue_stats(store: Store, now: float) -> dict:
+    """What the metrics show: runs per status (the runs `ps` lists), queue length, oldest wait."""
+    counts = dict.fromkeys(STATUSES, 0)
+    for row in listing(store):
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    queued = store.conn.execute("SELECT COUNT(*), MIN(queued_at) FROM submissions WHERE status = 'queued'").fetchone()
+    oldest = max(0.0, now - queued[1]) if queued[1] is not None else 0.0
+    return {"runs": counts, "queue_length": queued[0], "oldest_wait": oldest}
+
+
+def latest_log(store: Store, history_rows: list[dict]) -> str | None:
+    """The log file of the latest attempt of the latest submission that has one."""
+    from gitopsq.store import attempt_logs
+
+    for row in reversed(history_rows):
+        paths = attempt_logs(store, row["submission_id"])
+        if paths:
+            return paths[-1]
+        if row.get("log_path"):
+            return row["log_path"]
+    return None
+
+
+def log_tail(path: str, lines: int = LOG_TAIL_LINES) -> tuple[str | None, str | None]:
+    """The last `lines` lines of a log file: (text, None), or (None, why it could not be read)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - LOG_TAIL_BYTES))
+            data = f.read()
+    except OSError as exc:
+        return None, f"log not readable here: {exc.strerror or exc}"
+    text = data.decode("utf-8", errors="replace")
+    kept = text.splitlines()[-lines:]
+    if size > LOG_TAIL_BYTES and len(kept) == len(text.splitlines()):
+        kept = kept[1:]  # the first line was cut by the byte limit
+    return "\n".join(kept), None
+
