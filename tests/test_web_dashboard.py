@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -147,8 +146,7 @@ def site(tmp_path):
     add_run(store, "broken", NOW - 1000, priority=9, status="failed", reason="exit-code", exit_code=2, ended_at=NOW - 60)
     problem = {"file": "runs/bad.yml", "line": 3, "field": "resources.gpu", "message": "'H100:lots' is not a GPU"}
     with store.transaction():
-        store.replace_files([{"path": "runs/bad.yml", "blob": "b1", "config": ".gitopsq.yml", "name": None,
-                              "spec": None, "problems": json.dumps([problem])}], [])
+        store.replace_problems([problem])
     app = create_app(db, lambda reason: None, lambda: dict(STATUS), None, clock=lambda: NOW)
     with running(app) as url:
         yield url, tmp_path
