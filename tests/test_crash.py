@@ -41,7 +41,11 @@ def scenario(root, rng: random.Random | None):
         if second_commit:
             add_runs(repo, ["e", "f"], ran)
     try:
-        wait_for(lambda: len(daemon.rows()) == 6 and all(r["status"] == "done" for r in daemon.rows()), timeout=40, what="all done")
+        try:
+            wait_for(lambda: len(daemon.rows()) == 6 and all(r["status"] == "done" for r in daemon.rows()), timeout=40, what="all done")
+        except AssertionError:
+            rows = [(r["name"], r["status"], r["reason"], r["message"]) for r in daemon.rows()]
+            raise AssertionError(f"not converged: {rows}\n{daemon.log.read_text()[-3000:]}") from None
     finally:
         assert daemon.stop() == 0
     store = Store(db)
