@@ -53,7 +53,7 @@ class Controller:
         self.clock = clock
         self.rng = rng or random.Random()
         self.recovered = False
-        self.provider_health: str | None = None  # None = healthy, else the one message to show
+        self._trouble: dict[str, str] = {}  # operation (list, launch, stop) -> its provider problem
         self.on_provider_error: Callable[[str], None] | None = None  # metrics hook: called with the kind
         self.last_commit: str | None = store.cursor(branch)
 
@@ -141,7 +141,7 @@ class Controller:
         try:
             nodes = self.provider.nodes()
         except ProviderError as exc:
-            self._provider_trouble(exc)
+            self._provider_trouble(exc, "list")
             return
         by_sub = {n.submission_id: n for n in nodes if n.submission_id is not None}
         now = self.clock()
@@ -178,23 +178,23 @@ class Controller:
     def _destroy(self, node_id: str) -> bool:
         try:
             self.provider.stop(node_id)
-            return True
         except ProviderError as exc:
-            self._provider_trouble(exc)
+            self._provider_trouble(exc, "stop")
             return False
+        self._provider_ok("stop")
+        return True
 
     # --- watching nodes -----------------------------------------------------------------------
 
     def poll_nodes(self) -> None:
+        # Every step lists our nodes, also when nothing should be running: strays are destroyed.
         watched = self.store.submissions_with_status("running")
-        if not watched:
-            return
         try:
             listed = self.provider.nodes()
         except ProviderError as exc:
-            self._provider_trouble(exc)
+            self._provider_trouble(exc, "list")
             return
-        self.provider_health = None
+        self._provider_ok("list")
         nodes = self._match_nodes(listed)
         for sub in watched:
             node = nodes.get(sub["id"])
@@ -279,7 +279,7 @@ class Controller:
         try:
             capacity = self.provider.capacity()
         except ProviderError as exc:
-            self._provider_trouble(exc)
+            self._provider_trouble(exc, "list")
             return []
         waiting = [self._waiting(sub, specs[sub["id"]]) for sub in queued]
         decision = q.admit(waiting, capacity, now, self._freed_at())
@@ -316,7 +316,7 @@ class Controller:
             self._launch_failed(sub, spec, exc, self.clock())
             return False
         now = self.clock()
-        self.provider_health = None
+        self._provider_ok("launch")
         with self.store.transaction():
             self.store.set_status(sub["id"], "running", now, node_id=node.node_id, started_at=now, window_start=now,
                                   log_path=node.log_path, next_try_at=None,
@@ -339,7 +339,7 @@ class Controller:
                     self.store.set_status(sub["id"], "failed", now, reason="no-capacity", message=str(exc), detail=detail)
             elif exc.kind in (THROTTLE, AUTH):
                 # The provider's trouble, not the run's: wait and try again, not counted as an attempt.
-                self._provider_trouble(exc)
+                self._provider_trouble(exc, "launch")
                 self.store.set_status(sub["id"], "queued", now, message=str(exc), detail=detail,
                                       next_try_at=now + q.backoff_delay(1, self.rng.random()))
             else:
@@ -354,13 +354,21 @@ class Controller:
 
     # --- bookkeeping --------------------------------------------------------------------------
 
-    def _provider_trouble(self, exc: ProviderError) -> None:
+    @property
+    def provider_health(self) -> str | None:
+        """None when the provider answers, else the one message to show (also on the dashboard)."""
+        return next(iter(self._trouble.values()), None)
+
+    def _provider_trouble(self, exc: ProviderError, operation: str) -> None:
         if self.on_provider_error:
             self.on_provider_error(exc.kind)
         message = f"provider {self.provider.name}: {exc.kind}: {exc}"
-        if message != self.provider_health:
+        if message not in self._trouble.values():
             log.warning("%s", message)  # once per distinct problem, not once per run
-        self.provider_health = message
+        self._trouble[operation] = message
+
+    def _provider_ok(self, operation: str) -> None:
+        self._trouble.pop(operation, None)
 
     def _capacity_freed(self, now: float) -> None:
         self.store.set_meta("capacity_freed_at", repr(now))
