@@ -63,3 +63,13 @@ def task(name: str, commands: str = "echo hi", **fields) -> str:
     lines = ["type: task", f"name: {name}", f"commands: [{commands!r}]"]
     lines += [f"{k}: {v}" for k, v in fields.items()]
     return "\n".join(lines) + "\n"
+
+
+class Recorder:
+    """A callable that remembers its calls (stands in for the loop's wake)."""
+
+    def __init__(self):
+        self.calls: list[str] = []
+
+    def __call__(self, reason: str) -> None:
+        self.calls.append(reason)

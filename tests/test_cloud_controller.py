@@ -29,14 +29,7 @@ PUBLIC_URL = "http://127.0.0.1:8765"
 
 
 @pytest.fixture(autouse=True)
-def env(monkeypatch, tmp_path):
-    empty = tmp_path / "empty.gitconfig"
-    empty.write_text("")
-    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(empty))
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-    for role in ("AUTHOR", "COMMITTER"):
-        monkeypatch.setenv(f"GIT_{role}_NAME", "gitopsq test")
-        monkeypatch.setenv(f"GIT_{role}_EMAIL", "test@gitopsq.dev")
+def env(monkeypatch):
     monkeypatch.setenv("GITOPSQ_PROVIDER_KEY", TEST_KEY)
     monkeypatch.setenv("GITOPSQ_PROVIDER_SECRET", TEST_SECRET)
 

@@ -64,16 +64,6 @@ class Daemon:
             raise AssertionError(f"the daemon did not exit within {timeout}s:\n{self.log.read_text()}")
 
 
-@pytest.fixture
-def cleanup_nodes(tmp_path):
-    yield
-    state = tmp_path / "state" / "gitopsq-nodes"
-    if state.exists():
-        driver = LocalNodeDriver(state, slots=1, gpus=0)
-        for node in driver.list_nodes():
-            driver.destroy_node(node, ex_timeout=2)
-
-
 def test_sigterm_exits_0_and_restart_adopts_running_runs(tmp_path, cleanup_nodes):
     repo = GitRepo(tmp_path / "repo")
     repo.write("runs/long.yml", task("long", "sleep 30"))

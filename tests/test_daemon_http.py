@@ -14,7 +14,7 @@ import pytest
 
 from gitopsq.store import Store
 from tests.helpers import GitRepo, task
-from tests.test_daemon import Daemon, cleanup_nodes, free_port, wait_for  # noqa: F401 (fixture)
+from tests.test_daemon import Daemon, free_port, wait_for
 
 SECRET = b"s3cret-for-tests"
 

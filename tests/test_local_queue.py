@@ -53,13 +53,8 @@ def idle(store):
 
 
 @pytest.fixture(autouse=True)
-def no_leftover_processes(tmp_path):
+def no_leftover_processes(cleanup_nodes):
     yield
-    state = tmp_path / "state" / "gitopsq-nodes"
-    if state.exists():
-        driver = LocalNodeDriver(state, slots=1, gpus=0)
-        for node in driver.list_nodes():
-            driver.destroy_node(node, ex_timeout=2)
 
 
 def test_priority_order_no_capacity_and_retry_limit(tmp_path):

@@ -11,16 +11,6 @@ import pytest
 from gitopsq.source import Change, ConfigRepo, Entry, SourceError, is_remote_location
 
 
-@pytest.fixture(autouse=True)
-def git_env(monkeypatch, tmp_path):
-    # isolate from the user's git config and give commits an identity
-    empty = tmp_path / "empty.gitconfig"
-    empty.write_text("")
-    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(empty))
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-    for role in ("AUTHOR", "COMMITTER"):
-        monkeypatch.setenv(f"GIT_{role}_NAME", "gitopsq test")
-        monkeypatch.setenv(f"GIT_{role}_EMAIL", "test@gitopsq.dev")
 
 
 def git(cwd: Path, *args: str, input: bytes | None = None) -> str:

@@ -13,20 +13,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from gitopsq.spec import Retry
 from gitopsq.store import Store, listing
 from gitopsq.web import Metrics, create_app
-from tests.helpers import run_cli
+from tests.helpers import Recorder, run_cli
 from tests.webserver import add_run, running
 
 NOW = 1_800_000_000.0
 STATUS = {"branch": "main", "commit": "0123456789abcdef", "provider": "local", "provider_health": None,
           "last_step_at": NOW - 2, "repo": "/srv/config.git"}
-
-
-class Recorder:
-    def __init__(self):
-        self.calls: list[str] = []
-
-    def __call__(self, reason: str) -> None:
-        self.calls.append(reason)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import pytest
 
 from gitopsq.web import Metrics, create_app
 from gitopsq.web.webhook import MAX_BODY, hmac_signature, verify
+from tests.helpers import Recorder
 from tests.webserver import running
 
 SECRET = b"s3cret-webhook-key"
@@ -18,14 +19,6 @@ BODY = b'{"ref": "refs/heads/main", "after": "0123456789abcdef0123456789abcdef01
 
 def github(body: bytes, secret: bytes = SECRET) -> dict:
     return {"X-Hub-Signature-256": "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()}
-
-
-class Recorder:
-    def __init__(self):
-        self.calls: list[str] = []
-
-    def __call__(self, reason: str) -> None:
-        self.calls.append(reason)
 
 
 @pytest.fixture
