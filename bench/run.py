@@ -3,7 +3,8 @@
     python bench/run.py [--quick] [--out FILE] [--runs N]
 
 Builds a config repo (10,000 run files, 500 commits of ~20 changed files; --quick: 1,000 and 50)
-with `git fast-import` in a temp dir, measures, prints a table and writes a JSON list of
+with `git fast-import` in a temp dir, measures, prints a table and writes (default bench/out/results.json,
+ignored by git) a JSON list of
 {"figure", "value", "unit", "limit", "ratio"}. Each value and limit is the median of --runs runs
 (default 3). ratio = value / limit for times and sizes, limit / value for rates: how many times
 the limit gitopsq costs (1.0 = as fast as the limit, higher = slower).
@@ -421,7 +422,7 @@ def print_table(f: Figures, title: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1,000 files and 50 commits: under a minute")
-    ap.add_argument("--out", default="bench-results.json", help="where to write the JSON figures")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "results.json"), help="where to write the JSON figures")
     ap.add_argument("--runs", type=int, default=3, help="runs per figure (the median is reported; at least 3)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (repo, databases, daemon logs)")
     args = ap.parse_args()
@@ -446,6 +447,7 @@ def main() -> None:
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(f.rows, indent=2) + "\n")
     print_table(f, f"gitopsq benchmarks ({files:,} files, {commits} commits, {queued:,} queued; median of {runs} runs; "
                    f"{time.perf_counter() - started:.0f} s)")
