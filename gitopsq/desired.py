@@ -19,11 +19,6 @@ from gitopsq.yamlload import Problem, SpecError
 
 SYMLINK_MODE = "120000"
 
-# Decoded specs of the last tree built, by JSON text: the next tree reuses them instead of decoding
-# every unchanged file's spec again (that was a sixth of a commit's reconcile at 10,000 files).
-# Desired.spec dicts are therefore shared between trees: read them, never change them.
-_decoded: dict[str, dict] = {}
-
 
 @dataclass(frozen=True)
 class FileRow:
@@ -143,13 +138,9 @@ def _build(repo: ConfigRepo, commit: str, config: RepoConfig, config_key: str, e
     duplicates = duplicate_names({path: row.name for path, row in rows.items() if row.name})
     for path, problem in duplicates.items():
         state.problems.setdefault(path, []).append(problem)
-    global _decoded
-    previous, decoded = _decoded, {}
     for path, row in rows.items():
         if row.name and path not in duplicates:
-            spec = decoded[row.spec] = previous.get(row.spec) or json.loads(row.spec)
-            state.desired[row.name] = Desired(row.name, path, row.blob, spec)
-    _decoded = decoded
+            state.desired[row.name] = Desired(row.name, path, row.blob, json.loads(row.spec))
     if config_problems:
         state.problems[CONFIG_FILE] = config_problems
     return state

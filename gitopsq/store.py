@@ -83,7 +83,6 @@ class Store:
         conn.execute("PRAGMA busy_timeout=30000")
         self.conn = conn
         self.db = sqlite_utils.Database(conn)
-        self._specs: dict[str, dict] = {}  # decoded runs.spec by JSON text, as of the last recorded()
         self._migrate()
 
     def close(self) -> None:
@@ -164,21 +163,10 @@ class Store:
         rows = self.conn.execute(
             "SELECT r.name, r.file, r.blob, r.spec, r.present, s.status FROM runs r LEFT JOIN submissions s ON s.id = r.last_submission"
         )
-        # Every sync reads every run; decoding 10,000 unchanged specs was a third of a commit's
-        # reconcile. A spec whose text is unchanged since the last call is reused, not decoded:
-        # callers read these dicts and must not change them.
-        previous, self._specs = self._specs, {}
-        recorded = {}
-        for row in rows:
-            text = row["spec"]
-            spec = None
-            if text:
-                spec = previous.get(text)
-                if spec is None:
-                    spec = json.loads(text)
-                self._specs[text] = spec
-            recorded[row["name"]] = Recorded(row["name"], row["file"], row["blob"], spec, bool(row["present"]), row["status"])
-        return recorded
+        return {
+            row["name"]: Recorded(row["name"], row["file"], row["blob"], json.loads(row["spec"]) if row["spec"] else None, bool(row["present"]), row["status"])
+            for row in rows
+        }
 
     def upsert_run(self, name: str, file: str | None, blob: str | None, spec: dict | None, present: bool, now: float) -> None:
         priority = spec["priority"] if spec else 0
