@@ -56,6 +56,9 @@ class Controller:
         self._trouble: dict[str, str] = {}  # operation (list, launch, stop) -> its provider problem
         self.on_provider_error: Callable[[str], None] | None = None  # metrics hook: called with the kind
         self.last_commit: str | None = store.cursor(branch)
+        self._files: dict[str, FileRow] | None = None  # see _file_cache
+        self._specs: dict[int, tuple[str, RunSpec]] = {}  # see _spec
+        self._unsatisfiable: dict[int, str] = {}  # submission id -> why nothing here can run it
 
     # --- the step -----------------------------------------------------------------------------
 
@@ -75,7 +78,16 @@ class Controller:
         result.launched = self.admit_and_launch()
         self.finish_stops()  # stops requested by this step's deadlines
         result.next_wake = self.next_wake()
+        self._forget_finished()
         return result
+
+    def _forget_finished(self) -> None:
+        """Keep the per-submission caches to the submissions still in play (a daemon runs for months)."""
+        if len(self._specs) + len(self._unsatisfiable) < 2048:
+            return
+        active = {row["id"] for row in self.store.submissions_with_status("queued", "provisioning", "running", "stopping")}
+        self._specs = {k: v for k, v in self._specs.items() if k in active}
+        self._unsatisfiable = {k: v for k, v in self._unsatisfiable.items() if k in active}
 
     # --- git ----------------------------------------------------------------------------------
 
@@ -85,28 +97,38 @@ class Controller:
         cursor = self.store.cursor(self.branch)
         if tip is None or tip == cursor:
             return tip, []  # a missing branch never means "cancel everything"
-        cache = {path: FileRow(**dict(row)) for path, row in self.store.files().items()}
+        cache = self._file_cache()
         base = cursor if cursor and cache else None
         tree = read_tree(self.repo, tip, cache, base=base)
-        known = {r.name: Known(r.name, r.file, r.spec, r.present, r.status) for r in self.store.recorded().values()}
-        actions = plan(tree.desired, tree.invalid_files, known)
-        gone = absent(tree.desired, tree.invalid_files, known)
+        # Only runs whose file changed can need an action: plan those, not all 10,000.
+        affected = tree.touched_names(cache) | self.store.run_names_at(tree.touched)
+        desired = tree.desired_of(affected)
+        known = {r.name: Known(r.name, r.file, r.spec, r.present, r.status) for r in self.store.recorded(affected).values()}
+        actions = plan(desired, tree.invalid_files, known)
+        gone = absent(desired, tree.invalid_files, known)
         now = self.clock()
         with self.store.transaction():
             for action in actions:
                 self._apply_action(action, tip, now)
-            for name, want in tree.desired.items():
+            for name, want in desired.items():
                 self.store.upsert_run(name, want.file, want.blob, dict(want.spec), True, now)
             for name in gone:
                 self.store.mark_absent(name, now)
-            removed = [p for p in cache if p not in tree.files]
-            changed = [row.as_dict() for path, row in tree.files.items() if cache.get(path) != row]
+            removed = [p for p in tree.touched if p not in tree.files]
+            changed = [tree.files[p].as_dict() for p in tree.touched if p in tree.files]
             self.store.replace_files(changed, removed)
             self.store.replace_problems([p.as_dict() for p in tree.all_problems()])
             self.store.set_cursor(self.branch, tip, now)
             self.store.event(None, None, "reconciled", {"commit": tip, "actions": len(actions), "parsed": tree.parsed,
                                                          "errors": len(tree.all_problems())}, tip, now)
+        self._files = tree.files  # only once committed: a failed transaction reloads from the store
         return tip, actions
+
+    def _file_cache(self) -> dict[str, FileRow]:
+        """The run files of the last reconciled tree, read from the store once per controller."""
+        if self._files is None:
+            self._files = {path: FileRow(**dict(row)) for path, row in self.store.files().items()}
+        return self._files
 
     def _apply_action(self, action, commit: str, now: float) -> None:
         store = self.store
@@ -119,7 +141,9 @@ class Controller:
             store.event(action.run, sub_id, action.kind, detail, commit, now)
         elif action.kind == "update":
             current = store.current_submission(action.run)
-            store.update_submission(current["id"], spec=json.dumps(dict(action.spec), sort_keys=True), priority=action.spec["priority"])
+            spec = RunSpec.from_dict(action.spec)  # a new retry policy moves a waiting run's deadline
+            store.update_submission(current["id"], spec=json.dumps(dict(action.spec), sort_keys=True), priority=action.spec["priority"],
+                                    deadline=_deadline(spec, current["window_start"]) if current["status"] == "queued" else current["deadline"])
             store.event(action.run, current["id"], "updated", detail, commit, now)
         elif action.kind == "cancel":
             self._stop(action.run, "deleted", commit, now)
@@ -244,7 +268,7 @@ class Controller:
         with self.store.transaction():
             if retry and q.retry_after_end(event, retry.on_events, retry.duration, window_start, now):
                 self.store.set_status(sub["id"], "queued", now, reason=reason, exit_code=exit_code, node_id=None,
-                                      attempts=sub["attempts"] + 1, window_start=now, next_try_at=None,
+                                      attempts=sub["attempts"] + 1, window_start=now, deadline=_deadline(spec, now), next_try_at=None,
                                       reported_at=None, detail={"retry": event, "exit_code": exit_code})
             else:
                 self.store.set_status(sub["id"], "failed", now, reason=reason, exit_code=exit_code,
@@ -255,8 +279,7 @@ class Controller:
     def enforce_deadlines(self) -> None:
         now = self.clock()
         for sub in self.store.submissions_with_status("running"):
-            spec = RunSpec.from_dict(json.loads(sub["spec"]))
-            reason = _expired(spec, sub, now)
+            reason = _expired(self._spec(sub), sub, now)
             if reason:
                 with self.store.transaction():
                     self.store.set_status(sub["id"], "stopping", now, reason=reason, stop_reason=reason)
@@ -264,46 +287,80 @@ class Controller:
     # --- admission ----------------------------------------------------------------------------
 
     def admit_and_launch(self) -> list[int]:
-        queued = self.store.submissions_with_status("queued")
-        if not queued:
-            return []
+        """Decide for the head of the queue and for submissions that need a decision; launch.
+
+        With 100,000 queued runs and a full machine, only new submissions (a first decision:
+        fail without retry, or start their retry window) and expired ones are read; the queue
+        itself is read in order only while there is room, and only as far as the room goes.
+        """
         now = self.clock()
-        specs = {s["id"]: RunSpec.from_dict(json.loads(s["spec"])) for s in queued}
-        # Runs nothing here can ever satisfy fail at once, naming the resource.
-        for sub in queued:
-            why = self.provider.unsatisfiable(specs[sub["id"]])
-            if why:
-                with self.store.transaction():
-                    self.store.set_status(sub["id"], "failed", now, reason="unsatisfiable", message=why, detail={"message": why})
-        queued = [s for s in queued if self.store.submission(s["id"])["status"] == "queued"]
+        rows = {r["id"]: r for r in self.store.queued_needing_decision(now)}
+        has_head = self.store.has_queued()
+        if not rows and not has_head:
+            return []
         try:
             capacity = self.provider.capacity()
         except ProviderError as exc:
             self._provider_trouble(exc, "list")
             return []
-        waiting = [self._waiting(sub, specs[sub["id"]]) for sub in queued]
-        decision = q.admit(waiting, capacity, now, self._freed_at())
-        rows = {s["id"]: s for s in queued}
+        freed_at = self._freed_at()
+        decision = self._decide(rows, capacity, now, freed_at)
+        if has_head and not self._full(capacity, decision, rows):
+            for chunk in self.store.queued_in_order():
+                rows.update((r["id"], r) for r in chunk)
+                decision = self._decide(rows, capacity, now, freed_at)
+                if self._full(capacity, decision, rows):
+                    break
         with self.store.transaction():
             for sub_id, reason in decision.fail:
-                self.store.set_status(sub_id, "failed", now, reason=reason)
+                self.store.set_status(sub_id, "failed", now, reason=reason, message=self._unsatisfiable.get(sub_id))
             for sub_id in decision.wait:
-                if rows[sub_id]["window_start"] is None:
-                    self.store.update_submission(sub_id, window_start=now)
+                if rows[sub_id]["window_start"] is None:  # the retry window opens the first time it waits
+                    spec = self._spec(rows[sub_id])
+                    self.store.update_submission(sub_id, window_start=now, deadline=_deadline(spec, now))
         launched = []
         for sub_id in decision.launch:
-            if self._launch(rows[sub_id], specs[sub_id]):
+            if self._launch(rows[sub_id], self._spec(rows[sub_id])):
                 launched.append(sub_id)
         return launched
+
+    def _decide(self, rows: dict, capacity: dict[str, int], now: float, freed_at: float | None) -> q.Decision:
+        waiting, failed = [], []
+        for row in rows.values():
+            spec = self._spec(row)
+            if row["id"] not in self._unsatisfiable:
+                why = self.provider.unsatisfiable(spec)
+                if why:  # nothing here can ever run it: fail at once, naming the resource
+                    self._unsatisfiable[row["id"]] = why
+            if row["id"] in self._unsatisfiable:
+                failed.append((row["id"], "unsatisfiable"))
+            else:
+                waiting.append(self._waiting(row, spec))
+        decision = q.admit(waiting, capacity, now, freed_at)
+        return q.Decision(decision.launch, tuple(failed) + decision.fail, decision.wait, decision.next_check_at)
+
+    def _full(self, capacity: dict[str, int], decision: q.Decision, rows: dict) -> bool:
+        """True when what is left after this decision's launches cannot fit even the smallest run."""
+        left = dict(capacity)
+        for sub_id in decision.launch:
+            for key, amount in self.provider.demand(self._spec(rows[sub_id])).items():
+                if key in left:
+                    left[key] -= amount
+        floor = self.provider.demand(RunSpec(name="floor", type="task"))
+        return any(key in left and left[key] < amount for key, amount in floor.items() if amount > 0)
+
+    def _spec(self, row) -> RunSpec:
+        """A submission's spec, decoded once per spec text (the queue is read every step)."""
+        cached = self._specs.get(row["id"])
+        if cached is None or cached[0] != row["spec"]:
+            cached = self._specs[row["id"]] = (row["spec"], RunSpec.from_dict(json.loads(row["spec"])))
+        return cached[1]
 
     def _waiting(self, sub, spec: RunSpec) -> q.Waiting:
         retry = spec.retry
         on_capacity = bool(retry and retry.covers("no-capacity"))
-        deadline = None
-        if on_capacity and retry.duration is not None and sub["window_start"] is not None:
-            deadline = sub["window_start"] + retry.duration
         return q.Waiting(sub["id"], sub["run"], sub["priority"], sub["queued_at"], self.provider.demand(spec),
-                         on_capacity, deadline, sub["next_try_at"], sub["last_attempt_at"])
+                         on_capacity, sub["deadline"] if on_capacity else None, sub["next_try_at"], sub["last_attempt_at"])
 
     def _launch(self, sub, spec: RunSpec) -> bool:
         now = self.clock()
@@ -319,7 +376,7 @@ class Controller:
         self._provider_ok("launch")
         with self.store.transaction():
             self.store.set_status(sub["id"], "running", now, node_id=node.node_id, started_at=now, window_start=now,
-                                  log_path=node.log_path, next_try_at=None,
+                                  deadline=None, log_path=node.log_path, next_try_at=None,
                                   detail={"node": node.node_id, "log": node.log_path})
         return True
 
@@ -331,9 +388,9 @@ class Controller:
                 self.store.set_status(sub["id"], "failed", now, reason="unsatisfiable", message=exc.message, detail=detail)
             elif exc.kind == CAPACITY:
                 if retry and retry.covers("no-capacity"):
-                    attempts = sub["attempts"] + 1
+                    attempts, window_start = sub["attempts"] + 1, sub["window_start"] or now
                     self.store.set_status(sub["id"], "queued", now, attempts=attempts, message=str(exc), detail=detail,
-                                          window_start=sub["window_start"] or now,
+                                          window_start=window_start, deadline=_deadline(spec, window_start),
                                           next_try_at=now + q.backoff_delay(attempts, self.rng.random()))
                 else:
                     self.store.set_status(sub["id"], "failed", now, reason="no-capacity", message=str(exc), detail=detail)
@@ -347,7 +404,8 @@ class Controller:
                 if retry and q.retry_after_end("error", retry.on_events, retry.duration, window_start, now):
                     attempts = sub["attempts"] + 1
                     self.store.set_status(sub["id"], "queued", now, attempts=attempts, message=str(exc), detail=detail,
-                                          window_start=window_start, next_try_at=now + q.backoff_delay(attempts, self.rng.random()))
+                                          window_start=window_start, deadline=_deadline(spec, window_start),
+                                          next_try_at=now + q.backoff_delay(attempts, self.rng.random()))
                 else:
                     self.store.set_status(sub["id"], "failed", now, reason="provider-error", message=str(exc), detail=detail)
         self.store.event(sub["run"], sub["id"], "provider-error", detail, None, now)
@@ -380,14 +438,18 @@ class Controller:
     def next_wake(self) -> float | None:
         """When the next step is due without any trigger (None: only a trigger can change anything)."""
         now = self.clock()
-        times = []
-        if self.store.submissions_with_status("running", "provisioning", "stopping"):
+        times = [t for t in self.store.queue_timers(now) if t is not None]
+        if self.store.has_active_nodes():
             times.append(now + POLL_INTERVAL)
-        for sub in self.store.submissions_with_status("queued"):
-            spec = RunSpec.from_dict(json.loads(sub["spec"]))
-            waiting = self._waiting(sub, spec)
-            times += [t for t in (waiting.deadline, waiting.next_try_at) if t is not None]
         return min(times) if times else None
+
+
+def _deadline(spec: RunSpec, window_start: float | None) -> float | None:
+    """When a queued run stops waiting for capacity: its retry window's end (None: never)."""
+    retry = spec.retry
+    if window_start is None or not retry or not retry.covers("no-capacity") or retry.duration is None:
+        return None
+    return window_start + retry.duration
 
 
 def _expired(spec: RunSpec, sub, now: float) -> str | None:

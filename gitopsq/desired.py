@@ -40,13 +40,37 @@ class TreeState:
     commit: str
     config: RepoConfig
     files: dict[str, FileRow]  # every run file of the tree (valid or not)
-    desired: dict[str, Desired] = field(default_factory=dict)
+    valid: dict[str, str] = field(default_factory=dict)  # run name -> path, for valid files claiming a name alone
     problems: dict[str, list[Problem]] = field(default_factory=dict)  # path -> problems (incl. duplicates, config)
     parsed: int = 0  # blobs parsed for this tree: what the cache saved is files - parsed
+    touched: set[str] = field(default_factory=set)  # paths added, changed or removed since the cache's tree
 
     @property
     def invalid_files(self) -> set[str]:
         return set(self.problems)
+
+    def desired_of(self, names) -> dict[str, Desired]:
+        """The desired runs among `names`, specs decoded only for them (a commit touches a few of 10,000)."""
+        out = {}
+        for name in names:
+            path = self.valid.get(name)
+            if path is not None:
+                row = self.files[path]
+                out[name] = Desired(name, path, row.blob, json.loads(row.spec))
+        return out
+
+    @property
+    def desired(self) -> dict[str, Desired]:
+        return self.desired_of(self.valid)
+
+    def touched_names(self, cache: Mapping[str, FileRow]) -> set[str]:
+        """Run names a touched path claimed before or claims now."""
+        names = set()
+        for path in self.touched:
+            for row in (cache.get(path), self.files.get(path)):
+                if row is not None and row.name:
+                    names.add(row.name)
+        return names
 
     def all_problems(self) -> list[Problem]:
         return [p for path in sorted(self.problems) for p in self.problems[path]]
@@ -58,60 +82,62 @@ def _row_from_result(path: str, blob: str, config_key: str, result: RunSpec | li
     return FileRow(path, blob, config_key, None, None, json.dumps([p.as_dict() for p in result]))
 
 
-def _entries_changed(repo: ConfigRepo, base: str | None, commit: str, cache: Mapping[str, FileRow]) -> dict[str, Entry] | None:
-    """The tree at commit, rebuilt from the cache plus one diff; None when a full listing is needed."""
-    if not base or not cache:
-        return None
-    changes = repo.changed(base, commit)
-    if changes is None or any(c.path == CONFIG_FILE for c in changes):
-        return None
-    entries = {path: Entry(path, row.blob, "100644") for path, row in cache.items()}
-    for change in changes:
-        if change.new_blob is None:
-            entries.pop(change.path, None)
-        else:
-            entries[change.path] = Entry(change.path, change.new_blob, change.new_mode or "100644")
-    return entries
-
-
-def read_tree(repo: ConfigRepo, commit: str, cache: Mapping[str, FileRow] | None = None, base: str | None = None,
-              config_blob_hint: str | None = None) -> TreeState:
+def read_tree(repo: ConfigRepo, commit: str, cache: Mapping[str, FileRow] | None = None, base: str | None = None) -> TreeState:
     """Parse what changed since the cache's tree and return the whole desired state at commit.
 
-    base: the commit the cache describes (enables the one-diff fast path). The cache holds only
-    run files, so the fast path keeps the previous config (it only runs when .gitopsq.yml did not change).
+    base: the commit the cache describes. Then one `git diff-tree` says which paths changed and
+    the rest of the tree is the cache (unless .gitopsq.yml changed: its paths and defaults apply
+    to every file, so the whole tree is listed and compared).
     """
-    cache = dict(cache or {})
-    config_key = next(iter({row.config for row in cache.values()}), None) if cache else None
-    entries = _entries_changed(repo, base, commit, cache)
-    config_problems: list[Problem] = []
-    if entries is None:
-        listing = repo.list_files(commit)
-        config_entry = listing.get(CONFIG_FILE)
-        config_key = config_entry.blob if config_entry else ""
-        raw_config = repo.read_blobs([config_entry.blob])[config_entry.blob] if config_entry else None
-        try:
-            config = parse_config(raw_config)
-        except SpecError as exc:
-            config, config_problems = RepoConfig(), exc.problems
-        entries = {p: e for p, e in listing.items() if config.is_run_path(p)}
-    else:
-        config = _config_from_cache(repo, commit, config_key)
-    return _build(repo, commit, config, config_key or "", entries, cache, config_problems)
+    cache = cache or {}
+    config_key = next(iter(cache.values())).config if cache else None  # one config for the whole tree
+    changes = repo.changed(base, commit) if base and cache else None
+    if changes is not None and not any(c.path == CONFIG_FILE for c in changes):
+        config, config_problems = _config_or_problems(repo, config_key)
+        rows = dict(cache)
+        entries: dict[str, Entry] = {}
+        for change in changes:
+            if not config.is_run_path(change.path):
+                continue
+            if change.new_blob is None:
+                rows.pop(change.path, None)
+            else:
+                entries[change.path] = Entry(change.path, change.new_blob, change.new_mode or "100644")
+        return _build(repo, commit, config, config_key, rows, entries, cache, config_problems)
+    listing = repo.list_files(commit)
+    config_entry = listing.get(CONFIG_FILE)
+    config_key = config_entry.blob if config_entry else ""
+    config, config_problems = _config_or_problems(repo, config_key)
+    entries = {p: e for p, e in listing.items() if config.is_run_path(p)}
+    return _build(repo, commit, config, config_key, {}, entries, cache, config_problems)
 
 
-def _config_from_cache(repo: ConfigRepo, commit: str, config_key: str | None) -> RepoConfig:
-    if not config_key:
+_configs: dict[str, RepoConfig] = {}  # .gitopsq.yml by blob id: the same blob always reads the same
+
+
+def _config(repo: ConfigRepo, blob: str | None) -> RepoConfig:
+    """The config repo's settings from the blob of .gitopsq.yml ("" or None: absent). Raises SpecError."""
+    if not blob:
         return RepoConfig()
+    if blob not in _configs:
+        if len(_configs) > 16:
+            _configs.clear()
+        _configs[blob] = parse_config(repo.read_blobs([blob])[blob])
+    return _configs[blob]
+
+
+def _config_or_problems(repo: ConfigRepo, blob: str | None) -> tuple[RepoConfig, list[Problem]]:
+    """A broken .gitopsq.yml is reported, and the defaults apply meanwhile."""
     try:
-        return parse_config(repo.read_blobs([config_key])[config_key])
-    except SpecError:
-        return RepoConfig()
+        return _config(repo, blob), []
+    except SpecError as exc:
+        return RepoConfig(), exc.problems
 
 
-def _build(repo: ConfigRepo, commit: str, config: RepoConfig, config_key: str, entries: Mapping[str, Entry],
-           cache: Mapping[str, FileRow], config_problems: list[Problem]) -> TreeState:
-    rows: dict[str, FileRow] = {}
+def _build(repo: ConfigRepo, commit: str, config: RepoConfig, config_key: str, rows: dict[str, FileRow],
+           entries: Mapping[str, Entry], cache: Mapping[str, FileRow], config_problems: list[Problem]) -> TreeState:
+    """rows: the files known unchanged; entries: the files to take from git (reused from the cache
+    when their blob and config are the same, else parsed)."""
     to_parse: dict[str, Entry] = {}
     for path, entry in entries.items():
         if entry.mode == SYMLINK_MODE:
@@ -131,16 +157,15 @@ def _build(repo: ConfigRepo, commit: str, config: RepoConfig, config_key: str, e
             result = exc.problems
         rows[path] = _row_from_result(path, entry.blob, config_key, result)
 
-    state = TreeState(commit, config, rows, parsed=len(to_parse))
+    touched = {p for p in entries if cache.get(p) is not rows.get(p)} | {p for p in cache if p not in rows}
+    state = TreeState(commit, config, rows, parsed=len(to_parse), touched=touched)
     for path, row in rows.items():
         if row.problems is not None:
             state.problems[path] = [Problem(**p) for p in json.loads(row.problems)]
     duplicates = duplicate_names({path: row.name for path, row in rows.items() if row.name})
     for path, problem in duplicates.items():
         state.problems.setdefault(path, []).append(problem)
-    for path, row in rows.items():
-        if row.name and path not in duplicates:
-            state.desired[row.name] = Desired(row.name, path, row.blob, json.loads(row.spec))
+    state.valid = {row.name: path for path, row in rows.items() if row.name and path not in duplicates}
     if config_problems:
         state.problems[CONFIG_FILE] = config_problems
     return state

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 import sqlite_utils
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 ACTIVE = ("queued", "provisioning", "running", "stopping")
 FINISHED = ("done", "failed", "cancelled")
 
@@ -53,7 +53,15 @@ def _migrate_1(db: sqlite_utils.Database) -> None:
     db["problems"].create({"id": int, "file": str, "line": int, "field": str, "message": str}, pk="id")
 
 
-MIGRATIONS = {1: _migrate_1}
+def _migrate_2(db: sqlite_utils.Database) -> None:
+    # The queue is no longer read whole every step: these find what needs a decision by index.
+    db.execute("CREATE INDEX submissions_fresh ON submissions(status, window_start)")
+    db.execute("CREATE INDEX submissions_deadline ON submissions(status, deadline)")
+    db.execute("CREATE INDEX submissions_backoff ON submissions(status, next_try_at)")
+    db.execute("CREATE INDEX runs_file ON runs(file)")
+
+
+MIGRATIONS = {1: _migrate_1, 2: _migrate_2}
 
 
 @dataclass(frozen=True)
@@ -159,14 +167,23 @@ class Store:
 
     # --- runs ---------------------------------------------------------------------------------
 
-    def recorded(self) -> dict[str, Recorded]:
-        rows = self.conn.execute(
-            "SELECT r.name, r.file, r.blob, r.spec, r.present, s.status FROM runs r LEFT JOIN submissions s ON s.id = r.last_submission"
-        )
+    def recorded(self, names: set[str] | None = None) -> dict[str, Recorded]:
+        """What is recorded of the given runs (all runs when names is None)."""
+        sql = "SELECT r.name, r.file, r.blob, r.spec, r.present, s.status FROM runs r LEFT JOIN submissions s ON s.id = r.last_submission"
+        if names is None:
+            rows = self.conn.execute(sql).fetchall()
+        else:
+            rows = [row for chunk in _chunks(sorted(names)) for row in
+                    self.conn.execute(f"{sql} WHERE r.name IN ({','.join('?' * len(chunk))})", chunk)]
         return {
             row["name"]: Recorded(row["name"], row["file"], row["blob"], json.loads(row["spec"]) if row["spec"] else None, bool(row["present"]), row["status"])
             for row in rows
         }
+
+    def run_names_at(self, paths: set[str]) -> set[str]:
+        """Runs recorded as defined by one of these files (their file may now be broken or gone)."""
+        return {row[0] for chunk in _chunks(sorted(paths)) for row in
+                self.conn.execute(f"SELECT name FROM runs WHERE present = 1 AND file IN ({','.join('?' * len(chunk))})", chunk)}
 
     def upsert_run(self, name: str, file: str | None, blob: str | None, spec: dict | None, present: bool, now: float) -> None:
         priority = spec["priority"] if spec else 0
@@ -237,6 +254,36 @@ class Store:
             self.event(row["run"], sub_id, status, info, commit, now)
         return True
 
+    # --- the queue, read by index (100,000 queued runs must not cost a full read per step) ----------
+
+    def queued_needing_decision(self, now: float) -> list[sqlite3.Row]:
+        """Queued submissions never decided on yet, and those whose retry window has ended."""
+        fresh = self.conn.execute("SELECT * FROM submissions WHERE status = 'queued' AND window_start IS NULL").fetchall()
+        expired = self.conn.execute("SELECT * FROM submissions WHERE status = 'queued' AND deadline <= ?", (now,)).fetchall()
+        return fresh + expired
+
+    def has_queued(self) -> bool:
+        return self.conn.execute("SELECT EXISTS(SELECT 1 FROM submissions WHERE status = 'queued')").fetchone()[0] == 1
+
+    def queued_in_order(self, first: int = 8) -> Iterator[list[sqlite3.Row]]:
+        """The queue in admission order (priority, then first queued), in chunks growing 4x:
+        the head is usually enough, a long scan stays a few round trips."""
+        cursor = self.conn.execute("SELECT * FROM submissions WHERE status = 'queued' ORDER BY priority DESC, queued_at, id")
+        size = first
+        while rows := cursor.fetchmany(size):
+            yield rows
+            size *= 4
+
+    def queue_timers(self, now: float) -> tuple[float | None, float | None]:
+        """The next retry-window end and the next backoff expiry among queued submissions."""
+        deadline = self.conn.execute("SELECT MIN(deadline) FROM submissions WHERE status = 'queued' AND deadline > ?", (now,)).fetchone()[0]
+        backoff = self.conn.execute("SELECT MIN(next_try_at) FROM submissions WHERE status = 'queued' AND next_try_at > ?", (now,)).fetchone()[0]
+        return deadline, backoff
+
+    def has_active_nodes(self) -> bool:
+        return self.conn.execute(
+            "SELECT EXISTS(SELECT 1 FROM submissions WHERE status IN ('provisioning', 'running', 'stopping'))").fetchone()[0] == 1
+
     def history(self, run: str) -> list[sqlite3.Row]:
         return self.conn.execute("SELECT * FROM submissions WHERE run = ? ORDER BY number", (run,)).fetchall()
 
@@ -252,6 +299,12 @@ class Store:
         if run is None:
             return self.conn.execute("SELECT * FROM events ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
         return self.conn.execute("SELECT * FROM events WHERE run = ? ORDER BY id DESC LIMIT ?", (run, limit)).fetchall()
+
+
+def _chunks(items: list, size: int = 500):
+    """SQLite limits the number of parameters of one statement."""
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
 
 
 def default_db_path() -> Path:
@@ -279,7 +332,7 @@ def now() -> float:
 LISTING_SQL = """
 SELECT r.name, r.file, r.present, s.id AS submission_id, s.number AS submission, s.status, s.priority,
        s.reason, s.message, s.exit_code, s.attempts, s.queued_at, s.started_at, s.finished_at,
-       s.window_start, s.next_try_at, s.spec, s.log_path, s.node_id
+       s.window_start, s.deadline, s.next_try_at, s.spec, s.log_path, s.node_id
 FROM runs r JOIN submissions s ON s.id = r.last_submission
 {where}
 ORDER BY CASE WHEN s.status IN ('queued', 'provisioning', 'running', 'stopping') THEN 0 ELSE 1 END,
@@ -305,12 +358,7 @@ def listing(store: Store, include_all: bool = False, status: str | None = None) 
 def describe(row: dict) -> dict:
     """A submission row as the API and `ps --json` show it: retry state spelled out."""
     spec = json.loads(row.pop("spec")) if row.get("spec") else {}
-    retry = spec.get("retry")
-    deadline = None
-    if retry and "no-capacity" in retry["on_events"] and retry["duration"] is not None and row.get("window_start"):
-        deadline = row["window_start"] + retry["duration"]
-    row["deadline"] = deadline
-    row["retry"] = retry
+    row["retry"] = spec.get("retry")
     row["type"] = spec.get("type")
     row["present"] = bool(row.get("present", True))
     return row
@@ -319,7 +367,7 @@ def describe(row: dict) -> dict:
 def history(store: Store, run: str) -> list[dict]:
     rows = store.conn.execute(
         """SELECT run AS name, id AS submission_id, number AS submission, status, priority, reason, message, exit_code,
-                  attempts, queued_at, started_at, finished_at, window_start, next_try_at, spec, log_path, node_id, commit_sha
+                  attempts, queued_at, started_at, finished_at, window_start, deadline, next_try_at, spec, log_path, node_id, commit_sha
            FROM submissions WHERE run = ? ORDER BY number""", (run,)).fetchall()
     return [describe(dict(row)) for row in rows]
 

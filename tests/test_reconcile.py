@@ -249,3 +249,31 @@ def test_unchanged_blobs_are_not_parsed_again(env, tmp_path):
     fresh = Controller(Store(store.path), provider, ConfigRepo(str(repo.path)), clock=Clock())
     fresh.sync_git()
     assert json.loads(fresh.store.events(limit=1)[0]["detail"])["parsed"] == 0
+
+
+def test_files_outside_paths_are_ignored_on_every_path(env):
+    repo, store, provider, controller = env
+    repo.write(".gitopsq.yml", "paths: ['runs/*.yml']\n")
+    repo.commit("limit paths")
+    assert sync(controller) == [("submit", "a")]
+    # A later commit (the one-diff fast path) touching files outside `paths` changes nothing.
+    repo.write("docs/example.yml", task("example"))
+    repo.write("runs/notes.txt", "not yaml: [\n")
+    repo.write("runs/nested/deep.yml", task("deep"))
+    repo.commit("docs")
+    assert sync(controller) == []
+    assert store.file_problems() == []
+    assert store.run("example") is None and store.run("deep") is None
+
+
+def test_broken_config_is_reported_and_stays_reported(env):
+    repo, store, provider, controller = env
+    sync(controller)
+    repo.write(".gitopsq.yml", "paths: runs\n")
+    repo.commit("break the config")
+    sync(controller)
+    assert [(p["file"], p["field"]) for p in store.file_problems()] == [(".gitopsq.yml", "paths")]
+    repo.write("runs/b.yml", task("b"))
+    repo.commit("another run")  # the one-diff path, with the broken config still in place
+    assert sync(controller) == [("submit", "b")]
+    assert [(p["file"], p["field"]) for p in store.file_problems()] == [(".gitopsq.yml", "paths")]

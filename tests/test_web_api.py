@@ -28,7 +28,8 @@ def state(tmp_path):
     store = Store(db)
     add_run(store, "low", NOW - 500, priority=1)
     add_run(store, "late", NOW - 100, priority=5, retry=Retry(("no-capacity",), None))
-    add_run(store, "early", NOW - 300, priority=5, retry=Retry(("no-capacity",), 3600), window_start=NOW - 300)
+    add_run(store, "early", NOW - 300, priority=5, retry=Retry(("no-capacity",), 3600), window_start=NOW - 300,
+            deadline=NOW - 300 + 3600)
     add_run(store, "train", NOW - 400, priority=3, status="running", run_type="dev-environment")
     add_run(store, "broken", NOW - 600, priority=9, status="failed", reason="exit-code", exit_code=2, ended_at=NOW - 50)
     add_run(store, "finished", NOW - 700, priority=0, status="done", exit_code=0, ended_at=NOW - 80)

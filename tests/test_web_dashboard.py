@@ -132,7 +132,8 @@ def site(tmp_path):
 
     add_run(store, "low", NOW - 900, priority=1)
     add_run(store, "late", NOW - 300, priority=5, retry=Retry(("no-capacity",), None))
-    add_run(store, "early", NOW - 600, priority=5, retry=Retry(("no-capacity",), 3600), window_start=NOW - 600)
+    add_run(store, "early", NOW - 600, priority=5, retry=Retry(("no-capacity",), 3600), window_start=NOW - 600,
+            deadline=NOW - 600 + 3600)
     add_run(store, "backoff", NOW - 700, priority=2, retry=Retry(("no-capacity", "error"), None), attempts=2,
             window_start=NOW - 700, next_try_at=NOW + 90)
     train = add_run(store, "train", NOW - 800, priority=3, status="running", retry=Retry(("interruption",), 7200),

@@ -46,7 +46,7 @@ class StorePool:
 
 _SUBMISSION_SQL = """
 SELECT run AS name, id AS submission_id, number AS submission, status, priority, reason, message, exit_code,
-       attempts, submitted_at, queued_at, started_at, finished_at, window_start, next_try_at, last_activity_at,
+       attempts, submitted_at, queued_at, started_at, finished_at, window_start, deadline, next_try_at, last_activity_at,
        reported_at, stop_reason, spec, log_path, node_id, commit_sha
 FROM submissions {where}
 """
