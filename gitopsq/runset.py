@@ -6,6 +6,7 @@ two can never disagree about what is valid.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
@@ -51,13 +52,16 @@ def flag_duplicates(result: RunSet) -> RunSet:
 
 def duplicate_names(names: Mapping[str, str]) -> dict[str, Problem]:
     """path -> name in; path -> problem out, for every path whose name another path claims too."""
+    counts = Counter(names.values())  # counted in C: this runs over every file of the tree per commit
+    twice = {name for name, count in counts.items() if count > 1}
+    if not twice:
+        return {}
     claims: dict[str, list[str]] = {}
     for path, name in names.items():
-        claims.setdefault(name, []).append(path)
+        if name in twice:
+            claims.setdefault(name, []).append(path)
     out = {}
     for name, paths in claims.items():
-        if len(paths) < 2:
-            continue
         for path in paths:
             others = ", ".join(p for p in sorted(paths) if p != path)
             out[path] = Problem(path, 1, "name", f"run name {name!r} is also claimed by {others}; each run needs a name of its own")

@@ -222,7 +222,12 @@ class ConfigRepo:
 
     def tip(self) -> str | None:
         """Commit sha of the tracked branch; None while the branch does not exist."""
-        return self.resolve(self._tip_ref)
+        try:
+            # Read from the ref files (loose or packed): every controller step asks, and a spawned
+            # `git rev-parse` would cost as much as the whole diff of a commit.
+            return git.SymbolicReference.dereference_recursive(self.repo, self._tip_ref)
+        except (ValueError, OSError):
+            return self.resolve(self._tip_ref)
 
     def resolve(self, ref: str) -> str | None:
         """Any ref or sha to a full commit sha; None when it does not exist."""

@@ -451,3 +451,22 @@ def test_remote_errors_name_the_location(tmp_path):
         ConfigRepo("https://user:s3cret@127.0.0.1:9/config.git", state_dir=tmp_path / "state")
     assert "s3cret" not in str(info.value)
     assert "127.0.0.1:9" in str(info.value)
+
+
+def test_tip_follows_loose_and_packed_refs(tmp_path):
+    import subprocess
+
+    work = tmp_path / "w"
+    work.mkdir()
+    run = lambda *a: subprocess.run(["git", *a], cwd=work, check=True, capture_output=True, text=True).stdout.strip()
+    run("init", "-q", "-b", "main")
+    with ConfigRepo(str(work)) as repo:
+        assert repo.tip() is None  # no branch yet
+        (work / "a.yml").write_text("a\n")
+        run("add", "-A"); run("commit", "-q", "-m", "one")
+        assert repo.tip() == run("rev-parse", "HEAD")
+        run("pack-refs", "--all")  # the loose ref is gone, only packed-refs holds it
+        assert not (work / ".git" / "refs" / "heads" / "main").exists()
+        assert repo.tip() == run("rev-parse", "HEAD")
+        run("commit", "-q", "--allow-empty", "-m", "two")
+        assert repo.tip() == run("rev-parse", "HEAD")
