@@ -17,11 +17,12 @@ from typing import Callable
 
 from gitopsq import queue as q
 from gitopsq.desired import FileRow, read_tree
-from gitopsq.plan import Known, absent, plan
+from gitopsq.plan import Known, absent, held, plan
 from gitopsq.providers.base import AUTH, CAPACITY, THROTTLE, UNSATISFIABLE, Launch, NodeStatus, Provider, ProviderError
 from gitopsq.source import ConfigRepo
 from gitopsq.spec import RunSpec
 from gitopsq.store import Store
+from gitopsq.yamlload import Problem
 
 log = logging.getLogger("gitopsq.controller")
 
@@ -102,25 +103,31 @@ class Controller:
         tree = read_tree(self.repo, tip, cache, base=base)
         # Only runs whose file changed can need an action: plan those, not all 10,000.
         affected = tree.touched_names(cache) | self.store.run_names_at(tree.touched)
+        # Runs whose own file is broken while another file claims them are looked at every time,
+        # so the reason they are held is shown for as long as it lasts.
+        affected |= self.store.run_names_at(tree.invalid_files) & set(tree.valid)
         desired = tree.desired_of(affected)
         known = {r.name: Known(r.name, r.file, r.spec, r.present, r.status) for r in self.store.recorded(affected).values()}
         actions = plan(desired, tree.invalid_files, known)
         gone = absent(desired, tree.invalid_files, known)
+        stuck = held(desired, tree.invalid_files, known)
+        problems = tree.all_problems() + [Problem(desired[name].file, 1, "name", why) for name, why in sorted(stuck.items())]
         now = self.clock()
         with self.store.transaction():
             for action in actions:
                 self._apply_action(action, tip, now)
             for name, want in desired.items():
-                self.store.upsert_run(name, want.file, want.blob, dict(want.spec), True, now)
+                if name not in stuck:
+                    self.store.upsert_run(name, want.file, want.blob, dict(want.spec), True, now)
             for name in gone:
                 self.store.mark_absent(name, now)
             removed = [p for p in tree.touched if p not in tree.files]
             changed = [tree.files[p].as_dict() for p in tree.touched if p in tree.files]
             self.store.replace_files(changed, removed)
-            self.store.replace_problems([p.as_dict() for p in tree.all_problems()])
+            self.store.replace_problems([p.as_dict() for p in problems])
             self.store.set_cursor(self.branch, tip, now)
             self.store.event(None, None, "reconciled", {"commit": tip, "actions": len(actions), "parsed": tree.parsed,
-                                                         "errors": len(tree.all_problems())}, tip, now)
+                                                         "errors": len(problems)}, tip, now)
         self._files = tree.files  # only once committed: a failed transaction reloads from the store
         return tip, actions
 

@@ -176,7 +176,7 @@ def plan_refs(repo: ConfigRepo, base_ref: str, head_ref: str):
 
     Returns (base sha, head sha, actions, problems at head).
     """
-    from gitopsq.plan import Known, plan
+    from gitopsq.plan import Known, held, plan
     from gitopsq.source import SourceError
 
     base, head = repo.resolve(base_ref), repo.resolve(head_ref)
@@ -186,4 +186,7 @@ def plan_refs(repo: ConfigRepo, base_ref: str, head_ref: str):
     before = read_tree(repo, base)
     after = read_tree(repo, head, before.files, base=base)
     known = {name: Known(name, d.file, d.spec, True, "running") for name, d in before.desired.items()}
-    return base, head, plan(after.desired, after.invalid_files, known), after.all_problems()
+    desired = after.desired
+    stuck = held(desired, after.invalid_files, known)
+    problems = after.all_problems() + [Problem(desired[n].file, 1, "name", why) for n, why in sorted(stuck.items())]
+    return base, head, plan(desired, after.invalid_files, known), problems

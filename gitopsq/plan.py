@@ -73,7 +73,10 @@ def plan(desired: Mapping[str, Desired], invalid_files: set[str], known: Mapping
     file that did not validate (their runs keep their last valid spec). known: run name -> record.
     """
     actions: list[Action] = []
+    stuck = held(desired, invalid_files, known)
     for name, want in desired.items():
+        if name in stuck:
+            continue
         have = known.get(name)
         if have is None or have.spec is None:
             actions.append(Action("submit", name, want.file, field_changes(None, want.spec), want.spec))
@@ -95,6 +98,20 @@ def plan(desired: Mapping[str, Desired], invalid_files: set[str], known: Mapping
         if have.active:
             actions.append(Action("cancel", name, have.file))
     return sorted(actions, key=lambda a: a.run)
+
+
+def held(desired: Mapping[str, Desired], invalid_files: set[str], known: Mapping[str, Known]) -> dict[str, str]:
+    """Runs another file now claims while the file that defines them does not validate.
+
+    The broken file still holds the name (as with two files claiming one name): the run keeps
+    its last valid spec until that file is fixed or deleted. Returns run name -> the reason.
+    """
+    out = {}
+    for name, want in desired.items():
+        have = known.get(name)
+        if have and have.present and have.file != want.file and have.file in invalid_files:
+            out[name] = f"run {name!r} is defined by {have.file}, which does not validate: fix or delete that file first"
+    return out
 
 
 def absent(desired: Mapping[str, Desired], invalid_files: set[str], known: Mapping[str, Known]) -> list[str]:

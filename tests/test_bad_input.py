@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from gitopsq.controller import Controller
@@ -67,6 +67,7 @@ def test_junk_commits_never_crash_or_touch_the_running_run(tmp_path_factory, com
     keeper = store.current_submission("keeper")
     assert keeper["status"] == "running"
     for ops in commits:
+        note(f"commit: {ops!r}")
         keeper_touched_validly = False
         for kind, path, payload in ops:
             target = repo.path / path

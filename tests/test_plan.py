@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gitopsq.plan import Desired, Known, absent, plan
+from gitopsq.plan import Desired, Known, absent, held, plan
 
 
 def spec(**kw):
@@ -86,3 +86,14 @@ def test_moved_file_without_rename_needs_nothing():
 def test_rename_cancels_old_and_submits_new():
     actions = plan(desired(name="b"), set(), known("running"))
     assert kinds(actions) == [("cancel", "a"), ("submit", "b")]
+
+
+def test_a_run_whose_file_broke_is_not_taken_over_by_another_file():
+    have = {"a": Known("a", "runs/a.yml", spec(), True, "running")}
+    other = {"a": Desired("a", "runs/other.yml", "blob", spec(commands=["other"]))}
+    assert plan(other, {"runs/a.yml"}, have) == []
+    assert held(other, {"runs/a.yml"}, have) == {
+        "a": "run 'a' is defined by runs/a.yml, which does not validate: fix or delete that file first"}
+    # Once the broken file is gone, the other file's spec is simply the run's new spec.
+    assert [(x.kind, x.run) for x in plan(other, set(), have)] == [("restart", "a")]
+    assert held(other, set(), have) == {}

@@ -277,3 +277,23 @@ def test_broken_config_is_reported_and_stays_reported(env):
     repo.commit("another run")  # the one-diff path, with the broken config still in place
     assert sync(controller) == [("submit", "b")]
     assert [(p["file"], p["field"]) for p in store.file_problems()] == [(".gitopsq.yml", "paths")]
+
+
+def test_broken_file_keeps_its_run_when_another_file_claims_the_name(env):
+    repo, store, provider, controller = env
+    sync(controller)
+    controller.step()
+    repo.write("runs/a.yml", "type: task\ncommands: [x\n")
+    repo.write("runs/other.yml", task("a", "echo other"))
+    repo.commit("break a, and claim its name elsewhere")
+    assert sync(controller) == []
+    assert store.current_submission("a")["number"] == 1 and store.run("a")["file"] == "runs/a.yml"
+    assert [(p["file"], p["field"]) for p in store.file_problems()] == [("runs/a.yml", ""), ("runs/other.yml", "name")]
+    repo.write("runs/unrelated.yml", task("u"))
+    repo.commit("unrelated")
+    assert sync(controller) == [("submit", "u")]
+    assert ("runs/other.yml", "name") in [(p["file"], p["field"]) for p in store.file_problems()], "still shown"
+    repo.remove("runs/a.yml")
+    repo.commit("drop the broken file")
+    assert sync(controller) == [("restart", "a")]
+    assert store.run("a")["file"] == "runs/other.yml" and store.file_problems() == []
