@@ -22,6 +22,7 @@ from gitopsq.providers.base import TAG_CONTROLLER
 from gitopsq.providers.cloud import make_cloud_provider
 from gitopsq.source import ConfigRepo
 from gitopsq.store import Store
+from tests.fakes import Clock
 from tests.moto_ec2 import TEST_KEY, TEST_SECRET, MotoEC2Server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,14 +39,6 @@ def env(monkeypatch):
 def server():
     with MotoEC2Server() as srv:
         yield srv
-
-
-class Clock:
-    def __init__(self, now: float = 1_000_000.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -202,6 +195,26 @@ def test_no_capacity_queues_with_retry_and_fails_without(world):
     assert patient["status"] == "running"
     assert [n.id for n in world.instances()] == [patient["node_id"]]
     assert world.server.calls["RunInstances"] == 3
+
+
+def test_timeout_is_retried_and_the_late_instance_does_not_leak(world):
+    world.provider = make_cloud_provider("ec2", {"region": "us-east-1", "endpoint": world.server.endpoint, "timeout": "1"},
+                                         world.store.controller_id, None, PUBLIC_URL)
+    world.controller = Controller(world.store, world.provider, world.repo, branch="main", clock=world.clock, rng=random.Random(0))
+    world.commit({"runs/job.yml": run_file()})
+    world.provider.adapter.image()
+    # moto answers only after the client gave up: the instance is created all the same.
+    world.server.inject_delay("RunInstances", seconds=2.5, times=1)
+    world.step()
+    sub = world.sub("job")
+    assert (sub["status"], sub["attempts"]) == ("queued", 0)
+    assert world.controller.provider_health.startswith("provider ec2: throttle:")
+    time.sleep(2.0)  # the stalled request reaches moto meanwhile
+    world.step(sub["next_try_at"] - world.clock.now + 0.1)
+    sub = world.sub("job")
+    assert sub["status"] == "running"
+    assert [n.id for n in world.instances()] == [sub["node_id"]], "the late instance was destroyed, not kept"
+    assert len(world.instances(include_terminated=True)) == 2, "the timed-out request did create an instance"
 
 
 @pytest.mark.parametrize("fault", ["RequestLimitExceeded", "http-503"])
