@@ -166,7 +166,7 @@ def test_node_runs_script_in_its_workdir_and_records_exit_code(state_dir):
     assert stopped.extra["tags"] == {"run": "r1", "commit": "abc123"}
     node_dir = state_dir / "nodes" / node.id
     workdir = node_dir / "work"
-    assert driver.ex_log_path(node) == node_dir / "log"
+    assert driver.ex_log_path(node) == state_dir / "logs" / f"{node.id}.log"
     assert driver.ex_log_path(node.id).read_text().splitlines() == [
         "hello", "from-env", str(workdir)
     ]
@@ -278,6 +278,8 @@ def test_destroy_kills_the_whole_process_group(state_dir):
     assert gone.state == NodeState.TERMINATED and gone.extra["destroyed"] is True
     assert gone.extra["exit_code"] == 143  # the wrapper recorded the SIGTERM
     assert driver.ex_log_path(node).exists()  # logs outlive destroy
+    # The directory moved out of nodes/: listing costs what the live nodes cost, not all that ever ran.
+    assert not (state_dir / "nodes" / node.id).exists() and (state_dir / "ended" / node.id / "meta.json").exists()
     assert driver.destroy_node(node) is True  # idempotent
     assert driver.destroy_node("local-nope") is False
     assert driver.ex_get_node("local-nope") is None

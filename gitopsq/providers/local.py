@@ -6,10 +6,12 @@ log file. The controller may be killed at any moment, so everything lives on dis
     <state>/.lock                     flock taken while creating (capacity check + spawn)
     <state>/nodes/<node id>/meta.json name, tags, pid, start_time, started_at, gpus, image, ...
     <state>/nodes/<node id>/script.sh the user script
-    <state>/nodes/<node id>/log       stdout+stderr of the run
     <state>/nodes/<node id>/work/     working directory of the run (name: ex_workdir_name)
     <state>/nodes/<node id>/exit_code written atomically by the wrapper when the script ends
     <state>/nodes/<node id>/destroyed marker: node is gone from list_nodes, files are kept
+    <state>/ended/<node id>/          where a destroyed node's directory moves, so listing stays
+                                      proportional to the live nodes however many have run
+    <state>/logs/<node id>.log        stdout+stderr of the run (never moved: users read it later)
 
 Destroyed nodes keep their directory (log and work/) because users read the logs of
 finished runs; pruning old node directories is left to the controller.
@@ -198,7 +200,10 @@ class LocalNodeDriver(NodeDriver):
         self.slots = (os.cpu_count() or 1) if slots is None else slots
         self.gpus = _count_gpus() if gpus is None else gpus
         self.nodes_dir = self.state_dir / "nodes"
-        self.nodes_dir.mkdir(parents=True, exist_ok=True)
+        self.ended_dir = self.state_dir / "ended"
+        self.logs_dir = self.state_dir / "logs"
+        for folder in (self.nodes_dir, self.ended_dir, self.logs_dir):
+            folder.mkdir(parents=True, exist_ok=True)
         self._container_tool_cache: object = _UNSET
 
     # ---- catalog -------------------------------------------------------------------
@@ -266,7 +271,7 @@ class LocalNodeDriver(NodeDriver):
             workdir.mkdir(parents=True)
             script = node_dir / "script.sh"
             script.write_text(ex_script)
-            (node_dir / "log").touch()
+            self._log(node_id).touch()
             meta = {
                 "id": node_id,
                 "name": name,
@@ -286,7 +291,7 @@ class LocalNodeDriver(NodeDriver):
             command = self._command(node_id, script, workdir, env, ex_env, ex_image, tool, gpu_ids)
             launch = subprocess.run(
                 [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(lock_fd), str(meta_path),
-                 str(node_dir / "log"), shutil.which("bash") or "/bin/bash", "-c",
+                 str(self._log(node_id)), shutil.which("bash") or "/bin/bash", "-c",
                  _WRAPPER, "gitopsq-node", str(node_dir / "exit_code"), *command],
                 cwd=workdir, env=env, stdin=subprocess.DEVNULL, pass_fds=(lock_fd,),
                 capture_output=True, text=True, timeout=60,
@@ -309,10 +314,11 @@ class LocalNodeDriver(NodeDriver):
         The node directory, with its log and work dir, stays on disk. Returns False for
         an unknown node id.
         """
-        node_dir = self.nodes_dir / (node if isinstance(node, str) else node.id)
+        node_id = node if isinstance(node, str) else node.id
+        node_dir = self.nodes_dir / node_id
         meta = self._meta(node_dir)
         if meta is None:
-            return False
+            return (self.ended_dir / node_id).is_dir()  # destroyed before: nothing left to do
         pid, start = meta.get("pid"), meta.get("start_time")
         if pid and start is not None and not self._pid_reused(pid, start):
             self._signal_group(pid, start, signal.SIGTERM)
@@ -327,6 +333,9 @@ class LocalNodeDriver(NodeDriver):
                 capture_output=True, timeout=30, check=False,
             )
         (node_dir / "destroyed").touch()
+        with self._lock(fcntl.LOCK_EX):
+            with contextlib.suppress(OSError):
+                node_dir.rename(self.ended_dir / node_dir.name)
         return True
 
     # ---- extras --------------------------------------------------------------------
@@ -339,11 +348,13 @@ class LocalNodeDriver(NodeDriver):
 
     def ex_log_path(self, node_or_id: Node | str) -> Path:
         node_id = node_or_id if isinstance(node_or_id, str) else node_or_id.id
-        return self.nodes_dir / node_id / "log"
+        return self._log(node_id)
 
     def ex_get_node(self, node_id: str) -> Node | None:
         """The node, destroyed ones included (state TERMINATED); None if unknown."""
         node_dir = self.nodes_dir / node_id
+        if not node_dir.exists():
+            node_dir = self.ended_dir / node_id
         return self._node(node_dir) if node_dir.is_dir() else None
 
     # ---- internals -----------------------------------------------------------------
@@ -357,6 +368,9 @@ class LocalNodeDriver(NodeDriver):
             yield fd
         finally:
             os.close(fd)  # releases the lock
+
+    def _log(self, node_id: str) -> Path:
+        return self.logs_dir / f"{node_id}.log"
 
     def _node_dirs(self) -> list[Path]:
         return [d for d in self.nodes_dir.iterdir() if d.is_dir()]
@@ -405,7 +419,7 @@ class LocalNodeDriver(NodeDriver):
             "exit_code": exit_code,
             # Ended without the wrapper recording a status: killed, or machine rebooted.
             "lost": not running and exit_code is None,
-            "log": str(node_dir / "log"),
+            "log": str(self._log(meta["id"])),
             "workdir": str(node_dir / meta.get("workdir", "work")),
             "gpus": meta.get("gpus", []),
             "image": meta.get("image"),
