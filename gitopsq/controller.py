@@ -60,6 +60,7 @@ class Controller:
         self._files: dict[str, FileRow] | None = None  # see _file_cache
         self._specs: dict[int, tuple[str, RunSpec]] = {}  # see _spec
         self._unsatisfiable: dict[int, str] = {}  # submission id -> why nothing here can run it
+        self._forget_at = 2048  # cache size at which _forget_finished prunes
 
     # --- the step -----------------------------------------------------------------------------
 
@@ -84,11 +85,14 @@ class Controller:
 
     def _forget_finished(self) -> None:
         """Keep the per-submission caches to the submissions still in play (a daemon runs for months)."""
-        if len(self._specs) + len(self._unsatisfiable) < 2048:
+        if len(self._specs) + len(self._unsatisfiable) < self._forget_at:
             return
-        active = {row["id"] for row in self.store.submissions_with_status("queued", "provisioning", "running", "stopping")}
+        active = {row[0] for row in self.store.conn.execute(
+            "SELECT id FROM submissions WHERE status IN ('queued', 'provisioning', 'running', 'stopping')")}
         self._specs = {k: v for k, v in self._specs.items() if k in active}
         self._unsatisfiable = {k: v for k, v in self._unsatisfiable.items() if k in active}
+        # Next time only when the caches have doubled again: amortised, not a full read per step.
+        self._forget_at = max(2048, 2 * (len(self._specs) + len(self._unsatisfiable)))
 
     # --- git ----------------------------------------------------------------------------------
 
