@@ -106,3 +106,20 @@ def test_commit_is_picked_up_without_a_trigger(tmp_path, cleanup_nodes):
         wait_for(lambda: daemon.rows()[0]["status"] == "done", what="hello done")
     finally:
         assert daemon.stop() == 0
+
+
+def test_json_logs(tmp_path, cleanup_nodes):
+    import json
+
+    repo = GitRepo(tmp_path / "repo")
+    repo.write("runs/hello.yml", task("hello", "echo hi"))
+    repo.commit()
+    db = tmp_path / "state" / "gitopsq.db"
+    daemon = Daemon(repo.path, db, "--http", "off", "--log-format", "json")
+    try:
+        wait_for(lambda: daemon.rows() and daemon.rows()[0]["status"] == "done", what="hello done")
+    finally:
+        assert daemon.stop() == 0
+    records = [json.loads(line) for line in daemon.log.read_text().splitlines() if line.strip()]
+    assert records and all({"time", "level", "logger", "message"} <= set(r) for r in records)
+    assert any(r["message"].startswith("reconciled ") and "submit hello" in r["message"] for r in records)
