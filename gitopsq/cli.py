@@ -115,6 +115,7 @@ def apply(file: str, queue: bool, repo_dir: str, push: bool) -> None:
     from pathlib import Path
 
     from gitopsq.apply import apply_file
+    from gitopsq.output import short_json
     from gitopsq.yamlload import SpecError
 
     try:
@@ -128,16 +129,8 @@ def apply(file: str, queue: bool, repo_dir: str, push: bool) -> None:
         return
     click.echo(f"Committed {applied.commit[:12]}: {applied.path} (run {applied.spec.name})")
     for name, (old, new) in applied.changes.items():
-        click.echo(f"  {name}: {json_short(old)} -> {json_short(new)}")
+        click.echo(f"  {name}: {short_json(old)} -> {short_json(new)}")
     click.echo(applied.content.decode(), nl=False)
-
-
-def json_short(value) -> str:
-    import json
-
-    text = json.dumps(value, sort_keys=True)
-    return text if len(text) <= 70 else text[:67] + "..."
-
 
 # --- running runs -------------------------------------------------------------------------------
 

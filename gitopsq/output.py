@@ -34,7 +34,7 @@ _SYMBOL = {"submit": "+", "update": "~", "restart": "-/+", "cancel": "-"}
 _VERB = {"submit": "submit", "update": "update in place", "restart": "restart", "cancel": "cancel"}
 
 
-def _short(value, limit: int = 70) -> str:
+def short_json(value, limit: int = 70) -> str:
     text = json.dumps(value, sort_keys=True)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -56,7 +56,7 @@ def plan_text(actions, problems) -> str:
                      + (f" priority {priority}" if priority is not None else ""))
         if action.kind in ("update", "restart"):
             for name, (old, new) in action.changes.items():
-                lines.append(f"      {name}: {_short(old)} -> {_short(new)}")
+                lines.append(f"      {name}: {short_json(old)} -> {short_json(new)}")
     for problem in problems:
         lines.append(f"error: {problem}")
     lines.append(f"Plan: {plan_summary(actions, problems)}.")
@@ -76,7 +76,7 @@ def plan_markdown(actions, problems, base: str = "", head: str = "") -> str:
             if a.kind in ("update", "restart") and a.changes:
                 out += ["", f"<details><summary>{a.run}: {len(a.changes)} field(s) changed ({_VERB[a.kind]})</summary>", "",
                         "| field | old | new |", "|---|---|---|"]
-                out += [f"| `{k}` | `{_short(o, 60)}` | `{_short(n, 60)}` |" for k, (o, n) in a.changes.items()]
+                out += [f"| `{k}` | `{short_json(o, 60)}` | `{short_json(n, 60)}` |" for k, (o, n) in a.changes.items()]
                 out += ["", "</details>"]
     if problems:
         out += ["", f"#### Validation errors ({len(problems)})", ""]

@@ -20,9 +20,6 @@ class RunSet:
     specs: dict[str, RunSpec] = field(default_factory=dict)  # path -> spec, valid files only
     problems: dict[str, list[Problem]] = field(default_factory=dict)  # path -> its problems
 
-    def by_name(self) -> dict[str, tuple[str, RunSpec]]:
-        return {spec.name: (path, spec) for path, spec in self.specs.items()}
-
     def all_problems(self) -> list[Problem]:
         return [p for path in sorted(self.problems) for p in self.problems[path]]
 

@@ -20,7 +20,6 @@ from gitopsq.yamlload import Loaded, Problem, SpecError, field_name, load_yaml
 
 RETRY_EVENTS = ("no-capacity", "interruption", "error")
 DEFAULT_RETRY_DURATION = 3600
-IN_PLACE_FIELDS = ("priority", "inactivity_duration", "max_duration", "retry")
 RUN_TYPES = ("task", "service", "dev-environment")
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,40}$")
 
@@ -445,10 +444,3 @@ def _parse_run(raw: bytes, file: str, defaults: Mapping, defaults_file: str) -> 
         spot_policy=data.get("spot_policy"),
         max_price=data.get("max_price"),
     )
-
-
-def changed_fields(old: RunSpec | None, new: RunSpec) -> dict[str, tuple[Any, Any]]:
-    """Top-level fields whose normalised value differs: {field: (old, new)}."""
-    new_d = new.to_dict()
-    old_d = old.to_dict() if old else {}
-    return {k: (old_d.get(k), v) for k, v in new_d.items() if old_d.get(k) != v}
