@@ -8,6 +8,7 @@ The schema is created with sqlite-utils; hot paths (the queue, status changes) u
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import sqlite3
 import time
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import sqlite_utils
+
+log = logging.getLogger("gitopsq.store")
 
 SCHEMA_VERSION = 2
 ACTIVE = ("queued", "provisioning", "running", "stopping")
@@ -252,6 +255,7 @@ class Store:
         if row["status"] != status:
             info = {"from": row["status"], "to": status, **({"reason": reason} if reason else {}), **(detail or {})}
             self.event(row["run"], sub_id, status, info, commit, now)
+            log.info("%s #%s: %s -> %s%s", row["run"], row["number"], row["status"], status, f" ({reason})" if reason else "")
         return True
 
     # --- the queue, read by index (100,000 queued runs must not cost a full read per step) ----------
