@@ -1,0 +1,50 @@
+"""The state store: migrations, history that is never overwritten, one place for status changes."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+import sqlite_utils
+
+from gitopsq import store as store_module
+from gitopsq.store import SCHEMA_VERSION, Store
+
+
+def test_a_first_release_database_is_migrated(tmp_path):
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+    store_module._migrate_1(sqlite_utils.Database(conn))
+    conn.execute("INSERT INTO meta VALUES ('schema_version', '1'), ('controller_id', 'abc123')")
+    conn.commit()
+    conn.close()
+    store = Store(path)
+    assert store.meta("schema_version") == str(SCHEMA_VERSION) and store.controller_id == "abc123"
+    indexes = {row[1] for row in store.conn.execute("PRAGMA index_list(submissions)")}
+    assert {"submissions_queue", "submissions_fresh", "submissions_deadline", "submissions_backoff"} <= indexes
+
+
+def test_a_newer_database_is_refused(tmp_path):
+    store = Store(tmp_path / "s.db")
+    store.set_meta("schema_version", str(SCHEMA_VERSION + 1))
+    store.close()
+    with pytest.raises(RuntimeError, match="newer gitopsq"):
+        Store(tmp_path / "s.db")
+
+
+def test_name_reuse_appends_and_status_changes_write_one_event(tmp_path):
+    store = Store(tmp_path / "s.db")
+    spec = {"name": "a", "type": "task", "priority": 3}
+    with store.transaction():
+        store.upsert_run("a", "runs/a.yml", "b1", spec, True, 1.0)
+        first = store.add_submission("a", spec, "c1", 1.0)
+        assert store.set_status(first, "done", 2.0)
+        assert not store.set_status(first, "done", 3.0)  # unchanged: nothing written
+        second = store.add_submission("a", spec, "c2", 4.0)
+    assert [(r["number"], r["status"]) for r in store.history("a")] == [(1, "done"), (2, "queued")]
+    assert store.current_submission("a")["id"] == second
+    kinds = [row["kind"] for row in store.events("a")]
+    assert kinds.count("done") == 1 and kinds.count("submitted") == 2
+    assert store.submission(first)["finished_at"] == 2.0
+    assert store.submission(first)["token"] != store.submission(second)["token"]
