@@ -121,3 +121,14 @@ def timed(fn, *args, **kwargs):
     t = time.perf_counter()
     result = fn(*args, **kwargs)
     return time.perf_counter() - t, result
+
+
+def wait_until(check, timeout: float, what: str, interval: float = 0.01):
+    """Poll check() until it returns something true; that value, or RuntimeError after timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")

@@ -40,7 +40,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, vm_hwm_kb  # noqa: E402
+from common import ROOT, vm_hwm_kb, wait_until  # noqa: E402
 
 TOKEN = "bench-token-0123456789"
 
@@ -74,14 +74,7 @@ def priorities(n: int, seed: int = 11) -> list[int]:
     return values
 
 
-def wait(check, timeout: float, what: str, interval: float = 0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+wait = wait_until
 
 
 def rss_mb(pid: int) -> float:

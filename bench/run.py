@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, bare_python_rss_mb, build_repo, median, percentile, run_file, timed, vm_hwm_kb  # noqa: E402
+from common import ROOT, bare_python_rss_mb, build_repo, median, percentile, run_file, timed, vm_hwm_kb, wait_until  # noqa: E402
 
 from gitopsq import queue as q  # noqa: E402
 from gitopsq.controller import Controller  # noqa: E402
@@ -205,13 +205,7 @@ def bench_per_commit(f: Figures, repo: Path, shas: list[str], base_db: Path, wor
 
 
 def _wait(check, timeout: float, what: str, interval: float = 0.002):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
+    return wait_until(check, timeout, what, interval)  # polls finely: it times latencies
 
 
 def _ro(db: Path) -> sqlite3.Connection:
