@@ -41,7 +41,11 @@ def _validator():
 
     schema = load_schema()
     jsonschema.Draft202012Validator.check_schema(schema)
-    return jsonschema.Draft202012Validator(schema)
+    # Unknown top-level fields are found by schema_problems itself, with a suggestion; without
+    # `unevaluatedProperties` jsonschema validates a file about a third faster. Editors, which
+    # read the file, still get it. A test keeps the two verdicts the same.
+    runtime = {k: v for k, v in schema.items() if k != "unevaluatedProperties"}
+    return jsonschema.Draft202012Validator(runtime)
 
 
 @functools.cache
@@ -147,8 +151,6 @@ def schema_problems(data: Any, loaded: Loaded, file: str) -> list[Problem]:
     found: list[tuple[tuple, str]] = []
     type_ok = data.get("type") in RUN_TYPES
     for error in _validator().iter_errors(data):
-        if error.validator == "unevaluatedProperties" and not error.absolute_path:
-            continue  # unknown top-level fields are reported below, once, with a suggestion
         found.extend(_explain(error))
     if type_ok:
         allowed = allowed_fields(data["type"])
