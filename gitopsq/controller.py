@@ -57,7 +57,7 @@ class Controller:
         self._trouble: dict[str, str] = {}  # operation (list, launch, stop) -> its provider problem
         self.on_provider_error: Callable[[str], None] | None = None  # metrics hook: called with the kind
         self.last_commit: str | None = store.cursor(branch)
-        self._files: dict[str, FileRow] | None = None  # see _file_cache
+        self._tree = None  # the last reconciled tree (TreeState): the next commit patches it
         self._specs: dict[int, tuple[str, RunSpec]] = {}  # see _spec
         self._unsatisfiable: dict[int, str] = {}  # submission id -> why nothing here can run it
         self._forget_at = 2048  # cache size at which _forget_finished prunes
@@ -102,14 +102,15 @@ class Controller:
         cursor = self.store.cursor(self.branch)
         if tip is None or tip == cursor:
             return tip, []  # a missing branch never means "cancel everything"
-        cache = self._file_cache()
+        previous = self._tree
+        cache = previous.files if previous else self._stored_files()
         base = cursor if cursor and cache else None
-        tree = read_tree(self.repo, tip, cache, base=base)
+        tree = read_tree(self.repo, tip, cache, base=base, previous=previous)
         # Only runs whose file changed can need an action: plan those, not all 10,000.
         affected = tree.touched_names(cache) | self.store.run_names_at(tree.touched)
         # Runs whose own file is broken while another file claims them are looked at every time,
         # so the reason they are held is shown for as long as it lasts.
-        affected |= self.store.run_names_at(tree.invalid_files) & set(tree.valid)
+        affected |= {name for name in self.store.run_names_at(tree.invalid_files) if name in tree.valid}
         desired = tree.desired_of(affected)
         known = {r.name: Known(r.name, r.file, r.spec, r.present, r.status) for r in self.store.recorded(affected).values()}
         actions = plan(desired, tree.invalid_files, known)
@@ -132,14 +133,12 @@ class Controller:
             self.store.set_cursor(self.branch, tip, now)
             self.store.event(None, None, "reconciled", {"commit": tip, "actions": len(actions), "parsed": tree.parsed,
                                                          "errors": len(problems)}, tip, now)
-        self._files = tree.files  # only once committed: a failed transaction reloads from the store
+        self._tree = tree  # only once committed: after a failed transaction the store is the truth
         return tip, actions
 
-    def _file_cache(self) -> dict[str, FileRow]:
-        """The run files of the last reconciled tree, read from the store once per controller."""
-        if self._files is None:
-            self._files = {path: FileRow(**dict(row)) for path, row in self.store.files().items()}
-        return self._files
+    def _stored_files(self) -> dict[str, FileRow]:
+        """The run files of the last reconciled tree as the store has them (after a start)."""
+        return {path: FileRow(**dict(row)) for path, row in self.store.files().items()}
 
     def _apply_action(self, action, commit: str, now: float) -> None:
         store = self.store

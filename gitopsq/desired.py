@@ -12,7 +12,7 @@ from typing import Mapping
 
 from gitopsq.config import CONFIG_FILE, RepoConfig, parse_config
 from gitopsq.plan import Desired
-from gitopsq.runset import duplicate_names
+from gitopsq.runset import duplicate_problem
 from gitopsq.source import ConfigRepo, Entry
 from gitopsq.spec import RunSpec, parse_run
 from gitopsq.yamlload import Problem, SpecError
@@ -44,6 +44,7 @@ class TreeState:
     problems: dict[str, list[Problem]] = field(default_factory=dict)  # path -> problems (incl. duplicates, config)
     parsed: int = 0  # blobs parsed for this tree: what the cache saved is files - parsed
     touched: set[str] = field(default_factory=set)  # paths added, changed or removed since the cache's tree
+    claims: dict[str, tuple[str, ...]] = field(default_factory=dict)  # run name -> the valid files naming it
 
     @property
     def invalid_files(self) -> set[str]:
@@ -82,13 +83,17 @@ def _row_from_result(path: str, blob: str, config_key: str, result: RunSpec | li
     return FileRow(path, blob, config_key, None, None, json.dumps([p.as_dict() for p in result]))
 
 
-def read_tree(repo: ConfigRepo, commit: str, cache: Mapping[str, FileRow] | None = None, base: str | None = None) -> TreeState:
+def read_tree(repo: ConfigRepo, commit: str, cache: Mapping[str, FileRow] | None = None, base: str | None = None,
+              previous: TreeState | None = None) -> TreeState:
     """Parse what changed since the cache's tree and return the whole desired state at commit.
 
     base: the commit the cache describes. Then one `git diff-tree` says which paths changed and
     the rest of the tree is the cache (unless .gitopsq.yml changed: its paths and defaults apply
-    to every file, so the whole tree is listed and compared).
+    to every file, so the whole tree is listed and compared). previous: the state the cache came
+    from, if at hand: its name index is then patched for the changed paths instead of rebuilt.
     """
+    if previous is not None:
+        cache = previous.files
     cache = cache or {}
     config_key = next(iter(cache.values())).config if cache else None  # one config for the whole tree
     changes = repo.changed(base, commit) if base and cache else None
@@ -96,20 +101,23 @@ def read_tree(repo: ConfigRepo, commit: str, cache: Mapping[str, FileRow] | None
         config, config_problems = _config_or_problems(repo, config_key)
         rows = dict(cache)
         entries: dict[str, Entry] = {}
+        removed = set()
         for change in changes:
             if not config.is_run_path(change.path):
                 continue
             if change.new_blob is None:
-                rows.pop(change.path, None)
+                if rows.pop(change.path, None) is not None:
+                    removed.add(change.path)
             else:
                 entries[change.path] = Entry(change.path, change.new_blob, change.new_mode or "100644")
-        return _build(repo, commit, config, config_key, rows, entries, cache, config_problems)
+        return _build(repo, commit, config, config_key, rows, entries, cache, config_problems, removed, previous)
     listing = repo.list_files(commit)
     config_entry = listing.get(CONFIG_FILE)
     config_key = config_entry.blob if config_entry else ""
     config, config_problems = _config_or_problems(repo, config_key)
     entries = {p: e for p, e in listing.items() if config.is_run_path(p)}
-    return _build(repo, commit, config, config_key, {}, entries, cache, config_problems)
+    removed = {p for p in cache if p not in entries}
+    return _build(repo, commit, config, config_key, {}, entries, cache, config_problems, removed, None)
 
 
 _configs: dict[str, RepoConfig] = {}  # .gitopsq.yml by blob id: the same blob always reads the same
@@ -135,7 +143,8 @@ def _config_or_problems(repo: ConfigRepo, blob: str | None) -> tuple[RepoConfig,
 
 
 def _build(repo: ConfigRepo, commit: str, config: RepoConfig, config_key: str, rows: dict[str, FileRow],
-           entries: Mapping[str, Entry], cache: Mapping[str, FileRow], config_problems: list[Problem]) -> TreeState:
+           entries: Mapping[str, Entry], cache: Mapping[str, FileRow], config_problems: list[Problem],
+           removed: set[str], previous: TreeState | None) -> TreeState:
     """rows: the files known unchanged; entries: the files to take from git (reused from the cache
     when their blob and config are the same, else parsed)."""
     to_parse: dict[str, Entry] = {}
@@ -157,18 +166,66 @@ def _build(repo: ConfigRepo, commit: str, config: RepoConfig, config_key: str, r
             result = exc.problems
         rows[path] = _row_from_result(path, entry.blob, config_key, result)
 
-    touched = {p for p in entries if cache.get(p) is not rows.get(p)} | {p for p in cache if p not in rows}
+    touched = {p for p in entries if cache.get(p) is not rows.get(p)} | removed
     state = TreeState(commit, config, rows, parsed=len(to_parse), touched=touched)
-    for path, row in rows.items():
-        if row.problems is not None:
-            state.problems[path] = [Problem(**p) for p in json.loads(row.problems)]
-    duplicates = duplicate_names({path: row.name for path, row in rows.items() if row.name})
-    for path, problem in duplicates.items():
-        state.problems.setdefault(path, []).append(problem)
-    state.valid = {row.name: path for path, row in rows.items() if row.name and path not in duplicates}
+    if previous is None:
+        _index_all(state)
+    else:
+        _index_changes(state, previous, cache)
+    state.problems.pop(CONFIG_FILE, None)
     if config_problems:
         state.problems[CONFIG_FILE] = config_problems
     return state
+
+
+def _row_problems(row: FileRow) -> list[Problem]:
+    return [Problem(**p) for p in json.loads(row.problems)]
+
+
+def _index_all(state: TreeState) -> None:
+    """Which files name which runs, which are valid, what is wrong: over the whole tree."""
+    claims: dict[str, list[str]] = {}
+    for path, row in state.files.items():
+        if row.name:
+            claims.setdefault(row.name, []).append(path)
+        elif row.problems is not None:
+            state.problems[path] = _row_problems(row)
+    for name in claims:
+        _settle(state, name, tuple(sorted(claims[name])))
+
+
+def _index_changes(state: TreeState, previous: TreeState, cache: Mapping[str, FileRow]) -> None:
+    """The previous tree's index, patched for the touched paths: a commit costs what it touched."""
+    state.claims, state.valid, state.problems = dict(previous.claims), dict(previous.valid), dict(previous.problems)
+    names = set()
+    for path in state.touched:
+        old, new = cache.get(path), state.files.get(path)
+        state.problems.pop(path, None)
+        if old is not None and old.name:
+            names.add(old.name)
+            state.claims[old.name] = tuple(p for p in state.claims.get(old.name, ()) if p != path)
+        if new is not None and new.name:
+            names.add(new.name)
+            state.claims[new.name] = tuple(sorted({*state.claims.get(new.name, ()), path}))
+        elif new is not None and new.problems is not None:
+            state.problems[path] = _row_problems(new)
+    for name in names:
+        _settle(state, name, state.claims.get(name, ()))
+
+
+def _settle(state: TreeState, name: str, paths: tuple[str, ...]) -> None:
+    """A name claimed by one valid file is a desired run; by two or more, an error on each."""
+    if paths:
+        state.claims[name] = paths
+    else:
+        state.claims.pop(name, None)
+    if len(paths) == 1:
+        state.valid[name] = paths[0]
+        state.problems.pop(paths[0], None)
+    else:
+        state.valid.pop(name, None)
+        for path in paths:
+            state.problems[path] = [duplicate_problem(path, name, paths)]
 
 
 def plan_refs(repo: ConfigRepo, base_ref: str, head_ref: str):

@@ -57,9 +57,10 @@ def duplicate_names(names: Mapping[str, str]) -> dict[str, Problem]:
     for path, name in names.items():
         if name in twice:
             claims.setdefault(name, []).append(path)
-    out = {}
-    for name, paths in claims.items():
-        for path in paths:
-            others = ", ".join(p for p in sorted(paths) if p != path)
-            out[path] = Problem(path, 1, "name", f"run name {name!r} is also claimed by {others}; each run needs a name of its own")
-    return out
+    return {path: duplicate_problem(path, name, tuple(sorted(paths))) for name, paths in claims.items() for path in paths}
+
+
+def duplicate_problem(path: str, name: str, paths: tuple[str, ...]) -> Problem:
+    """The error on one of the files that claim one run name."""
+    others = ", ".join(p for p in paths if p != path)
+    return Problem(path, 1, "name", f"run name {name!r} is also claimed by {others}; each run needs a name of its own")
