@@ -228,10 +228,10 @@ def ps(db, include_all, status, as_json) -> None:
 def history(name, db, as_json) -> None:
     """Every submission of run NAME, oldest first, with status, reason and log file."""
     from gitopsq.runtime import open_store
-    from gitopsq.store import history as load_history
+    from gitopsq.store import submissions
     from gitopsq.views import history_table, print_json
 
-    rows = load_history(open_store(db), name)
+    rows = submissions(open_store(db), run=name)
     if not rows:
         raise click.ClickException(f"no run named {name!r}")
     print_json(rows) if as_json else history_table(rows)

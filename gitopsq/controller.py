@@ -17,7 +17,7 @@ from typing import Callable
 
 from gitopsq import queue as q
 from gitopsq.desired import FileRow, read_tree
-from gitopsq.plan import Known, absent, held, plan
+from gitopsq.plan import absent, held, plan
 from gitopsq.providers.base import AUTH, CAPACITY, THROTTLE, UNSATISFIABLE, Launch, NodeStatus, Provider, ProviderError
 from gitopsq.source import ConfigRepo
 from gitopsq.spec import RunSpec
@@ -112,7 +112,7 @@ class Controller:
         # so the reason they are held is shown for as long as it lasts.
         affected |= {name for name in self.store.run_names_at(tree.invalid_files) if name in tree.valid}
         desired = tree.desired_of(affected)
-        known = {r.name: Known(r.name, r.file, r.spec, r.present, r.status) for r in self.store.recorded(affected).values()}
+        known = self.store.recorded(affected)
         actions = plan(desired, tree.invalid_files, known)
         gone = absent(desired, tree.invalid_files, known)
         stuck = held(desired, tree.invalid_files, known)

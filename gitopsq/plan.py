@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 IN_PLACE_FIELDS = frozenset({"priority", "inactivity_duration", "max_duration", "retry"})
-ACTIVE = frozenset({"queued", "provisioning", "running", "stopping"})
+ACTIVE = ("queued", "provisioning", "running", "stopping")  # the statuses of a run that has a live submission
 
 
 @dataclass(frozen=True)

@@ -14,16 +14,16 @@ import sqlite3
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import sqlite_utils
 
+from gitopsq.plan import ACTIVE, Known
+
 log = logging.getLogger("gitopsq.store")
 
 SCHEMA_VERSION = 2
-ACTIVE = ("queued", "provisioning", "running", "stopping")
 FINISHED = ("done", "failed", "cancelled")
 
 
@@ -65,22 +65,6 @@ def _migrate_2(db: sqlite_utils.Database) -> None:
 
 
 MIGRATIONS = {1: _migrate_1, 2: _migrate_2}
-
-
-@dataclass(frozen=True)
-class Recorded:
-    """What the store knows of one run, as the planner needs it."""
-
-    name: str
-    file: str | None
-    blob: str | None
-    spec: dict | None
-    present: bool
-    status: str | None  # the latest submission's status; None when never submitted
-
-    @property
-    def active(self) -> bool:
-        return self.status in ACTIVE
 
 
 class Store:
@@ -170,16 +154,16 @@ class Store:
 
     # --- runs ---------------------------------------------------------------------------------
 
-    def recorded(self, names: set[str] | None = None) -> dict[str, Recorded]:
-        """What is recorded of the given runs (all runs when names is None)."""
-        sql = "SELECT r.name, r.file, r.blob, r.spec, r.present, s.status FROM runs r LEFT JOIN submissions s ON s.id = r.last_submission"
+    def recorded(self, names: set[str] | None = None) -> dict[str, Known]:
+        """What is recorded of the given runs (all runs when names is None), as the planner reads it."""
+        sql = "SELECT r.name, r.file, r.spec, r.present, s.status FROM runs r LEFT JOIN submissions s ON s.id = r.last_submission"
         if names is None:
             rows = self.conn.execute(sql).fetchall()
         else:
             rows = [row for chunk in _chunks(sorted(names)) for row in
                     self.conn.execute(f"{sql} WHERE r.name IN ({','.join('?' * len(chunk))})", chunk)]
         return {
-            row["name"]: Recorded(row["name"], row["file"], row["blob"], json.loads(row["spec"]) if row["spec"] else None, bool(row["present"]), row["status"])
+            row["name"]: Known(row["name"], row["file"], json.loads(row["spec"]) if row["spec"] else None, bool(row["present"]), row["status"])
             for row in rows
         }
 
@@ -368,12 +352,26 @@ def describe(row: dict) -> dict:
     return row
 
 
-def history(store: Store, run: str) -> list[dict]:
-    rows = store.conn.execute(
-        """SELECT run AS name, id AS submission_id, number AS submission, status, priority, reason, message, exit_code,
-                  attempts, queued_at, started_at, finished_at, window_start, deadline, next_try_at, spec, log_path, node_id, commit_sha
-           FROM submissions WHERE run = ? ORDER BY number""", (run,)).fetchall()
-    return [describe(dict(row)) for row in rows]
+_SUBMISSION_SQL = """
+SELECT run AS name, id AS submission_id, number AS submission, status, priority, reason, message, exit_code,
+       attempts, submitted_at, queued_at, started_at, finished_at, window_start, deadline, next_try_at, last_activity_at,
+       reported_at, stop_reason, spec, log_path, node_id, commit_sha
+FROM submissions {where}
+"""
+
+
+def submissions(store: Store, status: str | None = None, run: str | None = None) -> list[dict]:
+    """Submissions in queue order (priority, then first queued); without a status, the active ones.
+
+    With `run`: every submission of that run, oldest first.
+    """
+    if run is not None:
+        sql, params = _SUBMISSION_SQL.format(where="WHERE run = ? ORDER BY number"), [run]
+    else:
+        wanted = (status,) if status else ACTIVE
+        marks = ",".join("?" * len(wanted))
+        sql, params = _SUBMISSION_SQL.format(where=f"WHERE status IN ({marks}) ORDER BY priority DESC, queued_at, id"), list(wanted)
+    return [describe(dict(row)) for row in store.conn.execute(sql, params)]
 
 
 def attempt_logs(store: Store, submission_id: int) -> list[str]:

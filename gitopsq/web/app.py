@@ -16,6 +16,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from gitopsq.controller import record_report, touch
 from gitopsq.store import listing
+from gitopsq.store import submissions as submission_rows  # the route below is named submissions
 from gitopsq.web import dashboard, queries
 from gitopsq.web.metrics import CONTENT_TYPE, Metrics
 from gitopsq.web.models import (INT64, Activity, Health, Problem, Report, ReportAccepted, RunDetail, RunRow, Status,
@@ -68,7 +69,7 @@ def create_app(db_path: Path, wake: Callable[[str], None], status: Callable[[], 
         store = pool.get()
         if not queries.run_exists(store, name):
             return missing(name)
-        return queries.submissions(store, run=name)
+        return submission_rows(store, run=name)
 
     @app.post("/api/runs/{name}/activity", response_model=Activity, tags=["runs"],
               responses={**NOT_FOUND, 409: {"model": Problem, "description": "The run is not active."}})
@@ -85,7 +86,7 @@ def create_app(db_path: Path, wake: Callable[[str], None], status: Callable[[], 
     @app.get("/api/submissions", response_model=list[Submission], tags=["submissions"])
     def submissions(status: Status | None = Query(None, description="Default: the active submissions.")):
         """Submissions in queue order: priority (highest first), then first queued."""
-        return queries.submissions(pool.get(), status)
+        return submission_rows(pool.get(), status)
 
     @app.post("/api/submissions/{submission_id}/report", response_model=ReportAccepted, tags=["submissions"],
               responses={400: {"model": Problem, "description": "The body is not JSON."},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from gitopsq.store import Store, listing
+from gitopsq.store import Store, listing, submissions
 from gitopsq.views import ago
 from gitopsq.web import queries
 
@@ -75,7 +75,7 @@ def render_index(store: Store, status: dict, now: float) -> str:
 def render_run(store: Store, name: str, now: float) -> str | None:
     if not queries.run_exists(store, name):
         return None
-    history = [_shown(row, now) for row in queries.submissions(store, run=name)]
+    history = [_shown(row, now) for row in submissions(store, run=name)]
     path = queries.latest_log(store, history)
     tail, why = queries.log_tail(path) if path else (None, "no log yet")
     return ENV.get_template("run.html").render(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from gitopsq.store import ACTIVE, LISTING_SQL, Store, describe, listing
+from gitopsq.store import LISTING_SQL, Store, describe, listing
 
 STATUSES = ("queued", "provisioning", "running", "stopping", "done", "failed", "cancelled")
 LOG_TAIL_LINES = 100
@@ -42,28 +42,6 @@ class StorePool:
             for store in self._opened:
                 store.close()
             self._opened.clear()
-
-
-_SUBMISSION_SQL = """
-SELECT run AS name, id AS submission_id, number AS submission, status, priority, reason, message, exit_code,
-       attempts, submitted_at, queued_at, started_at, finished_at, window_start, deadline, next_try_at, last_activity_at,
-       reported_at, stop_reason, spec, log_path, node_id, commit_sha
-FROM submissions {where}
-"""
-
-
-def submissions(store: Store, status: str | None = None, run: str | None = None) -> list[dict]:
-    """Submissions in queue order (priority, then first queued); without a status, the active ones.
-
-    With `run`: every submission of that run, oldest first.
-    """
-    if run is not None:
-        sql, params = _SUBMISSION_SQL.format(where="WHERE run = ? ORDER BY number"), [run]
-    else:
-        wanted = (status,) if status else ACTIVE
-        marks = ",".join("?" * len(wanted))
-        sql, params = _SUBMISSION_SQL.format(where=f"WHERE status IN ({marks}) ORDER BY priority DESC, queued_at, id"), list(wanted)
-    return [describe(dict(row)) for row in store.conn.execute(sql, params)]
 
 
 def run_detail(store: Store, name: str) -> dict | None:
