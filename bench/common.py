@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import statistics
 import subprocess
 import sys
@@ -132,3 +133,14 @@ def wait_until(check, timeout: float, what: str, interval: float = 0.01):
             return value
         time.sleep(interval)
     raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def stop_process(proc, timeout: float = 20.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within timeout."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

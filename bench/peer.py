@@ -40,7 +40,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, vm_hwm_kb, wait_until  # noqa: E402
+from common import ROOT, stop_process, vm_hwm_kb, wait_until  # noqa: E402
 
 TOKEN = "bench-token-0123456789"
 
@@ -94,14 +94,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+stop = stop_process
 
 
 # --- dstack ---------------------------------------------------------------------------------------

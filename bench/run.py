@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, bare_python_rss_mb, build_repo, median, percentile, run_file, timed, vm_hwm_kb, wait_until  # noqa: E402
+from common import ROOT, bare_python_rss_mb, build_repo, median, percentile, run_file, stop_process, timed, vm_hwm_kb, wait_until  # noqa: E402
 
 from gitopsq import queue as q  # noqa: E402
 from gitopsq.controller import Controller  # noqa: E402
@@ -220,13 +220,7 @@ def _has_run(conn: sqlite3.Connection, name: str) -> bool:
 
 
 def _stop_daemon(proc: subprocess.Popen, db: Path) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop_process(proc, 15)
     # nodes outlive the daemon by design: end the ones this benchmark's daemon started
     for meta in db.parent.glob(f"{db.stem}-nodes/**/meta.json"):
         pid = json.loads(meta.read_text()).get("pid")
