@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -10,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from gitopsq.providers.base import log_dir_for
 from gitopsq.providers.local import LocalNodeDriver
