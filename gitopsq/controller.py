@@ -17,7 +17,7 @@ from typing import Callable
 
 from gitopsq import queue as q
 from gitopsq.desired import FileRow, read_tree
-from gitopsq.plan import absent, held, plan
+from gitopsq.plan import ACTIVE, absent, held, plan
 from gitopsq.providers.base import AUTH, CAPACITY, THROTTLE, UNSATISFIABLE, Launch, NodeStatus, Provider, ProviderError
 from gitopsq.source import ConfigRepo
 from gitopsq.spec import RunSpec
@@ -59,7 +59,7 @@ class Controller:
         self.last_commit: str | None = store.cursor(branch)
         self._tree = None  # the last reconciled tree (TreeState): the next commit patches it
         self._specs: dict[int, tuple[str, RunSpec]] = {}  # see _spec
-        self._unsatisfiable: dict[int, str] = {}  # submission id -> why nothing here can run it
+        self._unsatisfiable: dict[int, str | None] = {}  # submission id -> why nothing here can run it (None: it fits)
         self._forget_at = 2048  # cache size at which _forget_finished prunes
 
     # --- the step -----------------------------------------------------------------------------
@@ -87,8 +87,7 @@ class Controller:
         """Keep the per-submission caches to the submissions still in play (a daemon runs for months)."""
         if len(self._specs) + len(self._unsatisfiable) < self._forget_at:
             return
-        active = {row[0] for row in self.store.conn.execute(
-            "SELECT id FROM submissions WHERE status IN ('queued', 'provisioning', 'running', 'stopping')")}
+        active = {row["id"] for row in self.store.submissions_with_status(*ACTIVE)}
         self._specs = {k: v for k, v in self._specs.items() if k in active}
         self._unsatisfiable = {k: v for k, v in self._unsatisfiable.items() if k in active}
         # Next time only when the caches have doubled again: amortised, not a full read per step.
@@ -338,11 +337,9 @@ class Controller:
         waiting, failed = [], []
         for row in rows.values():
             spec = self._spec(row)
-            if row["id"] not in self._unsatisfiable:
-                why = self.provider.unsatisfiable(spec)
-                if why:  # nothing here can ever run it: fail at once, naming the resource
-                    self._unsatisfiable[row["id"]] = why
-            if row["id"] in self._unsatisfiable:
+            if row["id"] not in self._unsatisfiable:  # asked once per submission, not once per step
+                self._unsatisfiable[row["id"]] = self.provider.unsatisfiable(spec)
+            if self._unsatisfiable[row["id"]]:  # nothing here can ever run it: fail at once, naming the resource
                 failed.append((row["id"], "unsatisfiable"))
             else:
                 waiting.append(self._waiting(row, spec))

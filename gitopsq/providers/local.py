@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import functools
 import json
 import os
 import shutil
@@ -532,10 +533,14 @@ class LocalAdapter:
         cpus = os.cpu_count() or 1
         if res.cpu and res.cpu.min and res.cpu.min > cpus:
             return f"resources.cpu: needs {res.cpu.min:g} CPUs; this machine has {cpus}"
-        ram_gb = self.driver.list_sizes()[0].ram / 1024
+        ram_gb = self._ram_gb()
         if res.memory and res.memory.min and res.memory.min > ram_gb:
             return f"resources.memory: needs {res.memory.min:g}GB; this machine has {ram_gb:.1f}GB"
         return None
+
+    @functools.cache
+    def _ram_gb(self) -> float:
+        return self.driver.list_sizes()[0].ram / 1024  # the machine's memory does not change while we run
 
     def create_args(self, launch, tags: dict[str, str]) -> dict:
         from gitopsq.providers.base import run_env, run_script
