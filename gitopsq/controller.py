@@ -109,12 +109,13 @@ class Controller:
         affected = tree.touched_names(cache) | self.store.run_names_at(tree.touched)
         # Runs whose own file is broken while another file claims them are looked at every time,
         # so the reason they are held is shown for as long as it lasts.
-        affected |= {name for name in self.store.run_names_at(tree.invalid_files) if name in tree.valid}
+        invalid = tree.invalid_files  # a set built from every problem: once per sync
+        affected |= {name for name in self.store.run_names_at(invalid) if name in tree.valid}
         desired = tree.desired_of(affected)
         known = self.store.recorded(affected)
-        actions = plan(desired, tree.invalid_files, known)
-        gone = absent(desired, tree.invalid_files, known)
-        stuck = held(desired, tree.invalid_files, known)
+        actions = plan(desired, invalid, known)
+        gone = absent(desired, invalid, known)
+        stuck = held(desired, invalid, known)
         problems = tree.all_problems() + [Problem(desired[name].file, 1, "name", why) for name, why in sorted(stuck.items())]
         now = self.clock()
         with self.store.transaction():
