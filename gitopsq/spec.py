@@ -21,7 +21,7 @@ from gitopsq.yamlload import Loaded, Problem, SpecError, field_name, load_yaml
 RETRY_EVENTS = ("no-capacity", "interruption", "error")
 DEFAULT_RETRY_DURATION = 3600
 RUN_TYPES = ("task", "service", "dev-environment")
-NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,40}$")
+NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,40}")  # used with fullmatch: "$" would accept a trailing newline
 
 __all__ = ["Problem", "SpecError", "RunSpec", "Retry", "Resources", "Gpu", "Range", "parse_run", "load_schema"]
 
@@ -417,7 +417,7 @@ def _parse_run(raw: bytes, file: str, defaults: Mapping, defaults_file: str) -> 
     name = data.get("name")
     if name is None:
         stem = file.rsplit("/", 1)[-1].rsplit(".", 1)[0]
-        if not NAME_RE.match(stem):
+        if not NAME_RE.fullmatch(stem):
             raise SpecError([Problem(file, 1, "name", f"no name given and the file name {stem!r} is not a run name; add name: (lower-case letters, digits and '-')")])
         name = stem
     resources = _resources(data.get("resources"))

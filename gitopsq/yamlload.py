@@ -117,6 +117,10 @@ def _walk(node: yaml.Node, path: Path, lines: dict[Path, int], file: str, count:
         raise SpecError([Problem(file, node.start_mark.line + 1, "", f"more than {MAX_NODES:,} values after expanding anchors and aliases (an alias bomb?)")])
     if len(path) > MAX_DEPTH:
         raise SpecError([Problem(file, node.start_mark.line + 1, "", f"nested deeper than {MAX_DEPTH} levels")])
+    if isinstance(node, yaml.ScalarNode) and "\x00" in node.value:
+        # A "\0" escape in a quoted string: no process can be given it (argv and environ are C strings).
+        raise SpecError([Problem(file, node.start_mark.line + 1, field_name(path),
+                                 "contains a NUL byte (\\0), which cannot be passed to a process")])
     if isinstance(node, yaml.MappingNode):
         seen: dict[str, int] = {}
         for key_node, value_node in node.value:

@@ -95,3 +95,37 @@ def test_errors_are_collected_together():
     fields = [p.field for p in caught.value.problems]
     assert fields == ["priority", "max_duration", "foo"]
     assert [p.line for p in caught.value.problems] == [3, 4, 5]
+
+
+@pytest.mark.parametrize("text, field", [
+    ('type: task\nname: "abc\\n"\ncommands: [x]\n', "name"),
+    ('type: task\ncommands: [x]\nenv: {"FOO\\n": "1"}\n', "env"),
+    ('type: task\ncommands: [x]\nshell: "sh\\n"\n', "shell"),
+    ('type: task\ncommands: [x]\nmax_duration: "1h\\n"\n', "max_duration"),
+    ('type: task\ncommands: [x]\nresources: {memory: "16GB\\n"}\n', "resources.memory"),
+    ('type: task\ncommands: [x]\npython: "3.12\\n"\n', "python"),
+])
+def test_a_trailing_newline_is_not_a_full_match(text, field):
+    with pytest.raises(SpecError) as caught:
+        parse(text)
+    assert [p.field for p in caught.value.problems] == [field]
+
+
+def test_a_file_stem_with_a_newline_is_not_a_run_name():
+    with pytest.raises(SpecError) as caught:
+        parse_run(b"type: task\ncommands: [x]\n", "runs/stem\n.yml")
+    assert caught.value.problems[0].field == "name"
+
+
+@pytest.mark.parametrize("text, field, line", [
+    ('type: task\ncommands: [x]\nenv: {A: "x\\0y"}\n', "env.A", 3),
+    ('type: task\ncommands: [x]\nenv: ["A=x\\0y"]\n', "env[0]", 3),
+    ('type: task\ncommands:\n  - echo\n  - "a\\0b"\n', "commands[1]", 4),
+])
+def test_a_nul_byte_in_a_value_is_refused_at_validation(text, field, line):
+    # A NUL cannot be passed to a process (argv and environ are C strings): refuse it before it queues.
+    with pytest.raises(SpecError) as caught:
+        parse(text)
+    problem = caught.value.problems[0]
+    assert (problem.field, problem.line) == (field, line)
+    assert "NUL" in problem.message
