@@ -277,9 +277,12 @@ class Controller:
         window_start = sub["window_start"] or sub["started_at"] or now
         with self.store.transaction():
             if retry and q.retry_after_end(event, retry.on_events, retry.duration, window_start, now):
+                attempts = sub["attempts"] + 1
+                next_try_at = now + q.backoff_delay(attempts, self.rng.random())
                 self.store.set_status(sub["id"], "queued", now, reason=reason, exit_code=exit_code, node_id=None,
-                                      attempts=sub["attempts"] + 1, window_start=now, deadline=_deadline(spec, now), next_try_at=None,
-                                      reported_at=None, detail={"retry": event, "exit_code": exit_code})
+                                      attempts=attempts, window_start=now, deadline=_deadline(spec, now),
+                                      next_try_at=next_try_at, backoff_event=event, reported_at=None,
+                                      detail={"retry": event, "exit_code": exit_code, "next_try_at": next_try_at})
             else:
                 self.store.set_status(sub["id"], "failed", now, reason=reason, exit_code=exit_code,
                                       detail={"exit_code": exit_code})
@@ -368,7 +371,8 @@ class Controller:
         retry = spec.retry
         on_capacity = bool(retry and retry.covers("no-capacity"))
         return q.Waiting(sub["id"], sub["run"], sub["priority"], sub["queued_at"], self.provider.demand(spec),
-                         on_capacity, sub["deadline"] if on_capacity else None, sub["next_try_at"], sub["last_attempt_at"])
+                         on_capacity, sub["deadline"] if on_capacity else None, sub["next_try_at"], sub["last_attempt_at"],
+                         wakes_on_free=sub["backoff_event"] in (None, "no-capacity"))
 
     def _launch(self, sub, spec: RunSpec) -> bool:
         now = self.clock()
@@ -384,7 +388,7 @@ class Controller:
         self._provider_ok("launch")
         with self.store.transaction():
             self.store.set_status(sub["id"], "running", now, node_id=node.node_id, started_at=now, window_start=now,
-                                  deadline=None, log_path=node.log_path, next_try_at=None,
+                                  deadline=None, log_path=node.log_path, next_try_at=None, backoff_event=None,
                                   detail={"node": node.node_id, "log": node.log_path})
         return True
 
@@ -399,21 +403,23 @@ class Controller:
                     attempts, window_start = sub["attempts"] + 1, sub["window_start"] or now
                     self.store.set_status(sub["id"], "queued", now, attempts=attempts, message=str(exc), detail=detail,
                                           window_start=window_start, deadline=_deadline(spec, window_start),
-                                          next_try_at=now + q.backoff_delay(attempts, self.rng.random()))
+                                          next_try_at=now + q.backoff_delay(attempts, self.rng.random()),
+                                          backoff_event="no-capacity")
                 else:
                     self.store.set_status(sub["id"], "failed", now, reason="no-capacity", message=str(exc), detail=detail)
             elif exc.kind in (THROTTLE, AUTH):
                 # The provider's trouble, not the run's: wait and try again, not counted as an attempt.
                 self._provider_trouble(exc, "launch")
                 self.store.set_status(sub["id"], "queued", now, message=str(exc), detail=detail,
-                                      next_try_at=now + q.backoff_delay(1, self.rng.random()))
+                                      next_try_at=now + q.backoff_delay(1, self.rng.random()), backoff_event=exc.kind)
             else:
                 window_start = sub["window_start"] or now
                 if retry and q.retry_after_end("error", retry.on_events, retry.duration, window_start, now):
                     attempts = sub["attempts"] + 1
                     self.store.set_status(sub["id"], "queued", now, attempts=attempts, message=str(exc), detail=detail,
                                           window_start=window_start, deadline=_deadline(spec, window_start),
-                                          next_try_at=now + q.backoff_delay(attempts, self.rng.random()))
+                                          next_try_at=now + q.backoff_delay(attempts, self.rng.random()),
+                                          backoff_event="error")
                 else:
                     self.store.set_status(sub["id"], "failed", now, reason="provider-error", message=str(exc), detail=detail)
         self.store.event(sub["run"], sub["id"], "provider-error", detail, None, now)

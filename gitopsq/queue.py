@@ -29,8 +29,11 @@ class Waiting:
     demand: Mapping[str, int]
     retry_on_no_capacity: bool
     deadline: float | None = None  # retry window end; None = forever / not yet waiting
-    next_try_at: float | None = None  # cloud backoff
+    next_try_at: float | None = None  # backoff: no launch before this
     last_attempt_at: float | None = None
+    # A backoff after no capacity ends when capacity frees; one after an error or interruption
+    # does not (the failing run frees its own slot: waking it would relaunch it at once).
+    wakes_on_free: bool = True
 
 
 @dataclass(frozen=True)
@@ -60,9 +63,9 @@ def fits(demand: Mapping[str, int], free: Mapping[str, int]) -> bool:
 def _in_backoff(w: Waiting, now: float, capacity_freed_at: float | None) -> bool:
     if w.next_try_at is None or w.next_try_at <= now:
         return False
-    # Freed capacity wakes a backed-off run at once: otherwise a long-waiting
+    # Freed capacity wakes a run backed off for capacity at once: otherwise a long-waiting
     # run whose backoff grew could be overtaken by newer, lower-priority runs.
-    if capacity_freed_at is not None and (
+    if w.wakes_on_free and capacity_freed_at is not None and (
         w.last_attempt_at is None or capacity_freed_at > w.last_attempt_at
     ):
         return False
@@ -129,7 +132,7 @@ def _next_check_at(still_waiting: Iterable[Waiting], now: float) -> float | None
 
 
 def backoff_delay(attempts: int, jitter: float) -> float:
-    """Seconds to wait after the `attempts`-th provider capacity error.
+    """Seconds to wait after the `attempts`-th failed attempt (no capacity, error, interruption).
 
     `jitter` in [0, 1) comes from the caller's RNG and spreads the delay by
     +-10% so that runs refused together do not all retry in the same second.

@@ -23,7 +23,7 @@ from gitopsq.plan import ACTIVE, Known
 
 log = logging.getLogger("gitopsq.store")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 FINISHED = ("done", "failed", "cancelled")
 
 
@@ -64,7 +64,13 @@ def _migrate_2(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX runs_file ON runs(file)")
 
 
-MIGRATIONS = {1: _migrate_1, 2: _migrate_2}
+def _migrate_3(db: sqlite_utils.Database) -> None:
+    # Why a queued submission backs off: "no-capacity" ends early when capacity frees, an
+    # "error" or "interruption" backoff does not.
+    db.execute("ALTER TABLE submissions ADD COLUMN backoff_event TEXT")
+
+
+MIGRATIONS = {1: _migrate_1, 2: _migrate_2, 3: _migrate_3}
 
 
 class Store:

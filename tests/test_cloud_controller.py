@@ -167,7 +167,10 @@ def test_node_gone_without_report_is_an_interruption(world):
     world.provider.driver.ex_stop_node(next(n for n in world.instances() if n.id == job["node_id"]))
     world.provider.driver.destroy_node(next(n for n in world.instances() if n.id == other["node_id"]))
     world.step(1)
-    # stopped, with retry on interruption: back to the queue and relaunched on a new node
+    # stopped, with retry on interruption: back to the queue, backing off, then relaunched on a new node
+    waiting = world.sub("job")
+    assert (waiting["status"], waiting["reason"], waiting["attempts"]) == ("queued", "interrupted", 1)
+    world.step(waiting["next_try_at"] - world.clock.now + 0.1)
     job2 = world.sub("job")
     assert (job2["status"], job2["reason"], job2["attempts"]) == ("running", "interrupted", 1)
     assert job2["node_id"] != job["node_id"]

@@ -350,3 +350,10 @@ def test_one_slot_launches_first_not_failed(items):
     failed = {sid for sid, _ in d.fail}
     remaining = [x.submission_id for x in queue_order(items) if x.submission_id not in failed]
     assert list(d.launch) == remaining[:1]
+
+
+def test_freed_capacity_does_not_cut_short_an_error_backoff():
+    # A run that failed frees its own slot: if that woke it, a crashing run would relaunch at once.
+    failing = w(1, priority=90, next_try_at=NOW + 15, last_attempt_at=NOW - 1, wakes_on_free=False)
+    d = admit([failing], {"slots": 1}, NOW, capacity_freed_at=NOW - 0.5)
+    assert d.launch == () and d.wait == (1,) and d.next_check_at == NOW + 15
