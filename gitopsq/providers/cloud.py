@@ -220,6 +220,13 @@ def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
+def container_image(spec: RunSpec) -> str | None:
+    """The image a cloud run runs in: its own, or for `python: X.Y` the official python image."""
+    if spec.image:
+        return spec.image
+    return f"python:{spec.python}" if spec.python else None
+
+
 def user_data(launch: Launch, public_url: str) -> str:
     """The cloud-init script of one node: run the commands, report the exit code, power off.
 
@@ -235,14 +242,17 @@ def user_data(launch: Launch, public_url: str) -> str:
     exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())  # names: the schema's pattern
     url = f"{public_url.rstrip('/')}/api/submissions/{launch.submission_id}/report"
     body_head = json.dumps({"token": launch.token})[:-1] + ', "exit_code": '
-    if spec.image:
+    image = container_image(spec)
+    if image:
         gpus = "--gpus all " if spec.resources.gpu_count else ""
+        if spec.resources.shm_size is not None:
+            gpus += f"--shm-size {int(math.ceil(spec.resources.shm_size * 1024))}m "
         env_flags = " ".join(f"-e {k}" for k in ["PYTHONUNBUFFERED", *env])
         run = f"""if ! command -v docker >/dev/null 2>&1; then
     (dnf install -y docker || yum install -y docker || (apt-get update && apt-get install -y docker.io)) >/dev/null 2>&1
     systemctl start docker >/dev/null 2>&1 || service docker start >/dev/null 2>&1
   fi
-  exec docker run --rm --network host {gpus}-v "$GITOPSQ_DIR/work:/work" -v "$GITOPSQ_DIR/script.sh:/gitopsq/script.sh:ro" -w /work {env_flags} {shlex.quote(spec.image)} bash /gitopsq/script.sh"""
+  exec docker run --rm --network host {gpus}-v "$GITOPSQ_DIR/work:/work" -v "$GITOPSQ_DIR/script.sh:/gitopsq/script.sh:ro" -w /work {env_flags} {shlex.quote(image)} bash /gitopsq/script.sh"""
     else:
         run = 'exec bash "$GITOPSQ_DIR/script.sh"'
     return f"""#!/bin/bash
@@ -337,6 +347,9 @@ class CloudAdapter:
             return f"backends: this controller provisions on {self.name} only, not {', '.join(spec.backends)}"
         if spec.regions and self.region and self.region not in spec.regions:
             return f"regions: this controller provisions in {self.region} only, not {', '.join(spec.regions)}"
+        if spec.resources.shm_size is not None and container_image(spec) is None:
+            return (f"resources.shm_size: a run on a {self.name} node itself shares the node's /dev/shm; "
+                    "set image (or python) to run in a container with its own")
         if spec.spot_policy == "spot" and not self._takes("ex_spot"):
             return f"spot_policy: the {self.name} driver cannot request spot instances; use on-demand or auto"
         try:

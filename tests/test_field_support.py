@@ -1,0 +1,171 @@
+"""Every field the schema accepts is honoured, checked or refused by each provider, as the
+table in gitopsq.providers.fields (and the README) says: never accepted and silently ignored."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import pytest
+
+from gitopsq.controller import Controller
+from gitopsq.providers import ec2
+from gitopsq.providers.base import Launch, log_dir_for
+from gitopsq.providers.cloud import CloudAdapter, user_data
+from gitopsq.providers.fields import CONTROLLER_FIELDS, EC2, FIELD_SUPPORT, LOCAL_CONTAINER, LOCAL_PROCESS, render_markdown, verdict
+from gitopsq.providers.local import LocalAdapter, LocalNodeDriver, make_local_provider
+from gitopsq.providers.pythons import find_python
+from gitopsq.source import ConfigRepo
+from gitopsq.spec import load_schema, parse_run
+from gitopsq.store import Store
+from tests.helpers import ROOT, GitRepo
+
+HERE = "%d.%d" % sys.version_info[:2]  # a Python this machine certainly has
+NOT_INSTALLED = "3.19"
+
+# field -> (a spec line that uses it so that it fits, one that the provider must refuse or None)
+SAMPLES = {
+    "python": (f"python: '{HERE}'", f"python: '{NOT_INSTALLED}'"),
+    "resources.cpu": ("resources: {cpu: 1}", "resources: {cpu: 4096}"),
+    "resources.memory": ("resources: {memory: 1GB}", "resources: {memory: 100TB}"),
+    "resources.disk": ("resources: {disk: 1GB}", "resources: {disk: 1000TB}"),
+    "resources.shm_size": ("resources: {shm_size: 1GB}", None),
+    "resources.gpu": ("resources: {gpu: 1}", "resources: {gpu: A100:1}"),
+    "backends": (None, "backends: [gcp]"),
+    "regions": (None, "regions: [mars-central-1]"),
+    "spot_policy": ("spot_policy: auto", "spot_policy: spot"),
+    "max_price": ("max_price: 5", None),
+}
+
+
+def spec_of(line: str | None, image: bool = False):
+    text = "type: task\ncommands: [echo hi]\n" + (line + "\n" if line else "") + ("image: ubuntu\n" if image else "")
+    return parse_run(text.encode(), "runs/probe.yml")
+
+
+def schema_fields() -> set[str]:
+    schema = load_schema()
+    names = {k for k, v in schema["properties"].items() if "x-unsupported" not in v}
+    for branch in schema["allOf"]:
+        names |= {k for k, v in branch["then"]["properties"].items() if "not" not in v or len(v) > 2}
+    names.discard("resources")
+    names |= {f"resources.{k}" for k in schema["$defs"]["resources"]["properties"]}
+    return names
+
+
+def test_the_table_covers_every_field_the_schema_accepts():
+    assert schema_fields() == set(FIELD_SUPPORT) | set(CONTROLLER_FIELDS)
+
+
+def test_the_readme_shows_the_table():
+    assert render_markdown() in (ROOT / "README.md").read_text()
+
+
+@pytest.fixture
+def local(tmp_path):
+    driver = LocalNodeDriver(tmp_path / "nodes", slots=2, gpus=1)
+    driver._container_tool_cache = None  # as on a machine without docker or podman
+    return LocalAdapter(driver)
+
+
+@pytest.mark.parametrize("field", sorted(SAMPLES))
+def test_local_process_runs_do_what_the_table_says(local, field):
+    fits, refused = SAMPLES[field]
+    kind = verdict(field, LOCAL_PROCESS)
+    if kind == "refused":
+        why = local.unsatisfiable(spec_of(refused or fits))
+        assert why and why.startswith(field) and "local provider" in why
+        return
+    if fits is not None:
+        assert local.unsatisfiable(spec_of(fits)) is None
+    if refused is not None:
+        why = local.unsatisfiable(spec_of(refused))
+        assert why and why.startswith(field), why
+
+
+def test_an_image_without_a_container_engine_is_refused_before_it_queues(local):
+    assert verdict("image", LOCAL_CONTAINER) == "honoured"
+    why = local.unsatisfiable(spec_of(None, image=True))
+    assert why.startswith("image:") and "docker or podman" in why
+
+
+@pytest.fixture(scope="module")
+def cloud():
+    driver = ec2.make_ec2_driver("us-east-1", key="k", secret="s")  # sizes ship with libcloud: no API call
+    return CloudAdapter(driver, "ec2", "ctl", "https://gitopsq.example.com", region="us-east-1")
+
+
+@pytest.mark.parametrize("field", sorted(set(SAMPLES) - {"python"}))
+def test_ec2_runs_do_what_the_table_says(cloud, field):
+    fits, refused = SAMPLES[field]
+    if field == "resources.shm_size":
+        assert cloud.unsatisfiable(spec_of(fits, image=True)) is None
+        why = cloud.unsatisfiable(spec_of(fits))
+        assert why.startswith("resources.shm_size") and "ec2" in why
+        return
+    if field == "resources.gpu":  # an EC2 size with one GPU exists; one with an A100 alone does not
+        fits, refused = fits, "resources: {gpu: B300:1}"
+    if field == "backends":
+        fits = "backends: [aws]"
+    if field == "regions":
+        fits = "regions: [us-east-1]"
+    if field == "spot_policy":
+        refused = None
+    if field in ("resources.disk",):
+        refused = None  # any root volume size can be asked for
+    assert verdict(field, EC2) in ("honoured", "checked")
+    if fits is not None:
+        assert cloud.unsatisfiable(spec_of(fits)) is None, field
+    if refused is not None:
+        why = cloud.unsatisfiable(spec_of(refused))
+        assert why and why.startswith(field), why
+
+
+def test_ec2_runs_python_in_its_image_with_the_shm_size():
+    spec = spec_of("python: '3.12'\nresources: {shm_size: 2GB}")
+    script = user_data(Launch(1, "probe", 1, spec, "tok"), "https://gitopsq.example.com")
+    assert "--shm-size 2048m " in script and "python:3.12 bash /gitopsq/script.sh" in script
+
+
+def _controller(tmp_path, text):
+    repo = GitRepo(tmp_path / "repo")
+    repo.write("runs/probe.yml", text)
+    repo.commit("a run")
+    store = Store(tmp_path / "state" / "gitopsq.db")
+    provider = make_local_provider(log_dir_for(store.path), store.controller_id, slots=1, gpus=0)
+    return store, Controller(store, provider, ConfigRepo(str(repo.path)))
+
+
+def test_a_local_run_gets_the_python_it_asks_for(tmp_path, cleanup_nodes):
+    """Observed: python: "3.12" ran the controller's Python 3.11."""
+    other = next((v for v in ("3.12", "3.13", "3.10", "3.9") if v != HERE and find_python(v)), None)
+    if other is None:
+        pytest.skip(f"this machine has no Python besides {HERE}")
+    store, controller = _controller(tmp_path, f"type: task\npython: '{other}'\ncommands: ['python --version', 'python3 -c \"import sys; print(sys.version_info[:2])\"']\n")
+    deadline = time.monotonic() + 30
+    while store.current_submission("probe") is None or store.current_submission("probe")["status"] not in ("done", "failed"):
+        assert time.monotonic() < deadline
+        controller.step()
+        time.sleep(0.05)
+    sub = store.current_submission("probe")
+    assert sub["status"] == "done", sub["message"]
+    log = open(sub["log_path"]).read()
+    major, minor = other.split(".")
+    assert f"Python {other}." in log and f"({major}, {minor})" in log
+
+
+def test_a_run_asking_for_a_missing_python_fails_before_launching(tmp_path, cleanup_nodes):
+    store, controller = _controller(tmp_path, f"type: task\npython: '{NOT_INSTALLED}'\ncommands: [python --version]\n")
+    controller.step()
+    sub = store.current_submission("probe")
+    assert (sub["status"], sub["reason"]) == ("failed", "unsatisfiable")
+    assert sub["message"].startswith(f"python: no Python {NOT_INSTALLED}") and sub["node_id"] is None
+
+
+def test_shm_size_on_a_process_run_is_refused_not_ignored(tmp_path, cleanup_nodes):
+    """Observed: shm_size was accepted and had no effect."""
+    store, controller = _controller(tmp_path, "type: task\nresources: {shm_size: 1GB}\ncommands: [echo hi]\n")
+    controller.step()
+    sub = store.current_submission("probe")
+    assert (sub["status"], sub["reason"]) == ("failed", "unsatisfiable")
+    assert sub["message"].startswith("resources.shm_size:")
