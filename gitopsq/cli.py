@@ -257,7 +257,7 @@ def logs(name, db, number) -> None:
         raise click.ClickException(f"run {name!r} has no submission {number}")
     paths = attempt_logs(store, sub["id"])
     if not paths:
-        raise click.ClickException(f"{name} submission {sub['number']} has no log yet (status {sub['status']})")
+        raise click.ClickException(_no_log(name, dict(sub)))
     for index, path in enumerate(paths):
         if len(paths) > 1:
             click.echo(f"--- attempt {index + 1} ({path})")
@@ -265,6 +265,22 @@ def logs(name, db, number) -> None:
             click.echo(Path(path).read_text(errors="replace"), nl=False)
         except OSError as exc:
             click.echo(f"(log not readable here: {exc.strerror})", err=True)
+
+
+def _no_log(name: str, sub: dict) -> str:
+    """Why a submission has no output to show: it never started, and what stopped it."""
+    import json
+    import time
+
+    from gitopsq.explain import end_reason, wait_reason
+
+    head = f"{name} submission {sub['number']} has no log: it never started"
+    if sub["status"] == "queued":
+        needs = json.loads(sub["demand"]) if sub.get("demand") else None
+        return f"{head} (queued: {wait_reason(dict(sub, needs=needs), time.time())})"
+    if sub["status"] in ("provisioning", "running"):
+        return f"{head} yet ({sub['status']})"
+    return f"{head} ({sub['status']}: {end_reason(sub) or 'no reason recorded'})"
 
 
 @main.command()

@@ -61,6 +61,7 @@ class Controller:
         self._specs: dict[int, tuple[str, RunSpec]] = {}  # see _spec
         self._unsatisfiable: dict[int, str | None] = {}  # submission id -> why nothing here can run it (None: it fits)
         self._forget_at = 2048  # cache size at which _forget_finished prunes
+        self._free_recorded: str | None = None  # the capacity_free last written (written only when it changes)
 
     # --- the step -----------------------------------------------------------------------------
 
@@ -330,7 +331,9 @@ class Controller:
             for sub_id in decision.wait:
                 if rows[sub_id]["window_start"] is None:  # the retry window opens the first time it waits
                     spec = self._spec(rows[sub_id])
-                    self.store.update_submission(sub_id, window_start=now, deadline=_deadline(spec, now))
+                    self.store.update_submission(sub_id, window_start=now, deadline=_deadline(spec, now),
+                                                 demand=json.dumps(self.provider.demand(spec), sort_keys=True))
+            self._record_free(capacity, decision, rows)
         launched = []
         for sub_id in decision.launch:
             if self._launch(rows[sub_id], self._spec(rows[sub_id])):
@@ -350,13 +353,25 @@ class Controller:
         decision = q.admit(waiting, capacity, now, freed_at)
         return q.Decision(decision.launch, tuple(failed) + decision.fail, decision.wait, decision.next_check_at)
 
-    def _full(self, capacity: dict[str, int], decision: q.Decision, rows: dict) -> bool:
-        """True when what is left after this decision's launches cannot fit even the smallest run."""
+    def _left(self, capacity: dict[str, int], decision: q.Decision, rows: dict) -> dict[str, int]:
+        """The capacity left once this decision's launches have taken theirs."""
         left = dict(capacity)
         for sub_id in decision.launch:
             for key, amount in self.provider.demand(self._spec(rows[sub_id])).items():
                 if key in left:
                     left[key] -= amount
+        return left
+
+    def _record_free(self, capacity: dict[str, int], decision: q.Decision, rows: dict) -> None:
+        """What is free after this step's launches, for `ps` to say what a queued run waits for."""
+        text = json.dumps(self._left(capacity, decision, rows), sort_keys=True)
+        if text != self._free_recorded:
+            self.store.set_meta("capacity_free", text)
+            self._free_recorded = text
+
+    def _full(self, capacity: dict[str, int], decision: q.Decision, rows: dict) -> bool:
+        """True when what is left after this decision's launches cannot fit even the smallest run."""
+        left = self._left(capacity, decision, rows)
         floor = self.provider.demand(RunSpec(name="floor", type="task"))
         return any(key in left and left[key] < amount for key, amount in floor.items() if amount > 0)
 
@@ -377,7 +392,8 @@ class Controller:
     def _launch(self, sub, spec: RunSpec) -> bool:
         now = self.clock()
         with self.store.transaction():  # intent first: a crash from here on is adopted or rolled back
-            self.store.set_status(sub["id"], "provisioning", now, last_attempt_at=now)
+            self.store.set_status(sub["id"], "provisioning", now, last_attempt_at=now,
+                                  demand=sub["demand"] or json.dumps(self.provider.demand(spec), sort_keys=True))
         launch = Launch(sub["id"], sub["run"], sub["number"], spec, sub["token"], sub["attempts"])
         try:
             node = self.provider.launch(launch)

@@ -68,6 +68,9 @@ def _migrate_3(db: sqlite_utils.Database) -> None:
     # Why a queued submission backs off: "no-capacity" ends early when capacity frees, an
     # "error" or "interruption" backoff does not.
     db.execute("ALTER TABLE submissions ADD COLUMN backoff_event TEXT")
+    # What a queued submission needs from the provider (JSON), written at its first decision, so
+    # `ps` can say what it waits for.
+    db.execute("ALTER TABLE submissions ADD COLUMN demand TEXT")
 
 
 MIGRATIONS = {1: _migrate_1, 2: _migrate_2, 3: _migrate_3}
@@ -326,7 +329,7 @@ def now() -> float:
 LISTING_SQL = """
 SELECT r.name, r.file, r.present, s.id AS submission_id, s.number AS submission, s.status, s.priority,
        s.reason, s.message, s.exit_code, s.attempts, s.queued_at, s.started_at, s.finished_at,
-       s.window_start, s.deadline, s.next_try_at, s.spec, s.log_path, s.node_id
+       s.window_start, s.deadline, s.next_try_at, s.spec, s.log_path, s.node_id, s.demand, s.backoff_event
 FROM runs r JOIN submissions s ON s.id = r.last_submission
 {where}
 ORDER BY CASE WHEN s.status IN ('queued', 'provisioning', 'running', 'stopping') THEN 0 ELSE 1 END,
@@ -336,8 +339,11 @@ ORDER BY CASE WHEN s.status IN ('queued', 'provisioning', 'running', 'stopping')
 """
 
 
-def listing(store: Store, include_all: bool = False, status: str | None = None) -> list[dict]:
-    """Runs with their current submission, active ones first in queue order (priority, then first queued)."""
+def listing(store: Store, include_all: bool = False, status: str | None = None, now: float | None = None) -> list[dict]:
+    """Runs with their current submission, active ones first in queue order (priority, then first queued),
+    each with why it is where it is (`why`; for queued ones also how many are ahead and what it needs)."""
+    from gitopsq.explain import why
+
     clauses, params = [], []
     if not include_all:
         clauses.append("(r.present = 1 OR s.status IN ('queued', 'provisioning', 'running', 'stopping'))")
@@ -345,8 +351,17 @@ def listing(store: Store, include_all: bool = False, status: str | None = None) 
         clauses.append("s.status = ?")
         params.append(status)
     where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
-    rows = store.conn.execute(LISTING_SQL.format(where=where), params).fetchall()
-    return [describe(dict(row)) for row in rows]
+    rows = [describe(dict(row)) for row in store.conn.execute(LISTING_SQL.format(where=where), params)]
+    free = json.loads(store.meta("capacity_free") or "null")
+    ahead = 0
+    now = time.time() if now is None else now
+    for row in rows:  # in queue order: the queued rows before a queued row are ahead of it
+        row["ahead"] = row["free"] = None
+        if row["status"] == "queued":
+            row["ahead"], row["free"] = ahead, free
+            ahead += 1
+        row["why"] = why(row, now)
+    return rows
 
 
 def describe(row: dict) -> dict:
@@ -355,6 +370,9 @@ def describe(row: dict) -> dict:
     row["retry"] = spec.get("retry")
     row["type"] = spec.get("type")
     row["present"] = bool(row.get("present", True))
+    if "demand" in row:
+        raw = row.pop("demand")
+        row["needs"] = json.loads(raw) if raw else None
     return row
 
 

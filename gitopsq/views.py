@@ -7,26 +7,14 @@ import time
 
 import click
 
+from gitopsq.explain import ago, why
+
 STATUS_STYLE = {"queued": "yellow", "provisioning": "cyan", "running": "green", "stopping": "magenta",
                 "done": "bold green", "failed": "bold red", "cancelled": "dim"}
 
 
 def print_json(rows: list[dict]) -> None:
     click.echo(json.dumps(rows, indent=2, default=str))
-
-
-def ago(seconds: float | None) -> str:
-    """A short human duration: 42s, 3m05s, 2h10m, 3d4h."""
-    if seconds is None:
-        return ""
-    s = max(0, int(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
-    return f"{s // 86400}d{(s % 86400) // 3600}h"
 
 
 def _retry_state(row: dict, now: float) -> str:
@@ -63,9 +51,7 @@ def runs_table(rows: list[dict]) -> None:
         table.add_column(column, justify="right" if column in ("PRIORITY", "SUB") else "left")
     for row in rows:
         status = row["status"]
-        reason = row.get("reason") or ""
-        if row.get("exit_code") not in (None, 0):
-            reason = f"{reason} ({row['exit_code']})".strip()
+        reason = why(row, now)
         table.add_row(row["name"], f"[{STATUS_STYLE.get(status, '')}]{status}[/]", str(row["priority"]),
                       str(row["submission"]), _time_column(row, now), _retry_state(row, now), reason)
     console = Console()

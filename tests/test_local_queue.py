@@ -147,7 +147,7 @@ def test_ps_for_people_and_scripts(tmp_path):
         ("b", "running", 70, 1), ("c", "queued", 40, 1), ("a", "queued", 20, 1)]
     assert all({"name", "status", "priority", "submission", "reason"} <= set(r) for r in rows)
     assert rows[1]["deadline"] is not None and rows[2]["deadline"] is None
-    table = run_cli("ps", "--db", str(store.path)).output
+    table = run_cli("ps", "--db", str(store.path), env={"COLUMNS": "200"}).output
     lines = [l for l in table.splitlines() if l.strip()]
     assert lines[0].split() == ["NAME", "STATUS", "PRIORITY", "SUB", "TIME", "RETRY", "REASON"]
     assert [l.split()[0] for l in lines[1:]] == ["b", "c", "a"]

@@ -61,7 +61,7 @@ def test_runs_are_in_queue_order_and_match_ps_json(server):
     client, store, _, _, db = server
     rows = client.get("/api/runs").json()
     assert names(rows) == ACTIVE_ORDER + ["broken", "finished"]  # finished ones: most recently ended first
-    assert rows == json.loads(json.dumps(listing(store), default=str))
+    assert rows == json.loads(json.dumps(listing(store, now=NOW), default=str))
     cli = run_cli("ps", "--json", "--db", str(db))
     assert cli.exit_code == 0, cli.output
     assert rows == json.loads(cli.output)

@@ -55,12 +55,12 @@ def create_app(db_path: Path, wake: Callable[[str], None], status: Callable[[], 
     @app.get("/api/runs", response_model=list[RunRow], tags=["runs"])
     def runs(status: Status | None = None, all: bool = Query(False, description="Include runs whose file is gone.")):
         """Runs with their current submission: active ones in queue order, then finished ones (as `gitopsq ps`)."""
-        return listing(pool.get(), all, status)
+        return listing(pool.get(), all, status, now=clock())
 
     @app.get("/api/runs/{name}", response_model=RunDetail, responses=NOT_FOUND, tags=["runs"])
     def run(name: str):
         """One run with its current submission."""
-        detail = queries.run_detail(pool.get(), name)
+        detail = queries.run_detail(pool.get(), name, clock())
         return detail if detail is not None else missing(name)
 
     @app.get("/api/runs/{name}/history", response_model=list[Submission], responses=NOT_FOUND, tags=["runs"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from gitopsq.store import Store, listing, submissions
-from gitopsq.views import ago
+from gitopsq.explain import ago, why
 from gitopsq.web import queries
 
 ENV = Environment(loader=PackageLoader("gitopsq.web", "templates"), autoescape=select_autoescape(["html"]))
@@ -51,22 +51,15 @@ def time_column(row: dict, now: float) -> tuple[float | None, str]:
     return None, ""
 
 
-def reason_text(row: dict) -> str:
-    reason = row.get("reason") or ""
-    if row.get("exit_code") is not None and row["status"] != "done":
-        reason = f"{reason} (exit {row['exit_code']})".strip()
-    return reason
-
-
 def _shown(row: dict, now: float) -> dict:
     retry_kind, retry_text = retry_state(row, now)
     seconds, time_text = time_column(row, now)
     return {**row, "retry_kind": retry_kind, "retry_text": retry_text, "seconds": seconds, "time_text": time_text,
-            "reason_text": reason_text(row)}
+            "reason_text": why(row, now)}
 
 
 def render_index(store: Store, status: dict, now: float) -> str:
-    rows = [_shown(row, now) for row in listing(store)]
+    rows = [_shown(row, now) for row in listing(store, now=now)]
     return ENV.get_template("index.html").render(
         rows=rows, info=status, now=now, problems=store.file_problems(),
         since_step=(now - status["last_step_at"]) if status.get("last_step_at") else None)

@@ -42,6 +42,11 @@ class RunRow(BaseModel):
     type: str | None = Field(description="task, service or dev-environment.")
     log_path: str | None
     node_id: str | None
+    backoff_event: str | None = Field(description="Why a queued run backs off until next_try_at: error, interruption, no-capacity, throttle or auth.")
+    needs: dict[str, int] | None = Field(description="What a queued run needs from the provider, e.g. {\"slots\": 1, \"gpus\": 0}.")
+    free: dict[str, int] | None = Field(description="What the provider had free after the last step (queued runs only).")
+    ahead: int | None = Field(description="Queued submissions ahead of this one (queued runs only).")
+    why: str = Field(description="What a queued run waits for, else why its submission ended, in words (as `gitopsq ps` shows it).")
 
 
 class RunDetail(RunRow):

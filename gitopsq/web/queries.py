@@ -7,8 +7,11 @@ while the controller writes).
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
+
+from gitopsq.explain import why
 
 from gitopsq.store import LISTING_SQL, Store, describe, listing
 
@@ -44,7 +47,7 @@ class StorePool:
             self._opened.clear()
 
 
-def run_detail(store: Store, name: str) -> dict | None:
+def run_detail(store: Store, name: str, now: float) -> dict | None:
     """A run as `listing()` shows it, with its current submission's times, commit and report."""
     row = store.conn.execute(LISTING_SQL.format(where="WHERE r.name = ?"), (name,)).fetchone()
     if row is None:
@@ -54,7 +57,20 @@ def run_detail(store: Store, name: str) -> dict | None:
         "SELECT commit_sha, submitted_at, last_activity_at, reported_at, stop_reason FROM submissions WHERE id = ?",
         (detail["submission_id"],)).fetchone()
     detail.update(dict(extra))
+    detail["ahead"] = detail["free"] = None
+    if detail["status"] == "queued":
+        detail["ahead"] = queued_ahead(store, detail)
+        detail["free"] = json.loads(store.meta("capacity_free") or "null")
+    detail["why"] = why(detail, now)
     return detail
+
+
+def queued_ahead(store: Store, row: dict) -> int:
+    """Queued submissions before this one in admission order (priority, then first queued, then id)."""
+    return store.conn.execute(
+        """SELECT COUNT(*) FROM submissions WHERE status = 'queued' AND (priority > :p OR (priority = :p AND
+           (queued_at < :q OR (queued_at = :q AND id < :id))))""",
+        {"p": row["priority"], "q": row["queued_at"], "id": row["submission_id"]}).fetchone()[0]
 
 
 def run_exists(store: Store, name: str) -> bool:

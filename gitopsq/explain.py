@@ -1,0 +1,76 @@
+"""Sentences that say why a run is where it is: what a queued run waits for, why one ended.
+
+Pure: rows in (as `store.listing` and `store.submissions` give them), text out. `ps`, the API
+and the dashboard say the same thing because they all say it through here.
+"""
+
+from __future__ import annotations
+
+UNITS = {"slots": ("slot", "slots"), "gpus": ("GPU", "GPUs"), "nodes": ("node", "nodes")}
+AFTER = {"error": "failed", "interruption": "interrupted", "no-capacity": "no capacity",
+         "throttle": "the provider is busy", "auth": "the provider refused its credentials"}
+
+
+def ago(seconds: float | None) -> str:
+    """A short human duration: 42s, 3m05s, 2h10m, 3d4h."""
+    if seconds is None:
+        return ""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+    return f"{s // 86400}d{(s % 86400) // 3600}h"
+
+
+def amounts(values: dict[str, int], keys=None) -> str:
+    """{"slots": 1, "gpus": 2} -> "1 slot, 2 GPUs" (only the given keys; zero demands left out)."""
+    out = []
+    for key in keys if keys is not None else values:
+        amount = values.get(key, 0)
+        one, many = UNITS.get(key, (key, key))
+        out.append(f"{amount} {one if amount == 1 else many}")
+    return ", ".join(out)
+
+
+def wait_reason(row: dict, now: float) -> str:
+    """Why a queued submission is not running: backoff, or what it needs against what is free;
+    and how many submissions are ahead of it in the queue."""
+    parts = []
+    if row.get("next_try_at") and row["next_try_at"] > now:
+        event = row.get("backoff_event")
+        after = AFTER.get(event, "backing off")
+        if event == "error" and row.get("exit_code") is not None:
+            after = f"exit code {row['exit_code']}"
+        parts.append(f"{after}; next attempt in {ago(row['next_try_at'] - now)}")
+    elif row.get("needs") is None:
+        parts.append("new: decided at the next step")
+    else:
+        needs = row["needs"]
+        wanted = [k for k, v in needs.items() if v] or list(needs)
+        free = row.get("free") or {}
+        shown = [k for k in wanted if k in free]
+        text = f"needs {amounts(needs, wanted)}"
+        if shown:
+            text += f"; free: {amounts(free, shown)}"
+        parts.append(text)
+    if row.get("ahead"):
+        parts.append(f"{row['ahead']} ahead")
+    return "; ".join(parts)
+
+
+def end_reason(row: dict) -> str:
+    """Why a submission ended (or was requeued), with its exit code and the provider's message."""
+    reason = row.get("reason") or ""
+    if row.get("exit_code") not in (None, 0):
+        reason = f"{reason} (exit {row['exit_code']})".strip()
+    if row.get("message") and row.get("status") != "done":
+        reason = f"{reason}: {row['message']}" if reason else row["message"]
+    return reason
+
+
+def why(row: dict, now: float) -> str:
+    """The REASON column: what a queued run waits for, else why it ended."""
+    return wait_reason(row, now) if row.get("status") == "queued" else end_reason(row)

@@ -1,0 +1,83 @@
+"""`ps` says why a run waits (what it needs, what is free, how many are ahead, when it tries
+again) and why one failed; `logs` of a run that never started says why it has no log."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from gitopsq.controller import Controller
+from gitopsq.source import ConfigRepo
+from gitopsq.store import Store
+from tests.fakes import Clock, FakeProvider
+from tests.helpers import GitRepo, run_cli, task
+
+QUEUE = "retry: {on_events: [no-capacity], duration: off}"
+
+
+@pytest.fixture
+def env(tmp_path):
+    repo = GitRepo(tmp_path / "repo")
+    repo.write("runs/holder.yml", task("holder", "sleep 100", priority=90))
+    for name, priority in (("second", 50), ("third", 40)):
+        repo.write(f"runs/{name}.yml", task(name, priority=priority) + QUEUE + "\n")
+    repo.write("runs/flaky.yml", task("flaky", priority=10) + "retry: {on_events: [no-capacity, error], duration: 1h}\n")
+    repo.commit("four runs, one slot")
+    db = tmp_path / "state.db"
+    store = Store(db)
+    provider = FakeProvider(slots=2)
+    controller = Controller(store, provider, ConfigRepo(str(repo.path)), clock=Clock(time.time()))
+    yield str(db), store, provider, controller
+
+
+def ps_rows(db):
+    result = run_cli("ps", "--db", db, "--json")
+    assert result.exit_code == 0, result.output
+    return {row["name"]: row for row in json.loads(result.output)}
+
+
+def test_queued_runs_say_what_they_need_what_is_free_and_how_many_are_ahead(env):
+    db, store, provider, controller = env
+    controller.step()  # holder and second take both slots
+    assert provider.running_runs() == ["holder", "second"]
+    rows = ps_rows(db)
+    third, flaky = rows["third"], rows["flaky"]
+    assert (third["needs"], third["free"], third["ahead"]) == ({"slots": 1}, {"slots": 0}, 0)
+    assert flaky["ahead"] == 1
+    assert third["why"] == "needs 1 slot; free: 0 slots"
+    assert flaky["why"] == "needs 1 slot; free: 0 slots; 1 ahead"
+    table = run_cli("ps", "--db", db, env={"COLUMNS": "250"}).output
+    assert "needs 1 slot; free: 0 slots; 1 ahead" in " ".join(table.split())
+
+
+def test_a_run_backing_off_after_an_error_says_when_it_tries_again(env):
+    db, store, provider, controller = env
+    provider.slots = 4
+    controller.step()
+    flaky = store.current_submission("flaky")
+    provider.finish(flaky["node_id"], exit_code=127)
+    controller.step()
+    why = ps_rows(db)["flaky"]["why"]
+    assert why.startswith("exit code 127; next attempt in 1")  # 13.5 to 16.5 s, with jitter
+
+
+def test_a_failure_shows_its_detail_in_the_table_and_in_logs(env):
+    db, store, provider, controller = env
+    provider.unsatisfiable = lambda spec: "resources.gpu: needs 1 GPU(s); this machine has 0" if spec.name == "third" else None
+    controller.step()
+    table = " ".join(run_cli("ps", "--db", db, env={"COLUMNS": "250"}).output.split())
+    assert "unsatisfiable: resources.gpu: needs 1 GPU(s); this machine has 0" in table
+    result = run_cli("logs", "third", "--db", db)
+    assert result.exit_code == 1
+    assert "third submission 1 has no log: it never started (failed: unsatisfiable: resources.gpu" in " ".join(result.output.split())
+
+
+def test_the_api_says_the_same(env):
+    from gitopsq.web.queries import run_detail
+
+    db, store, provider, controller = env
+    controller.step()
+    detail = run_detail(store, "flaky", controller.clock())
+    assert detail["why"] == ps_rows(db)["flaky"]["why"] == "needs 1 slot; free: 0 slots; 1 ahead"
