@@ -89,12 +89,16 @@ def init(directory: str) -> None:
     """Create a config repository in DIRECTORY holding the example runs, committed.
 
     The examples (a task, a high-priority task, a service and a dev environment) run on any
-    machine through the embedded local provider: `gitopsq serve --repo DIRECTORY`.
+    machine through the embedded local provider: `gitopsq serve --repo DIRECTORY`. A DIRECTORY
+    that already is a config repository is left as it is (running init twice is safe).
     """
-    from gitopsq.initrepo import init_repo
+    from gitopsq.initrepo import AlreadyThere, init_repo
 
     try:
         sha = init_repo(directory)
+    except AlreadyThere as exc:
+        click.echo(f"{exc}.")
+        return
     except FileExistsError as exc:
         raise click.ClickException(str(exc))
     click.echo(f"Created config repository {directory} at commit {sha[:12]}.")

@@ -5,14 +5,29 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from gitopsq.config import CONFIG_FILE
 from gitopsq.resources import examples_dir
 
 
+class AlreadyThere(Exception):
+    """The directory already is a config repository: nothing to do (running init twice is safe)."""
+
+
+def is_config_repo(target: Path) -> bool:
+    return (target / ".git").exists() and (target / CONFIG_FILE).is_file()
+
+
 def init_repo(directory: str | Path, branch: str = "main") -> str:
-    """Copy the examples into a new git repo and commit them; returns the commit sha."""
+    """Copy the examples into a new git repo and commit them; returns the commit sha.
+
+    Raises AlreadyThere for a config repository (left as it is), FileExistsError for a
+    folder holding anything else.
+    """
     import git
 
     target = Path(directory)
+    if is_config_repo(target):
+        raise AlreadyThere(f"{target} is already a gitopsq config repository; left as it is")
     if target.exists() and any(target.iterdir()):
         raise FileExistsError(f"{target} exists and is not empty")
     shutil.copytree(examples_dir(), target, dirs_exist_ok=True,

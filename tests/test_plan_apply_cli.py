@@ -77,7 +77,7 @@ def test_init_creates_a_committed_example_repo(tmp_path):
     assert ".gitopsq.yml" in files and "runs/hello.yml" in files and ".github/workflows/gitopsq.yml" in files
     assert run_cli("validate", str(target)).exit_code == 0
     again = run_cli("init", str(target))
-    assert again.exit_code == 1 and "not empty" in again.output
+    assert again.exit_code == 0 and "already a gitopsq config repository" in again.output
 
 
 def test_apply_queue_overrides_retry_and_commits(tmp_path):
