@@ -143,7 +143,7 @@ db_option = click.option("--db", envvar="GITOPSQ_DB", type=click.Path(dir_okay=F
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 
 
-def _provider_options(provider, local_slots, local_gpus, provider_opt, max_nodes, public_url):
+def _provider_options(provider, local_slots, local_gpus, provider_opt, max_nodes, public_url, max_log_size):
     from gitopsq.runtime import ProviderOptions
 
     pairs = []
@@ -151,7 +151,16 @@ def _provider_options(provider, local_slots, local_gpus, provider_opt, max_nodes
         if "=" not in item:
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--provider-opt")
         pairs.append(tuple(item.split("=", 1)))
-    return ProviderOptions(provider, local_slots, local_gpus, tuple(pairs), max_nodes, public_url)
+    return ProviderOptions(provider, local_slots, local_gpus, tuple(pairs), max_nodes, public_url, max_log_size=max_log_size)
+
+
+def _log_size(ctx, param, value):
+    from gitopsq.runtime import parse_log_size
+
+    try:
+        return parse_log_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @main.command()
@@ -163,6 +172,8 @@ def _provider_options(provider, local_slots, local_gpus, provider_opt, max_nodes
 @click.option("--provider-opt", multiple=True, metavar="KEY=VALUE", help="Passed to the provider's driver: region=..., endpoint=URL, image=...")
 @click.option("--local-slots", type=click.IntRange(min=1), help="Runs at once on this machine (default: CPU count).")
 @click.option("--local-gpus", type=click.IntRange(min=0), help="GPUs on this machine (default: what nvidia-smi reports, else 0).")
+@click.option("--max-log-size", default="16MB", show_default=True, callback=_log_size, metavar="SIZE",
+              help="Output kept per local run (512KB, 16MB, 1GB): past it, the log keeps its tail.")
 @click.option("--max-nodes", type=click.IntRange(min=1), help="Cap on nodes a cloud provider runs at once.")
 @click.option("--public-url", help="How cloud nodes reach this controller to report their exit code.")
 @click.option("--http", "http", default="127.0.0.1:8765", show_default=True, metavar="HOST:PORT",
@@ -171,8 +182,8 @@ def _provider_options(provider, local_slots, local_gpus, provider_opt, max_nodes
 @click.option("--webhook-secret-file", type=click.Path(exists=True, dir_okay=False),
               help="File holding the shared secret that webhook signatures are checked against.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, local_gpus, max_nodes, public_url,
-          http, interval, webhook_secret_file, log_format) -> None:
+def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, local_gpus, max_log_size, max_nodes,
+          public_url, http, interval, webhook_secret_file, log_format) -> None:
     """Reconcile the config repo: submit, update, restart and cancel runs, and run the queue.
 
     Runs until SIGTERM or Ctrl-C, reacting to commits at once (a local repo is watched; a URL
@@ -185,7 +196,7 @@ def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, 
     from gitopsq.providers.base import ProviderConfigError
     from gitopsq.runtime import make_controller, open_store
 
-    opts = _provider_options(provider, local_slots, local_gpus, provider_opt, max_nodes, public_url)
+    opts = _provider_options(provider, local_slots, local_gpus, provider_opt, max_nodes, public_url, max_log_size)
     store = open_store(db)
     try:
         controller = make_controller(repo_location, branch, store, opts)

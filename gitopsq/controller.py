@@ -184,7 +184,8 @@ class Controller:
             node = by_sub.get(sub["id"])
             with self.store.transaction():
                 if node is not None and not node.lost:
-                    self.store.set_status(sub["id"], "running", now, node_id=node.node_id, started_at=sub["started_at"] or now,
+                    started = sub["started_at"] or _when(node.started_at, None, now)
+                    self.store.set_status(sub["id"], "running", now, node_id=node.node_id, started_at=started,
                                           log_path=node.log_path, window_start=now,
                                           detail={"adopted": node.node_id, "log": node.log_path})
                 else:
@@ -237,13 +238,15 @@ class Controller:
             if node is not None and node.running and not reported:
                 continue
             now = self.clock()
+            # When it ended, which after a restart can be long before now: the node's report
+            # for a cloud node, the local node's exit file; a lost node was noticed just now.
             if reported:
-                exit_code, event = sub["exit_code"], None
+                exit_code, event, ended = sub["exit_code"], None, sub["reported_at"]
             elif node is None or node.lost:
-                exit_code, event = None, "interruption"
+                exit_code, event, ended = None, "interruption", None
             else:
-                exit_code, event = node.exit_code, None
-            self._finish(sub, exit_code, event, now)
+                exit_code, event, ended = node.exit_code, None, node.finished_at
+            self._finish(sub, exit_code, event, now, _when(ended, sub["started_at"], now))
             if node is not None:
                 self._destroy(node.node_id)
             self._capacity_freed(now)
@@ -265,12 +268,12 @@ class Controller:
             by_sub[node.submission_id] = node
         return by_sub
 
-    def _finish(self, sub, exit_code: int | None, event: str | None, now: float) -> None:
-        """A node ended: done, failed, or back to the queue when the retry policy says so."""
+    def _finish(self, sub, exit_code: int | None, event: str | None, now: float, ended: float) -> None:
+        """A node ended (at `ended`): done, failed, or back to the queue when the retry policy says so."""
         spec = RunSpec.from_dict(json.loads(sub["spec"]))
         if event is None and exit_code == 0:
             with self.store.transaction():
-                self.store.set_status(sub["id"], "done", now, exit_code=0)
+                self.store.set_status(sub["id"], "done", now, exit_code=0, finished_at=ended)
             return
         event = event or "error"
         reason = "interrupted" if event == "interruption" else "exit-code"
@@ -285,7 +288,7 @@ class Controller:
                                       next_try_at=next_try_at, backoff_event=event, reported_at=None,
                                       detail={"retry": event, "exit_code": exit_code, "next_try_at": next_try_at})
             else:
-                self.store.set_status(sub["id"], "failed", now, reason=reason, exit_code=exit_code,
+                self.store.set_status(sub["id"], "failed", now, reason=reason, exit_code=exit_code, finished_at=ended,
                                       detail={"exit_code": exit_code})
 
     # --- deadlines ----------------------------------------------------------------------------
@@ -472,6 +475,13 @@ class Controller:
         if self.store.has_active_nodes():
             times.append(now + POLL_INTERVAL)
         return min(times) if times else None
+
+
+def _when(moment: float | None, not_before: float | None, now: float) -> float:
+    """A time a node reported, kept between `not_before` and now (its clock may differ from ours)."""
+    if moment is None:
+        return now
+    return min(max(moment, not_before if not_before is not None else moment), now)
 
 
 def _deadline(spec: RunSpec, window_start: float | None) -> float | None:

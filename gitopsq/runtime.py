@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,23 @@ class ProviderOptions:
     options: tuple[tuple[str, str], ...] = ()  # --provider-opt KEY=VALUE
     max_nodes: int | None = None
     public_url: str | None = None
+    max_log_size: int | None = None  # bytes of each local run's log kept (its tail)
+
+
+_LOG_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+
+
+def parse_log_size(text: str) -> int:
+    """Bytes from `512KB`, `16MB`, `1GB` (1024-based, like sizes in run files) or a number of bytes."""
+    from gitopsq.providers.local import MIN_LOG_SIZE
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(?:([KMG])(?:i?B)?)?\s*", text, re.IGNORECASE)
+    if not match:
+        raise ValueError(f"{text!r} is not a size: use 512KB, 16MB, 1GB or a number of bytes")
+    size = int(float(match[1]) * _LOG_SIZE_UNITS[(match[2] or "").upper()])
+    if size < MIN_LOG_SIZE:
+        raise ValueError(f"{text!r} is too small: at least {MIN_LOG_SIZE // 1024}KB, e.g. 16MB")
+    return size
 
 
 def open_store(db: str | None) -> Store:
@@ -27,7 +45,8 @@ def make_provider(store: Store, opts: ProviderOptions):
     if opts.name == "local":
         from gitopsq.providers.local import make_local_provider
 
-        return make_local_provider(log_dir_for(store.path), store.controller_id, opts.local_slots, opts.local_gpus)
+        return make_local_provider(log_dir_for(store.path), store.controller_id, opts.local_slots, opts.local_gpus,
+                                   max_log_size=opts.max_log_size)
     from gitopsq.providers.cloud import make_cloud_provider
 
     return make_cloud_provider(opts.name, dict(opts.options), store.controller_id, opts.max_nodes, opts.public_url)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
 import sqlite3
 import time
@@ -76,13 +77,41 @@ def _migrate_3(db: sqlite_utils.Database) -> None:
 MIGRATIONS = {1: _migrate_1, 2: _migrate_2, 3: _migrate_3}
 
 
+# The database holds env values and report tokens: only its owner may read it, whatever the umask
+# (mkdir and open only narrow their mode by it, so the modes are set explicitly).
+
+
+def _create_private(db: Path) -> None:
+    """The state directory (0700 when created here) and an empty database file (0600)."""
+    try:
+        db.parent.mkdir(parents=True, mode=0o700)
+        os.chmod(db.parent, 0o700)
+    except FileExistsError:
+        pass  # a directory someone chose (--db): its mode is theirs
+    try:
+        os.close(os.open(db, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+
+
+def _make_private(db: Path) -> None:
+    """0600 for the database and its -wal and -shm files (also those an older version made 0644)."""
+    for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        try:
+            if path.stat().st_mode & 0o777 != 0o600:
+                os.chmod(path, 0o600)
+        except (FileNotFoundError, PermissionError):
+            pass  # absent, or not ours: opened read-only by someone else
+
+
 class Store:
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _create_private(self.path)
         conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
+        _make_private(self.path)  # also the -wal and -shm files the line above created
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=30000")
         self.conn = conn

@@ -37,9 +37,11 @@ class FakeProvider:
         self.nodes_by_id[node.node_id] = node
         return node
 
-    def finish(self, node_id: str, exit_code: int | None = 0, lost: bool = False) -> None:
+    def finish(self, node_id: str, exit_code: int | None = 0, lost: bool = False,
+               started_at: float | None = None, finished_at: float | None = None) -> None:
         node = self.nodes_by_id[node_id]
-        self.nodes_by_id[node_id] = NodeStatus(node.node_id, node.submission_id, node.run, False, exit_code, lost)
+        self.nodes_by_id[node_id] = NodeStatus(node.node_id, node.submission_id, node.run, False, exit_code, lost,
+                                               started_at=started_at, finished_at=finished_at)
 
     def nodes(self):
         return list(self.nodes_by_id.values())

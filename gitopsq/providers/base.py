@@ -9,6 +9,7 @@ have one; neither is a second code path for the controller.
 
 from __future__ import annotations
 
+import datetime as dt
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,8 @@ class NodeStatus:
     exit_code: int | None  # when ended; None if lost or unknown
     lost: bool = False  # ended without recording an exit code
     log_path: str | None = None
+    started_at: float | None = None  # when the node started, if the provider knows (epoch seconds)
+    finished_at: float | None = None  # when it ended, if the provider knows: the run's end, not when it was noticed
 
 
 class Provider(Protocol):
@@ -164,12 +167,25 @@ class LibcloudProvider:
         tags = _tags_of(node)
         sub = tags.get(TAG_SUBMISSION)
         running, exit_code, lost, log = self.adapter.exit_code(node)
-        return NodeStatus(node.id, int(sub) if sub and sub.isdigit() else None, tags.get(TAG_RUN), running, exit_code, lost, log)
+        extra = node.extra or {}
+        return NodeStatus(node.id, int(sub) if sub and sub.isdigit() else None, tags.get(TAG_RUN), running, exit_code, lost, log,
+                          started_at=_epoch(extra.get("started_at")), finished_at=_epoch(extra.get("finished_at")))
 
 
 def _tags_of(node) -> dict[str, str]:
     extra = node.extra or {}
     return dict(extra.get("tags") or {})
+
+
+def _epoch(value) -> float | None:
+    """A time a driver gives in a node's extra (ISO 8601, as the local one does) as epoch seconds."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment.timestamp() if moment.tzinfo else None  # a naive time would be read in our zone
 
 
 def log_dir_for(db_path: Path) -> Path:

@@ -7,20 +7,27 @@ log file. The controller may be killed at any moment, so everything lives on dis
     <state>/nodes/<node id>/meta.json name, tags, pid, start_time, started_at, gpus, image, ...
     <state>/nodes/<node id>/script.sh the user script
     <state>/nodes/<node id>/work/     working directory of the run (name: ex_workdir_name)
-    <state>/nodes/<node id>/exit_code written atomically by the wrapper when the script ends
+    <state>/nodes/<node id>/exit_code reserved (blank) at launch, overwritten in place by the
+                                      wrapper with the exit status once everything has ended
     <state>/nodes/<node id>/destroyed marker: node is gone from list_nodes, files are kept
     <state>/ended/<node id>/          where a destroyed node's directory moves, so listing stays
                                       proportional to the live nodes however many have run
     <state>/logs/<node id>.log        stdout+stderr of the run (never moved: users read it later)
 
 Destroyed nodes keep their directory (log and work/) because users read the logs of
-finished runs; pruning old node directories is left to the controller.
+finished runs; pruning old node directories is left to the controller. The state holds env
+values, so directories are 0700 and files 0600 whatever the umask.
 
 Process tree: the controller starts a short-lived launcher (reaped at once), which starts
-the wrapper in a new session and exits. The wrapper is therefore adopted by init (or by
-the controller when it is a subreaper / PID 1 in a container, in which case this driver
-reaps it) and keeps running when the controller dies. The wrapper runs the user script as
-a child and then records its exit status, so the status is saved without the controller.
+the wrapper (node_wrapper.py) in a new session and exits. The wrapper is therefore adopted
+by init (or by the controller when it is a subreaper / PID 1 in a container, in which case
+this driver reaps it) and keeps running when the controller dies. The wrapper is itself a
+child subreaper: it runs the user script as a child, keeps everything the script starts
+below it (setsid and double forks included), writes the log through a pipe (capped at
+max_log_size, keeping the tail), and when the script ends or it gets SIGTERM, ends all of
+that before recording the exit status, so the status is saved without the controller and
+a slot is free only once nothing of its run is left. Every process of a node carries
+GITOPSQ_NODE_ID in its environment: what a SIGKILLed wrapper left behind is found by it.
 """
 
 from __future__ import annotations
@@ -30,9 +37,11 @@ import datetime as dt
 import fcntl
 import functools
 import json
+import logging
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -54,7 +63,14 @@ __all__ = [
     "register",
 ]
 
+log = logging.getLogger("gitopsq.providers.local")
+
 PROVIDER = "gitopsq-local"
+DEFAULT_MAX_LOG_SIZE = 16 * 1024**2
+MIN_LOG_SIZE = 4096  # room for the cut line and some output
+NODE_ENV = "GITOPSQ_NODE_ID"  # in the environment of every process of a node
+_WRAPPER = str(Path(__file__).with_name("node_wrapper.py"))
+_EXIT_RESERVED = b" " * 31 + b"\n"  # the exit file's space, taken at launch: a full disk cannot lose the status
 
 
 class LocalError(LibcloudError):
@@ -89,6 +105,7 @@ def register() -> None:
 # meta.json itself, so they reach disk even if the controller dies meanwhile. It inherits
 # the driver's lock and holds it until the pid is on disk: a controller restarted meanwhile
 # waits in list_nodes instead of taking a starting node for a lost one and launching again.
+# The wrapper's own stdout/stderr go to the log too: a crash of the wrapper shows there.
 _LAUNCHER = r"""
 import json, os, subprocess, sys
 lock_fd, meta_path, log_path, *argv = sys.argv[1:]
@@ -100,21 +117,12 @@ with open(f"/proc/{p.pid}/stat") as f:
 with open(meta_path) as f:
     meta = json.load(f)
 meta.update(pid=p.pid, start_time=start)
-with open(meta_path + ".tmp", "w") as f:
+fd = os.open(meta_path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+os.fchmod(fd, 0o600)
+with open(fd, "w") as f:
     json.dump(meta, f, indent=2)
 os.replace(meta_path + ".tmp", meta_path)
 os.close(int(lock_fd))
-"""
-
-# The wrapper is the process group leader. The trap (a handler, not "ignore", so the
-# child does not inherit it) lets a SIGTERM to the group end the script first and still
-# record its status (143). Only SIGKILL of the wrapper loses the exit code.
-_WRAPPER = r"""
-exit_file=$1; shift
-trap : TERM INT HUP
-"$@"
-code=$?
-printf '%s\n' "$code" > "$exit_file.tmp" && command -p mv -f "$exit_file.tmp" "$exit_file"
 """
 
 _UNSET = object()
@@ -140,15 +148,73 @@ def _alive(pid: int | None, start_time: int | None) -> bool:
     return st is not None and st[0] not in "ZX" and st[2] == start_time
 
 
-def _group_members(pgid: int, start_time: int) -> list[int]:
-    """Live processes of the node's group (started no earlier than its leader)."""
-    members = []
+def _process_table() -> dict[int, tuple[int, int, int]]:
+    """(parent, group, start time) of every live process."""
+    table = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
-            st = _proc_stat(int(entry))
-            if st and st[1] == pgid and st[0] not in "ZX" and st[2] >= start_time:
-                members.append(int(entry))
-    return members
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                if fields[0] not in "ZX":
+                    table[int(entry)] = (int(fields[1]), int(fields[2]), int(fields[19]))
+            except (OSError, IndexError, ValueError):
+                continue  # gone meanwhile
+    return table
+
+
+def _descendants(table: dict[int, tuple[int, int, int]], root: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _, _) in table.items():
+        children.setdefault(parent, []).append(pid)
+    found, todo = set(), [root]
+    while todo:
+        for pid in children.get(todo.pop(), ()):
+            found.add(pid)
+            todo.append(pid)
+    return found
+
+
+def _marked(node_id: str, pids) -> set[int]:
+    """The processes whose environment carries the node's id."""
+    marker, found = f"{NODE_ENV}={node_id}".encode(), set()
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if marker in f.read().split(b"\0"):
+                    found.add(pid)
+        except OSError:
+            continue  # gone, or not ours to read
+    return found
+
+
+def _node_processes(meta: dict) -> tuple[set[int], int | None]:
+    """The live processes of a node, and its wrapper's pid if the wrapper is one of them.
+
+    While the wrapper lives, everything its run started is below it (it is a subreaper); once
+    it is gone (SIGKILLed), what is left is found by the node id in its environment. The group
+    covers nodes started by an older wrapper, which ran the script in its own process group.
+    """
+    pid, start = meta.get("pid"), meta.get("start_time")
+    table = _process_table()
+    found, wrapper = set(), None
+    if pid and start is not None:
+        leader = table.get(pid)
+        if leader and leader[2] == start:
+            wrapper = pid
+            found |= {pid} | _descendants(table, pid)
+        if not leader or leader[2] == start:  # the pid was not reused: its group is the node's
+            found |= {p for p, (_, group, since) in table.items() if group == pid and since >= start}
+    if wrapper is None:
+        found |= _marked(meta["id"], table)
+    found.discard(os.getpid())
+    return found, wrapper
+
+
+def _signal(pids, sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
 
 
 def _reap(pid: int | None, start_time: int | None) -> None:
@@ -163,9 +229,49 @@ def _reap(pid: int | None, start_time: int | None) -> None:
             pass
 
 
+def _exit_status(path: Path) -> tuple[int | None, str | None]:
+    """The recorded exit code and when it was written; (None, None) while the file is still blank."""
+    try:
+        text, written = path.read_text().strip(), path.stat().st_mtime
+        code = int(text) if text else None
+    except (FileNotFoundError, NotADirectoryError, ValueError):
+        return None, None
+    if code is None:
+        return None, None
+    return code, dt.datetime.fromtimestamp(written, dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+# The state holds env values and tokens: directories 0700, files 0600, whatever the umask
+# (which mkdir and open only ever narrow, hence the chmod).
+
+
+def _private_dir(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if stat.S_IMODE(path.stat().st_mode) != 0o700:
+        path.chmod(0o700)
+
+
+def _open_private(path: Path, flags: int) -> int:
+    fd = os.open(path, flags | os.O_CREAT, 0o600)
+    if stat.S_IMODE(os.fstat(fd).st_mode) != 0o600:
+        os.fchmod(fd, 0o600)
+    return fd
+
+
+def _write_file(path: Path, data: bytes, mode: int = 0o600) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    _write_file(tmp, text.encode())
     os.replace(tmp, path)
 
 
@@ -194,19 +300,27 @@ class LocalNodeDriver(NodeDriver):
     container_tools = ("docker", "podman")
 
     def __init__(
-        self, key: str | Path, slots: int | None = None, gpus: int | None = None
+        self, key: str | Path, slots: int | None = None, gpus: int | None = None,
+        max_log_size: int | None = None, stop_grace: float = 5.0,
     ) -> None:
+        """max_log_size: bytes of a node's log kept (its tail); stop_grace: seconds a node's
+        leftover processes get between TERM and KILL when its script ends or it is stopped."""
         # No super().__init__(): it would build a network connection we have no use for.
         self.state_dir = Path(key).expanduser().resolve()
         self.key, self.secret, self.secure = str(self.state_dir), None, False
         self.api_version = self.region = self.connection = None
         self.slots = (os.cpu_count() or 1) if slots is None else slots
         self.gpus = _count_gpus() if gpus is None else gpus
+        self.max_log_size = DEFAULT_MAX_LOG_SIZE if max_log_size is None else int(max_log_size)
+        if self.max_log_size < MIN_LOG_SIZE:
+            raise LocalError(f"max_log_size must be at least {MIN_LOG_SIZE} bytes, got {self.max_log_size}",
+                             driver=self)
+        self.stop_grace = stop_grace
         self.nodes_dir = self.state_dir / "nodes"
         self.ended_dir = self.state_dir / "ended"
         self.logs_dir = self.state_dir / "logs"
-        for folder in (self.nodes_dir, self.ended_dir, self.logs_dir):
-            folder.mkdir(parents=True, exist_ok=True)
+        for folder in (self.state_dir, self.nodes_dir, self.ended_dir, self.logs_dir):
+            _private_dir(folder)
         self._container_tool_cache: object = _UNSET
 
     # ---- catalog -------------------------------------------------------------------
@@ -271,10 +385,17 @@ class LocalNodeDriver(NodeDriver):
             node_id = f"local-{uuid.uuid4().hex}"
             node_dir = self.nodes_dir / node_id
             workdir = node_dir / workdir_name
-            workdir.mkdir(parents=True)
+            _private_dir(node_dir)
             script = node_dir / "script.sh"
-            script.write_text(ex_script)
-            self._log(node_id).touch()
+            if ex_image:
+                # Mounted into the container, whose user may not be ours; node_dir keeps others out.
+                workdir.mkdir()
+                _write_file(script, ex_script.encode(), 0o644)
+            else:
+                _private_dir(workdir)
+                _write_file(script, ex_script.encode())
+            _write_file(self._log(node_id), b"")
+            _write_file(node_dir / "exit_code", _EXIT_RESERVED)
             meta = {
                 "id": node_id,
                 "name": name,
@@ -286,21 +407,24 @@ class LocalNodeDriver(NodeDriver):
                 "image": ex_image,
                 "container_tool": tool,
                 "workdir": workdir_name,
+                "subreaper": True,  # node_wrapper.py: it stops the run itself on TERM
+                "max_log_size": self.max_log_size,
             }
             meta_path = node_dir / "meta.json"
             _write_atomic(meta_path, json.dumps(meta, indent=2))
 
-            env = self._node_env(ex_env, gpu_ids)
+            env = self._node_env(ex_env, gpu_ids, node_id)
             command = self._command(node_id, script, workdir, env, ex_env, ex_image, tool, gpu_ids)
+            log_path = str(self._log(node_id))
             launch = subprocess.run(
-                [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(lock_fd), str(meta_path),
-                 str(self._log(node_id)), shutil.which("bash") or "/bin/bash", "-c",
-                 _WRAPPER, "gitopsq-node", str(node_dir / "exit_code"), *command],
+                [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(lock_fd), str(meta_path), log_path,
+                 sys.executable, "-I", "-S", _WRAPPER, str(node_dir / "exit_code"), log_path,
+                 str(self.max_log_size), str(self.stop_grace), *command],
                 cwd=workdir, env=env, stdin=subprocess.DEVNULL, pass_fds=(lock_fd,),
                 capture_output=True, text=True, timeout=60,
             )
             if launch.returncode != 0:
-                (node_dir / "destroyed").touch()
+                _write_file(node_dir / "destroyed", b"")
                 raise LocalError(
                     f"could not start node {node_id}: {launch.stderr.strip()}", driver=self
                 )
@@ -312,7 +436,7 @@ class LocalNodeDriver(NodeDriver):
         return sorted((n for n in nodes if n), key=lambda n: n.extra["started_at"] or "")
 
     def destroy_node(self, node: Node | str, ex_timeout: float = 5.0) -> bool:
-        """Stop the node's process group (TERM, then KILL after ex_timeout) and hide it.
+        """End every process of the node (TERM, then KILL after ex_timeout) and hide it.
 
         The node directory, with its log and work dir, stays on disk. Returns False for
         an unknown node id.
@@ -322,20 +446,14 @@ class LocalNodeDriver(NodeDriver):
         meta = self._meta(node_dir)
         if meta is None:
             return (self.ended_dir / node_id).is_dir()  # destroyed before: nothing left to do
-        pid, start = meta.get("pid"), meta.get("start_time")
-        if pid and start is not None and not self._pid_reused(pid, start):
-            self._signal_group(pid, start, signal.SIGTERM)
-            if not self._wait_group_gone(pid, start, ex_timeout):
-                self._signal_group(pid, start, signal.SIGKILL)
-                self._wait_group_gone(pid, start, 2.0)
-            _reap(pid, start)
+        self._end_processes(meta, ex_timeout)
         if meta.get("image") and meta.get("container_tool"):
             # Killing the client does not always stop the container itself.
             subprocess.run(
                 [meta["container_tool"], "rm", "-f", f"gitopsq-{meta['id']}"],
                 capture_output=True, timeout=30, check=False,
             )
-        (node_dir / "destroyed").touch()
+        _write_file(node_dir / "destroyed", b"")
         with self._lock(fcntl.LOCK_EX):
             with contextlib.suppress(OSError):
                 node_dir.rename(self.ended_dir / node_dir.name)
@@ -365,7 +483,7 @@ class LocalNodeDriver(NodeDriver):
     @contextlib.contextmanager
     def _lock(self, mode: int):
         # flock is per open file, so a fresh fd per call keeps threads and processes apart.
-        fd = os.open(self.state_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_private(self.state_dir / ".lock", os.O_RDWR)
         try:
             fcntl.flock(fd, mode)
             yield fd
@@ -405,12 +523,8 @@ class LocalNodeDriver(NodeDriver):
         if not running:
             _reap(pid, start)
         exit_code = finished_at = None
-        exit_file = node_dir / "exit_code"
-        if not running and exit_file.exists():
-            exit_code = int(exit_file.read_text().strip())
-            finished_at = dt.datetime.fromtimestamp(
-                exit_file.stat().st_mtime, dt.timezone.utc
-            ).isoformat(timespec="milliseconds")
+        if not running:
+            exit_code, finished_at = _exit_status(node_dir / "exit_code")
         destroyed = (node_dir / "destroyed").exists()
         if destroyed:
             state = NodeState.TERMINATED
@@ -435,30 +549,32 @@ class LocalNodeDriver(NodeDriver):
                     extra=extra, created_at=created)
 
     @staticmethod
-    def _pid_reused(pid: int, start: int) -> bool:
-        st = _proc_stat(pid)
-        return st is not None and st[2] != start
+    def _end_processes(meta: dict, timeout: float) -> None:
+        """TERM the node; after `timeout` KILL what is left, and 2 s later the wrapper too.
 
-    @staticmethod
-    def _signal_group(pgid: int, start: int, sig: int) -> None:
-        if _group_members(pgid, start):
-            try:
-                os.killpg(pgid, sig)
-            except ProcessLookupError:
-                pass
-
-    @staticmethod
-    def _wait_group_gone(pgid: int, start: int, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while _group_members(pgid, start):
-            if time.monotonic() >= deadline:
-                return False
-            _reap(pgid, start)
+        The wrapper of a node ends its run's processes itself on TERM and then records the exit
+        status, so it is the last thing killed: that way the status of a stopped run is kept.
+        """
+        pid, start = meta.get("pid"), meta.get("start_time")
+        processes, wrapper = _node_processes(meta)
+        if wrapper and meta.get("subreaper"):
+            _signal([wrapper], signal.SIGTERM)
+        else:  # an older wrapper (it traps TERM to the group), or a SIGKILLed one's leftovers
+            _signal(processes, signal.SIGTERM)
+        kill_at = time.monotonic() + timeout
+        while processes:
+            now = time.monotonic()
+            if now >= kill_at + 4.0:
+                log.warning("node %s: processes %s did not end", meta["id"], sorted(processes))
+                return
+            if now >= kill_at:
+                _signal(processes if now >= kill_at + 2.0 else processes - {wrapper}, signal.SIGKILL)
             time.sleep(0.05)
-        return True
+            _reap(pid, start)
+            processes, wrapper = _node_processes(meta)
 
     @staticmethod
-    def _node_env(ex_env: dict[str, str] | None, gpu_ids: list[int]) -> dict[str, str]:
+    def _node_env(ex_env: dict[str, str] | None, gpu_ids: list[int], node_id: str) -> dict[str, str]:
         # A clean env: the controller's own variables (tokens, credentials) stay out.
         env = {
             "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
@@ -468,6 +584,7 @@ class LocalNodeDriver(NodeDriver):
         }
         env.update({str(k): str(v) for k, v in (ex_env or {}).items()})
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpu_ids))
+        env[NODE_ENV] = node_id  # finds the node's processes wherever they went (see destroy_node)
         return env
 
     @staticmethod
@@ -549,8 +666,8 @@ class LocalAdapter:
 
     def _runtime(self, spec) -> str | None:
         if spec.image and self.driver._container_tool() is None:
-            return (f"image: the local provider runs images with docker or podman, and neither answered "
-                    f"'docker info' / 'podman info' on this machine")
+            return ("image: the local provider runs images with docker or podman, and neither answered "
+                    "'docker info' / 'podman info' on this machine")
         if spec.resources.shm_size is not None and not spec.image:
             return ("resources.shm_size: a process run on the local provider shares this machine's /dev/shm; "
                     "set image to run in a container with its own")
@@ -672,12 +789,13 @@ def _gpu_model_fits(model: tuple[str, float], gpu) -> bool:
     return True
 
 
-def make_local_provider(state_dir: Path, controller_id: str, slots: int | None = None, gpus: int | None = None):
+def make_local_provider(state_dir: Path, controller_id: str, slots: int | None = None, gpus: int | None = None,
+                        max_log_size: int | None = None):
     """The embedded default provider, through Libcloud's driver registry."""
     from libcloud.compute.providers import get_driver
 
     from gitopsq.providers.base import LibcloudProvider
 
     register()
-    driver = get_driver(PROVIDER)(state_dir, slots=slots, gpus=gpus)
+    driver = get_driver(PROVIDER)(state_dir, slots=slots, gpus=gpus, max_log_size=max_log_size)
     return LibcloudProvider(driver, LocalAdapter(driver), controller_id)
