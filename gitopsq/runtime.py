@@ -43,7 +43,7 @@ def open_store(db: str | None) -> Store:
 
 def make_provider(store: Store, opts: ProviderOptions):
     if opts.name == "local":
-        from gitopsq.providers.local import make_local_provider
+        from gitopsq.providers.local_adapter import make_local_provider
 
         return make_local_provider(log_dir_for(store.path), store.controller_id, opts.local_slots, opts.local_gpus,
                                    max_log_size=opts.max_log_size)

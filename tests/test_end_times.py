@@ -8,7 +8,8 @@ import pytest
 
 from gitopsq.controller import Controller, record_report
 from gitopsq.providers.base import log_dir_for
-from gitopsq.providers.local import LocalNodeDriver, make_local_provider
+from gitopsq.providers.local import LocalNodeDriver
+from gitopsq.providers.local_adapter import make_local_provider
 from gitopsq.source import ConfigRepo
 from gitopsq.store import Store
 from tests.fakes import Clock, FakeProvider

@@ -3,6 +3,7 @@ table in gitopsq.providers.fields (and the README) says: never accepted and sile
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -13,7 +14,8 @@ from gitopsq.providers import ec2
 from gitopsq.providers.base import Launch, log_dir_for
 from gitopsq.providers.cloud import CloudAdapter, user_data
 from gitopsq.providers.fields import CONTROLLER_FIELDS, EC2, FIELD_SUPPORT, LOCAL_CONTAINER, LOCAL_PROCESS, render_markdown, verdict
-from gitopsq.providers.local import LocalAdapter, LocalNodeDriver, make_local_provider
+from gitopsq.providers.local import LocalNodeDriver
+from gitopsq.providers.local_adapter import LocalAdapter, make_local_provider
 from gitopsq.providers.pythons import find_python
 from gitopsq.source import ConfigRepo
 from gitopsq.spec import load_schema, parse_run
@@ -169,3 +171,24 @@ def test_shm_size_on_a_process_run_is_refused_not_ignored(tmp_path, cleanup_node
     sub = store.current_submission("probe")
     assert (sub["status"], sub["reason"]) == ("failed", "unsatisfiable")
     assert sub["message"].startswith("resources.shm_size:")
+
+
+def test_a_container_run_gets_its_shm_size(tmp_path, monkeypatch, cleanup_nodes):
+    # A stand-in docker that answers `docker info`, records how it is run and runs the script as
+    # the container would: this machine has no container engine.
+    fake = tmp_path / "fakebin"
+    fake.mkdir()
+    record = tmp_path / "docker-args"
+    (fake / "docker").write_text(f'#!/bin/bash\n[ "$1" = run ] || exit 0\nprintf "%s\\n" "$@" > {record}\n'
+                                 'echo in-container\n')
+    (fake / "docker").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    store, controller = _controller(tmp_path, "type: task\nimage: ubuntu\nresources: {shm_size: 2GB}\ncommands: [echo hi]\n")
+    deadline = time.monotonic() + 30
+    while store.current_submission("probe") is None or store.current_submission("probe")["status"] not in ("done", "failed"):
+        assert time.monotonic() < deadline
+        controller.step()
+        time.sleep(0.05)
+    assert store.current_submission("probe")["status"] == "done", store.current_submission("probe")["message"]
+    args = record.read_text().splitlines()
+    assert args[args.index("--shm-size") + 1] == "2048m" and args.index("--shm-size") < args.index("ubuntu")

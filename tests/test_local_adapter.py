@@ -5,7 +5,8 @@ from __future__ import annotations
 import subprocess
 
 from gitopsq.providers.base import Launch, run_env, run_script
-from gitopsq.providers.local import LocalAdapter, LocalNodeDriver
+from gitopsq.providers.local import LocalNodeDriver
+from gitopsq.providers.local_adapter import LocalAdapter
 from gitopsq.spec import parse_run
 
 

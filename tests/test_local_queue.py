@@ -14,7 +14,8 @@ import pytest
 
 from gitopsq.controller import Controller, touch
 from gitopsq.providers.base import log_dir_for
-from gitopsq.providers.local import LocalNodeDriver, make_local_provider
+from gitopsq.providers.local import LocalNodeDriver
+from gitopsq.providers.local_adapter import make_local_provider
 from gitopsq.source import ConfigRepo
 from gitopsq.store import Store, listing
 from tests.fakes import Clock

@@ -9,7 +9,7 @@ import pytest
 
 from gitopsq.controller import Controller
 from gitopsq.providers.base import log_dir_for
-from gitopsq.providers.local import make_local_provider
+from gitopsq.providers.local_adapter import make_local_provider
 from gitopsq.queue import BACKOFF_SCHEDULE_S
 from gitopsq.source import ConfigRepo
 from gitopsq.store import Store

@@ -1,0 +1,196 @@
+"""The local machine as a gitopsq provider: how runs map onto the local Libcloud driver.
+
+A slot per run, GPUs by index, logs on disk (gitopsq.providers.local is the driver itself).
+What the machine can never run is refused before the run queues, field by field, as the table
+in gitopsq.providers.fields says.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from libcloud.compute.base import Node
+from libcloud.compute.types import NodeState
+
+from gitopsq.providers.local import PROVIDER, LocalCapacityError, LocalError, LocalImageError, LocalNodeDriver, register
+from gitopsq.providers.pythons import find_python
+
+
+class LocalAdapter:
+    """The local machine as a gitopsq provider: a slot per run, GPUs by index, logs on disk."""
+
+    name = "local"
+    reports_exit_codes = False  # the wrapper records the exit code; list_nodes reports it
+
+    def __init__(self, driver: LocalNodeDriver):
+        self.driver = driver
+
+    def demand(self, spec) -> dict[str, int]:
+        return {"slots": 1, "gpus": spec.resources.gpu_count}
+
+    def capacity(self, owned_running: int) -> dict[str, int]:
+        return self.driver.ex_capacity()
+
+    def unsatisfiable(self, spec) -> str | None:
+        """Why this machine can never run the spec (it would wait forever), or None.
+
+        Each field is honoured, checked or refused as gitopsq.providers.fields says.
+        """
+        for check in (self._placement, self._runtime, self._sizes, self._gpus):
+            why = check(spec)
+            if why:
+                return why
+        return None
+
+    def _placement(self, spec) -> str | None:
+        if spec.backends and "local" not in spec.backends:
+            return f"backends: this controller runs on the local provider, not {', '.join(spec.backends)}"
+        if spec.regions:
+            return f"regions: the local provider has no regions (asked for {', '.join(spec.regions)})"
+        if spec.spot_policy == "spot":
+            return "spot_policy: the local provider has no spot capacity; use on-demand or auto"
+        return None
+
+    def _runtime(self, spec) -> str | None:
+        if spec.image and self.driver._container_tool() is None:
+            return ("image: the local provider runs images with docker or podman, and neither answered "
+                    "'docker info' / 'podman info' on this machine")
+        if spec.resources.shm_size is not None and not spec.image:
+            return ("resources.shm_size: a process run on the local provider shares this machine's /dev/shm; "
+                    "set image to run in a container with its own")
+        if spec.python and find_python(spec.python) is None:
+            return (f"python: no Python {spec.python} on this machine for the local provider "
+                    f"(looked on PATH, in pyenv and uv); install it or change python")
+        return None
+
+    def _sizes(self, spec) -> str | None:
+        res = spec.resources
+        cpus = os.cpu_count() or 1
+        if res.cpu and res.cpu.min and res.cpu.min > cpus:
+            return f"resources.cpu: needs {res.cpu.min:g} CPUs; this machine has {cpus} (local provider)"
+        ram_gb = self._ram_gb()
+        if res.memory and res.memory.min and res.memory.min > ram_gb:
+            return f"resources.memory: needs {res.memory.min:g}GB; this machine has {ram_gb:.1f}GB (local provider)"
+        disk_gb = shutil.disk_usage(self.driver.state_dir).total / 1024**3
+        if res.disk and res.disk.min and res.disk.min > disk_gb:
+            return f"resources.disk: needs {res.disk.min:g}GB; the state directory's disk has {disk_gb:.0f}GB (local provider)"
+        return None
+
+    def _gpus(self, spec) -> str | None:
+        gpu = spec.resources.gpu
+        count = spec.resources.gpu_count
+        if count > self.driver.gpus:
+            return f"resources.gpu: needs {count} GPU(s); this machine has {self.driver.gpus} (--local-gpus)"
+        if gpu is None or count == 0 or not (gpu.vendor or gpu.names or gpu.memory or gpu.total_memory):
+            return None
+        models = gpu_models()
+        if models is None:
+            return ("resources.gpu: the local provider cannot tell this machine's GPU model or memory "
+                    "(nvidia-smi did not answer); ask for a count only, e.g. gpu: 1")
+        if gpu.vendor and gpu.vendor != "nvidia":
+            return f"resources.gpu: this machine's GPUs are NVIDIA, not {gpu.vendor} (local provider)"
+        fitting = sorted((m for m in models if _gpu_model_fits(m, gpu)), key=lambda m: -m[1])
+        total = sum(memory for _, memory in fitting[:count])
+        if len(fitting) < count or (gpu.total_memory and not gpu.total_memory.contains(round(total))):
+            have = ", ".join(f"{name} {memory:g}GB" for name, memory in models) or "none"
+            return f"resources.gpu: needs {count} GPU(s) matching it; this machine has {have} (local provider)"
+        return None
+
+    @functools.cache
+    def _ram_gb(self) -> float:
+        return self.driver.list_sizes()[0].ram / 1024  # the machine's memory does not change while we run
+
+    def create_args(self, launch, tags: dict[str, str]) -> dict:
+        from gitopsq.providers.base import run_env, run_script
+
+        spec = launch.spec
+        script = run_script(spec) if spec.commands or spec.type == "dev-environment" else ""
+        env = run_env(spec, launch)
+        if spec.python and not spec.image and "PATH" not in env:
+            env["PATH"] = f"{self._python_bin(spec.python)}:{os.environ.get('PATH', '/usr/local/bin:/usr/bin:/bin')}"
+        container_args = ()
+        if spec.image and spec.resources.shm_size is not None:
+            container_args = ("--shm-size", f"{int(math.ceil(spec.resources.shm_size * 1024))}m")
+        return dict(name=f"gq-{launch.run}-{launch.submission_id}", ex_script=script,
+                    ex_env=env, ex_gpus=spec.resources.gpu_count,
+                    ex_image=spec.image, ex_tags=tags, ex_container_args=container_args)
+
+    def _python_bin(self, version: str) -> Path:
+        """A folder whose python, python3 and pythonX.Y are the interpreter of that version."""
+        interpreter = find_python(version)
+        if interpreter is None:  # uninstalled since it was checked: the launch fails with the reason
+            raise LocalError(f"python: no Python {version} on this machine any more", driver=self.driver)
+        folder = self.driver.state_dir / "pythons" / version / "bin"
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in ("python", "python3", f"python{version}"):
+            link = folder / name
+            if not link.is_symlink() or os.readlink(link) != interpreter:
+                tmp = folder / f".{name}.tmp"
+                tmp.unlink(missing_ok=True)
+                tmp.symlink_to(interpreter)
+                os.replace(tmp, link)
+        return folder
+
+    def classify(self, exc: Exception):
+        from gitopsq.providers.base import CAPACITY, ERROR, ProviderError
+
+        if isinstance(exc, LocalCapacityError):
+            return ProviderError(CAPACITY, "no-free-slot", str(exc))
+        if isinstance(exc, LocalImageError):
+            return ProviderError(ERROR, "no-container-engine", str(exc))
+        return ProviderError(ERROR, type(exc).__name__, str(exc))
+
+    def list_owned(self, driver, controller_id: str) -> list[Node]:
+        from gitopsq.providers.base import TAG_CONTROLLER
+
+        return [n for n in driver.list_nodes() if (n.extra.get("tags") or {}).get(TAG_CONTROLLER) == controller_id]
+
+    def exit_code(self, node: Node):
+        extra = node.extra
+        return node.state == NodeState.RUNNING, extra.get("exit_code"), bool(extra.get("lost")), extra.get("log")
+
+
+@functools.cache
+def gpu_models() -> list[tuple[str, float]] | None:
+    """(model name, memory in GB) of each GPU nvidia-smi reports; None when it does not answer."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    models = []
+    for line in out.stdout.splitlines():
+        name, _, memory = line.rpartition(",")
+        if name.strip():
+            models.append((name.strip(), float(memory.strip() or 0) / 1024))
+    return models
+
+
+def _gpu_model_fits(model: tuple[str, float], gpu) -> bool:
+    """dstack names a GPU by its model (A100, H100); nvidia-smi says 'NVIDIA A100-SXM4-80GB'."""
+    name, memory = model
+    words = set(name.upper().replace("-", " ").split())
+    if gpu.names and not any(n.upper() in words or n.upper() in name.upper().split() for n in gpu.names):
+        return False
+    if gpu.memory and not gpu.memory.contains(round(memory)):
+        return False
+    return True
+
+
+def make_local_provider(state_dir: Path, controller_id: str, slots: int | None = None, gpus: int | None = None,
+                        max_log_size: int | None = None):
+    """The embedded default provider, through Libcloud's driver registry."""
+    from libcloud.compute.providers import get_driver
+
+    from gitopsq.providers.base import LibcloudProvider
+
+    register()
+    driver = get_driver(PROVIDER)(state_dir, slots=slots, gpus=gpus, max_log_size=max_log_size)
+    return LibcloudProvider(driver, LocalAdapter(driver), controller_id)
