@@ -179,31 +179,47 @@ def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, 
     queue), then exit.
     """
     from gitopsq.providers.base import ProviderConfigError
-    from gitopsq.runtime import make_controller, open_store
+    from gitopsq.runtime import make_controller, state_path
+    from gitopsq.source import SourceError
+    from gitopsq.store import Store
 
     opts = _provider_options(provider, local_slots, local_gpus, provider_opt, max_nodes, public_url)
-    store = open_store(db)
+    daemon_opts = None if once else _daemon_options(http, interval, webhook_secret_file, log_format)
+    if daemon_opts:
+        from gitopsq.daemon import interrupt_on_stop_signals
+
+        interrupt_on_stop_signals()  # a stop during start-up (a first clone can be slow) ends it cleanly
     try:
-        controller = make_controller(repo_location, branch, store, opts)
-    except ProviderConfigError as exc:  # bad --provider-opt, missing credentials or --public-url
+        controller = make_controller(repo_location, branch, Store(state_path(db)), opts)
+    except (ProviderConfigError, SourceError) as exc:  # bad --provider-opt or --repo, missing credentials
         raise click.ClickException(str(exc)) from None
-    if once:
-        result = controller.step(fetch=True)
-        for action in result.actions:
-            click.echo(f"{action.kind} {action.run}")
-        if controller.provider_health:
-            click.echo(controller.provider_health, err=True)
+    if daemon_opts is None:
+        _step_once(controller)
         return
+    from gitopsq.daemon import run_daemon
+
+    run_daemon(controller, daemon_opts)
+
+
+def _daemon_options(http: str, interval: str, webhook_secret_file: str | None, log_format: str):
     from pathlib import Path
 
-    from gitopsq.daemon import DaemonOptions, run_daemon
+    from gitopsq.daemon import DaemonOptions
     from gitopsq.spec import parse_duration
 
     if not re.fullmatch(r"[0-9]+[smhdw]?", interval):
         raise click.BadParameter("use seconds or 30s, 5m, 1h", param_hint="--interval")
     seconds = parse_duration(interval if interval[-1].isalpha() else int(interval))
     secret = Path(webhook_secret_file).read_bytes().strip() if webhook_secret_file else None
-    run_daemon(controller, DaemonOptions(None if http == "off" else http, float(seconds), secret, log_format))
+    return DaemonOptions(None if http == "off" else http, float(seconds), secret, log_format)
+
+
+def _step_once(controller) -> None:
+    result = controller.step(fetch=True)
+    for action in result.actions:
+        click.echo(f"{action.kind} {action.run}")
+    if controller.provider_health:
+        click.echo(controller.provider_health, err=True)
 
 
 @main.command()

@@ -19,8 +19,13 @@ class ProviderOptions:
     public_url: str | None = None
 
 
+def state_path(db: str | None) -> Path:
+    """The state database: --db, else $GITOPSQ_DB, else the user's state directory."""
+    return Path(db) if db else default_db_path()
+
+
 def open_store(db: str | None) -> Store:
-    return Store(Path(db) if db else default_db_path())
+    return Store(state_path(db))
 
 
 def make_provider(store: Store, opts: ProviderOptions):
