@@ -181,7 +181,7 @@ def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, 
     from gitopsq.providers.base import ProviderConfigError
     from gitopsq.runtime import make_controller, state_path
     from gitopsq.source import SourceError
-    from gitopsq.store import Store
+    from gitopsq.store import StateLocked, Store, controller_lock
 
     opts = _provider_options(provider, local_slots, local_gpus, provider_opt, max_nodes, public_url)
     daemon_opts = None if once else _daemon_options(http, interval, webhook_secret_file, log_format)
@@ -189,16 +189,21 @@ def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, 
         from gitopsq.daemon import interrupt_on_stop_signals
 
         interrupt_on_stop_signals()  # a stop during start-up (a first clone can be slow) ends it cleanly
+    path = state_path(db)
     try:
-        controller = make_controller(repo_location, branch, Store(state_path(db)), opts)
-    except (ProviderConfigError, SourceError) as exc:  # bad --provider-opt or --repo, missing credentials
-        raise click.ClickException(str(exc)) from None
-    if daemon_opts is None:
-        _step_once(controller)
-        return
-    from gitopsq.daemon import run_daemon
+        with controller_lock(path):  # held until this process exits: one controller per state
+            try:
+                controller = make_controller(repo_location, branch, Store(path), opts)
+            except (ProviderConfigError, SourceError) as exc:  # bad --provider-opt or --repo, missing credentials
+                raise click.ClickException(str(exc)) from None
+            if daemon_opts is None:
+                _step_once(controller)
+                return
+            from gitopsq.daemon import run_daemon
 
-    run_daemon(controller, daemon_opts)
+            run_daemon(controller, daemon_opts)
+    except StateLocked as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _daemon_options(http: str, interval: str, webhook_secret_file: str | None, log_format: str):
