@@ -227,18 +227,32 @@ def _step_once(controller) -> None:
         click.echo(controller.provider_health, err=True)
 
 
+# The statuses of a submission: plan.ACTIVE then store.FINISHED (not imported: the CLI starts fast).
+STATUSES = ("queued", "provisioning", "running", "stopping", "done", "failed", "cancelled")
+
+
+def _state(db: str | None, readonly: bool = True):
+    """The state for a command: read-only unless it records something; a wrong --db is an error."""
+    from gitopsq.runtime import open_existing_store, open_store_readonly
+    from gitopsq.store import StateError
+
+    try:
+        return open_store_readonly(db) if readonly else open_existing_store(db)
+    except StateError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 @main.command()
 @db_option
 @click.option("--all", "include_all", is_flag=True, help="Include runs whose file is gone.")
-@click.option("--status", help="Only runs whose current submission has this status.")
+@click.option("--status", type=click.Choice(STATUSES), help="Only runs whose current submission has this status.")
 @json_option
 def ps(db, include_all, status, as_json) -> None:
     """List runs in queue order: active ones by priority then first queued, then finished ones."""
-    from gitopsq.runtime import open_store
     from gitopsq.store import listing
     from gitopsq.views import print_json, runs_table
 
-    rows = listing(open_store(db), include_all, status)
+    rows = listing(_state(db), include_all, status)
     print_json(rows) if as_json else runs_table(rows)
 
 
@@ -247,12 +261,14 @@ def ps(db, include_all, status, as_json) -> None:
 @db_option
 @json_option
 def history(name, db, as_json) -> None:
-    """Every submission of run NAME, oldest first, with status, reason and log file."""
-    from gitopsq.runtime import open_store
+    """Every submission of run NAME, oldest first, with status, reason and log file.
+
+    The LOG column shows when the terminal is wide enough; --json always has log_path.
+    """
     from gitopsq.store import submissions
     from gitopsq.views import history_table, print_json
 
-    rows = submissions(open_store(db), run=name)
+    rows = submissions(_state(db), run=name)
     if not rows:
         raise click.ClickException(f"no run named {name!r}")
     print_json(rows) if as_json else history_table(rows)
@@ -266,10 +282,9 @@ def logs(name, db, number) -> None:
     """Print the output of run NAME (every attempt of the submission, oldest first)."""
     from pathlib import Path
 
-    from gitopsq.runtime import open_store
     from gitopsq.store import attempt_logs
 
-    store = open_store(db)
+    store = _state(db)
     rows = store.history(name)
     if not rows:
         raise click.ClickException(f"no run named {name!r}")
@@ -296,9 +311,11 @@ def touch(name, db) -> None:
     import time
 
     from gitopsq.controller import touch as record_touch
-    from gitopsq.runtime import open_store
 
-    if not record_touch(open_store(db), name, time.time()):
+    store = _state(db, readonly=False)
+    if store.run(name) is None:
+        raise click.ClickException(f"no run named {name!r}")
+    if not record_touch(store, name, time.time()):
         raise click.ClickException(f"run {name!r} is not active")
     click.echo(f"{name}: activity recorded")
 
