@@ -194,45 +194,80 @@ def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, 
     queue), then exit.
     """
     from gitopsq.providers.base import ProviderConfigError
-    from gitopsq.runtime import make_controller, open_store
+    from gitopsq.runtime import make_controller, state_path
+    from gitopsq.source import SourceError
+    from gitopsq.store import StateLocked, Store, controller_lock
 
     opts = _provider_options(provider, local_slots, local_gpus, provider_opt, max_nodes, public_url, max_log_size)
-    store = open_store(db)
+    daemon_opts = None if once else _daemon_options(http, interval, webhook_secret_file, log_format)
+    if daemon_opts:
+        from gitopsq.daemon import interrupt_on_stop_signals
+
+        interrupt_on_stop_signals()  # a stop during start-up (a first clone can be slow) ends it cleanly
+    path = state_path(db)
     try:
-        controller = make_controller(repo_location, branch, store, opts)
-    except ProviderConfigError as exc:  # bad --provider-opt, missing credentials or --public-url
+        with controller_lock(path):  # held until this process exits: one controller per state
+            try:
+                controller = make_controller(repo_location, branch, Store(path), opts)
+            except (ProviderConfigError, SourceError) as exc:  # bad --provider-opt or --repo, missing credentials
+                raise click.ClickException(str(exc)) from None
+            if daemon_opts is None:
+                _step_once(controller)
+                return
+            from gitopsq.daemon import run_daemon
+
+            run_daemon(controller, daemon_opts)
+    except StateLocked as exc:
         raise click.ClickException(str(exc)) from None
-    if once:
-        result = controller.step(fetch=True)
-        for action in result.actions:
-            click.echo(f"{action.kind} {action.run}")
-        if controller.provider_health:
-            click.echo(controller.provider_health, err=True)
-        return
+
+
+def _daemon_options(http: str, interval: str, webhook_secret_file: str | None, log_format: str):
     from pathlib import Path
 
-    from gitopsq.daemon import DaemonOptions, run_daemon
+    from gitopsq.daemon import DaemonOptions
     from gitopsq.spec import parse_duration
 
     if not re.fullmatch(r"[0-9]+[smhdw]?", interval):
         raise click.BadParameter("use seconds or 30s, 5m, 1h", param_hint="--interval")
     seconds = parse_duration(interval if interval[-1].isalpha() else int(interval))
     secret = Path(webhook_secret_file).read_bytes().strip() if webhook_secret_file else None
-    run_daemon(controller, DaemonOptions(None if http == "off" else http, float(seconds), secret, log_format))
+    return DaemonOptions(None if http == "off" else http, float(seconds), secret, log_format)
+
+
+def _step_once(controller) -> None:
+    result = controller.step(fetch=True)
+    for action in result.actions:
+        click.echo(f"{action.kind} {action.run}")
+    if controller.provider_health:
+        click.echo(controller.provider_health, err=True)
+
+
+# The statuses of a submission: plan.ACTIVE then store.FINISHED (not imported: the CLI starts fast).
+STATUSES = ("queued", "provisioning", "running", "stopping", "done", "failed", "cancelled")
+
+
+def _state(db: str | None, readonly: bool = True):
+    """The state for a command: read-only unless it records something; a wrong --db is an error."""
+    from gitopsq.runtime import open_existing_store, open_store_readonly
+    from gitopsq.store import StateError
+
+    try:
+        return open_store_readonly(db) if readonly else open_existing_store(db)
+    except StateError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.command()
 @db_option
 @click.option("--all", "include_all", is_flag=True, help="Include runs whose file is gone.")
-@click.option("--status", help="Only runs whose current submission has this status.")
+@click.option("--status", type=click.Choice(STATUSES), help="Only runs whose current submission has this status.")
 @json_option
 def ps(db, include_all, status, as_json) -> None:
     """List runs in queue order: active ones by priority then first queued, then finished ones."""
-    from gitopsq.runtime import open_store
     from gitopsq.store import listing
     from gitopsq.views import print_json, runs_table
 
-    rows = listing(open_store(db), include_all, status)
+    rows = listing(_state(db), include_all, status)
     print_json(rows) if as_json else runs_table(rows)
 
 
@@ -241,12 +276,14 @@ def ps(db, include_all, status, as_json) -> None:
 @db_option
 @json_option
 def history(name, db, as_json) -> None:
-    """Every submission of run NAME, oldest first, with status, reason and log file."""
-    from gitopsq.runtime import open_store
+    """Every submission of run NAME, oldest first, with status, reason and log file.
+
+    The LOG column shows when the terminal is wide enough; --json always has log_path.
+    """
     from gitopsq.store import submissions
     from gitopsq.views import history_table, print_json
 
-    rows = submissions(open_store(db), run=name)
+    rows = submissions(_state(db), run=name)
     if not rows:
         raise click.ClickException(f"no run named {name!r}")
     print_json(rows) if as_json else history_table(rows)
@@ -260,10 +297,9 @@ def logs(name, db, number) -> None:
     """Print the output of run NAME (every attempt of the submission, oldest first)."""
     from pathlib import Path
 
-    from gitopsq.runtime import open_store
     from gitopsq.store import attempt_logs
 
-    store = open_store(db)
+    store = _state(db)
     rows = store.history(name)
     if not rows:
         raise click.ClickException(f"no run named {name!r}")
@@ -306,9 +342,11 @@ def touch(name, db) -> None:
     import time
 
     from gitopsq.controller import touch as record_touch
-    from gitopsq.runtime import open_store
 
-    if not record_touch(open_store(db), name, time.time()):
+    store = _state(db, readonly=False)
+    if store.run(name) is None:
+        raise click.ClickException(f"no run named {name!r}")
+    if not record_touch(store, name, time.time()):
         raise click.ClickException(f"run {name!r} is not active")
     click.echo(f"{name}: activity recorded")
 

@@ -1,13 +1,18 @@
 """`gitopsq serve`: the controller step in a loop, woken by triggers and its own timers.
 
 One loop makes every decision; the HTTP server, the webhook and the ref watcher only wake it.
-SIGTERM/SIGINT: the current step finishes, nodes keep running, exit 0; the next start adopts them.
+The loop runs in a thread of its own, so the main thread is always free to take a signal.
+SIGTERM, SIGINT and SIGHUP stop the daemon: the current step finishes (a fetch is cancelled),
+nodes keep running, exit 0; the next start adopts them. A step still busy STOP_GRACE seconds
+after the signal is abandoned: exit 1, like a crash, which the next start recovers (every
+change is a transaction).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -16,6 +21,12 @@ from dataclasses import dataclass
 from gitopsq.controller import Controller
 
 log = logging.getLogger("gitopsq.daemon")
+
+# SIGHUP stops too: there is no configuration to reload (the options are flags, the run files
+# are read at every step), and it is what a closed terminal sends.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+STOP_GRACE = 3.0  # seconds a step may still run after a stop signal
+HTTP_STOP_TIMEOUT = 1.0  # seconds the HTTP server gets to close its connections
 
 
 @dataclass
@@ -32,9 +43,15 @@ class Loop:
         self.interval = interval
         self.event = threading.Event()
         self.stopping = False
+        self.stop_requested_at: float | None = None  # time.monotonic() of the first stop signal
+        self.crashed = False
         self.fetch_due = True  # first step fetches
         self.reasons: set[str] = set()
-        self.last_step_at: float | None = None
+        self.last_step_at: float | None = None  # when the last step ended, whatever its outcome
+        self.last_success_at: float | None = None
+        self.last_error: str | None = None  # one line; None while the last step succeeded
+        self.failures = 0  # failed steps since the start
+        self._failing = 0  # failed steps in a row
         self.last_fetch_at = 0.0
         self._lock = threading.Lock()
         self.on_step = None  # callable(seconds) for metrics
@@ -47,7 +64,11 @@ class Loop:
         self.event.set()
 
     def stop(self) -> None:
+        if self.stop_requested_at is None:
+            self.stop_requested_at = time.monotonic()
         self.stopping = True
+        if self.controller.repo is not None:
+            self.controller.repo.cancel_fetch()  # a fetch from a server that never answers must not hold the stop
         self.event.set()
 
     def run(self) -> None:
@@ -59,14 +80,9 @@ class Loop:
                 self.fetch_due = False
             self.event.clear()
             started = time.perf_counter()
-            try:
-                result = self.controller.step(fetch=fetch and repo is not None and repo.is_remote)
-            except Exception:  # a bad step must not kill the daemon; the next one retries
-                log.exception("controller step failed")
-                result = None
+            result = self._step(fetch=fetch and repo is not None and repo.is_remote)
             if fetch:
                 self.last_fetch_at = time.time()
-            self.last_step_at = time.time()
             if self.on_step:
                 self.on_step(time.perf_counter() - started)
             if result and result.actions:
@@ -75,6 +91,39 @@ class Loop:
             next_wake = result.next_wake if result else None
             timeout = self.interval if next_wake is None else max(0.0, min(self.interval, next_wake - time.time()))
             self.event.wait(timeout)
+
+    def _step(self, fetch: bool):
+        try:
+            result = self.controller.step(fetch=fetch)
+        except Exception as exc:  # a bad step must not kill the daemon; the next one retries
+            self._failed(exc)
+            return None
+        self.last_step_at = self.last_success_at = time.time()
+        if self._failing:
+            log.info("controller step succeeded after %d failed step(s)", self._failing)
+        self.last_error, self._failing = None, 0
+        return result
+
+    def _failed(self, exc: Exception) -> None:
+        self.last_step_at = time.time()
+        error = one_line(exc)
+        if self.stopping:
+            log.info("step ended by the stop: %s", error)
+            return
+        self.failures += 1
+        self._failing += 1
+        if error != self.last_error:
+            log.exception("controller step failed: %s", error)
+        else:  # the same failure again: no new traceback every interval
+            log.error("controller step failed (%d in a row): %s", self._failing, error)
+        self.last_error = error
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception as one line for /healthz and the dashboard: its type and first line."""
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 class JsonFormatter(logging.Formatter):
@@ -109,11 +158,13 @@ def _start_http(loop: Loop, controller: Controller, opts: DaemonOptions):
     def status() -> dict:
         return {"branch": controller.branch, "commit": controller.last_commit, "provider": controller.provider.name,
                 "provider_health": controller.provider_health, "last_step_at": loop.last_step_at,
-                "repo": controller.repo.display_location if controller.repo else None}
+                "last_success_at": loop.last_success_at, "last_step_error": loop.last_error,
+                "step_failures": loop.failures, "repo": controller.repo.display_location if controller.repo else None}
 
     host, _, port = opts.http.rpartition(":")
     app = create_app(controller.store.path, loop.wake, status, opts.webhook_secret, metrics)
-    server = uvicorn.Server(uvicorn.Config(app, host=host or "127.0.0.1", port=int(port), log_level="warning", access_log=False))
+    server = uvicorn.Server(uvicorn.Config(app, host=host or "127.0.0.1", port=int(port), log_level="warning", access_log=False,
+                                           timeout_graceful_shutdown=HTTP_STOP_TIMEOUT))
     thread = threading.Thread(target=server.run, name="http", daemon=True)
     thread.start()
     deadline = time.time() + 10
@@ -125,11 +176,48 @@ def _start_http(loop: Loop, controller: Controller, opts: DaemonOptions):
     return server, thread
 
 
+def interrupt_on_stop_signals() -> None:
+    """Until the loop runs (opening the state, a first clone): a stop signal raises KeyboardInterrupt,
+    which rolls back any transaction and kills a running fetch."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.default_int_handler)
+
+
+def _stop_on_signals(loop: Loop) -> None:
+    def handle(signum, frame) -> None:
+        if not loop.stopping:
+            log.info("%s received: finishing the current step, then stopping", signal.Signals(signum).name)
+        loop.stop()
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, handle)
+
+
+def _run_loop(loop: Loop) -> None:
+    try:
+        loop.run()
+    except BaseException:
+        log.exception("the controller loop ended on an unexpected error")
+        loop.crashed = True
+
+
+def _wait(worker: threading.Thread, loop: Loop) -> None:
+    """Wait for the loop to end; after a stop signal, STOP_GRACE seconds at most."""
+    while worker.is_alive():
+        worker.join(0.1)  # short: the signal handlers run in this thread, between these waits
+        stopping_for = time.monotonic() - loop.stop_requested_at if loop.stop_requested_at is not None else 0.0
+        if stopping_for >= STOP_GRACE and worker.is_alive():
+            log.error("the current step is still running %.0fs after the stop signal; exiting without finishing it "
+                      "(like a crash: the next start recovers)", STOP_GRACE)
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+            os._exit(1)  # the kernel releases the controller lock; nodes keep running
+
+
 def run_daemon(controller: Controller, opts: DaemonOptions) -> None:
     setup_logging(opts.log_format)
     loop = Loop(controller, opts.interval)
-    signal.signal(signal.SIGTERM, lambda *_: loop.stop())
-    signal.signal(signal.SIGINT, lambda *_: loop.stop())
+    _stop_on_signals(loop)
     watcher = None
     if controller.repo is not None and not controller.repo.is_remote:
         from gitopsq.watch import RefWatcher
@@ -141,12 +229,16 @@ def run_daemon(controller: Controller, opts: DaemonOptions) -> None:
         server, thread = _start_http(loop, controller, opts)
     log.info("watching %s (branch %s) with the %s provider", controller.repo.display_location if controller.repo else "-",
              controller.branch, controller.provider.name)
+    worker = threading.Thread(target=_run_loop, args=(loop,), name="controller", daemon=True)
+    worker.start()
     try:
-        loop.run()
+        _wait(worker, loop)
     finally:
         if watcher:
             watcher.stop()
         if server:
             server.should_exit = True
-            thread.join(timeout=5)
+            thread.join(timeout=HTTP_STOP_TIMEOUT)
         log.info("stopped; running nodes keep running and are adopted at the next start")
+    if loop.crashed:
+        raise SystemExit(1)

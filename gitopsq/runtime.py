@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gitopsq.providers.base import log_dir_for
-from gitopsq.store import Store, default_db_path
+from gitopsq.store import StateMissing, Store, default_db_path, open_readonly
 
 
 @dataclass
@@ -37,8 +37,26 @@ def parse_log_size(text: str) -> int:
     return size
 
 
+def state_path(db: str | None) -> Path:
+    """The state database: --db, else $GITOPSQ_DB, else the user's state directory."""
+    return Path(db) if db else default_db_path()
+
+
 def open_store(db: str | None) -> Store:
-    return Store(Path(db) if db else default_db_path())
+    return Store(state_path(db))
+
+
+def open_existing_store(db: str | None) -> Store:
+    """The state for a command that writes to it but must not create it (a wrong --db is an error)."""
+    path = state_path(db)
+    if not path.is_file():
+        raise StateMissing(path)
+    return Store(path)
+
+
+def open_store_readonly(db: str | None) -> Store:
+    """The state for a command that only reads it: never created, written or migrated."""
+    return open_readonly(state_path(db))
 
 
 def make_provider(store: Store, opts: ProviderOptions):

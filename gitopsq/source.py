@@ -18,7 +18,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import signal
+import subprocess
 import tempfile
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +33,7 @@ __all__ = ["ConfigRepo", "Change", "Entry", "SourceError", "is_remote_location"]
 
 SUBMODULE_MODE = "160000"
 FETCH_TIMEOUT = 300  # seconds; a hung network fetch must not stall the controller forever
+FETCH_POLL = 0.1  # seconds between looks at a running fetch: how soon cancel_fetch() takes effect
 
 # scp-like remote: user@host:path (a leading '/' or '.' makes it a local path)
 _SCP_LIKE = re.compile(r"^[^/@:\s]+@[^/:\s]+:")
@@ -205,20 +209,54 @@ class ConfigRepo:
         """The location with any credentials in a URL hidden, for logs and the dashboard."""
         return _redact(self.location)
 
+    _fetch_cancelled = False  # set by cancel_fetch(), from another thread
+
     def fetch(self) -> None:
-        """Remote: force-fetch the branch into the tracking ref. Local: nothing to do."""
+        """Remote: force-fetch the branch into the tracking ref. Local: nothing to do.
+
+        git runs as a process group of its own, killed on cancel_fetch() or after FETCH_TIMEOUT,
+        so a server that accepts and never answers cannot hold the controller."""
         if not self.is_remote:
             return
         refspec = f"+refs/heads/{self.branch}:{self._tip_ref}"  # '+': force-pushes are normal
+        code, stderr = self._git_killable("fetch", "--no-tags", "origin", refspec)
+        if code == 0:
+            return
+        if "couldn't find remote ref" in stderr:
+            # the branch does not exist (yet, or any more): mirror that, tip() is None
+            self.repo.git.update_ref("-d", self._tip_ref)
+            return
+        reason = stderr.strip().replace(self.location, _redact(self.location))
+        raise SourceError(f"fetch of {_redact(self.location)} failed: {reason}")
+
+    def cancel_fetch(self) -> None:
+        """End a running fetch at once and refuse later ones (the controller is stopping)."""
+        self._fetch_cancelled = True
+
+    def _git_killable(self, *args: str) -> tuple[int, str]:
+        """(exit code, stderr) of a git command that cancel_fetch() or FETCH_TIMEOUT can end."""
+        what = f"fetch of {_redact(self.location)}"
+        if self._fetch_cancelled:
+            raise SourceError(f"{what} cancelled")
+        env = {**os.environ, **self.repo.git.environment(), "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C", "LANGUAGE": ""}
+        proc = subprocess.Popen([git.Git.GIT_PYTHON_GIT_EXECUTABLE or "git", *args], cwd=self.repo.git_dir, env=env,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                start_new_session=True)  # its own group: the transport helpers die with it
+        deadline = time.monotonic() + FETCH_TIMEOUT
         try:
-            self.repo.git.fetch("--no-tags", "origin", refspec, kill_after_timeout=FETCH_TIMEOUT)
-        except git.GitCommandError as exc:
-            if "couldn't find remote ref" in str(exc.stderr):
-                # the branch does not exist (yet, or any more): mirror that, tip() is None
-                self.repo.git.update_ref("-d", self._tip_ref)
-                return
-            reason = _stderr(exc, self.location)
-            raise SourceError(f"fetch of {_redact(self.location)} failed: {reason}") from None
+            while True:
+                try:
+                    _, stderr = proc.communicate(timeout=FETCH_POLL)
+                    return proc.returncode, _decode(stderr)
+                except subprocess.TimeoutExpired:
+                    if self._fetch_cancelled:
+                        raise SourceError(f"{what} cancelled") from None
+                    if time.monotonic() > deadline:
+                        raise SourceError(f"{what} failed: no answer within {FETCH_TIMEOUT}s") from None
+        finally:  # also on KeyboardInterrupt: never leave a git process behind
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()
 
     def tip(self) -> str | None:
         """Commit sha of the tracked branch; None while the branch does not exist."""

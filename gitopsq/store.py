@@ -327,6 +327,120 @@ class Store:
         return self.conn.execute("SELECT * FROM events WHERE run = ? ORDER BY id DESC LIMIT ?", (run, limit)).fetchall()
 
 
+# --- opening the state for reading only --------------------------------------------------------
+
+class StateError(Exception):
+    """The state database is missing, not one, or of another schema."""
+
+
+class StateMissing(StateError):
+    def __init__(self, path: Path):
+        super().__init__(f"no gitopsq state at {path}; is --db right?")
+
+
+def open_readonly(path: str | Path) -> Store:
+    """The state at `path` for commands that only read: never created, written or migrated.
+
+    Works while a controller writes (WAL), and in a directory this user may not write to."""
+    path = Path(path)
+    if not path.is_file():
+        raise StateMissing(path)
+    conn = sqlite3.connect(_readonly_uri(path), uri=True, timeout=30, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    store = Store.__new__(Store)  # not __init__: that creates, migrates and writes
+    store.path, store.conn = path, conn
+    try:
+        store.db = sqlite_utils.Database(conn)
+        version = int(store.meta("schema_version") or 0)
+    except sqlite3.DatabaseError as exc:  # "file is not a database", "no such table: meta"
+        conn.close()
+        if isinstance(exc, sqlite3.OperationalError) and "no such table" not in str(exc):
+            raise StateError(f"cannot read the gitopsq state at {path}: {exc}") from None
+        raise StateError(f"{path} is not a gitopsq state database") from None
+    problem = _schema_problem(path, version)
+    if problem:
+        conn.close()
+        raise StateError(problem)
+    return store
+
+
+def _readonly_uri(path: Path) -> str:
+    from urllib.parse import quote
+
+    uri = f"file:{quote(str(path.absolute()))}?mode=ro"
+    # A WAL reader needs the -shm file, and cannot create it in a directory it may not write to.
+    # No -shm means no connection has the database open (a writer always has one): then the
+    # file is read as it is, without the shared-memory locks.
+    if not path.with_name(path.name + "-shm").exists() and not os.access(path.parent, os.W_OK):
+        uri += "&immutable=1"
+    return uri
+
+
+def _schema_problem(path: Path, version: int) -> str | None:
+    if version == 0:
+        return f"{path} is not a gitopsq state database"
+    if version < SCHEMA_VERSION:
+        return (f"{path} was written by an older gitopsq (schema {version}); start the controller (gitopsq serve) once "
+                "to upgrade it")
+    if version > SCHEMA_VERSION:
+        return f"{path} was written by a newer gitopsq (schema {version}); upgrade gitopsq"
+    return None
+
+
+# --- one controller per state ------------------------------------------------------------------
+
+class StateLocked(StateError):
+    """Another controller holds the state: running a second one would launch every run twice."""
+
+    def __init__(self, db_path: Path, pid: int | None, started_at: float | None):
+        self.db_path, self.pid, self.started_at = db_path, pid, started_at
+        started = _clock_time(started_at) if started_at else "at an unknown time"
+        super().__init__(f"another gitopsq controller (pid {pid or 'unknown'}, started {started}) holds {db_path}; "
+                         "stop it first")
+
+
+def lock_path(db_path: Path) -> Path:
+    return db_path.with_name(db_path.name + ".lock")
+
+
+@contextmanager
+def controller_lock(db_path: str | Path) -> Iterator[None]:
+    """Hold the state's controller lock for the block: an flock on a file beside the database,
+    with the holder's pid and start time in it. The kernel drops it when the process dies, even
+    by kill -9, so a crash never leaves a stale lock. Raises StateLocked when it is held."""
+    import fcntl
+
+    db_path = Path(db_path)
+    db_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(lock_path(db_path), os.O_RDWR | os.O_CREAT, 0o600)  # not inherited by launched nodes
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StateLocked(db_path, *_lock_holder(fd)) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "started_at": time.time()}).encode() + b"\n", 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock; the file stays (removing it would race with the next holder)
+
+
+def _lock_holder(fd: int) -> tuple[int | None, float | None]:
+    """(pid, started_at) as the holder wrote them; (None, None) if it has not written them yet."""
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return int(holder["pid"]), float(holder["started_at"])
+    except (ValueError, KeyError, TypeError):
+        return None, None
+
+
+def _clock_time(at: float) -> str:
+    """10:02:11 today, 2024-05-01 10:02:11 on another day."""
+    stamp = time.localtime(at)
+    same_day = stamp[:3] == time.localtime()[:3]
+    return time.strftime("%H:%M:%S" if same_day else "%Y-%m-%d %H:%M:%S", stamp)
+
+
 def _chunks(items: list, size: int = 500):
     """SQLite limits the number of parameters of one statement."""
     for start in range(0, len(items), size):

@@ -470,3 +470,39 @@ def test_tip_follows_loose_and_packed_refs(tmp_path):
         assert repo.tip() == run("rev-parse", "HEAD")
         run("commit", "-q", "--allow-empty", "-m", "two")
         assert repo.tip() == run("rev-parse", "HEAD")
+
+
+def test_a_hung_fetch_ends_when_cancelled_and_leaves_no_git_behind(tmp_path, work, upstream):
+    import threading
+
+    from tests.gitserver import DumbGitServer, processes_mentioning
+
+    first = commit(work, {"runs/a.yml": "a"})
+    git(work, "push", "-q", "origin", "main")
+    server = DumbGitServer(upstream)
+    try:
+        with ConfigRepo(server.url, state_dir=tmp_path / "state") as repo:
+            assert repo.tip() == first
+            server.hang()  # the server still accepts connections, and never answers
+            outcome = []
+
+            def fetch():
+                try:
+                    repo.fetch()
+                    outcome.append("returned")
+                except SourceError as exc:
+                    outcome.append(str(exc))
+
+            thread = threading.Thread(target=fetch, daemon=True)
+            thread.start()
+            assert server.held.wait(20), "git never reached the server"
+            repo.cancel_fetch()
+            thread.join(10)
+            assert not thread.is_alive(), "the fetch went on after cancel_fetch()"
+            assert outcome == [f"fetch of {server.url} cancelled"]
+            assert processes_mentioning(server.url) == []
+            with pytest.raises(SourceError, match="cancelled"):
+                repo.fetch()  # cancelled for good: the controller is stopping
+            assert repo.tip() == first
+    finally:
+        server.close()

@@ -8,7 +8,7 @@ import pytest
 import sqlite_utils
 
 from gitopsq import store as store_module
-from gitopsq.store import SCHEMA_VERSION, Store
+from gitopsq.store import SCHEMA_VERSION, StateLocked, Store, controller_lock
 
 
 def test_a_first_release_database_is_migrated(tmp_path):
@@ -48,3 +48,18 @@ def test_name_reuse_appends_and_status_changes_write_one_event(tmp_path):
     assert kinds.count("done") == 1 and kinds.count("submitted") == 2
     assert store.submission(first)["finished_at"] == 2.0
     assert store.submission(first)["token"] != store.submission(second)["token"]
+
+
+def test_the_controller_lock_names_its_holder_and_is_free_again_when_released(tmp_path):
+    import os
+
+    db = tmp_path / "state" / "gitopsq.db"
+    with controller_lock(db):
+        with pytest.raises(StateLocked) as held:
+            with controller_lock(db):
+                pass
+        assert held.value.pid == os.getpid()
+        assert str(held.value).startswith(f"another gitopsq controller (pid {os.getpid()}, started ")
+        assert str(held.value).endswith(f") holds {db}; stop it first")
+    with controller_lock(db):  # released at the end of the block
+        pass

@@ -18,7 +18,8 @@ from tests.webserver import add_run, running
 
 NOW = 1_800_000_000.0
 STATUS = {"branch": "main", "commit": "0123456789abcdef", "provider": "local", "provider_health": None,
-          "last_step_at": NOW - 2, "repo": "/srv/config.git"}
+          "last_step_at": NOW - 2, "last_success_at": NOW - 2, "last_step_error": None, "step_failures": 0,
+          "repo": "/srv/config.git"}
 
 
 @pytest.fixture
@@ -153,15 +154,23 @@ def test_report_needs_the_submissions_token(server):
     assert wake.calls == ["report"]
 
 
-def test_healthz_is_liveness_with_the_provider_health_in_the_body(tmp_path):
+def test_healthz_is_ok_only_while_steps_succeed_and_the_provider_answers(tmp_path):
     info = dict(STATUS)
     app = create_app(tmp_path / "s.db", Recorder(), lambda: info, None)
     with running(app) as url:
         reply = httpx.get(url + "/healthz")
-        assert reply.status_code == 200 and reply.json() == {"status": "ok", **STATUS}
+        assert reply.status_code == 200 and reply.json() == {"status": "ok", "reason": None, **STATUS}
         info["provider_health"] = "provider local: throttle: slow down"
         reply = httpx.get(url + "/healthz")
-        assert reply.status_code == 200 and reply.json()["provider_health"] == "provider local: throttle: slow down"
+        assert reply.status_code == 503
+        assert reply.json()["status"] == "degraded" and reply.json()["reason"] == "provider local: throttle: slow down"
+        info.update(provider_health=None, last_step_error="OperationalError: database or disk is full", step_failures=3)
+        reply = httpx.get(url + "/healthz")
+        assert reply.status_code == 503
+        assert reply.json()["reason"] == "last step failed: OperationalError: database or disk is full"
+        assert reply.json()["step_failures"] == 3
+        info.update(last_step_error=None)
+        assert httpx.get(url + "/healthz").json()["status"] == "ok"
 
 
 def test_openapi_lists_every_endpoint_with_models(server):
@@ -197,6 +206,8 @@ def test_metrics_from_the_store_and_the_daemon(server):
     assert samples[("gitopsq_queue_oldest_wait_seconds", ())] == 500  # "low", queued at NOW - 500
     assert samples[("gitopsq_provider_healthy", ())] == 1
     assert samples[("gitopsq_last_step_timestamp_seconds", ())] == NOW - 2
+    assert samples[("gitopsq_last_step_success", ())] == 1
+    assert samples[("gitopsq_step_failures_total", ())] == 0
 
     metrics.observe_reconcile(0.3)
     metrics.observe_reconcile(7)
@@ -215,6 +226,17 @@ def test_metrics_from_the_store_and_the_daemon(server):
     samples = scrape(client)
     assert samples[("gitopsq_queue_length", ())] == 2
     assert samples[("gitopsq_queue_oldest_wait_seconds", ())] == 300
+
+
+def test_metrics_count_failed_steps_and_keep_the_time_of_the_last_good_one(tmp_path):
+    info = {**STATUS, "last_step_at": NOW, "last_success_at": NOW - 60, "last_step_error": "SourceError: boom",
+            "step_failures": 4}
+    app = create_app(tmp_path / "s.db", Recorder(), lambda: info, None)
+    with running(app) as url:
+        samples = scrape(httpx.Client(base_url=url))
+    assert samples[("gitopsq_last_step_timestamp_seconds", ())] == NOW - 60
+    assert samples[("gitopsq_last_step_success", ())] == 0
+    assert samples[("gitopsq_step_failures_total", ())] == 4
 
 
 def test_two_apps_keep_their_own_metrics(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 from gitopsq.spec import Retry
 from gitopsq.store import Store
 from gitopsq.web import create_app
-from tests.browser import chromium, dump_dom, squash
+from tests.browser import chromium, dump_dom, parse, squash
 from tests.webserver import add_run, running
 
 NOW = 1_800_000_000.0
@@ -115,3 +115,19 @@ def test_run_history_page_shows_the_latest_log_tail(site):
 
     missing = httpx.get(url + "/runs/nope")
     assert missing.status_code == 404 and "No run named" in missing.text
+
+
+def test_a_failing_step_shows_in_the_header(tmp_path):
+    status = dict(STATUS, provider_health=None, last_step_error="OperationalError: database or disk is full",
+                  last_success_at=NOW - 300)
+    app = create_app(tmp_path / "state.db", lambda reason: None, lambda: status, None, clock=lambda: NOW)
+    with running(app) as url:
+        dom = parse(httpx.get(url + "/").text)
+        step = dom.one(cls="step-health")
+        assert step.attrs["data-ok"] == "false"
+        assert squash(step.text()) == "failed: OperationalError: database or disk is full"
+        assert squash(dom.one(cls="last-success").text()) == "5m00s ago"
+        status.update(last_step_error=None, last_success_at=NOW - 4)
+        dom = parse(httpx.get(url + "/").text)
+        assert dom.one(cls="step-health").attrs["data-ok"] == "true"
+        assert squash(dom.one(cls="last-step").text()) == "4s ago"

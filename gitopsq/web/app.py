@@ -32,7 +32,8 @@ def create_app(db_path: Path, wake: Callable[[str], None], status: Callable[[], 
 
     wake(reason): wakes the controller loop ("webhook", "report"); must return at once.
     status(): {"branch", "commit" (last reconciled), "provider", "provider_health" (None or a
-    message), "last_step_at", "repo"}, shown by /healthz and the dashboard.
+    message), "last_step_at" (the last step's end), "last_success_at" (the last successful one's),
+    "last_step_error" (None or one line), "step_failures", "repo"}, shown by /healthz and the dashboard.
     webhook_secret: None accepts every webhook (see gitopsq.web.webhook).
     metrics: the daemon's Metrics (it records reconcile durations and provider errors there).
     """
@@ -107,10 +108,17 @@ def create_app(db_path: Path, wake: Callable[[str], None], status: Callable[[], 
 
     app.include_router(webhook_router(webhook_secret, wake, metrics.webhook))
 
-    @app.get("/healthz", response_model=Health, tags=["daemon"])
+    @app.get("/healthz", response_model=Health, tags=["daemon"],
+             responses={503: {"model": Health, "description": "Degraded: the last step failed or the provider does not answer."}})
     def healthz():
-        """Liveness: 200 while the daemon serves; provider trouble shows in provider_health, not the code."""
-        return {**status(), "status": "ok"}
+        """ok (200) while steps succeed and the provider answers, else degraded (503) with the reason.
+
+        503, because a monitor that reads only the status code must see that a controller whose
+        steps all fail does nothing; the body says why."""
+        info = status()
+        state, reason = health(info)
+        body = {**info, "status": state, "reason": reason}
+        return body if state == "ok" else JSONResponse(Health(**body).model_dump(), status_code=503)
 
     @app.get("/metrics", response_class=Response, tags=["daemon"],
              responses={200: {"content": {CONTENT_TYPE.split(";")[0]: {}}, "description": "Prometheus text format."}})
@@ -132,3 +140,12 @@ def create_app(db_path: Path, wake: Callable[[str], None], status: Callable[[], 
         return page
 
     return app
+
+
+def health(info: dict) -> tuple[str, str | None]:
+    """("ok", None), or ("degraded", why): the last step failed, or the provider does not answer."""
+    if info.get("last_step_error"):
+        return "degraded", f"last step failed: {info['last_step_error']}"
+    if info.get("provider_health"):
+        return "degraded", info["provider_health"]
+    return "ok", None

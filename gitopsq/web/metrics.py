@@ -10,7 +10,7 @@ import time
 from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from gitopsq.store import Store
@@ -77,6 +77,12 @@ class StateCollector(Collector):
             info = self.status()
             yield GaugeMetricFamily("gitopsq_provider_healthy", "1 when the last provider call succeeded, else 0.",
                                     value=0 if info.get("provider_health") else 1)
+            yield CounterMetricFamily("gitopsq_step_failures", "Controller steps that failed (since the daemon started).",
+                                      value=info.get("step_failures") or 0)
             if info.get("last_step_at") is not None:
-                yield GaugeMetricFamily("gitopsq_last_step_timestamp_seconds", "When the controller last finished a step.",
-                                        value=info["last_step_at"])
+                yield GaugeMetricFamily("gitopsq_last_step_success", "1 when the last controller step succeeded, else 0.",
+                                        value=0 if info.get("last_step_error") else 1)
+            if info.get("last_success_at") is not None:
+                yield GaugeMetricFamily("gitopsq_last_step_timestamp_seconds",
+                                        "When the controller last finished a step successfully.",
+                                        value=info["last_success_at"])

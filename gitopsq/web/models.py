@@ -103,15 +103,19 @@ class Activity(BaseModel):
 
 
 class Health(BaseModel):
-    """Liveness: always 200 while the process serves; provider trouble is in provider_health."""
+    """ok while steps succeed and the provider answers; degraded (HTTP 503) otherwise, with the reason."""
 
     model_config = ConfigDict(extra="allow")
-    status: Literal["ok"]
+    status: Literal["ok", "degraded"]
+    reason: str | None = Field(None, description="null when ok, else why degraded (one line).")
     branch: str | None = None
     commit: str | None = Field(None, description="The last reconciled commit.")
     provider: str | None = None
     provider_health: str | None = Field(None, description="null when healthy, else the provider's problem.")
-    last_step_at: float | None = None
+    last_step_at: float | None = Field(None, description="When the last step ended, whatever its outcome.")
+    last_success_at: float | None = Field(None, description="When the last successful step ended.")
+    last_step_error: str | None = Field(None, description="null when the last step succeeded, else its error.")
+    step_failures: int = Field(0, description="Failed steps since the daemon started.")
     repo: str | None = None
 
 
