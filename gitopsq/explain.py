@@ -46,7 +46,7 @@ def wait_reason(row: dict, now: float) -> str:
             after = f"exit code {row['exit_code']}"
         parts.append(f"{after}; next attempt in {ago(row['next_try_at'] - now)}")
     elif row.get("needs") is None:
-        parts.append("new: decided at the next step")
+        parts.append("just queued")
     else:
         needs = row["needs"]
         wanted = [k for k, v in needs.items() if v] or list(needs)

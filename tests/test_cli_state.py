@@ -84,7 +84,7 @@ def test_a_file_that_is_not_a_state_is_an_error(tmp_path):
 def test_read_commands_work_in_a_read_only_directory(state, read_only):
     before = sorted(p.name for p in state.parent.iterdir())
     read_only(state.parent, state)
-    ps = run_cli("ps", "--db", str(state))
+    ps = run_cli("ps", "--db", str(state), env={"COLUMNS": "200"})
     assert ps.exit_code == 0, ps.output
     assert [line.split()[0] for line in ps.output.splitlines()[1:] if line.strip()] == ["train", "waiting", "finished"]
     history = run_cli("history", "train", "--db", str(state))

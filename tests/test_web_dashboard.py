@@ -65,7 +65,7 @@ def test_dashboard_in_chromium(site):
     cells = {r.attrs["data-name"]: {c: squash(r.one("td", c).text()) for c in ("status", "priority", "retry", "reason", "time")}
              for r in rows}
     assert [cells[name]["priority"] for name in ("early", "late", "train", "backoff", "low")] == ["5", "5", "3", "2", "1"]
-    assert cells["early"] == {"status": "queued", "priority": "5", "retry": "gives up in 50m00s", "reason": "new: decided at the next step",
+    assert cells["early"] == {"status": "queued", "priority": "5", "retry": "gives up in 50m00s", "reason": "just queued",
                               "time": "waiting 10m00s"}
     assert cells["late"]["retry"] == "waits forever"
     assert cells["backoff"]["retry"] == "2 attempt(s) failed; waits forever; next try in 1m30s"
