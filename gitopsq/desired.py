@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from gitopsq.config import CONFIG_FILE, RepoConfig, parse_config
+from gitopsq.config import CONFIG_FILE, RepoConfig, bad_name_problem, parse_config
 from gitopsq.plan import Desired
 from gitopsq.runset import duplicate_problem
 from gitopsq.source import ConfigRepo, Entry
@@ -109,7 +109,7 @@ def read_tree(repo: ConfigRepo, commit: str, cache: Mapping[str, FileRow] | None
                 if rows.pop(change.path, None) is not None:
                     removed.add(change.path)
             else:
-                entries[change.path] = Entry(change.path, change.new_blob, change.new_mode or "100644")
+                entries[change.path] = Entry(change.path, change.new_blob, change.new_mode or "100644", change.utf8_name)
         return _build(repo, commit, config, config_key, rows, entries, cache, config_problems, removed, previous)
     listing = repo.list_files(commit)
     config_entry = listing.get(CONFIG_FILE)
@@ -149,9 +149,9 @@ def _build(repo: ConfigRepo, commit: str, config: RepoConfig, config_key: str, r
     when their blob and config are the same, else parsed)."""
     to_parse: dict[str, Entry] = {}
     for path, entry in entries.items():
-        if entry.mode == SYMLINK_MODE:
-            problem = Problem(path, None, "", "is a symlink; run files must be regular files")
-            rows[path] = _row_from_result(path, entry.blob, config_key, [problem])
+        refused = _refused(entry)
+        if refused is not None:  # told without reading the blob
+            rows[path] = _row_from_result(path, entry.blob, config_key, [refused])
             continue
         cached = cache.get(path)
         if cached and cached.blob == entry.blob and cached.config == config_key:
@@ -176,6 +176,15 @@ def _build(repo: ConfigRepo, commit: str, config: RepoConfig, config_key: str, r
     if config_problems:
         state.problems[CONFIG_FILE] = config_problems
     return state
+
+
+def _refused(entry: Entry) -> Problem | None:
+    """Why a file in `paths` cannot be a run file whatever it holds, or None."""
+    if not entry.utf8_name:
+        return bad_name_problem(entry.path)
+    if entry.mode == SYMLINK_MODE:
+        return Problem(entry.path, None, "", "is a symlink; run files must be regular files")
+    return None
 
 
 def _row_problems(row: FileRow) -> list[Problem]:

@@ -26,6 +26,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import git
 
+from gitopsq.config import path_text
+
 __all__ = ["ConfigRepo", "Change", "Entry", "SourceError", "is_remote_location"]
 
 SUBMODULE_MODE = "160000"
@@ -44,9 +46,10 @@ class SourceError(Exception):
 class Entry:
     """One file at a commit."""
 
-    path: str
+    path: str  # as gitopsq names it: see config.path_text
     blob: str  # blob sha
     mode: str  # '100644', '100755', '120000' (symlink) ...
+    utf8_name: bool = True  # False: the name is not UTF-8 and `path` is its escaped form
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class Change:
     old_blob: str | None  # None when added
     new_blob: str | None  # None when deleted
     new_mode: str | None
+    utf8_name: bool = True  # see Entry
 
 
 def is_remote_location(location: str) -> bool:
@@ -81,11 +85,6 @@ def _stderr(exc: git.GitCommandError, location: str) -> str:
     """git's own message from a failed command, without the wrapper's framing or credentials."""
     text = re.sub(r"^\s*stderr: '(.*)'$", r"\1", str(exc.stderr or ""), flags=re.S).strip()
     return text.replace(location, _redact(location))
-
-
-def _decode(raw: bytes) -> str:
-    # surrogateescape keeps non-UTF-8 path bytes round-trippable
-    return raw.decode("utf-8", "surrogateescape")
 
 
 def _arg(ref: str) -> str:
@@ -124,13 +123,13 @@ def _parse_raw_diff(out: bytes) -> list[list[Change]]:
             i += 1
             continue
         old_mode, new_mode, old_sha, new_sha, _status = field[1:].decode("ascii").split(" ")
-        path = _decode(fields[i + 1])
+        path, utf8_name = path_text(fields[i + 1])
         i += 2
         old_blob, _ = _side(old_mode, old_sha)
         new_blob, mode = _side(new_mode, new_sha)
         if old_blob is None and new_blob is None:
             continue  # submodule-only change: not a file
-        groups[-1].append(Change(path, old_blob, new_blob, mode))
+        groups[-1].append(Change(path, old_blob, new_blob, mode, utf8_name))
     return groups
 
 
@@ -254,8 +253,8 @@ class ConfigRepo:
             meta, _, raw_path = record.partition(b"\t")
             mode, kind, sha = meta.decode("ascii").split(" ")
             if kind == "blob":
-                path = _decode(raw_path)
-                files[path] = Entry(path, sha, mode)
+                path, utf8_name = path_text(raw_path)
+                files[path] = Entry(path, sha, mode, utf8_name)
         return files
 
     def changed(self, base: str | None, head: str) -> list[Change] | None:

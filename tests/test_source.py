@@ -470,3 +470,22 @@ def test_tip_follows_loose_and_packed_refs(tmp_path):
         assert repo.tip() == run("rev-parse", "HEAD")
         run("commit", "-q", "--allow-empty", "-m", "two")
         assert repo.tip() == run("rev-parse", "HEAD")
+
+
+def test_names_that_are_not_utf8_are_escaped_and_flagged(work):
+    (work / "runs").mkdir()
+    for raw in (b"runs/caf\xe9.yml", b"runs/back\\slash.yml", b"runs/ok \xc3\xa9.yml"):
+        with open(bytes(work) + b"/" + raw, "wb") as handle:
+            handle.write(raw)
+    base = commit(work, {})
+    os.unlink(bytes(work) + b"/runs/caf\xe9.yml")
+    head = commit(work, {})
+    with ConfigRepo(str(work)) as repo:
+        files = repo.list_files(base)
+        assert sorted((e.path, e.utf8_name) for e in files.values()) == [
+            ("runs/back\\\\slash.yml", True),  # a backslash is doubled, so no real name equals an escaped one
+            ("runs/caf\\351.yml", False),
+            ("runs/ok é.yml", True),
+        ]
+        assert repo.changed(base, head) == [Change("runs/caf\\351.yml", blob_sha(b"runs/caf\xe9.yml"), None, None, False)]
+        assert repo.changed_many([head]) == [repo.changed(base, head)]

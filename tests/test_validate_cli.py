@@ -130,3 +130,26 @@ def test_installed_command_finds_its_schema(tmp_path: Path):
     result = subprocess.run([str(script), "validate", str(ROOT / "examples-repo")], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "4 valid, 0 invalid" in result.stderr
+
+
+def test_a_file_name_that_is_not_utf8_is_reported_escaped(tmp_path: Path, monkeypatch):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "ok.yml").write_text("type: task\ncommands: [echo]\n")
+    with open(bytes(runs) + b"/caf\xe9.yml", "wb") as handle:
+        handle.write(b"type: task\ncommands: [echo]\n")
+    monkeypatch.chdir(tmp_path)
+    for fmt in ("text", "github"):
+        result = run_cli("validate", "--format", fmt, ".")
+        assert result.exit_code == 1
+        assert "runs/caf\\351.yml" in result.output and "not UTF-8" in result.output
+    code, out = cli_json("validate", "--format", "json", ".")
+    assert code == 1
+    assert [(e["file"], e["line"], e["field"]) for e in out["errors"]] == [("runs/caf\\351.yml", None, "")]
+    assert [v["file"] for v in out["valid"]] == ["runs/ok.yml"]
+    # named on the command line: the same problem, the file is not read
+    code, out = cli_json("validate", "--format", "json", "runs/caf\udce9.yml")
+    assert [(e["file"], e["field"]) for e in out["errors"]] == [("runs/caf\\351.yml", "")]
+    # a folder or a missing file whose name is not UTF-8: reported escaped, never printed raw
+    result = run_cli("validate", "runs/gon\udce9.yml")
+    assert result.exit_code == 1 and "runs/gon\\351.yml: no such file or folder" in result.output
