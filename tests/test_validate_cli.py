@@ -153,3 +153,44 @@ def test_a_file_name_that_is_not_utf8_is_reported_escaped(tmp_path: Path, monkey
     # a folder or a missing file whose name is not UTF-8: reported escaped, never printed raw
     result = run_cli("validate", "runs/gon\udce9.yml")
     assert result.exit_code == 1 and "runs/gon\\351.yml: no such file or folder" in result.output
+
+
+MANIFEST = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 2\n"
+OWN_ERROR = "type: task\ncommands: [echo]\nretry:\n  duration: forever\n"
+
+
+def test_a_file_that_is_not_a_run_is_blamed_on_itself_inside_and_outside_a_config_repo(tmp_path: Path, monkeypatch):
+    from gitopsq.controller import Controller
+    from gitopsq.source import ConfigRepo
+    from gitopsq.store import Store
+    from tests.fakes import Clock, FakeProvider
+    from tests.helpers import GitRepo
+
+    repo = GitRepo(tmp_path / "repo")
+    repo.write(".gitopsq.yml", (ROOT / "examples-repo" / ".gitopsq.yml").read_text())  # it has defaults
+    repo.write("runs/deploy.yml", MANIFEST)
+    repo.write("runs/own.yml", OWN_ERROR)
+    repo.commit()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "deploy.yml").write_text(MANIFEST)
+    (outside / "own.yml").write_text(OWN_ERROR)
+
+    def found(errors):
+        return sorted((Path(e["file"]).name, e["line"], e["field"], e["message"]) for e in errors)
+
+    monkeypatch.chdir(outside)
+    _, alone = cli_json("validate", "--format", "json", "deploy.yml", "own.yml")
+    monkeypatch.chdir(repo.path)
+    _, inside = cli_json("validate", "--format", "json", ".")
+    _, named = cli_json("validate", "--format", "json", "runs/deploy.yml", "runs/own.yml")
+    assert found(inside["errors"]) == found(named["errors"]) == found(alone["errors"]) == [
+        ("deploy.yml", 1, "type", "required field is missing"),
+        ("own.yml", 4, "retry.duration", "'forever' is not a duration (use 30m, 1h, 2d or off)"),
+    ]
+    store = Store(tmp_path / "state.db")
+    with ConfigRepo(str(repo.path)) as source:
+        Controller(store, FakeProvider(), source, clock=Clock()).sync_git()
+    assert sorted((p["file"], p["line"], p["field"], p["message"]) for p in store.file_problems()) == sorted(
+        (e["file"], e["line"], e["field"], e["message"]) for e in inside["errors"])
+    store.close()
