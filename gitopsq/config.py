@@ -72,7 +72,7 @@ def parse_config(raw: bytes | None, file: str = CONFIG_FILE) -> RepoConfig:
     """Read `.gitopsq.yml`; a missing file means the defaults. Raises SpecError."""
     if raw is None:
         return RepoConfig()
-    loaded = load_yaml(raw, file)
+    loaded = load_yaml(raw, file, allow_empty=True)
     data = loaded.data
     if data is None:
         return RepoConfig()

@@ -133,6 +133,20 @@ def _parse_raw_diff(out: bytes) -> list[list[Change]]:
     return groups
 
 
+def _parse_ls_tree(out: bytes) -> dict[str, Entry]:
+    """Parse `ls-tree -z` output: '<mode> <type> <sha>' TAB <path> NUL per entry; blobs only."""
+    files: dict[str, Entry] = {}
+    for record in out.split(b"\0"):
+        if not record:
+            continue
+        meta, _, raw_path = record.partition(b"\t")
+        mode, kind, sha = meta.decode("ascii").split(" ")
+        if kind == "blob":
+            path, utf8_name = path_text(raw_path)
+            files[path] = Entry(path, sha, mode, utf8_name)
+    return files
+
+
 class ConfigRepo:
     """A config repository: a local path used in place, or a URL cloned under state_dir."""
 
@@ -245,17 +259,13 @@ class ConfigRepo:
 
     def list_files(self, commit: str) -> dict[str, Entry]:
         """Every blob at `commit`, by path. Symlinks (120000) are kept; submodules are not."""
-        out = self._run("ls_tree", "-r", "-z", "--full-tree", _arg(commit))
-        files: dict[str, Entry] = {}
-        for record in out.split(b"\0"):
-            if not record:
-                continue
-            meta, _, raw_path = record.partition(b"\t")
-            mode, kind, sha = meta.decode("ascii").split(" ")
-            if kind == "blob":
-                path, utf8_name = path_text(raw_path)
-                files[path] = Entry(path, sha, mode, utf8_name)
-        return files
+        return _parse_ls_tree(self._run("ls_tree", "-r", "-z", "--full-tree", _arg(commit)))
+
+    def entry(self, commit: str, path: str) -> Entry | None:
+        """The file at `path` at `commit`; None when there is none (or it is not a file)."""
+        # git reads the path as a pattern; of what it lists, only the exact path is taken
+        out = self._run("ls_tree", "-z", "--full-tree", _arg(commit), "--", path)
+        return _parse_ls_tree(out).get(path)
 
     def changed(self, base: str | None, head: str) -> list[Change] | None:
         """Files changed from `base` to `head`; None when base is None or gone (use the full tree)."""

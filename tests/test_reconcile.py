@@ -272,11 +272,12 @@ def test_broken_config_is_reported_and_stays_reported(env):
     repo.write(".gitopsq.yml", "paths: runs\n")
     repo.commit("break the config")
     sync(controller)
-    assert [(p["file"], p["field"]) for p in store.file_problems()] == [(".gitopsq.yml", "paths")]
+    shown = [(".gitopsq.yml", "paths"), (".gitopsq.yml", "")]  # the last valid config (none: built-in) stays
+    assert [(p["file"], p["field"]) for p in store.file_problems()] == shown
     repo.write("runs/b.yml", task("b"))
     repo.commit("another run")  # the one-diff path, with the broken config still in place
     assert sync(controller) == [("submit", "b")]
-    assert [(p["file"], p["field"]) for p in store.file_problems()] == [(".gitopsq.yml", "paths")]
+    assert [(p["file"], p["field"]) for p in store.file_problems()] == shown
 
 
 def test_broken_file_keeps_its_run_when_another_file_claims_the_name(env):
