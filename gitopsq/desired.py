@@ -19,7 +19,7 @@ from gitopsq.plan import Desired
 from gitopsq.runset import duplicate_problem
 from gitopsq.source import ConfigRepo, Entry
 from gitopsq.spec import RunSpec, parse_run
-from gitopsq.yamlload import Problem, SpecError
+from gitopsq.yamlload import MAX_FILE_BYTES, Problem, SpecError, too_large
 
 SYMLINK_MODE = "120000"
 
@@ -171,13 +171,20 @@ def read_config(repo: ConfigRepo, entry: Entry | None) -> AppliedConfig | list[P
     if entry.blob not in _configs:
         if len(_configs) > 16:
             _configs.clear()
-        raw = repo.read_blobs([entry.blob])[entry.blob]
-        try:
-            config = parse_config(raw)  # first: it refuses text that is not UTF-8
-            _configs[entry.blob] = AppliedConfig(entry.blob, raw.decode("utf-8"), config)
-        except SpecError as exc:
-            _configs[entry.blob] = exc.problems
+        _configs[entry.blob] = _parse_config_blob(repo, entry)
     return _configs[entry.blob]
+
+
+def _parse_config_blob(repo: ConfigRepo, entry: Entry) -> AppliedConfig | list[Problem]:
+    size = entry.size if entry.size is not None else repo.blob_sizes([entry.blob])[entry.blob]
+    if size > MAX_FILE_BYTES:
+        return [too_large(CONFIG_FILE, size)]  # refused unread, like a run file
+    raw = repo.read_blobs([entry.blob])[entry.blob]
+    try:
+        config = parse_config(raw)  # first: it refuses text that is not UTF-8
+    except SpecError as exc:
+        return exc.problems
+    return AppliedConfig(entry.blob, raw.decode("utf-8"), config)
 
 
 def _in_force(repo: ConfigRepo, entry: Entry | None, last_good: AppliedConfig | None) -> tuple[AppliedConfig | None, list[Problem]]:
@@ -209,6 +216,7 @@ def _build(repo: ConfigRepo, commit: str, applied: AppliedConfig, config_entry: 
             rows[path] = cached
         else:
             to_parse[path] = entry
+    _refuse_too_large(repo, to_parse, rows, config_key)
     blobs = repo.read_blobs({e.blob for e in to_parse.values()}) if to_parse else {}
     for path, entry in to_parse.items():
         try:
@@ -227,6 +235,20 @@ def _build(repo: ConfigRepo, commit: str, applied: AppliedConfig, config_entry: 
     if config_problems:
         state.problems[CONFIG_FILE] = config_problems
     return state
+
+
+def _refuse_too_large(repo: ConfigRepo, to_parse: dict[str, Entry], rows: dict[str, FileRow], config_key: str) -> None:
+    """Take files over the size limit out of to_parse, as problems: a 300 MB blob is never read.
+
+    A full listing gave every size; a diff gives none, so the few changed blobs are asked for theirs.
+    """
+    unknown = {e.blob for e in to_parse.values() if e.size is None}
+    sizes = repo.blob_sizes(unknown) if unknown else {}
+    for path, entry in list(to_parse.items()):
+        size = entry.size if entry.size is not None else sizes[entry.blob]
+        if size > MAX_FILE_BYTES:
+            rows[path] = _row_from_result(path, entry.blob, config_key, [too_large(path, size)])
+            del to_parse[path]
 
 
 def _refused(entry: Entry) -> Problem | None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gitopsq.config import CONFIG_FILE, RepoConfig, bad_name_problem, parse_config, path_text
-from gitopsq.yamlload import MAX_FILE_BYTES, Problem, SpecError
+from gitopsq.yamlload import MAX_FILE_BYTES, Problem, SpecError, too_large
 
 
 @dataclass
@@ -85,6 +86,14 @@ def _add(out: Collected, path: Path, display: str, config: RepoConfig) -> None:
         out.problems.append(Problem(display, None, "", "is a symlink; run files must be regular files"))
         return
     try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):  # a FIFO or a device would block or never end
+            out.problems.append(Problem(display, None, "", "is not a regular file"))
+            return
+        size = info.st_size
+        if size > MAX_FILE_BYTES:  # told from its size: a huge file is never read
+            out.problems.append(too_large(display, size))
+            return
         out.files[display] = _read(path)
     except OSError as exc:
         out.problems.append(Problem(display, None, "", f"cannot read: {exc.strerror}"))

@@ -50,6 +50,7 @@ class Entry:
     blob: str  # blob sha
     mode: str  # '100644', '100755', '120000' (symlink) ...
     utf8_name: bool = True  # False: the name is not UTF-8 and `path` is its escaped form
+    size: int | None = None  # bytes, when the listing gave it
 
 
 @dataclass(frozen=True)
@@ -134,16 +135,16 @@ def _parse_raw_diff(out: bytes) -> list[list[Change]]:
 
 
 def _parse_ls_tree(out: bytes) -> dict[str, Entry]:
-    """Parse `ls-tree -z` output: '<mode> <type> <sha>' TAB <path> NUL per entry; blobs only."""
+    """Parse `ls-tree -z -l` output: '<mode> <type> <sha> <size>' TAB <path> NUL per entry; blobs only."""
     files: dict[str, Entry] = {}
     for record in out.split(b"\0"):
         if not record:
             continue
         meta, _, raw_path = record.partition(b"\t")
-        mode, kind, sha = meta.decode("ascii").split(" ")
+        mode, kind, sha, size = meta.decode("ascii").split()  # the size is padded with spaces
         if kind == "blob":
             path, utf8_name = path_text(raw_path)
-            files[path] = Entry(path, sha, mode, utf8_name)
+            files[path] = Entry(path, sha, mode, utf8_name, int(size))
     return files
 
 
@@ -258,13 +259,14 @@ class ConfigRepo:
     # -- trees and diffs -----------------------------------------------------------
 
     def list_files(self, commit: str) -> dict[str, Entry]:
-        """Every blob at `commit`, by path. Symlinks (120000) are kept; submodules are not."""
-        return _parse_ls_tree(self._run("ls_tree", "-r", "-z", "--full-tree", _arg(commit)))
+        """Every blob at `commit`, by path, with its size. Symlinks (120000) are kept; submodules are not."""
+        # -l: sizes come with the listing (about 2 ms per 10,000 files), not one lookup per blob
+        return _parse_ls_tree(self._run("ls_tree", "-r", "-z", "-l", "--full-tree", _arg(commit)))
 
     def entry(self, commit: str, path: str) -> Entry | None:
         """The file at `path` at `commit`; None when there is none (or it is not a file)."""
         # git reads the path as a pattern; of what it lists, only the exact path is taken
-        out = self._run("ls_tree", "-z", "--full-tree", _arg(commit), "--", path)
+        out = self._run("ls_tree", "-z", "-l", "--full-tree", _arg(commit), "--", path)
         return _parse_ls_tree(out).get(path)
 
     def changed(self, base: str | None, head: str) -> list[Change] | None:
@@ -320,6 +322,14 @@ class ConfigRepo:
                 contents[sha] = self._read_object(sha, want="blob")
         return contents
 
+    def blob_sizes(self, blobs: Iterable[str]) -> dict[str, int]:
+        """Sizes of many blobs, without reading them, through one long-lived `cat-file --batch-check`."""
+        sizes: dict[str, int] = {}
+        for sha in blobs:
+            if sha not in sizes:
+                sizes[sha] = self._object_size(sha, want="blob")
+        return sizes
+
     def read_file(self, commit: str, path: str) -> bytes | None:
         """Contents of one file at `commit`; None when there is no such file."""
         if "\n" in path:
@@ -330,6 +340,20 @@ class ConfigRepo:
             return self._read_object(f"{_arg(commit)}:{path}", want="blob")
         except SourceError:
             return None
+
+    def _object_size(self, name: str, want: str) -> int:
+        check = self.repo.git.cat_file_header  # the wrapper's long-lived `cat-file --batch-check`
+        if check is not None and check.proc.poll() is not None:
+            self.repo.git.clear_cache()  # it died (killed?): the next call starts a new one
+        try:
+            _sha, kind, size = self.repo.git.get_object_header(name)
+        except ValueError:  # 'missing' (or 'ambiguous')
+            raise SourceError(f"no object {name!r} in {_redact(self.location)}") from None
+        if isinstance(kind, bytes):
+            kind = kind.decode("ascii")
+        if kind != want:
+            raise SourceError(f"{name!r} is a {kind}, not a {want}")
+        return size
 
     def _read_object(self, name: str, want: str) -> bytes:
         batch = self.repo.git.cat_file_all  # the wrapper's long-lived `cat-file --batch`

@@ -163,13 +163,13 @@ def test_list_files(work):
         "runs/team-a/deep/train.yml",
     ])
     assert files["runs/team-a/deep/train.yml"] == Entry(
-        "runs/team-a/deep/train.yml", blob_sha(b"name: train\n"), "100644"
+        "runs/team-a/deep/train.yml", blob_sha(b"name: train\n"), "100644", size=len(b"name: train\n")
     )
     assert files["runs/eval run é ✓.yml"].blob == blob_sha(b"name: eval\n")
     assert files["runs/line\nbreak.yml"].blob == blob_sha(b"name: odd\n")
     assert files["run.sh"].mode == "100755"
     # the symlink is kept (callers reject it); its blob is the link target
-    assert files["link.yml"] == Entry("link.yml", blob_sha(b"runs/team-a/deep/train.yml"), "120000")
+    assert files["link.yml"] == Entry("link.yml", blob_sha(b"runs/team-a/deep/train.yml"), "120000", size=26)
 
 
 def test_list_files_of_missing_commit_raises(work):
@@ -346,6 +346,22 @@ def test_read_blobs_recovers_when_the_process_dies(work):
         repo.repo.git.cat_file_all.proc.kill()
         repo.repo.git.cat_file_all.proc.wait()
         assert repo.read_blobs([sha]) == {sha: b"a"}
+
+
+def test_blob_sizes_without_reading(work):
+    head = commit(work, {"a.yml": "12345", "empty.yml": ""})
+    with ConfigRepo(str(work)) as repo:
+        files = repo.list_files(head)
+        assert (files["a.yml"].size, files["empty.yml"].size) == (5, 0)
+        assert repo.blob_sizes([files["a.yml"].blob, files["empty.yml"].blob]) == {files["a.yml"].blob: 5, files["empty.yml"].blob: 0}
+        assert repo.entry(head, "a.yml") == files["a.yml"] and repo.entry(head, "missing.yml") is None
+        repo.repo.git.cat_file_header.proc.kill()  # a dead process is replaced
+        repo.repo.git.cat_file_header.proc.wait()
+        assert repo.blob_sizes([files["a.yml"].blob]) == {files["a.yml"].blob: 5}
+        with pytest.raises(SourceError, match="no object"):
+            repo.blob_sizes(["1" * 40])
+        with pytest.raises(SourceError, match="not a blob"):
+            repo.blob_sizes([head])
 
 
 def test_read_file(work):

@@ -63,6 +63,14 @@ def test_too_large_file(tmp_path: Path):
     assert "limited to 256 KiB" in out["errors"][0]["message"]
 
 
+def test_a_huge_file_is_refused_with_its_real_size(tmp_path: Path):
+    with open(tmp_path / "huge.yml", "wb") as handle:
+        handle.truncate(300 * 1024 * 1024)  # sparse: costs no disk
+    code, out = cli_json("validate", "--format", "json", str(tmp_path / "huge.yml"))
+    assert code == 1
+    assert out["errors"][0]["message"] == "file is 307200 KiB; run files are limited to 256 KiB"
+
+
 def test_text_format_is_file_line_field_message(tmp_path: Path):
     (tmp_path / "a.yml").write_text("type: task\ncommands: [echo]\nretry:\n  duration: forever\n")
     result = run_cli("validate", str(tmp_path / "a.yml"))
@@ -194,3 +202,11 @@ def test_a_file_that_is_not_a_run_is_blamed_on_itself_inside_and_outside_a_confi
     assert sorted((p["file"], p["line"], p["field"], p["message"]) for p in store.file_problems()) == sorted(
         (e["file"], e["line"], e["field"], e["message"]) for e in inside["errors"])
     store.close()
+
+
+def test_a_fifo_is_reported_not_read(tmp_path: Path):
+    import os
+
+    os.mkfifo(tmp_path / "x.yml")  # opening it to read would wait for a writer forever
+    code, out = cli_json("validate", "--format", "json", str(tmp_path))
+    assert code == 1 and out["errors"][0]["message"] == "is not a regular file"
