@@ -17,7 +17,7 @@ from typing import Mapping
 from gitopsq.config import CONFIG_FILE, RepoConfig, bad_name_problem, parse_config
 from gitopsq.plan import Desired
 from gitopsq.runset import duplicate_problem
-from gitopsq.source import ConfigRepo, Entry
+from gitopsq.source import SUBMODULE_MODE, ConfigRepo, Entry
 from gitopsq.spec import RunSpec, parse_run
 from gitopsq.yamlload import MAX_FILE_BYTES, Problem, SpecError, too_large
 
@@ -166,8 +166,9 @@ def read_config(repo: ConfigRepo, entry: Entry | None) -> AppliedConfig | list[P
     """The config repo's settings from the entry of .gitopsq.yml (None: absent), or its problems."""
     if entry is None:
         return NO_CONFIG
-    if entry.mode == SYMLINK_MODE:
-        return [Problem(CONFIG_FILE, None, "", "is a symlink; .gitopsq.yml must be a regular file")]
+    if entry.mode in (SYMLINK_MODE, SUBMODULE_MODE):
+        what = "a symlink" if entry.mode == SYMLINK_MODE else "a submodule entry"
+        return [Problem(CONFIG_FILE, None, "", f"is {what}; .gitopsq.yml must be a regular file")]
     if entry.blob not in _configs:
         if len(_configs) > 16:
             _configs.clear()
@@ -257,6 +258,8 @@ def _refused(entry: Entry) -> Problem | None:
         return bad_name_problem(entry.path)
     if entry.mode == SYMLINK_MODE:
         return Problem(entry.path, None, "", "is a symlink; run files must be regular files")
+    if entry.mode == SUBMODULE_MODE:
+        return Problem(entry.path, None, "", "is a submodule entry; run files must be regular files")
     return None
 
 

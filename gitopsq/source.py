@@ -47,8 +47,8 @@ class Entry:
     """One file at a commit."""
 
     path: str  # as gitopsq names it: see config.path_text
-    blob: str  # blob sha
-    mode: str  # '100644', '100755', '120000' (symlink) ...
+    blob: str  # blob sha (a commit sha for a submodule entry)
+    mode: str  # '100644', '100755', '120000' (symlink), '160000' (submodule entry: not a file to read)
     utf8_name: bool = True  # False: the name is not UTF-8 and `path` is its escaped form
     size: int | None = None  # bytes, when the listing gave it
 
@@ -96,8 +96,8 @@ def _arg(ref: str) -> str:
 
 
 def _side(mode: str, sha: str) -> tuple[str | None, str | None]:
-    """(blob, mode) of one side of a raw diff; absent sides and submodules are None."""
-    if not sha.strip("0") or mode == SUBMODULE_MODE:  # all zeros: no object on this side
+    """(object, mode) of one side of a raw diff; an absent side is (None, None)."""
+    if not sha.strip("0"):  # all zeros: no object on this side
         return None, None
     return sha, mode
 
@@ -128,23 +128,21 @@ def _parse_raw_diff(out: bytes) -> list[list[Change]]:
         i += 2
         old_blob, _ = _side(old_mode, old_sha)
         new_blob, mode = _side(new_mode, new_sha)
-        if old_blob is None and new_blob is None:
-            continue  # submodule-only change: not a file
         groups[-1].append(Change(path, old_blob, new_blob, mode, utf8_name))
     return groups
 
 
 def _parse_ls_tree(out: bytes) -> dict[str, Entry]:
-    """Parse `ls-tree -z -l` output: '<mode> <type> <sha> <size>' TAB <path> NUL per entry; blobs only."""
+    """Parse `ls-tree -z -l` output: '<mode> <type> <sha> <size>' TAB <path> NUL per entry; no trees."""
     files: dict[str, Entry] = {}
     for record in out.split(b"\0"):
         if not record:
             continue
         meta, _, raw_path = record.partition(b"\t")
         mode, kind, sha, size = meta.decode("ascii").split()  # the size is padded with spaces
-        if kind == "blob":
+        if kind in ("blob", "commit"):  # a commit: a submodule entry, which has no size
             path, utf8_name = path_text(raw_path)
-            files[path] = Entry(path, sha, mode, utf8_name, int(size))
+            files[path] = Entry(path, sha, mode, utf8_name, int(size) if size.isdigit() else None)
     return files
 
 
@@ -259,7 +257,8 @@ class ConfigRepo:
     # -- trees and diffs -----------------------------------------------------------
 
     def list_files(self, commit: str) -> dict[str, Entry]:
-        """Every blob at `commit`, by path, with its size. Symlinks (120000) are kept; submodules are not."""
+        """Every file at `commit`, by path, with its size: symlinks (120000) and submodule entries
+        (160000) included, so that callers can refuse them by path rather than not see them."""
         # -l: sizes come with the listing (about 2 ms per 10,000 files), not one lookup per blob
         return _parse_ls_tree(self._run("ls_tree", "-r", "-z", "-l", "--full-tree", _arg(commit)))
 
@@ -335,7 +334,7 @@ class ConfigRepo:
         if "\n" in path:
             # batch input is line based; such paths go through the tree listing
             entry = self.list_files(commit).get(path)
-            return None if entry is None else self.read_blobs([entry.blob])[entry.blob]
+            return None if entry is None or entry.mode == SUBMODULE_MODE else self.read_blobs([entry.blob])[entry.blob]
         try:
             return self._read_object(f"{_arg(commit)}:{path}", want="blob")
         except SourceError:

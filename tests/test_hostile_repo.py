@@ -84,3 +84,192 @@ def test_a_huge_blob_is_refused_by_its_size_without_being_read(tmp_path):
         "without a valid config ever, the run files are not read at all"
     # Reading the blob costs more than 300 MB (363 MB measured); the interpreter and gitopsq about 60.
     assert result["peak_mib"] < 150, result["peak_mib"]
+
+
+# --- any tree a commit can hold -----------------------------------------------------------------
+
+import hashlib  # noqa: E402
+
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, given, note, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from gitopsq.controller import Controller  # noqa: E402
+from gitopsq.source import ConfigRepo  # noqa: E402
+from gitopsq.spec import SpecError, parse_run  # noqa: E402
+from gitopsq.store import Store  # noqa: E402
+from tests.fakes import Clock, FakeProvider  # noqa: E402
+
+CONFIG = (ROOT / "examples-repo" / ".gitopsq.yml").read_bytes()  # paths: runs/**/*.yml(aml); defaults: retry
+KEEPER, MOVER = b"runs/keeper.yml", b"runs/mover.yml"
+HUGE = MAX_FILE_BYTES + 1
+REGULAR, EXECUTABLE, SYMLINK, GITLINK = "100644", "100755", "120000", "160000"
+
+component = st.one_of(
+    st.binary(min_size=1, max_size=40).filter(lambda b: b"/" not in b and b"\0" not in b),
+    st.sampled_from([b"caf\xe9", b"line\nbreak", b'quo"te', b"back\\slash", b"tab\there", b"\xed\xa0\x80", b"\xff\xfe",
+                     b".", b"..", b".git", b"-rf", b"*", b"a" * 300, b"\xe2\x9c\x93 ok", b"x\r"]),
+).filter(lambda b: b not in (b"keeper", b"mover"))  # other files claiming the two runs' names: a duplicate, not junk
+name = st.builds(lambda folder, stem, ext: folder + stem + ext,
+                 st.sampled_from([b"runs/", b"runs/sub/", b"runs/dir.yml/", b"", b"docs/"]), component,
+                 st.sampled_from([b".yml", b".yaml", b"", b".txt"]))
+content = st.one_of(
+    st.binary(max_size=200),
+    st.just(b""),
+    st.just("huge"),  # a blob over the size limit
+    st.sampled_from([b"type: task\ncommands: [x\n", b"- a\n- b\n", b"type: task\ncommands: [echo hi]\n",
+                     b"type: service\ncommands: [x]\nport: 80\n", b"\xff\xfe\x00\x00" * 20,
+                     b"apiVersion: v1\nkind: Pod\n", b"a: &a [1,1,1,1]\nb: [*a,*a,*a,*a]\n"]),
+)
+entry = st.tuples(st.sampled_from([REGULAR, REGULAR, EXECUTABLE, SYMLINK, GITLINK]), content)
+keeper_turns = st.one_of(  # what the running run's own file can turn into: all invalid
+    st.tuples(st.sampled_from([REGULAR, EXECUTABLE]), st.sampled_from([b"", b"type: task\ncommands: [x\n", b"\xff\xfe junk",
+                                                                        b"type: nope\n", "huge", b"- a list\n"])),
+    st.tuples(st.just(SYMLINK), st.sampled_from([b"mover.yml", b"/etc/passwd", b"../" * 40])),
+    st.tuples(st.just(GITLINK), st.just(b"")),
+)
+config_turns = st.one_of(  # a broken .gitopsq.yml: the last valid one stays in force
+    st.tuples(st.just(REGULAR), st.sampled_from([b"paths: [runs\n", b"paths: 5\n", b"\xff\xfe", b"defaults: {name: x}\n", "huge"])),
+    st.tuples(st.just(SYMLINK), st.just(b"runs/keeper.yml")),
+)
+commit_ops = st.lists(st.one_of(
+    st.tuples(st.just("add"), name, entry),
+    st.tuples(st.just("delete"), st.integers(0, 50), st.none()),
+    st.tuples(st.just("keeper"), st.none(), keeper_turns),
+    st.tuples(st.just("config"), st.none(), config_turns),
+), min_size=1, max_size=5)
+
+
+class PlumbingRepo:
+    """A tree kept as {path bytes: (mode, object)} and committed with git plumbing, any byte name allowed."""
+
+    def __init__(self, repo: GitRepo):
+        self.repo = repo
+        self.files: dict[bytes, tuple[str, str]] = {}
+        self.head: str | None = None
+        self._blobs: dict[bytes, str] = {}
+
+    def git(self, *args: str, input: bytes | None = None) -> str:
+        return git(self.repo, *args, input=input)
+
+    def blob(self, data: bytes | str) -> str:
+        if data == "huge":
+            data = b"type: task\ncommands: [echo]\n" + b"#" * HUGE
+        if data not in self._blobs:
+            self._blobs[data] = self.git("hash-object", "-w", "--stdin", input=data)
+        return self._blobs[data]
+
+    def put(self, path: bytes, mode: str, data: bytes | str) -> None:
+        # A file and a folder cannot share a name: drop whatever is in the way.
+        for other in list(self.files):
+            if other.startswith(path + b"/") or path.startswith(other + b"/"):
+                del self.files[other]
+        if mode == GITLINK:
+            sha = hashlib.sha1(path + str(len(self.files)).encode()).hexdigest()  # a commit that need not exist
+        else:
+            sha = self.blob(data)
+        self.files[path] = (mode, sha)
+
+    def _tree(self, files: dict[bytes, tuple[str, str]]) -> str:
+        here: dict[bytes, tuple[str, str]] = {}
+        folders: dict[bytes, dict] = {}
+        for path, value in files.items():
+            first, slash, rest = path.partition(b"/")
+            if slash:
+                folders.setdefault(first, {})[rest] = value
+            else:
+                here[first] = value
+        lines = [f"{mode} {'commit' if mode == GITLINK else 'blob'} {sha}\t".encode() + n + b"\0" for n, (mode, sha) in here.items()]
+        lines += [f"040000 tree {self._tree(sub)}\t".encode() + n + b"\0" for n, sub in folders.items()]
+        return self.git("mktree", "-z", input=b"".join(lines))
+
+    def commit(self, message: str) -> str:
+        parents = ["-p", self.head] if self.head else []
+        self.head = self.git("commit-tree", self._tree(self.files), *parents, "-m", message)
+        self.git("update-ref", "refs/heads/main", self.head)
+        return self.head
+
+
+def is_valid_run(data: bytes | str, file: str) -> bool:
+    if data == "huge":
+        return False
+    try:
+        parse_run(data, file, {"retry": {"on_events": ["no-capacity"], "duration": "1h"}})
+        return True
+    except SpecError:
+        return False
+
+
+def check_hostile_commits(root, commits) -> None:
+    tree = PlumbingRepo(GitRepo(root / "repo"))
+    tree.put(b".gitopsq.yml", REGULAR, CONFIG)
+    tree.put(KEEPER, REGULAR, task("keeper", "sleep 1000").encode())
+    tree.put(MOVER, REGULAR, task("mover", "sleep 1000").encode())
+    tree.commit("start")
+    store = Store(root / "state.db")
+    provider = FakeProvider(slots=50)
+    source = ConfigRepo(str(tree.repo.path))
+    controller = Controller(store, provider, source, clock=Clock())
+    controller.step()
+    keeper = store.current_submission("keeper")
+    keeper_spec = keeper["spec"]
+    assert keeper["status"] == "running" and store.current_submission("mover")["status"] == "running"
+    for number, ops in enumerate(commits, start=1):
+        note(f"commit {number}: {ops!r}")
+        for kind, target, what in ops:
+            if kind == "add":
+                mode, data = what
+                tree.put(target, mode, data)
+            elif kind == "delete":
+                others = sorted(p for p in tree.files if p not in (KEEPER, MOVER, b".gitopsq.yml"))
+                if others:
+                    del tree.files[others[target % len(others)]]
+            elif kind == "keeper":
+                mode, data = what
+                tree.put(KEEPER, mode, data)
+            else:
+                mode, data = what
+                tree.put(b".gitopsq.yml", mode, data)
+        # keeper's file may have been swallowed by a folder of the same name: that is a deletion, not junk
+        if KEEPER not in tree.files:
+            tree.put(KEEPER, REGULAR, b"type: task\ncommands: [x\n")
+        if b".gitopsq.yml" not in tree.files:
+            tree.put(b".gitopsq.yml", REGULAR, b"paths: [runs\n")
+        # the unrelated edit, in the same commit
+        tree.put(MOVER, EXECUTABLE if number % 2 else REGULAR, task("mover", "sleep 1000", priority=number).encode())
+        head = tree.commit(f"hostile {number}")
+
+        controller.step()  # must not raise
+
+        assert store.cursor("main") == head
+        mover = store.current_submission("mover")
+        assert (mover["number"], mover["status"], mover["priority"]) == (1, "running", number), "the unrelated edit is applied"
+        now = store.current_submission("keeper")
+        assert (now["id"], now["status"], now["spec"]) == (keeper["id"], "running", keeper_spec), store.file_problems()
+        assert provider.stopped == []
+    # The store's view agrees with a full comparison of the tree (the same names on both paths).
+    fresh = Controller(Store(store.path), provider, ConfigRepo(str(tree.repo.path)), clock=Clock())
+    fresh.recovered = True
+    fresh.store.set_cursor("main", "0" * 40, 0)
+    _, actions = fresh.sync_git()
+    assert actions == []
+    assert fresh.store.file_problems() == store.file_problems()
+    fresh.repo.close()
+    source.close()
+    store.close()
+
+
+SUPPRESS = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=SUPPRESS)
+@given(st.lists(commit_ops, min_size=1, max_size=3))
+def test_hostile_commits_never_stop_or_mislead_the_sync(tmp_path_factory, commits):
+    check_hostile_commits(tmp_path_factory.mktemp("hostile"), commits)
+
+
+@pytest.mark.slow
+@settings(max_examples=300, deadline=None, suppress_health_check=SUPPRESS)
+@given(st.lists(commit_ops, min_size=1, max_size=6))
+def test_hostile_commits_never_stop_or_mislead_the_sync_long(tmp_path_factory, commits):
+    check_hostile_commits(tmp_path_factory.mktemp("hostile"), commits)

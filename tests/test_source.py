@@ -147,7 +147,7 @@ def test_list_files(work):
     (work / "run.sh").chmod(0o755)
     os.symlink("runs/team-a/deep/train.yml", work / "link.yml")
     git(work, "add", "-A")
-    # a submodule entry (gitlink) is not a file and must be skipped
+    # a submodule entry (gitlink) is listed, so that a caller can refuse it (it has no size)
     git(work, "update-index", "--add", "--cacheinfo", f"160000,{'a' * 40},vendor/sub")
     git(work, "commit", "-q", "-m", "tree")
     head = git(work, "rev-parse", "HEAD")
@@ -161,7 +161,9 @@ def test_list_files(work):
         "runs/eval run é ✓.yml",
         "runs/line\nbreak.yml",
         "runs/team-a/deep/train.yml",
+        "vendor/sub",
     ])
+    assert files["vendor/sub"] == Entry("vendor/sub", "a" * 40, "160000")
     assert files["runs/team-a/deep/train.yml"] == Entry(
         "runs/team-a/deep/train.yml", blob_sha(b"name: train\n"), "100644", size=len(b"name: train\n")
     )
@@ -486,6 +488,19 @@ def test_tip_follows_loose_and_packed_refs(tmp_path):
         assert repo.tip() == run("rev-parse", "HEAD")
         run("commit", "-q", "--allow-empty", "-m", "two")
         assert repo.tip() == run("rev-parse", "HEAD")
+
+
+def test_a_file_turned_into_a_submodule_entry_is_a_change_not_a_deletion(work):
+    base = commit(work, {"runs/a.yml": "a"})
+    git(work, "rm", "-q", "--cached", "runs/a.yml")
+    git(work, "update-index", "--add", "--cacheinfo", f"160000,{'b' * 40},runs/a.yml")
+    git(work, "commit", "-q", "-m", "a gitlink where a file was")
+    head = git(work, "rev-parse", "HEAD")
+    with ConfigRepo(str(work)) as repo:
+        assert repo.changed(base, head) == [Change("runs/a.yml", blob_sha(b"a"), "b" * 40, "160000")]
+        assert repo.changed_many([head]) == [repo.changed(base, head)]
+        assert repo.list_files(head)["runs/a.yml"].mode == "160000"
+        assert repo.read_file(head, "runs/a.yml") is None
 
 
 def test_names_that_are_not_utf8_are_escaped_and_flagged(work):
