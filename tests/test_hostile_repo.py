@@ -8,12 +8,21 @@ backslashes, very long; symlinks, submodule entries (gitlinks), executable files
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
 import textwrap
 
+import pytest
+from hypothesis import HealthCheck, given, note, settings
+from hypothesis import strategies as st
+
+from gitopsq.controller import Controller
+from gitopsq.source import ConfigRepo
+from gitopsq.store import Store
 from gitopsq.yamlload import MAX_FILE_BYTES
+from tests.fakes import Clock, FakeProvider
 from tests.helpers import ROOT, GitRepo, task
 
 
@@ -87,18 +96,6 @@ def test_a_huge_blob_is_refused_by_its_size_without_being_read(tmp_path):
 
 
 # --- any tree a commit can hold -----------------------------------------------------------------
-
-import hashlib  # noqa: E402
-
-import pytest  # noqa: E402
-from hypothesis import HealthCheck, given, note, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from gitopsq.controller import Controller  # noqa: E402
-from gitopsq.source import ConfigRepo  # noqa: E402
-from gitopsq.spec import SpecError, parse_run  # noqa: E402
-from gitopsq.store import Store  # noqa: E402
-from tests.fakes import Clock, FakeProvider  # noqa: E402
 
 CONFIG = (ROOT / "examples-repo" / ".gitopsq.yml").read_bytes()  # paths: runs/**/*.yml(aml); defaults: retry
 KEEPER, MOVER = b"runs/keeper.yml", b"runs/mover.yml"
@@ -188,16 +185,6 @@ class PlumbingRepo:
         self.head = self.git("commit-tree", self._tree(self.files), *parents, "-m", message)
         self.git("update-ref", "refs/heads/main", self.head)
         return self.head
-
-
-def is_valid_run(data: bytes | str, file: str) -> bool:
-    if data == "huge":
-        return False
-    try:
-        parse_run(data, file, {"retry": {"on_events": ["no-capacity"], "duration": "1h"}})
-        return True
-    except SpecError:
-        return False
 
 
 def check_hostile_commits(root, commits) -> None:
