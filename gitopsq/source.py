@@ -322,11 +322,22 @@ class ConfigRepo:
         return contents
 
     def blob_sizes(self, blobs: Iterable[str]) -> dict[str, int]:
-        """Sizes of many blobs, without reading them, through one long-lived `cat-file --batch-check`."""
-        sizes: dict[str, int] = {}
-        for sha in blobs:
-            if sha not in sizes:
-                sizes[sha] = self._object_size(sha, want="blob")
+        """Sizes of blobs, without reading them.
+
+        A few (one commit's) through the long-lived `cat-file --batch-check` (about 20 us each); many
+        (a catch-up over many commits) in one spawned run, which costs about 3 ms for a thousand.
+        """
+        wanted = list(dict.fromkeys(blobs))
+        if len(wanted) <= 32:
+            return {sha: self._object_size(sha, want="blob") for sha in wanted}
+        answers = self._run("cat_file", "--batch-check=%(objecttype) %(objectsize)",
+                            stdin="".join(f"{_arg(sha)}\n" for sha in wanted)).decode("ascii", "replace").splitlines()
+        sizes = {}
+        for sha, answer in zip(wanted, answers):
+            kind, _, size = answer.partition(" ")
+            if kind != "blob" or not size.isdigit():  # '<sha> missing', or another kind of object
+                raise SourceError(f"{sha!r} is not a blob in {_redact(self.location)}: {answer}")
+            sizes[sha] = int(size)
         return sizes
 
     def read_file(self, commit: str, path: str) -> bytes | None:

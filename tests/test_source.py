@@ -366,6 +366,16 @@ def test_blob_sizes_without_reading(work):
             repo.blob_sizes([head])
 
 
+def test_many_blob_sizes_in_one_run(work):
+    files = {f"r{i:02}.yml": "x" * i for i in range(60)}
+    head = commit(work, files)
+    with ConfigRepo(str(work)) as repo:
+        entries = repo.list_files(head)
+        assert repo.blob_sizes(e.blob for e in entries.values()) == {e.blob: e.size for e in entries.values()}
+        with pytest.raises(SourceError, match="not a blob"):
+            repo.blob_sizes([e.blob for e in entries.values()] + ["1" * 40])
+
+
 def test_read_file(work):
     (work / "runs").mkdir()
     os.symlink("../x.yml", work / "runs" / "link.yml")
