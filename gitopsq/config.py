@@ -31,6 +31,31 @@ def _glob_regex(pattern: str) -> re.Pattern:
     return re.compile(out + r"\Z")
 
 
+def path_text(raw: bytes) -> tuple[str, bool]:
+    """A path of the config repo as gitopsq names it (in SQLite, logs, the API), and whether it is UTF-8.
+
+    A UTF-8 name is itself. Any other name cannot be stored or shown as text, so it is named the
+    way git prints it: each byte that is not UTF-8 as an octal escape (`caf\\351.yml`) and each
+    backslash doubled. The escaped name is the same every time (so the file's later deletion
+    matches it), and a UTF-8 name holding a backslash is escaped too, so that no real name can
+    equal the escaped name of another file.
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and "\\" not in text:
+        return text, True
+    # surrogateescape turns each byte that is not UTF-8 into one code point U+DC80..U+DCFF
+    chars = raw.decode("utf-8", "surrogateescape")
+    escaped = "".join(f"\\{ord(c) - 0xDC00:03o}" if "\udc80" <= c <= "\udcff" else "\\\\" if c == "\\" else c for c in chars)
+    return escaped, text is not None
+
+
+def bad_name_problem(path: str) -> Problem:
+    return Problem(path, None, "", "the file name is not UTF-8 (shown with its bytes escaped); rename the file with a UTF-8 name")
+
+
 @dataclass(frozen=True)
 class RepoConfig:
     paths: tuple[str, ...] = DEFAULT_PATHS
@@ -47,7 +72,7 @@ def parse_config(raw: bytes | None, file: str = CONFIG_FILE) -> RepoConfig:
     """Read `.gitopsq.yml`; a missing file means the defaults. Raises SpecError."""
     if raw is None:
         return RepoConfig()
-    loaded = load_yaml(raw, file)
+    loaded = load_yaml(raw, file, allow_empty=True)
     data = loaded.data
     if data is None:
         return RepoConfig()

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from gitopsq import queue as q
-from gitopsq.desired import FileRow, read_tree
+from gitopsq.config import CONFIG_FILE
+from gitopsq.desired import AppliedConfig, FileRow, read_tree
 from gitopsq.plan import ACTIVE, absent, held, plan
 from gitopsq.providers.base import AUTH, CAPACITY, THROTTLE, UNSATISFIABLE, Launch, NodeStatus, Provider, ProviderError
 from gitopsq.source import ConfigRepo
@@ -58,6 +59,7 @@ class Controller:
         self.on_provider_error: Callable[[str], None] | None = None  # metrics hook: called with the kind
         self.last_commit: str | None = store.cursor(branch)
         self._tree = None  # the last reconciled tree (TreeState): the next commit patches it
+        self._blocked_at: str | None = None  # a tip not reconciled for want of any valid .gitopsq.yml
         self._specs: dict[int, tuple[str, RunSpec]] = {}  # see _spec
         self._unsatisfiable: dict[int, str | None] = {}  # submission id -> why nothing here can run it (None: it fits)
         self._forget_at = 2048  # cache size at which _forget_finished prunes
@@ -102,10 +104,15 @@ class Controller:
         cursor = self.store.cursor(self.branch)
         if tip is None or tip == cursor:
             return tip, []  # a missing branch never means "cancel everything"
+        if tip == self._blocked_at:
+            return None, []  # already reported; only a new commit can change that
         previous = self._tree
         cache = previous.files if previous else self._stored_files()
         base = cursor if cursor and cache else None
-        tree = read_tree(self.repo, tip, cache, base=base, previous=previous)
+        tree = read_tree(self.repo, tip, cache, base=base, previous=previous, last_good=self._last_good_config())
+        if tree.blocked:
+            self._not_reconciled(tip, tree)
+            return None, []
         # Only runs whose file changed can need an action: plan those, not all 10,000.
         affected = tree.touched_names(cache) | self.store.run_names_at(tree.touched)
         # Runs whose own file is broken while another file claims them are looked at every time,
@@ -131,11 +138,31 @@ class Controller:
             changed = [tree.files[p].as_dict() for p in tree.touched if p in tree.files]
             self.store.replace_files(changed, removed)
             self.store.replace_problems([p.as_dict() for p in problems])
+            if self.store.applied_config() != (tree.applied.key, tree.applied.text):
+                self.store.set_applied_config(tree.applied.key, tree.applied.text)  # outlives its blob
             self.store.set_cursor(self.branch, tip, now)
             self.store.event(None, None, "reconciled", {"commit": tip, "actions": len(actions), "parsed": tree.parsed,
                                                          "errors": len(problems)}, tip, now)
         self._tree = tree  # only once committed: after a failed transaction the store is the truth
+        self._blocked_at = None
         return tip, actions
+
+    def _last_good_config(self) -> AppliedConfig | None:
+        """The .gitopsq.yml in force while the branch's is broken: the last valid one applied."""
+        if self._tree is not None:
+            return self._tree.applied
+        stored = self.store.applied_config()
+        return AppliedConfig.from_text(*stored) if stored else None
+
+    def _not_reconciled(self, tip: str, tree) -> None:
+        """No valid .gitopsq.yml was ever applied: change nothing, move no cursor, show why."""
+        problems = tree.all_problems()
+        log.warning("%s at %s is not valid and no valid one was applied before: nothing is reconciled until it is fixed",
+                    CONFIG_FILE, tip[:12])
+        with self.store.transaction():
+            self.store.replace_problems([p.as_dict() for p in problems])
+            self.store.event(None, None, "not-reconciled", {"commit": tip, "errors": len(problems)}, tip, self.clock())
+        self._blocked_at = tip
 
     def _stored_files(self) -> dict[str, FileRow]:
         """The run files of the last reconciled tree as the store has them (after a start)."""

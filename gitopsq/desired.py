@@ -2,6 +2,10 @@
 
 A cache of the previous tree (path -> blob, config, result) lets an unchanged blob skip parsing;
 with a base commit the changed paths come from one `git diff-tree`, else from the full tree.
+
+A broken .gitopsq.yml changes no run: the last valid one stays in force (run files changed meanwhile
+are read with it) and the broken one's problems are shown. With no valid one ever, the tree is
+`blocked`: nothing is reconciled until it is fixed.
 """
 
 from __future__ import annotations
@@ -10,12 +14,12 @@ import json
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from gitopsq.config import CONFIG_FILE, RepoConfig, parse_config
+from gitopsq.config import CONFIG_FILE, RepoConfig, bad_name_problem, parse_config
 from gitopsq.plan import Desired
 from gitopsq.runset import duplicate_problem
-from gitopsq.source import ConfigRepo, Entry
+from gitopsq.source import SUBMODULE_MODE, ConfigRepo, Entry
 from gitopsq.spec import RunSpec, parse_run
-from gitopsq.yamlload import Problem, SpecError
+from gitopsq.yamlload import MAX_FILE_BYTES, Problem, SpecError, too_large
 
 SYMLINK_MODE = "120000"
 
@@ -35,6 +39,28 @@ class FileRow:
         return self.__dict__.copy()
 
 
+@dataclass(frozen=True)
+class AppliedConfig:
+    """A valid .gitopsq.yml: its blob id ("" when the repo has none), its text, and what it says."""
+
+    key: str
+    text: str
+    config: RepoConfig
+
+    @classmethod
+    def from_text(cls, key: str, text: str) -> AppliedConfig | None:
+        """Back from the store; None if it no longer parses (a newer gitopsq may be stricter)."""
+        try:
+            return cls(key, text, parse_config(text.encode() if key else None))
+        except SpecError:
+            return None
+
+
+NO_CONFIG = AppliedConfig("", "", RepoConfig())
+KEPT = "not applied: the last valid configuration stays in force until this file is fixed"
+NEVER_VALID = "no valid configuration has been applied yet: nothing is reconciled until this file is fixed"
+
+
 @dataclass
 class TreeState:
     commit: str
@@ -45,6 +71,13 @@ class TreeState:
     parsed: int = 0  # blobs parsed for this tree: what the cache saved is files - parsed
     touched: set[str] = field(default_factory=set)  # paths added, changed or removed since the cache's tree
     claims: dict[str, tuple[str, ...]] = field(default_factory=dict)  # run name -> the valid files naming it
+    applied: AppliedConfig | None = None  # the config the files were read with; None: blocked
+    config_entry: Entry | None = None  # .gitopsq.yml as it is at this commit (valid or not)
+
+    @property
+    def blocked(self) -> bool:
+        """No valid .gitopsq.yml ever: nothing may be reconciled from this tree."""
+        return self.applied is None
 
     @property
     def invalid_files(self) -> set[str]:
@@ -84,80 +117,107 @@ def _row_from_result(path: str, blob: str, config_key: str, result: RunSpec | li
 
 
 def read_tree(repo: ConfigRepo, commit: str, cache: Mapping[str, FileRow] | None = None, base: str | None = None,
-              previous: TreeState | None = None) -> TreeState:
+              previous: TreeState | None = None, last_good: AppliedConfig | None = None) -> TreeState:
     """Parse what changed since the cache's tree and return the whole desired state at commit.
 
     base: the commit the cache describes. Then one `git diff-tree` says which paths changed and
-    the rest of the tree is the cache (unless .gitopsq.yml changed: its paths and defaults apply
-    to every file, so the whole tree is listed and compared). previous: the state the cache came
-    from, if at hand: its name index is then patched for the changed paths instead of rebuilt.
+    the rest of the tree is the cache (unless the config in force changed: its paths and defaults
+    apply to every file, so the whole tree is listed and compared). previous: the state the cache
+    came from, if at hand: its name index is then patched for the changed paths instead of rebuilt.
+    last_good: the config in force while .gitopsq.yml is broken (default: previous's).
     """
     if previous is not None:
         cache = previous.files
+        last_good = last_good or previous.applied
     cache = cache or {}
-    config_key = next(iter(cache.values())).config if cache else None  # one config for the whole tree
+    cache_key = next(iter(cache.values())).config if cache else None  # one config for the whole tree
     changes = repo.changed(base, commit) if base and cache else None
     if changes is not None and not any(c.path == CONFIG_FILE for c in changes):
-        config, config_problems = _config_or_problems(repo, config_key)
-        rows = dict(cache)
-        entries: dict[str, Entry] = {}
-        removed = set()
-        for change in changes:
-            if not config.is_run_path(change.path):
-                continue
-            if change.new_blob is None:
-                if rows.pop(change.path, None) is not None:
-                    removed.add(change.path)
-            else:
-                entries[change.path] = Entry(change.path, change.new_blob, change.new_mode or "100644")
-        return _build(repo, commit, config, config_key, rows, entries, cache, config_problems, removed, previous)
+        # .gitopsq.yml is as it was at base
+        config_entry = previous.config_entry if previous is not None else repo.entry(commit, CONFIG_FILE)
+        applied, config_problems = _in_force(repo, config_entry, last_good)
+        if applied is not None and applied.key == cache_key:
+            rows = dict(cache)
+            entries: dict[str, Entry] = {}
+            removed = set()
+            for change in changes:
+                if not applied.config.is_run_path(change.path):
+                    continue
+                if change.new_blob is None:
+                    if rows.pop(change.path, None) is not None:
+                        removed.add(change.path)
+                else:
+                    entries[change.path] = Entry(change.path, change.new_blob, change.new_mode or "100644", change.utf8_name)
+            return _build(repo, commit, applied, config_entry, rows, entries, cache, config_problems, removed, previous)
     listing = repo.list_files(commit)
     config_entry = listing.get(CONFIG_FILE)
-    config_key = config_entry.blob if config_entry else ""
-    config, config_problems = _config_or_problems(repo, config_key)
-    entries = {p: e for p, e in listing.items() if config.is_run_path(p)}
+    applied, config_problems = _in_force(repo, config_entry, last_good)
+    if applied is None:
+        return TreeState(commit, RepoConfig(), {}, problems={CONFIG_FILE: config_problems}, config_entry=config_entry)
+    entries = {p: e for p, e in listing.items() if applied.config.is_run_path(p)}
     removed = {p for p in cache if p not in entries}
-    return _build(repo, commit, config, config_key, {}, entries, cache, config_problems, removed, None)
+    return _build(repo, commit, applied, config_entry, {}, entries, cache, config_problems, removed, None)
 
 
-_configs: dict[str, RepoConfig] = {}  # .gitopsq.yml by blob id: the same blob always reads the same
+_configs: dict[str, AppliedConfig | list[Problem]] = {}  # .gitopsq.yml by blob id: the same blob always reads the same
 
 
-def _config(repo: ConfigRepo, blob: str | None) -> RepoConfig:
-    """The config repo's settings from the blob of .gitopsq.yml ("" or None: absent). Raises SpecError."""
-    if not blob:
-        return RepoConfig()
-    if blob not in _configs:
+def read_config(repo: ConfigRepo, entry: Entry | None) -> AppliedConfig | list[Problem]:
+    """The config repo's settings from the entry of .gitopsq.yml (None: absent), or its problems."""
+    if entry is None:
+        return NO_CONFIG
+    if entry.mode in (SYMLINK_MODE, SUBMODULE_MODE):
+        what = "a symlink" if entry.mode == SYMLINK_MODE else "a submodule entry"
+        return [Problem(CONFIG_FILE, None, "", f"is {what}; .gitopsq.yml must be a regular file")]
+    if entry.blob not in _configs:
         if len(_configs) > 16:
             _configs.clear()
-        _configs[blob] = parse_config(repo.read_blobs([blob])[blob])
-    return _configs[blob]
+        _configs[entry.blob] = _parse_config_blob(repo, entry)
+    return _configs[entry.blob]
 
 
-def _config_or_problems(repo: ConfigRepo, blob: str | None) -> tuple[RepoConfig, list[Problem]]:
-    """A broken .gitopsq.yml is reported, and the defaults apply meanwhile."""
+def _parse_config_blob(repo: ConfigRepo, entry: Entry) -> AppliedConfig | list[Problem]:
+    size = entry.size if entry.size is not None else repo.blob_sizes([entry.blob])[entry.blob]
+    if size > MAX_FILE_BYTES:
+        return [too_large(CONFIG_FILE, size)]  # refused unread, like a run file
+    raw = repo.read_blobs([entry.blob])[entry.blob]
     try:
-        return _config(repo, blob), []
+        config = parse_config(raw)  # first: it refuses text that is not UTF-8
     except SpecError as exc:
-        return RepoConfig(), exc.problems
+        return exc.problems
+    return AppliedConfig(entry.blob, raw.decode("utf-8"), config)
 
 
-def _build(repo: ConfigRepo, commit: str, config: RepoConfig, config_key: str, rows: dict[str, FileRow],
+def _in_force(repo: ConfigRepo, entry: Entry | None, last_good: AppliedConfig | None) -> tuple[AppliedConfig | None, list[Problem]]:
+    """The config to read run files with, and the problems of .gitopsq.yml.
+
+    A broken one is reported and the last valid one applies meanwhile, so no run changes because
+    of it; with none ever valid, None: nothing is reconciled.
+    """
+    found = read_config(repo, entry)
+    if isinstance(found, AppliedConfig):
+        return found, []
+    return last_good, found + [Problem(CONFIG_FILE, None, "", KEPT if last_good else NEVER_VALID)]
+
+
+def _build(repo: ConfigRepo, commit: str, applied: AppliedConfig, config_entry: Entry | None, rows: dict[str, FileRow],
            entries: Mapping[str, Entry], cache: Mapping[str, FileRow], config_problems: list[Problem],
            removed: set[str], previous: TreeState | None) -> TreeState:
     """rows: the files known unchanged; entries: the files to take from git (reused from the cache
     when their blob and config are the same, else parsed)."""
+    config, config_key = applied.config, applied.key
     to_parse: dict[str, Entry] = {}
     for path, entry in entries.items():
-        if entry.mode == SYMLINK_MODE:
-            problem = Problem(path, None, "", "is a symlink; run files must be regular files")
-            rows[path] = _row_from_result(path, entry.blob, config_key, [problem])
+        refused = _refused(entry)
+        if refused is not None:  # told without reading the blob
+            rows[path] = _row_from_result(path, entry.blob, config_key, [refused])
             continue
         cached = cache.get(path)
         if cached and cached.blob == entry.blob and cached.config == config_key:
             rows[path] = cached
         else:
             to_parse[path] = entry
+    _refuse_too_large(repo, to_parse, rows, config_key)
     blobs = repo.read_blobs({e.blob for e in to_parse.values()}) if to_parse else {}
     for path, entry in to_parse.items():
         try:
@@ -167,7 +227,7 @@ def _build(repo: ConfigRepo, commit: str, config: RepoConfig, config_key: str, r
         rows[path] = _row_from_result(path, entry.blob, config_key, result)
 
     touched = {p for p in entries if cache.get(p) is not rows.get(p)} | removed
-    state = TreeState(commit, config, rows, parsed=len(to_parse), touched=touched)
+    state = TreeState(commit, config, rows, parsed=len(to_parse), touched=touched, applied=applied, config_entry=config_entry)
     if previous is None:
         _index_all(state)
     else:
@@ -176,6 +236,31 @@ def _build(repo: ConfigRepo, commit: str, config: RepoConfig, config_key: str, r
     if config_problems:
         state.problems[CONFIG_FILE] = config_problems
     return state
+
+
+def _refuse_too_large(repo: ConfigRepo, to_parse: dict[str, Entry], rows: dict[str, FileRow], config_key: str) -> None:
+    """Take files over the size limit out of to_parse, as problems: a 300 MB blob is never read.
+
+    A full listing gave every size; a diff gives none, so the few changed blobs are asked for theirs.
+    """
+    unknown = {e.blob for e in to_parse.values() if e.size is None}
+    sizes = repo.blob_sizes(unknown) if unknown else {}
+    for path, entry in list(to_parse.items()):
+        size = entry.size if entry.size is not None else sizes[entry.blob]
+        if size > MAX_FILE_BYTES:
+            rows[path] = _row_from_result(path, entry.blob, config_key, [too_large(path, size)])
+            del to_parse[path]
+
+
+def _refused(entry: Entry) -> Problem | None:
+    """Why a file in `paths` cannot be a run file whatever it holds, or None."""
+    if not entry.utf8_name:
+        return bad_name_problem(entry.path)
+    if entry.mode == SYMLINK_MODE:
+        return Problem(entry.path, None, "", "is a symlink; run files must be regular files")
+    if entry.mode == SUBMODULE_MODE:
+        return Problem(entry.path, None, "", "is a submodule entry; run files must be regular files")
+    return None
 
 
 def _row_problems(row: FileRow) -> list[Problem]:
@@ -241,7 +326,13 @@ def plan_refs(repo: ConfigRepo, base_ref: str, head_ref: str):
         if sha is None:
             raise SourceError(f"{ref!r} is not a commit of {repo.location}")
     before = read_tree(repo, base)
-    after = read_tree(repo, head, before.files, base=base)
+    if before.blocked:
+        # No valid config at base: read base with head's, so the plan shows what the run files change.
+        head_config = read_config(repo, repo.entry(head, CONFIG_FILE))
+        before = read_tree(repo, base, last_good=head_config if isinstance(head_config, AppliedConfig) else None)
+    after = read_tree(repo, head, base=base, previous=before) if not before.blocked else read_tree(repo, head)
+    if after.blocked:
+        return base, head, [], after.all_problems()
     known = {name: Known(name, d.file, d.spec, True, "running") for name, d in before.desired.items()}
     desired = after.desired
     stuck = held(desired, after.invalid_files, known)

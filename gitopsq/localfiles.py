@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gitopsq.config import CONFIG_FILE, RepoConfig, parse_config
-from gitopsq.yamlload import MAX_FILE_BYTES, Problem, SpecError
+from gitopsq.config import CONFIG_FILE, RepoConfig, bad_name_problem, parse_config, path_text
+from gitopsq.yamlload import MAX_FILE_BYTES, Problem, SpecError, too_large
 
 
 @dataclass
@@ -35,7 +36,8 @@ def _config_of(root: Path, display: str, out: Collected, cache: dict[Path, RepoC
     if root not in cache:
         config_path = root / CONFIG_FILE
         try:
-            cache[root] = parse_config(config_path.read_bytes() if config_path.exists() else None, _display(config_path, display))
+            shown = path_text(os.fsencode(_display(config_path, display)))[0]
+            cache[root] = parse_config(config_path.read_bytes() if config_path.exists() else None, shown)
         except SpecError as exc:
             out.problems.extend(exc.problems)
             cache[root] = RepoConfig()
@@ -56,7 +58,7 @@ def collect(paths: list[str]) -> Collected:
     for given in paths:
         path = Path(given)
         if not path.exists():
-            out.problems.append(Problem(given, None, "", "no such file or folder"))
+            out.problems.append(Problem(path_text(os.fsencode(given))[0], None, "", "no such file or folder"))
             continue
         if path.is_file():
             config = _config_of(find_root(path.resolve()), given, out, cache)
@@ -75,10 +77,23 @@ def collect(paths: list[str]) -> Collected:
 
 
 def _add(out: Collected, path: Path, display: str, config: RepoConfig) -> None:
+    # The name as the controller shows it: a name that is not UTF-8 is escaped, never printed raw.
+    display, utf8_name = path_text(os.fsencode(display))
+    if not utf8_name:
+        out.problems.append(bad_name_problem(display))
+        return
     if path.is_symlink():
         out.problems.append(Problem(display, None, "", "is a symlink; run files must be regular files"))
         return
     try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):  # a FIFO or a device would block or never end
+            out.problems.append(Problem(display, None, "", "is not a regular file"))
+            return
+        size = info.st_size
+        if size > MAX_FILE_BYTES:  # told from its size: a huge file is never read
+            out.problems.append(too_large(display, size))
+            return
         out.files[display] = _read(path)
     except OSError as exc:
         out.problems.append(Problem(display, None, "", f"cannot read: {exc.strerror}"))

@@ -144,8 +144,13 @@ def _unknown(name: str, known: set[str]) -> str:
     return "unknown field" + (f" (did you mean {close[0]!r}?)" if close else "")
 
 
-def schema_problems(data: Any, loaded: Loaded, file: str) -> list[Problem]:
-    """Every problem of one document, ordered by line."""
+def schema_problems(data: Any, loaded: Loaded, file: str, defaults: Mapping | None = None,
+                    defaults_file: str = ".gitopsq.yml") -> list[Problem]:
+    """Every problem of one document, ordered by line.
+
+    data is the document merged over `defaults`: a problem whose value the file did not write but
+    the defaults did is the defaults file's; any other (a field nobody wrote included) is the file's.
+    """
     if not isinstance(data, dict):
         return [Problem(file, loaded.line_of(()), "", f"a run file is a mapping of fields, got {_type_name(data)}")]
     found: list[tuple[tuple, str]] = []
@@ -156,8 +161,23 @@ def schema_problems(data: Any, loaded: Loaded, file: str) -> list[Problem]:
         allowed = allowed_fields(data["type"])
         supported = {k for k in allowed if "x-unsupported" not in load_schema()["properties"].get(k, {})}
         found.extend(((k,), _unknown(k, supported)) for k in data if k not in allowed)
-    problems = {(loaded.line_of(path) or 0, field_name(path), message) for path, message in found}
-    return [Problem(file, line or None, fld, msg) for line, fld, msg in sorted(problems)]
+    problems = {
+        (0, field_name(path), message, defaults_file) if defaults and _from_defaults(path, loaded.data, defaults)
+        else (loaded.line_of(path) or 0, field_name(path), message, file)
+        for path, message in found
+    }
+    return [Problem(owner, line or None, fld, msg) for line, fld, msg, owner in sorted(problems)]
+
+
+def _from_defaults(path: tuple, own: Any, defaults: Any) -> bool:
+    """True when the value at `path` comes from the defaults, not from the file (see merge_defaults)."""
+    for key in path:
+        if not isinstance(own, dict):
+            return False  # a list or scalar of the file replaced whatever the defaults said
+        if key not in own:
+            return isinstance(defaults, dict) and key in defaults
+        own, defaults = own[key], defaults.get(key) if isinstance(defaults, dict) else None
+    return False
 
 
 # --- the normalised spec ---------------------------------------------------------------------
@@ -404,13 +424,7 @@ def _parse_run(raw: bytes, file: str, defaults: Mapping, defaults_file: str) -> 
     data = loaded.data
     if isinstance(data, dict) and defaults:
         data = merge_defaults(defaults, data)
-    problems = schema_problems(data, loaded, file)
-    if defaults and isinstance(loaded.data, dict):
-        # A problem in a field the file did not write comes from the repo-wide defaults.
-        problems = [
-            Problem(defaults_file, None, p.field, p.message) if p.field and p.field.split(".")[0].split("[")[0] not in loaded.data else p
-            for p in problems
-        ]
+    problems = schema_problems(data, loaded, file, defaults, defaults_file)
     if problems:
         raise SpecError(problems)
 

@@ -182,6 +182,19 @@ class Store:
             rows,
         )
 
+    def applied_config(self) -> tuple[str, str] | None:
+        """(blob id, text) of the last valid .gitopsq.yml the controller applied ("", "": none in the repo).
+
+        Kept here, not looked up in git: it must outlive its blob (a force-push and a gc)."""
+        value = self.meta("applied_config")
+        if value is None:
+            return None
+        stored = json.loads(value)
+        return stored["blob"], stored["text"]
+
+    def set_applied_config(self, blob: str, text: str) -> None:
+        self.set_meta("applied_config", json.dumps({"blob": blob, "text": text}))
+
     def file_problems(self) -> list[dict]:
         rows = self.conn.execute("SELECT file, line, field, message FROM problems ORDER BY id")
         return [dict(row) for row in rows]

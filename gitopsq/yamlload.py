@@ -36,6 +36,11 @@ class Problem:
         return {"file": self.file, "line": self.line, "field": self.field, "message": self.message}
 
 
+def too_large(file: str, size: int) -> Problem:
+    """The problem of a file over MAX_FILE_BYTES (told from its size alone: it need not be read)."""
+    return Problem(file, None, "", f"file is {size // 1024} KiB; run files are limited to {MAX_FILE_BYTES // 1024} KiB")
+
+
 class SpecError(Exception):
     """A run file (or a set of them) is not valid; carries every problem found."""
 
@@ -70,10 +75,13 @@ class Loaded:
         return self.lines.get((), 1)
 
 
-def load_yaml(raw: bytes, file: str) -> Loaded:
-    """Parse raw bytes into data plus a line map, or raise SpecError."""
+def load_yaml(raw: bytes, file: str, allow_empty: bool = False) -> Loaded:
+    """Parse raw bytes into data plus a line map, or raise SpecError.
+
+    allow_empty: a document with no content (empty, or only comments) is data None, not an error.
+    """
     if len(raw) > MAX_FILE_BYTES:
-        raise SpecError([Problem(file, None, "", f"file is {len(raw) // 1024} KiB; run files are limited to {MAX_FILE_BYTES // 1024} KiB")])
+        raise SpecError([too_large(file, len(raw))])
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -95,6 +103,8 @@ def load_yaml(raw: bytes, file: str) -> Loaded:
         except yaml.YAMLError as exc:
             raise SpecError([Problem(file, None, "", f"YAML syntax error: {exc}")]) from None
         if node is None:
+            if allow_empty:
+                return Loaded(None, {(): 1})
             raise SpecError([Problem(file, 1, "", "the file is empty; a run file is a mapping with at least `type`")])
         lines: dict[Path, int] = {(): node.start_mark.line + 1}
         _walk(node, (), lines, file, [0])

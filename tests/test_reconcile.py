@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -271,11 +272,12 @@ def test_broken_config_is_reported_and_stays_reported(env):
     repo.write(".gitopsq.yml", "paths: runs\n")
     repo.commit("break the config")
     sync(controller)
-    assert [(p["file"], p["field"]) for p in store.file_problems()] == [(".gitopsq.yml", "paths")]
+    shown = [(".gitopsq.yml", "paths"), (".gitopsq.yml", "")]  # the last valid config (none: built-in) stays
+    assert [(p["file"], p["field"]) for p in store.file_problems()] == shown
     repo.write("runs/b.yml", task("b"))
     repo.commit("another run")  # the one-diff path, with the broken config still in place
     assert sync(controller) == [("submit", "b")]
-    assert [(p["file"], p["field"]) for p in store.file_problems()] == [(".gitopsq.yml", "paths")]
+    assert [(p["file"], p["field"]) for p in store.file_problems()] == shown
 
 
 def test_broken_file_keeps_its_run_when_another_file_claims_the_name(env):
@@ -296,3 +298,54 @@ def test_broken_file_keeps_its_run_when_another_file_claims_the_name(env):
     repo.commit("drop the broken file")
     assert sync(controller) == [("restart", "a")]
     assert store.run("a")["file"] == "runs/other.yml" and store.file_problems() == []
+
+
+def write_bytes_name(repo, rel: bytes, text: str) -> None:
+    """A file whose name is raw bytes (not necessarily UTF-8), written through the file system."""
+    os.makedirs(os.path.dirname(os.path.join(bytes(repo.path), rel)), exist_ok=True)
+    with open(os.path.join(bytes(repo.path), rel), "wb") as handle:
+        handle.write(text.encode())
+
+
+def test_a_file_name_that_is_not_utf8_is_a_problem_of_that_file_alone(env, tmp_path):
+    repo, store, provider, controller = env
+    repo.write("runs/b.yml", task("b", "sleep 100"))
+    repo.commit()
+    controller.step()
+    assert provider.running_runs() == ["a", "b"]
+    write_bytes_name(repo, b"runs/caf\xe9.yml", "type: task\ncommands: [echo hi]\n")
+    repo.write("runs/a.yml", task("a", priority=7))
+    repo.remove("runs/b.yml")
+    repo.commit("a latin-1 file name, an edit and a deletion")
+    controller.step()  # must not raise
+    assert store.cursor("main") == repo.head()
+    assert store.current_submission("a")["priority"] == 7, "the edit of another run is applied in the same step"
+    assert status(store, "b") == "cancelled", "the deletion of another run is applied in the same step"
+    problems = [(p["file"], p["line"], p["field"]) for p in store.file_problems()]
+    assert problems == [("runs/caf\\351.yml", None, "")]
+    assert "not UTF-8" in store.file_problems()[0]["message"] and "rename" in store.file_problems()[0]["message"]
+    # A restart reads the same identity back from the store, and the file's deletion matches it.
+    fresh = Controller(Store(store.path), provider, ConfigRepo(str(repo.path)), clock=Clock())
+    fresh.store.set_cursor("main", "0" * 40, 0)  # a full comparison against what the store recorded
+    fresh.step()
+    assert [p["file"] for p in fresh.store.file_problems()] == ["runs/caf\\351.yml"]
+    os.unlink(os.path.join(bytes(repo.path), b"runs/caf\xe9.yml"))
+    repo.commit("rename it away")
+    fresh.step()
+    assert fresh.store.file_problems() == []
+    assert [row["path"] for row in fresh.store.conn.execute("SELECT path FROM files ORDER BY path")] == ["runs/a.yml"]
+
+
+def test_escaped_names_never_collide_with_real_ones(env):
+    repo, store, provider, controller = env
+    # 'caf\351.yml' written literally (valid UTF-8, with a backslash) next to the latin-1 'caf\xe9.yml'
+    write_bytes_name(repo, b"runs/caf\\351.yml", task("literal"))
+    write_bytes_name(repo, b"runs/caf\xe9.yml", task("latin"))
+    repo.commit()
+    assert sorted(sync(controller)) == [("submit", "a"), ("submit", "literal")]
+    assert [p["file"] for p in store.file_problems()] == ["runs/caf\\351.yml"]
+    assert store.run("literal")["file"] == "runs/caf\\\\351.yml"
+    os.unlink(os.path.join(bytes(repo.path), b"runs/caf\xe9.yml"))
+    repo.commit("drop the latin-1 one")
+    assert sync(controller) == [], "deleting one never cancels the other"
+    assert store.file_problems() == []

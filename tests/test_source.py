@@ -147,7 +147,7 @@ def test_list_files(work):
     (work / "run.sh").chmod(0o755)
     os.symlink("runs/team-a/deep/train.yml", work / "link.yml")
     git(work, "add", "-A")
-    # a submodule entry (gitlink) is not a file and must be skipped
+    # a submodule entry (gitlink) is listed, so that a caller can refuse it (it has no size)
     git(work, "update-index", "--add", "--cacheinfo", f"160000,{'a' * 40},vendor/sub")
     git(work, "commit", "-q", "-m", "tree")
     head = git(work, "rev-parse", "HEAD")
@@ -161,15 +161,17 @@ def test_list_files(work):
         "runs/eval run é ✓.yml",
         "runs/line\nbreak.yml",
         "runs/team-a/deep/train.yml",
+        "vendor/sub",
     ])
+    assert files["vendor/sub"] == Entry("vendor/sub", "a" * 40, "160000")
     assert files["runs/team-a/deep/train.yml"] == Entry(
-        "runs/team-a/deep/train.yml", blob_sha(b"name: train\n"), "100644"
+        "runs/team-a/deep/train.yml", blob_sha(b"name: train\n"), "100644", size=len(b"name: train\n")
     )
     assert files["runs/eval run é ✓.yml"].blob == blob_sha(b"name: eval\n")
     assert files["runs/line\nbreak.yml"].blob == blob_sha(b"name: odd\n")
     assert files["run.sh"].mode == "100755"
     # the symlink is kept (callers reject it); its blob is the link target
-    assert files["link.yml"] == Entry("link.yml", blob_sha(b"runs/team-a/deep/train.yml"), "120000")
+    assert files["link.yml"] == Entry("link.yml", blob_sha(b"runs/team-a/deep/train.yml"), "120000", size=26)
 
 
 def test_list_files_of_missing_commit_raises(work):
@@ -348,6 +350,32 @@ def test_read_blobs_recovers_when_the_process_dies(work):
         assert repo.read_blobs([sha]) == {sha: b"a"}
 
 
+def test_blob_sizes_without_reading(work):
+    head = commit(work, {"a.yml": "12345", "empty.yml": ""})
+    with ConfigRepo(str(work)) as repo:
+        files = repo.list_files(head)
+        assert (files["a.yml"].size, files["empty.yml"].size) == (5, 0)
+        assert repo.blob_sizes([files["a.yml"].blob, files["empty.yml"].blob]) == {files["a.yml"].blob: 5, files["empty.yml"].blob: 0}
+        assert repo.entry(head, "a.yml") == files["a.yml"] and repo.entry(head, "missing.yml") is None
+        repo.repo.git.cat_file_header.proc.kill()  # a dead process is replaced
+        repo.repo.git.cat_file_header.proc.wait()
+        assert repo.blob_sizes([files["a.yml"].blob]) == {files["a.yml"].blob: 5}
+        with pytest.raises(SourceError, match="no object"):
+            repo.blob_sizes(["1" * 40])
+        with pytest.raises(SourceError, match="not a blob"):
+            repo.blob_sizes([head])
+
+
+def test_many_blob_sizes_in_one_run(work):
+    files = {f"r{i:02}.yml": "x" * i for i in range(60)}
+    head = commit(work, files)
+    with ConfigRepo(str(work)) as repo:
+        entries = repo.list_files(head)
+        assert repo.blob_sizes(e.blob for e in entries.values()) == {e.blob: e.size for e in entries.values()}
+        with pytest.raises(SourceError, match="not a blob"):
+            repo.blob_sizes([e.blob for e in entries.values()] + ["1" * 40])
+
+
 def test_read_file(work):
     (work / "runs").mkdir()
     os.symlink("../x.yml", work / "runs" / "link.yml")
@@ -506,3 +534,35 @@ def test_a_hung_fetch_ends_when_cancelled_and_leaves_no_git_behind(tmp_path, wor
             assert repo.tip() == first
     finally:
         server.close()
+
+
+def test_a_file_turned_into_a_submodule_entry_is_a_change_not_a_deletion(work):
+    base = commit(work, {"runs/a.yml": "a"})
+    git(work, "rm", "-q", "--cached", "runs/a.yml")
+    git(work, "update-index", "--add", "--cacheinfo", f"160000,{'b' * 40},runs/a.yml")
+    git(work, "commit", "-q", "-m", "a gitlink where a file was")
+    head = git(work, "rev-parse", "HEAD")
+    with ConfigRepo(str(work)) as repo:
+        assert repo.changed(base, head) == [Change("runs/a.yml", blob_sha(b"a"), "b" * 40, "160000")]
+        assert repo.changed_many([head]) == [repo.changed(base, head)]
+        assert repo.list_files(head)["runs/a.yml"].mode == "160000"
+        assert repo.read_file(head, "runs/a.yml") is None
+
+
+def test_names_that_are_not_utf8_are_escaped_and_flagged(work):
+    (work / "runs").mkdir()
+    for raw in (b"runs/caf\xe9.yml", b"runs/back\\slash.yml", b"runs/ok \xc3\xa9.yml"):
+        with open(bytes(work) + b"/" + raw, "wb") as handle:
+            handle.write(raw)
+    base = commit(work, {})
+    os.unlink(bytes(work) + b"/runs/caf\xe9.yml")
+    head = commit(work, {})
+    with ConfigRepo(str(work)) as repo:
+        files = repo.list_files(base)
+        assert sorted((e.path, e.utf8_name) for e in files.values()) == [
+            ("runs/back\\\\slash.yml", True),  # a backslash is doubled, so no real name equals an escaped one
+            ("runs/caf\\351.yml", False),
+            ("runs/ok é.yml", True),
+        ]
+        assert repo.changed(base, head) == [Change("runs/caf\\351.yml", blob_sha(b"runs/caf\xe9.yml"), None, None, False)]
+        assert repo.changed_many([head]) == [repo.changed(base, head)]

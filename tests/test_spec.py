@@ -78,6 +78,28 @@ def test_defaults_merge_under_the_file():
     assert own.retry == Retry(("no-capacity",), 7200)
 
 
+def problems_of(text: str, **kw) -> list[tuple]:
+    with pytest.raises(SpecError) as caught:
+        parse(text, **kw)
+    return sorted((p.file, p.line or 0, p.field, p.message) for p in caught.value.problems)
+
+
+def test_a_problem_is_the_defaults_file_s_only_when_the_field_comes_from_the_defaults():
+    defaults = {"retry": {"on_events": ["bogus"]}, "max_duration": "someday"}
+    own = "type: task\ncommands: [x]\nretry:\n  duration: forever\n"
+    assert [(f, line, fld) for f, line, fld, _ in problems_of(own, defaults=defaults)] == [
+        (".gitopsq.yml", 0, "max_duration"),
+        (".gitopsq.yml", 0, "retry.on_events[0]"),  # the file writes retry, but not retry.on_events
+        ("runs/x.yml", 4, "retry.duration"),
+    ]
+    # A field nobody wrote (a required one) is the file's, at its first line, with or without defaults.
+    manifest = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n"
+    assert problems_of(manifest, defaults={"retry": {"duration": "1h"}}) == problems_of(manifest) == [
+        ("runs/x.yml", 1, "type", "required field is missing")]
+    # A default that the file overrides is not reported at all.
+    assert parse("type: task\ncommands: [x]\nmax_duration: 1h\n", defaults={"max_duration": "someday"}).max_duration == 3600
+
+
 def test_spec_round_trips_through_dict():
     spec = parse("type: dev-environment\nide: vscode\ninit: [echo]\ninactivity_duration: 2h\nretry: true\nresources: {gpu: 'A100:80GB:2', cpu: 4}\n")
     assert RunSpec.from_dict(spec.to_dict()) == spec

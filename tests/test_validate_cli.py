@@ -63,6 +63,14 @@ def test_too_large_file(tmp_path: Path):
     assert "limited to 256 KiB" in out["errors"][0]["message"]
 
 
+def test_a_huge_file_is_refused_with_its_real_size(tmp_path: Path):
+    with open(tmp_path / "huge.yml", "wb") as handle:
+        handle.truncate(300 * 1024 * 1024)  # sparse: costs no disk
+    code, out = cli_json("validate", "--format", "json", str(tmp_path / "huge.yml"))
+    assert code == 1
+    assert out["errors"][0]["message"] == "file is 307200 KiB; run files are limited to 256 KiB"
+
+
 def test_text_format_is_file_line_field_message(tmp_path: Path):
     (tmp_path / "a.yml").write_text("type: task\ncommands: [echo]\nretry:\n  duration: forever\n")
     result = run_cli("validate", str(tmp_path / "a.yml"))
@@ -130,3 +138,75 @@ def test_installed_command_finds_its_schema(tmp_path: Path):
     result = subprocess.run([str(script), "validate", str(ROOT / "examples-repo")], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "4 valid, 0 invalid" in result.stderr
+
+
+def test_a_file_name_that_is_not_utf8_is_reported_escaped(tmp_path: Path, monkeypatch):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "ok.yml").write_text("type: task\ncommands: [echo]\n")
+    with open(bytes(runs) + b"/caf\xe9.yml", "wb") as handle:
+        handle.write(b"type: task\ncommands: [echo]\n")
+    monkeypatch.chdir(tmp_path)
+    for fmt in ("text", "github"):
+        result = run_cli("validate", "--format", fmt, ".")
+        assert result.exit_code == 1
+        assert "runs/caf\\351.yml" in result.output and "not UTF-8" in result.output
+    code, out = cli_json("validate", "--format", "json", ".")
+    assert code == 1
+    assert [(e["file"], e["line"], e["field"]) for e in out["errors"]] == [("runs/caf\\351.yml", None, "")]
+    assert [v["file"] for v in out["valid"]] == ["runs/ok.yml"]
+    # named on the command line: the same problem, the file is not read
+    code, out = cli_json("validate", "--format", "json", "runs/caf\udce9.yml")
+    assert [(e["file"], e["field"]) for e in out["errors"]] == [("runs/caf\\351.yml", "")]
+    # a folder or a missing file whose name is not UTF-8: reported escaped, never printed raw
+    result = run_cli("validate", "runs/gon\udce9.yml")
+    assert result.exit_code == 1 and "runs/gon\\351.yml: no such file or folder" in result.output
+
+
+MANIFEST = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 2\n"
+OWN_ERROR = "type: task\ncommands: [echo]\nretry:\n  duration: forever\n"
+
+
+def test_a_file_that_is_not_a_run_is_blamed_on_itself_inside_and_outside_a_config_repo(tmp_path: Path, monkeypatch):
+    from gitopsq.controller import Controller
+    from gitopsq.source import ConfigRepo
+    from gitopsq.store import Store
+    from tests.fakes import Clock, FakeProvider
+    from tests.helpers import GitRepo
+
+    repo = GitRepo(tmp_path / "repo")
+    repo.write(".gitopsq.yml", (ROOT / "examples-repo" / ".gitopsq.yml").read_text())  # it has defaults
+    repo.write("runs/deploy.yml", MANIFEST)
+    repo.write("runs/own.yml", OWN_ERROR)
+    repo.commit()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "deploy.yml").write_text(MANIFEST)
+    (outside / "own.yml").write_text(OWN_ERROR)
+
+    def found(errors):
+        return sorted((Path(e["file"]).name, e["line"], e["field"], e["message"]) for e in errors)
+
+    monkeypatch.chdir(outside)
+    _, alone = cli_json("validate", "--format", "json", "deploy.yml", "own.yml")
+    monkeypatch.chdir(repo.path)
+    _, inside = cli_json("validate", "--format", "json", ".")
+    _, named = cli_json("validate", "--format", "json", "runs/deploy.yml", "runs/own.yml")
+    assert found(inside["errors"]) == found(named["errors"]) == found(alone["errors"]) == [
+        ("deploy.yml", 1, "type", "required field is missing"),
+        ("own.yml", 4, "retry.duration", "'forever' is not a duration (use 30m, 1h, 2d or off)"),
+    ]
+    store = Store(tmp_path / "state.db")
+    with ConfigRepo(str(repo.path)) as source:
+        Controller(store, FakeProvider(), source, clock=Clock()).sync_git()
+    assert sorted((p["file"], p["line"], p["field"], p["message"]) for p in store.file_problems()) == sorted(
+        (e["file"], e["line"], e["field"], e["message"]) for e in inside["errors"])
+    store.close()
+
+
+def test_a_fifo_is_reported_not_read(tmp_path: Path):
+    import os
+
+    os.mkfifo(tmp_path / "x.yml")  # opening it to read would wait for a writer forever
+    code, out = cli_json("validate", "--format", "json", str(tmp_path))
+    assert code == 1 and out["errors"][0]["message"] == "is not a regular file"
