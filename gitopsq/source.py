@@ -259,7 +259,7 @@ class ConfigRepo:
             while True:
                 try:
                     _, stderr = proc.communicate(timeout=FETCH_POLL)
-                    return proc.returncode, _decode(stderr)
+                    return proc.returncode, stderr.decode("utf-8", "replace")
                 except subprocess.TimeoutExpired:
                     if self._fetch_cancelled:
                         raise SourceError(f"{what} cancelled") from None
