@@ -235,7 +235,14 @@ def _daemon_options(http: str, interval: str, webhook_secret_file: str | None, l
 
 
 def _step_once(controller) -> None:
-    result = controller.step(fetch=True)
+    from gitopsq.controller import StepFailed
+
+    try:
+        result = controller.step(fetch=True)
+    except StepFailed as exc:  # what could be done was done; say what failed and exit 1
+        for action in exc.result.actions:
+            click.echo(f"{action.kind} {action.run}")
+        raise click.ClickException(f"the step did not finish everything: {exc}") from None
     for action in result.actions:
         click.echo(f"{action.kind} {action.run}")
     if controller.provider_health:

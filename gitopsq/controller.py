@@ -37,6 +37,14 @@ STOP_OUTCOME = {
 }
 
 
+class StepFailed(Exception):
+    """Sub-steps of a step failed (the others ran): (where, exception) pairs, and the step's result."""
+
+    def __init__(self, failures: list[tuple[str, Exception]], result: "StepResult"):
+        self.failures, self.result = failures, result
+        super().__init__("; ".join(f"{where}: {type(exc).__name__}: {exc}" for where, exc in failures))
+
+
 @dataclass
 class StepResult:
     commit: str | None = None
@@ -68,23 +76,42 @@ class Controller:
     # --- the step -----------------------------------------------------------------------------
 
     def step(self, fetch: bool = False) -> StepResult:
+        """One pass over everything. A sub-step that fails does not stop the others (a broken
+        fetch or commit must not stop deadlines, node watching and admission); the failures are
+        raised together at the end as StepFailed, which carries the result."""
         result = StepResult()
         if not self.recovered:
-            self.recover()
+            self.recover()  # a failure here stops the step: admitting before recovery could launch twice
             self.recovered = True
+        failures: list[tuple[str, Exception]] = []
+
+        def attempt(where: str, sub_step: Callable):
+            try:
+                return sub_step()
+            except Exception as exc:
+                failures.append((where, exc))
+                return None
+
         if self.repo is not None:
-            if fetch:
-                self.repo.fetch()
-            result.commit, result.actions = self.sync_git()
-            self.last_commit = result.commit or self.last_commit
-        self.finish_stops()
-        self.poll_nodes()
-        self.enforce_deadlines()
-        result.launched = self.admit_and_launch()
-        self.finish_stops()  # stops requested by this step's deadlines
-        result.next_wake = self.next_wake()
-        self._forget_finished()
+            synced = attempt("git", lambda: self._fetch_and_sync(fetch))
+            if synced is not None:
+                result.commit, result.actions = synced
+                self.last_commit = result.commit or self.last_commit
+        attempt("stops", self.finish_stops)
+        attempt("nodes", self.poll_nodes)
+        attempt("deadlines", self.enforce_deadlines)
+        result.launched = attempt("admission", self.admit_and_launch) or []
+        attempt("stops", self.finish_stops)  # stops requested by this step's deadlines
+        result.next_wake = attempt("timers", self.next_wake)
+        attempt("caches", self._forget_finished)
+        if failures:
+            raise StepFailed(failures, result)
         return result
+
+    def _fetch_and_sync(self, fetch: bool):
+        if fetch:
+            self.repo.fetch()
+        return self.sync_git()
 
     def _forget_finished(self) -> None:
         """Keep the per-submission caches to the submissions still in play (a daemon runs for months)."""
@@ -137,7 +164,7 @@ class Controller:
             removed = [p for p in tree.touched if p not in tree.files]
             changed = [tree.files[p].as_dict() for p in tree.touched if p in tree.files]
             self.store.replace_files(changed, removed)
-            self.store.replace_problems([p.as_dict() for p in problems])
+            broke, fixed = self.store.replace_problems([p.as_dict() for p in problems], tip)
             if self.store.applied_config() != (tree.applied.key, tree.applied.text):
                 self.store.set_applied_config(tree.applied.key, tree.applied.text)  # outlives its blob
             self.store.set_cursor(self.branch, tip, now)
@@ -145,7 +172,19 @@ class Controller:
                                                          "errors": len(problems)}, tip, now)
         self._tree = tree  # only once committed: after a failed transaction the store is the truth
         self._blocked_at = None
+        self._log_validity(tip, problems, broke, fixed)
         return tip, actions
+
+    @staticmethod
+    def _log_validity(tip: str, problems: list[Problem], broke: set[str], fixed: set[str]) -> None:
+        """A line when a commit makes a file invalid (its runs keep their last valid spec), and when it is fixed."""
+        first = {}
+        for problem in problems:
+            first.setdefault(problem.file, problem)
+        for path in sorted(broke):
+            log.warning("%s is invalid since %s (its run keeps its last valid spec): %s", path, tip[:12], first[path])
+        for path in sorted(fixed):
+            log.info("%s is valid again at %s", path, tip[:12])
 
     def _last_good_config(self) -> AppliedConfig | None:
         """The .gitopsq.yml in force while the branch's is broken: the last valid one applied."""
@@ -160,7 +199,7 @@ class Controller:
         log.warning("%s at %s is not valid and no valid one was applied before: nothing is reconciled until it is fixed",
                     CONFIG_FILE, tip[:12])
         with self.store.transaction():
-            self.store.replace_problems([p.as_dict() for p in problems])
+            self.store.replace_problems([p.as_dict() for p in problems], tip)
             self.store.event(None, None, "not-reconciled", {"commit": tip, "errors": len(problems)}, tip, self.clock())
         self._blocked_at = tip
 

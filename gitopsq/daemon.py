@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from gitopsq.controller import Controller
+from gitopsq.controller import Controller, StepFailed
 
 log = logging.getLogger("gitopsq.daemon")
 
@@ -95,6 +95,9 @@ class Loop:
     def _step(self, fetch: bool):
         try:
             result = self.controller.step(fetch=fetch)
+        except StepFailed as exc:  # some sub-steps failed, the others ran: their result still counts
+            self._failed(exc)
+            return exc.result
         except Exception as exc:  # a bad step must not kill the daemon; the next one retries
             self._failed(exc)
             return None
@@ -122,7 +125,10 @@ class Loop:
 def one_line(exc: BaseException, limit: int = 300) -> str:
     """An exception as one line for /healthz and the dashboard: its type and first line."""
     lines = str(exc).strip().splitlines()
-    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    if isinstance(exc, StepFailed):  # already "sub-step: Type: message; ..."
+        text = lines[0] if lines else "the step failed"
+    else:
+        text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 

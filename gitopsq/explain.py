@@ -71,6 +71,18 @@ def end_reason(row: dict) -> str:
     return reason
 
 
+def file_reason(row: dict) -> str:
+    """A run whose file no longer validates keeps its last valid spec: say so, and since when."""
+    invalid = row.get("file_invalid")
+    if not invalid:
+        return ""
+    since = (invalid.get("since") or "")[:10]
+    keeps = "runs its last valid spec: " if row.get("status") in ("queued", "provisioning", "running") else ""
+    return f"{keeps}file invalid since {since} ({invalid['problem']})"
+
+
 def why(row: dict, now: float) -> str:
-    """The REASON column: what a queued run waits for, else why it ended."""
-    return wait_reason(row, now) if row.get("status") == "queued" else end_reason(row)
+    """The REASON column: what a queued run waits for, else why it ended; and a broken file."""
+    text = wait_reason(row, now) if row.get("status") == "queued" else end_reason(row)
+    broken = file_reason(row)
+    return f"{text}; {broken}" if text and broken else text or broken

@@ -21,10 +21,11 @@ from typing import Any, Iterator
 import sqlite_utils
 
 from gitopsq.plan import ACTIVE, Known
+from gitopsq.yamlload import Problem
 
 log = logging.getLogger("gitopsq.store")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 FINISHED = ("done", "failed", "cancelled")
 
 
@@ -74,7 +75,12 @@ def _migrate_3(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE submissions ADD COLUMN demand TEXT")
 
 
-MIGRATIONS = {1: _migrate_1, 2: _migrate_2, 3: _migrate_3}
+def _migrate_4(db: sqlite_utils.Database) -> None:
+    # The commit from which a file has been invalid: shown for as long as it stays so.
+    db.execute("ALTER TABLE problems ADD COLUMN since TEXT")
+
+
+MIGRATIONS = {1: _migrate_1, 2: _migrate_2, 3: _migrate_3, 4: _migrate_4}
 
 
 # The database holds env values and report tokens: only its owner may read it, whatever the umask
@@ -196,12 +202,26 @@ class Store:
         self.set_meta("applied_config", json.dumps({"blob": blob, "text": text}))
 
     def file_problems(self) -> list[dict]:
-        rows = self.conn.execute("SELECT file, line, field, message FROM problems ORDER BY id")
+        rows = self.conn.execute("SELECT file, line, field, message, since FROM problems ORDER BY id")
         return [dict(row) for row in rows]
 
-    def replace_problems(self, problems: list[dict]) -> None:
+    def invalid_files(self) -> dict[str, dict]:
+        """Each invalid file: since which commit, and its first problem."""
+        out: dict[str, dict] = {}
+        for row in self.conn.execute("SELECT file, line, field, message, since FROM problems ORDER BY id"):
+            out.setdefault(row["file"], {"since": row["since"], "problem": str(Problem(row["file"], row["line"], row["field"], row["message"]))})
+        return out
+
+    def replace_problems(self, problems: list[dict], commit: str | None = None) -> tuple[set[str], set[str]]:
+        """The problems of the tree at `commit`. A file invalid before keeps the commit it has been
+        invalid since; a newly invalid one is invalid since `commit`. Returns (newly invalid, fixed)."""
+        before = {row[0]: row[1] for row in self.conn.execute("SELECT file, MIN(since) FROM problems GROUP BY file")}
+        now = {p["file"] for p in problems}
         self.conn.execute("DELETE FROM problems")
-        self.conn.executemany("INSERT INTO problems(file, line, field, message) VALUES(:file, :line, :field, :message)", problems)
+        self.conn.executemany(
+            "INSERT INTO problems(file, line, field, message, since) VALUES(:file, :line, :field, :message, :since)",
+            [{**p, "since": before.get(p["file"]) or commit} for p in problems])
+        return now - set(before), set(before) - now
 
     # --- runs ---------------------------------------------------------------------------------
 
@@ -509,10 +529,12 @@ def listing(store: Store, include_all: bool = False, status: str | None = None, 
     where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
     rows = [describe(dict(row)) for row in store.conn.execute(LISTING_SQL.format(where=where), params)]
     free = json.loads(store.meta("capacity_free") or "null")
+    invalid = store.invalid_files()
     ahead = 0
     now = time.time() if now is None else now
     for row in rows:  # in queue order: the queued rows before a queued row are ahead of it
         row["ahead"] = row["free"] = None
+        row["file_invalid"] = invalid.get(row["file"]) if row.get("present") else None
         if row["status"] == "queued":
             row["ahead"], row["free"] = ahead, free
             ahead += 1

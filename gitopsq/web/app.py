@@ -117,7 +117,9 @@ def create_app(db_path: Path, wake: Callable[[str], None], status: Callable[[], 
         steps all fail does nothing; the body says why."""
         info = status()
         state, reason = health(info)
-        body = {**info, "status": state, "reason": reason}
+        # Invalid files are the config repo's problem, not the controller's: shown, not degraded (a
+        # YAML typo must not make a load balancer or a liveness probe restart the controller).
+        body = {**info, "status": state, "reason": reason, "invalid_files": queries.invalid_file_count(pool.get())}
         return body if state == "ok" else JSONResponse(Health(**body).model_dump(), status_code=503)
 
     @app.get("/metrics", response_class=Response, tags=["daemon"],

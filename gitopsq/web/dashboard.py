@@ -71,9 +71,12 @@ def render_run(store: Store, name: str, now: float) -> str | None:
     history = [_shown(row, now) for row in submissions(store, run=name)]
     path = queries.latest_log(store, history)
     tail, why = queries.log_tail(path) if path else (None, "no log yet")
+    run = store.run(name)
+    invalid = store.invalid_files().get(run["file"]) if run["present"] else None
     return ENV.get_template("run.html").render(
-        name=name, run=store.run(name), history=list(reversed(history)), now=now, log_path=path, log_tail=tail,
-        log_problem=why, lines=queries.LOG_TAIL_LINES)
+        name=name, run=run, history=list(reversed(history)), now=now, log_path=path, log_tail=tail,
+        log_problem=why, lines=queries.LOG_TAIL_LINES, invalid=invalid,
+        active=bool(history) and history[-1]["status"] in ("queued", "provisioning", "running", "stopping"))
 
 
 def render_missing(name: str) -> str:

@@ -71,6 +71,8 @@ class StateCollector(Collector):
             runs.add_metric([status], count)
         yield runs
         yield GaugeMetricFamily("gitopsq_queue_length", "Submissions waiting in the queue.", value=stats["queue_length"])
+        yield GaugeMetricFamily("gitopsq_invalid_files", "Files of the branch that do not validate (their runs keep their last valid spec).",
+                                value=stats["invalid_files"])
         yield GaugeMetricFamily("gitopsq_queue_oldest_wait_seconds", "How long the oldest queued submission has waited.",
                                 value=stats["oldest_wait"])
         if self.status is not None:

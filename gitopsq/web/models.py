@@ -18,6 +18,11 @@ class RetryPolicy(BaseModel):
     duration: int | None = Field(description="Seconds the retries may take; null retries forever.")
 
 
+class FileInvalid(BaseModel):
+    since: str | None = Field(description="The commit from which the file has been invalid.")
+    problem: str = Field(description="Its first problem, as `gitopsq validate` prints it.")
+
+
 class RunRow(BaseModel):
     """A run with its current submission, as `gitopsq ps --json` prints it."""
 
@@ -46,6 +51,7 @@ class RunRow(BaseModel):
     needs: dict[str, int] | None = Field(description="What a queued run needs from the provider, e.g. {\"slots\": 1, \"gpus\": 0}.")
     free: dict[str, int] | None = Field(description="What the provider had free after the last step (queued runs only).")
     ahead: int | None = Field(description="Queued submissions ahead of this one (queued runs only).")
+    file_invalid: FileInvalid | None = Field(description="Set while the run's file does not validate: the run keeps its last valid spec.")
     why: str = Field(description="What a queued run waits for, else why its submission ended, in words (as `gitopsq ps` shows it).")
 
 
@@ -116,6 +122,7 @@ class Health(BaseModel):
     last_success_at: float | None = Field(None, description="When the last successful step ended.")
     last_step_error: str | None = Field(None, description="null when the last step succeeded, else its error.")
     step_failures: int = Field(0, description="Failed steps since the daemon started.")
+    invalid_files: int = Field(0, description="Files of the branch that do not validate (their runs keep their last valid spec).")
     repo: str | None = None
 
 

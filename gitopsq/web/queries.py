@@ -13,7 +13,7 @@ from pathlib import Path
 
 from gitopsq.explain import why
 
-from gitopsq.store import LISTING_SQL, Store, describe, listing
+from gitopsq.store import LISTING_SQL, Store, describe
 
 STATUSES = ("queued", "provisioning", "running", "stopping", "done", "failed", "cancelled")
 LOG_TAIL_LINES = 100
@@ -61,6 +61,7 @@ def run_detail(store: Store, name: str, now: float) -> dict | None:
     if detail["status"] == "queued":
         detail["ahead"] = queued_ahead(store, detail)
         detail["free"] = json.loads(store.meta("capacity_free") or "null")
+    detail["file_invalid"] = store.invalid_files().get(detail["file"]) if detail.get("present") else None
     detail["why"] = why(detail, now)
     return detail
 
@@ -78,13 +79,19 @@ def run_exists(store: Store, name: str) -> bool:
 
 
 def queue_stats(store: Store, now: float) -> dict:
-    """What the metrics show: runs per status (the runs `ps` lists), queue length, oldest wait."""
+    """What the metrics show: runs per status (the runs `ps` lists), queue length, oldest wait, invalid files."""
     counts = dict.fromkeys(STATUSES, 0)
-    for row in listing(store):
-        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    for status, count in store.conn.execute(
+            """SELECT s.status, COUNT(*) FROM runs r JOIN submissions s ON s.id = r.last_submission
+               WHERE r.present = 1 OR s.status IN ('queued', 'provisioning', 'running', 'stopping') GROUP BY s.status"""):
+        counts[status] = count
     queued = store.conn.execute("SELECT COUNT(*), MIN(queued_at) FROM submissions WHERE status = 'queued'").fetchone()
     oldest = max(0.0, now - queued[1]) if queued[1] is not None else 0.0
-    return {"runs": counts, "queue_length": queued[0], "oldest_wait": oldest}
+    return {"runs": counts, "queue_length": queued[0], "oldest_wait": oldest, "invalid_files": invalid_file_count(store)}
+
+
+def invalid_file_count(store: Store) -> int:
+    return store.conn.execute("SELECT COUNT(DISTINCT file) FROM problems").fetchone()[0]
 
 
 def latest_log(store: Store, history_rows: list[dict]) -> str | None:
