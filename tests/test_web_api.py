@@ -159,7 +159,7 @@ def test_healthz_is_ok_only_while_steps_succeed_and_the_provider_answers(tmp_pat
     app = create_app(tmp_path / "s.db", Recorder(), lambda: info, None)
     with running(app) as url:
         reply = httpx.get(url + "/healthz")
-        assert reply.status_code == 200 and reply.json() == {"status": "ok", "reason": None, **STATUS}
+        assert reply.status_code == 200 and reply.json() == {"status": "ok", "reason": None, "invalid_files": 0, **STATUS}
         info["provider_health"] = "provider local: throttle: slow down"
         reply = httpx.get(url + "/healthz")
         assert reply.status_code == 503
