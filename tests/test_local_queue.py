@@ -95,6 +95,10 @@ def test_dev_environment_inactivity_changed_in_place(tmp_path):
     controller.step()
     first = store.current_submission("notebook")
     assert first["status"] == "running"
+    deadline = time.monotonic() + 30  # its init has run before the clock moves (a loaded machine is slow to start it)
+    while "ready" not in Path(first["log_path"]).read_text():
+        assert time.monotonic() < deadline, "init did not run"
+        time.sleep(0.05)
 
     repo.write("runs/notebook.yml", env.format("3s"))
     repo.commit("shorter inactivity")
