@@ -175,14 +175,15 @@ class Controller:
         self._log_validity(tip, problems, broke, fixed)
         return tip, actions
 
-    @staticmethod
-    def _log_validity(tip: str, problems: list[Problem], broke: set[str], fixed: set[str]) -> None:
+    def _log_validity(self, tip: str, problems: list[Problem], broke: set[str], fixed: set[str]) -> None:
         """A line when a commit makes a file invalid (its runs keep their last valid spec), and when it is fixed."""
         first = {}
         for problem in problems:
             first.setdefault(problem.file, problem)
         for path in sorted(broke):
-            log.warning("%s is invalid since %s (its run keeps its last valid spec): %s", path, tip[:12], first[path])
+            runs = sorted(self.store.run_names_at({path}))
+            keeps = f" (run {', '.join(runs)} keeps its last valid spec)" if runs else ""
+            log.warning("%s is invalid since %s%s: %s", path, tip[:12], keeps, first[path])
         for path in sorted(fixed):
             log.info("%s is valid again at %s", path, tip[:12])
 

@@ -43,7 +43,7 @@ def test_a_broken_file_is_shown_everywhere_until_it_is_fixed(env, caplog):
     broke = repo.commit("a typo")
     with caplog.at_level(logging.INFO, logger="gitopsq.controller"):
         controller.step()
-    assert f"runs/train.yml is invalid since {broke[:12]} (its run keeps its last valid spec): runs/train.yml:3: priority:" in caplog.text
+    assert f"runs/train.yml is invalid since {broke[:12]} (run train keeps its last valid spec): runs/train.yml:3: priority:" in caplog.text
     row = ps(db)["train"]
     assert row["status"] == "running" and row["file_invalid"]["since"] == broke
     assert row["why"].startswith(f"runs its last valid spec: file invalid since {broke[:10]} (runs/train.yml:3: priority:")
