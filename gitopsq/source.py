@@ -390,32 +390,26 @@ class ConfigRepo:
             return None
 
     def _object_size(self, name: str, want: str) -> int:
-        check = self.repo.git.cat_file_header  # the wrapper's long-lived `cat-file --batch-check`
-        if check is not None and check.proc.poll() is not None:
-            self.repo.git.clear_cache()  # it died (killed?): the next call starts a new one
-        try:
-            _sha, kind, size = self.repo.git.get_object_header(name)
-        except ValueError:  # 'missing' (or 'ambiguous')
-            raise SourceError(f"no object {name!r} in {_redact(self.location)}") from None
-        if isinstance(kind, bytes):
-            kind = kind.decode("ascii")
-        if kind != want:
-            raise SourceError(f"{name!r} is a {kind}, not a {want}")
-        return size
+        return self._cat_file(name, want, header_only=True)[2]
 
     def _read_object(self, name: str, want: str) -> bytes:
-        batch = self.repo.git.cat_file_all  # the wrapper's long-lived `cat-file --batch`
-        if batch is not None and batch.proc.poll() is not None:
-            self.repo.git.clear_cache()  # it died (killed?): the next call starts a new one
+        return self._cat_file(name, want, header_only=False)[3]
+
+    def _cat_file(self, name: str, want: str, header_only: bool) -> tuple:
+        """One answer of the wrapper's long-lived `cat-file --batch-check` (header_only) or
+        `cat-file --batch`: (sha, kind, size) or (sha, kind, size, data)."""
+        git_cmd = self.repo.git
+        process = git_cmd.cat_file_header if header_only else git_cmd.cat_file_all
+        if process is not None and process.proc.poll() is not None:
+            git_cmd.clear_cache()  # it died (killed?): the next call starts a new one
         try:
-            _sha, kind, _size, data = self.repo.git.get_object_data(name)
+            answer = git_cmd.get_object_header(name) if header_only else git_cmd.get_object_data(name)
         except ValueError:  # cat-file answered 'missing' (or 'ambiguous')
             raise SourceError(f"no object {name!r} in {_redact(self.location)}") from None
-        if isinstance(kind, bytes):  # the wrapper hands header fields back as bytes
-            kind = kind.decode("ascii")
+        kind = answer[1].decode("ascii") if isinstance(answer[1], bytes) else answer[1]  # handed back as bytes
         if kind != want:
             raise SourceError(f"{name!r} is a {kind}, not a {want}")
-        return data
+        return answer
 
     # -- plumbing ----------------------------------------------------------------------
 
