@@ -209,8 +209,15 @@ class Store:
         """Each invalid file: since which commit, and its first problem."""
         out: dict[str, dict] = {}
         for row in self.conn.execute("SELECT file, line, field, message, since FROM problems ORDER BY id"):
-            out.setdefault(row["file"], {"since": row["since"], "problem": str(Problem(row["file"], row["line"], row["field"], row["message"]))})
+            if row["file"] not in out:
+                out[row["file"]] = _invalid(row)
         return out
+
+    def invalid_file(self, path: str | None) -> dict | None:
+        """One file's entry of invalid_files(), or None while it is valid (one run's page, not all)."""
+        row = self.conn.execute("SELECT file, line, field, message, since FROM problems WHERE file = ? ORDER BY id LIMIT 1",
+                                (path,)).fetchone()
+        return _invalid(row) if row else None
 
     def replace_problems(self, problems: list[dict], commit: str | None = None) -> tuple[set[str], set[str]]:
         """The problems of the tree at `commit`. A file invalid before keeps the commit it has been
@@ -472,6 +479,10 @@ def _clock_time(at: float) -> str:
     stamp = time.localtime(at)
     same_day = stamp[:3] == time.localtime()[:3]
     return time.strftime("%H:%M:%S" if same_day else "%Y-%m-%d %H:%M:%S", stamp)
+
+
+def _invalid(row: sqlite3.Row) -> dict:
+    return {"since": row["since"], "problem": str(Problem(row["file"], row["line"], row["field"], row["message"]))}
 
 
 def _chunks(items: list, size: int = 500):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from gitopsq.plan import ACTIVE
 from gitopsq.store import Store, listing, submissions
 from gitopsq.explain import ago, why
 from gitopsq.web import queries
@@ -70,13 +71,13 @@ def render_run(store: Store, name: str, now: float) -> str | None:
         return None
     history = [_shown(row, now) for row in submissions(store, run=name)]
     path = queries.latest_log(store, history)
-    tail, why = queries.log_tail(path) if path else (None, "no log yet")
+    tail, log_problem = queries.log_tail(path) if path else (None, "no log yet")
     run = store.run(name)
-    invalid = store.invalid_files().get(run["file"]) if run["present"] else None
     return ENV.get_template("run.html").render(
         name=name, run=run, history=list(reversed(history)), now=now, log_path=path, log_tail=tail,
-        log_problem=why, lines=queries.LOG_TAIL_LINES, invalid=invalid,
-        active=bool(history) and history[-1]["status"] in ("queued", "provisioning", "running", "stopping"))
+        log_problem=log_problem, lines=queries.LOG_TAIL_LINES,
+        invalid=store.invalid_file(run["file"]) if run["present"] else None,
+        active=bool(history) and history[-1]["status"] in ACTIVE)
 
 
 def render_missing(name: str) -> str:

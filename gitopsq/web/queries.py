@@ -61,7 +61,7 @@ def run_detail(store: Store, name: str, now: float) -> dict | None:
     if detail["status"] == "queued":
         detail["ahead"] = queued_ahead(store, detail)
         detail["free"] = json.loads(store.meta("capacity_free") or "null")
-    detail["file_invalid"] = store.invalid_files().get(detail["file"]) if detail.get("present") else None
+    detail["file_invalid"] = store.invalid_file(detail["file"]) if detail.get("present") else None
     detail["why"] = why(detail, now)
     return detail
 
