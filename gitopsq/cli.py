@@ -327,15 +327,14 @@ def logs(name, db, number) -> None:
 
 def _no_log(name: str, sub: dict) -> str:
     """Why a submission has no output to show: it never started, and what stopped it."""
-    import json
     import time
 
     from gitopsq.explain import end_reason, wait_reason
+    from gitopsq.store import describe
 
     head = f"{name} submission {sub['number']} has no log: it never started"
     if sub["status"] == "queued":
-        needs = json.loads(sub["demand"]) if sub.get("demand") else None
-        return f"{head} (queued: {wait_reason(dict(sub, needs=needs), time.time())})"
+        return f"{head} (queued: {wait_reason(describe(dict(sub)), time.time())})"
     if sub["status"] in ("provisioning", "running"):
         return f"{head} yet ({sub['status']})"
     return f"{head} ({sub['status']}: {end_reason(sub) or 'no reason recorded'})"

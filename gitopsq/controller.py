@@ -402,7 +402,7 @@ class Controller:
                 if rows[sub_id]["window_start"] is None:  # the retry window opens the first time it waits
                     spec = self._spec(rows[sub_id])
                     self.store.update_submission(sub_id, window_start=now, deadline=_deadline(spec, now),
-                                                 demand=json.dumps(self.provider.demand(spec), sort_keys=True))
+                                                 demand=self._demand_text(spec))
             self._record_free(capacity, decision, rows)
         launched = []
         for sub_id in decision.launch:
@@ -431,6 +431,10 @@ class Controller:
                 if key in left:
                     left[key] -= amount
         return left
+
+    def _demand_text(self, spec: RunSpec) -> str:
+        """What a submission needs from the provider, as stored for `ps` (submissions.demand)."""
+        return json.dumps(self.provider.demand(spec), sort_keys=True)
 
     def _record_free(self, capacity: dict[str, int], decision: q.Decision, rows: dict) -> None:
         """What is free after this step's launches, for `ps` to say what a queued run waits for."""
@@ -463,7 +467,7 @@ class Controller:
         now = self.clock()
         with self.store.transaction():  # intent first: a crash from here on is adopted or rolled back
             self.store.set_status(sub["id"], "provisioning", now, last_attempt_at=now,
-                                  demand=sub["demand"] or json.dumps(self.provider.demand(spec), sort_keys=True))
+                                  demand=sub["demand"] or self._demand_text(spec))
         launch = Launch(sub["id"], sub["run"], sub["number"], spec, sub["token"], sub["attempts"])
         try:
             node = self.provider.launch(launch)
