@@ -52,6 +52,11 @@ def path_text(raw: bytes) -> tuple[str, bool]:
     return escaped, text is not None
 
 
+def not_a_file_problem(path: str, what: str) -> Problem:
+    """A run path that holds no regular file: what = "a symlink", "a submodule entry"..."""
+    return Problem(path, None, "", f"is {what}; run files must be regular files")
+
+
 def bad_name_problem(path: str) -> Problem:
     return Problem(path, None, "", "the file name is not UTF-8 (shown with its bytes escaped); rename the file with a UTF-8 name")
 

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from gitopsq.config import CONFIG_FILE, RepoConfig, bad_name_problem, parse_config
+from gitopsq.config import CONFIG_FILE, RepoConfig, bad_name_problem, not_a_file_problem, parse_config
 from gitopsq.plan import Desired
 from gitopsq.runset import duplicate_problem
 from gitopsq.source import SUBMODULE_MODE, ConfigRepo, Entry
@@ -257,9 +257,9 @@ def _refused(entry: Entry) -> Problem | None:
     if not entry.utf8_name:
         return bad_name_problem(entry.path)
     if entry.mode == SYMLINK_MODE:
-        return Problem(entry.path, None, "", "is a symlink; run files must be regular files")
+        return not_a_file_problem(entry.path, "a symlink")
     if entry.mode == SUBMODULE_MODE:
-        return Problem(entry.path, None, "", "is a submodule entry; run files must be regular files")
+        return not_a_file_problem(entry.path, "a submodule entry")
     return None
 
 

@@ -7,7 +7,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gitopsq.config import CONFIG_FILE, RepoConfig, bad_name_problem, parse_config, path_text
+from gitopsq.config import CONFIG_FILE, RepoConfig, bad_name_problem, not_a_file_problem, parse_config, path_text
 from gitopsq.yamlload import MAX_FILE_BYTES, Problem, SpecError, too_large
 
 
@@ -83,7 +83,7 @@ def _add(out: Collected, path: Path, display: str, config: RepoConfig) -> None:
         out.problems.append(bad_name_problem(display))
         return
     if path.is_symlink():
-        out.problems.append(Problem(display, None, "", "is a symlink; run files must be regular files"))
+        out.problems.append(not_a_file_problem(display, "a symlink"))
         return
     try:
         info = path.stat()
