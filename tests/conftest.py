@@ -28,3 +28,15 @@ def cleanup_nodes(tmp_path):
         driver = LocalNodeDriver(state, slots=1, gpus=0)
         for node in driver.list_nodes():
             driver.destroy_node(node, ex_timeout=2)
+
+
+@pytest.fixture
+def state_dir(tmp_path):
+    """A local driver's state folder; every node a test left in it is destroyed afterwards."""
+    from gitopsq.providers.local import LocalNodeDriver
+
+    state = tmp_path / "state"
+    yield state
+    driver = LocalNodeDriver(state, slots=1, gpus=0)
+    for node in driver.list_nodes():
+        driver.destroy_node(node, ex_timeout=1)

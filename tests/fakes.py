@@ -3,7 +3,18 @@ EC2 providers carry the end-to-end tests)."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+from gitopsq.controller import Controller
 from gitopsq.providers.base import CAPACITY, Launch, NodeStatus, ProviderError
+from gitopsq.source import ConfigRepo
+from gitopsq.store import Store
+
+if TYPE_CHECKING:
+    from tests.helpers import GitRepo
 
 
 class FakeProvider:
@@ -65,3 +76,37 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+@dataclass
+class World:
+    """A real config repo, a real store and a controller over a FakeProvider, driven by a Clock."""
+
+    repo: "GitRepo"
+    db: Path
+    store: Store
+    provider: FakeProvider
+    controller: Controller
+    clock: Clock
+
+
+@contextmanager
+def fake_world(tmp_path: Path, files: dict[str, str], slots: int = 10, clock: Clock | None = None,
+               message: str = "first") -> Iterator[World]:
+    """`files` committed to a new repo, and a controller (not yet stepped) over it; closed after."""
+    from tests.helpers import GitRepo
+
+    repo = GitRepo(tmp_path / "repo")
+    for path, text in files.items():
+        repo.write(path, text)
+    repo.commit(message)
+    db = tmp_path / "state.db"
+    store = Store(db)
+    provider = FakeProvider(slots=slots)
+    source = ConfigRepo(str(repo.path))
+    clock = clock or Clock()
+    try:
+        yield World(repo, db, store, provider, Controller(store, provider, source, clock=clock), clock)
+    finally:
+        source.close()
+        store.close()

@@ -73,3 +73,19 @@ class Recorder:
 
     def __call__(self, reason: str) -> None:
         self.calls.append(reason)
+
+
+def write_first_release_state(path: Path) -> None:
+    """A state database as the first release (schema 1) left it, to test upgrades and refusals."""
+    import sqlite3
+
+    import sqlite_utils
+
+    from gitopsq import store as store_module
+
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+    store_module._migrate_1(sqlite_utils.Database(conn))
+    conn.execute("INSERT INTO meta VALUES ('schema_version', '1'), ('controller_id', 'abc123')")
+    conn.commit()
+    conn.close()

@@ -11,11 +11,9 @@ import subprocess
 import time
 
 import pytest
-import sqlite_utils
 
-from gitopsq import store as store_module
 from gitopsq.store import Store
-from tests.helpers import run_cli
+from tests.helpers import run_cli, write_first_release_state
 from tests.webserver import add_run
 
 NOW = 1_800_000_000.0
@@ -95,12 +93,7 @@ def test_read_commands_work_in_a_read_only_directory(state, read_only):
 
 def test_read_commands_never_migrate_an_older_state(tmp_path):
     db = tmp_path / "old.db"
-    conn = sqlite3.connect(db)
-    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
-    store_module._migrate_1(sqlite_utils.Database(conn))
-    conn.execute("INSERT INTO meta VALUES ('schema_version', '1'), ('controller_id', 'abc123')")
-    conn.commit()
-    conn.close()
+    write_first_release_state(db)
     for args in (("ps",), ("history", "x"), ("logs", "x")):
         result = run_cli(*args, "--db", str(db))
         assert result.exit_code == 1

@@ -10,7 +10,7 @@ import pytest
 from gitopsq.controller import Controller
 from gitopsq.source import ConfigRepo
 from gitopsq.store import Store
-from tests.fakes import Clock, FakeProvider
+from tests.fakes import Clock, FakeProvider, fake_world
 from tests.helpers import ROOT, GitRepo, cli_json, task
 
 CONFIG = (ROOT / "examples-repo" / ".gitopsq.yml").read_text()  # paths and defaults: {retry: ...}
@@ -20,18 +20,9 @@ QUEUE_RETRY = {"on_events": ["no-capacity"], "duration": 3600}
 
 @pytest.fixture
 def env(tmp_path):
-    repo = GitRepo(tmp_path / "repo")
-    repo.write(".gitopsq.yml", CONFIG)
-    repo.write("runs/a.yml", task("a"))
-    repo.write("runs/b.yml", task("b", "sleep 100"))
-    repo.commit("first")
-    store = Store(tmp_path / "state.db")
-    provider = FakeProvider(slots=10)
-    source = ConfigRepo(str(repo.path))
-    controller = Controller(store, provider, source, clock=Clock())
-    yield repo, store, provider, controller
-    source.close()
-    store.close()
+    files = {".gitopsq.yml": CONFIG, "runs/a.yml": task("a"), "runs/b.yml": task("b", "sleep 100")}
+    with fake_world(tmp_path, files) as world:
+        yield world.repo, world.store, world.provider, world.controller
 
 
 def numbers(store, run):

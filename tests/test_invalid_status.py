@@ -10,27 +10,18 @@ import logging
 import httpx
 import pytest
 
-from gitopsq.controller import Controller
-from gitopsq.source import ConfigRepo
-from gitopsq.store import Store
 from gitopsq.web import create_app
-from tests.fakes import Clock, FakeProvider
-from tests.helpers import GitRepo, run_cli, task
+from tests.fakes import fake_world
+from tests.helpers import run_cli, task
 from tests.webserver import running
 
 
 @pytest.fixture
 def env(tmp_path):
-    repo = GitRepo(tmp_path / "repo")
-    repo.write("runs/train.yml", task("train", "sleep 1000"))
-    repo.write("runs/other.yml", task("other"))
-    repo.commit("two runs")
-    db = tmp_path / "state.db"
-    store = Store(db)
-    controller = Controller(store, FakeProvider(slots=5), ConfigRepo(str(repo.path)), clock=Clock())
-    controller.step()
-    yield repo, db, store, controller
-    store.close()
+    with fake_world(tmp_path, {"runs/train.yml": task("train", "sleep 1000"), "runs/other.yml": task("other")},
+                    slots=5, message="two runs") as world:
+        world.controller.step()
+        yield world.repo, world.db, world.store, world.controller
 
 
 def ps(db) -> dict:

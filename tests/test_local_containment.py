@@ -53,15 +53,6 @@ def probe():
             pass
 
 
-@pytest.fixture
-def state_dir(tmp_path):
-    state = tmp_path / "state"
-    yield state
-    driver = LocalNodeDriver(state, slots=1, gpus=0)
-    for node in driver.list_nodes():
-        driver.destroy_node(node, ex_timeout=1)
-
-
 # ---- stopping a run --------------------------------------------------------------------------
 
 

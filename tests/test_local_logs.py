@@ -35,15 +35,6 @@ def check_tail(log: bytes, last: int, cap: int) -> None:
     assert int(cut[1]) == len(seq_output(1, last)) - len(kept)  # says exactly what is gone
 
 
-@pytest.fixture
-def state_dir(tmp_path):
-    state = tmp_path / "state"
-    yield state
-    driver = LocalNodeDriver(state, slots=1, gpus=0)
-    for node in driver.list_nodes():
-        driver.destroy_node(node, ex_timeout=1)
-
-
 def test_log_keeps_the_tail_and_says_what_was_cut(state_dir):
     cap = 64 * 1024
     driver = LocalNodeDriver(state_dir, slots=1, gpus=0, max_log_size=cap)

@@ -8,28 +8,19 @@ import time
 
 import pytest
 
-from gitopsq.controller import Controller
-from gitopsq.source import ConfigRepo
-from gitopsq.store import Store
-from tests.fakes import Clock, FakeProvider
-from tests.helpers import GitRepo, run_cli, task
+from tests.fakes import Clock, fake_world
+from tests.helpers import run_cli, task
 
 QUEUE = "retry: {on_events: [no-capacity], duration: off}"
 
 
 @pytest.fixture
 def env(tmp_path):
-    repo = GitRepo(tmp_path / "repo")
-    repo.write("runs/holder.yml", task("holder", "sleep 100", priority=90))
-    for name, priority in (("second", 50), ("third", 40)):
-        repo.write(f"runs/{name}.yml", task(name, priority=priority) + QUEUE + "\n")
-    repo.write("runs/flaky.yml", task("flaky", priority=10) + "retry: {on_events: [no-capacity, error], duration: 1h}\n")
-    repo.commit("four runs, one slot")
-    db = tmp_path / "state.db"
-    store = Store(db)
-    provider = FakeProvider(slots=2)
-    controller = Controller(store, provider, ConfigRepo(str(repo.path)), clock=Clock(time.time()))
-    yield str(db), store, provider, controller
+    files = {"runs/holder.yml": task("holder", "sleep 100", priority=90),
+             **{f"runs/{name}.yml": task(name, priority=priority) + QUEUE + "\n" for name, priority in (("second", 50), ("third", 40))},
+             "runs/flaky.yml": task("flaky", priority=10) + "retry: {on_events: [no-capacity, error], duration: 1h}\n"}
+    with fake_world(tmp_path, files, slots=2, clock=Clock(time.time()), message="four runs, two slots") as world:
+        yield str(world.db), world.store, world.provider, world.controller
 
 
 def ps_rows(db):

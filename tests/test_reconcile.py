@@ -10,22 +10,14 @@ import pytest
 from gitopsq.controller import Controller
 from gitopsq.source import ConfigRepo
 from gitopsq.store import Store
-from tests.fakes import Clock, FakeProvider
-from tests.helpers import GitRepo, task
+from tests.fakes import Clock, fake_world
+from tests.helpers import task
 
 
 @pytest.fixture
 def env(tmp_path):
-    repo = GitRepo(tmp_path / "repo")
-    repo.write("runs/a.yml", task("a"))
-    repo.commit("first")
-    store = Store(tmp_path / "state.db")
-    provider = FakeProvider(slots=10)
-    source = ConfigRepo(str(repo.path))
-    controller = Controller(store, provider, source, clock=Clock())
-    yield repo, store, provider, controller
-    source.close()
-    store.close()
+    with fake_world(tmp_path, {"runs/a.yml": task("a")}) as world:
+        yield world.repo, world.store, world.provider, world.controller
 
 
 def sync(controller):

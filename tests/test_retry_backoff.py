@@ -13,7 +13,7 @@ from gitopsq.providers.local_adapter import make_local_provider
 from gitopsq.queue import BACKOFF_SCHEDULE_S
 from gitopsq.source import ConfigRepo
 from gitopsq.store import Store
-from tests.fakes import Clock, FakeProvider
+from tests.fakes import fake_world
 from tests.helpers import GitRepo, task
 
 RETRY_ON_ERROR = "retry: {on_events: [error, interruption], duration: 1h}"
@@ -21,16 +21,8 @@ RETRY_ON_ERROR = "retry: {on_events: [error, interruption], duration: 1h}"
 
 @pytest.fixture
 def env(tmp_path):
-    repo = GitRepo(tmp_path / "repo")
-    repo.write("runs/flaky.yml", task("flaky") + RETRY_ON_ERROR + "\n")
-    repo.commit("a run that retries on error")
-    clock = Clock()
-    store = Store(tmp_path / "state.db")
-    provider = FakeProvider(slots=2)
-    source = ConfigRepo(str(repo.path))
-    yield repo, store, provider, Controller(store, provider, source, clock=clock), clock
-    source.close()
-    store.close()
+    with fake_world(tmp_path, {"runs/flaky.yml": task("flaky") + RETRY_ON_ERROR + "\n"}, slots=2) as world:
+        yield world.repo, world.store, world.provider, world.controller, world.clock
 
 
 def current(store):

@@ -6,25 +6,18 @@ from __future__ import annotations
 
 import pytest
 
-from gitopsq.controller import Controller, StepFailed
-from gitopsq.source import ConfigRepo, SourceError
-from gitopsq.store import Store
-from tests.fakes import Clock, FakeProvider
-from tests.helpers import GitRepo, task
+from gitopsq.controller import StepFailed
+from gitopsq.source import SourceError
+from tests.fakes import fake_world
+from tests.helpers import task
 
 
 @pytest.fixture
 def env(tmp_path):
-    repo = GitRepo(tmp_path / "repo")
-    repo.write("runs/long.yml", task("long", "sleep 1000", priority=90, max_duration="10s"))
-    repo.write("runs/next.yml", task("next") + "retry: {on_events: [no-capacity], duration: off}\n")
-    repo.commit("a run with a deadline, and one waiting for its slot")
-    store = Store(tmp_path / "state.db")
-    provider = FakeProvider(slots=1)
-    clock = Clock()
-    controller = Controller(store, provider, ConfigRepo(str(repo.path)), clock=clock)
-    yield repo, store, provider, controller, clock
-    store.close()
+    files = {"runs/long.yml": task("long", "sleep 1000", priority=90, max_duration="10s"),
+             "runs/next.yml": task("next") + "retry: {on_events: [no-capacity], duration: off}\n"}
+    with fake_world(tmp_path, files, slots=1, message="a run with a deadline, and one waiting for its slot") as world:
+        yield world.repo, world.store, world.provider, world.controller, world.clock
 
 
 def test_deadlines_and_admission_go_on_while_git_fails(env, monkeypatch):

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 import pytest
-import sqlite_utils
 
-from gitopsq import store as store_module
 from gitopsq.store import SCHEMA_VERSION, StateLocked, Store, controller_lock
+from tests.helpers import write_first_release_state
 
 
 def test_a_first_release_database_is_migrated(tmp_path):
     path = tmp_path / "old.db"
-    conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
-    store_module._migrate_1(sqlite_utils.Database(conn))
-    conn.execute("INSERT INTO meta VALUES ('schema_version', '1'), ('controller_id', 'abc123')")
-    conn.commit()
-    conn.close()
+    write_first_release_state(path)
     store = Store(path)
     assert store.meta("schema_version") == str(SCHEMA_VERSION) and store.controller_id == "abc123"
     indexes = {row[1] for row in store.conn.execute("PRAGMA index_list(submissions)")}
