@@ -25,6 +25,20 @@ def ago(seconds: float | None) -> str:
     return f"{s // 86400}d{(s % 86400) // 3600}h"
 
 
+def time_column(row: dict, now: float) -> tuple[float | None, str]:
+    """(seconds, text): waiting for queued runs, up for running ones, ended ago for finished ones."""
+    if row["status"] == "queued" and row.get("queued_at"):
+        seconds = now - row["queued_at"]
+        return seconds, f"waiting {ago(seconds)}"
+    if row["status"] in ("provisioning", "running", "stopping") and row.get("started_at"):
+        seconds = now - row["started_at"]
+        return seconds, f"up {ago(seconds)}"
+    if row.get("finished_at"):
+        seconds = now - row["finished_at"]
+        return seconds, f"ended {ago(seconds)} ago"
+    return None, ""
+
+
 def amounts(values: dict[str, int], keys=None) -> str:
     """{"slots": 1, "gpus": 2} -> "1 slot, 2 GPUs" (only the given keys; zero demands left out)."""
     out = []

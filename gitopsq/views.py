@@ -7,7 +7,7 @@ import time
 
 import click
 
-from gitopsq.explain import ago, why
+from gitopsq.explain import ago, time_column, why
 
 STATUS_STYLE = {"queued": "yellow", "provisioning": "cyan", "running": "green", "stopping": "magenta",
                 "done": "bold green", "failed": "bold red", "cancelled": "dim"}
@@ -31,16 +31,6 @@ def _retry_state(row: dict, now: float) -> str:
     return " ".join(p for p in parts if p) or ",".join(retry["on_events"])
 
 
-def _time_column(row: dict, now: float) -> str:
-    if row["status"] == "queued":
-        return f"waiting {ago(now - row['queued_at'])}"
-    if row["status"] in ("running", "provisioning", "stopping") and row.get("started_at"):
-        return f"up {ago(now - row['started_at'])}"
-    if row.get("finished_at"):
-        return f"ended {ago(now - row['finished_at'])} ago"
-    return ""
-
-
 def runs_table(rows: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -53,7 +43,7 @@ def runs_table(rows: list[dict]) -> None:
         status = row["status"]
         reason = why(row, now)
         table.add_row(row["name"], f"[{STATUS_STYLE.get(status, '')}]{status}[/]", str(row["priority"]),
-                      str(row["submission"]), _time_column(row, now), _retry_state(row, now), reason)
+                      str(row["submission"]), time_column(row, now)[1], _retry_state(row, now), reason)
     console = Console()
     if not rows:
         console.print("No runs. Commit a run file to the config repo, then run gitopsq serve.")
@@ -90,7 +80,7 @@ def _history(rows: list[dict], now: float, narrow: bool):
         if row.get("exit_code") is not None:
             reason = f"{reason} exit {row['exit_code']}".strip()
         cells = [str(row["submission"]), f"[{STATUS_STYLE.get(row['status'], '')}]{row['status']}[/]",
-                 str(row["priority"]), f"{ago(now - row['queued_at'])} ago", _time_column(row, now), reason,
+                 str(row["priority"]), f"{ago(now - row['queued_at'])} ago", time_column(row, now)[1], reason,
                  (row.get("commit_sha") or "")[:7 if narrow else 10]]
         table.add_row(*cells, *(() if narrow else (row.get("log_path") or "",)))
     return table

@@ -6,7 +6,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from gitopsq.plan import ACTIVE
 from gitopsq.store import Store, listing, submissions
-from gitopsq.explain import ago, why
+from gitopsq.explain import ago, time_column, why
 from gitopsq.web import queries
 
 ENV = Environment(loader=PackageLoader("gitopsq.web", "templates"), autoescape=select_autoescape(["html"]))
@@ -36,20 +36,6 @@ def retry_state(row: dict, now: float) -> tuple[str, str]:
         limit = "forever" if retry["duration"] is None else f"for {ago(retry['duration'])}"
         parts.append(f"retries on {', '.join(retry['on_events'])} {limit}")
     return kind, "; ".join(p for p in parts if p)
-
-
-def time_column(row: dict, now: float) -> tuple[float | None, str]:
-    """(seconds, text): waiting for queued runs, up for running ones, ended ago for finished ones."""
-    if row["status"] == "queued" and row.get("queued_at"):
-        seconds = now - row["queued_at"]
-        return seconds, f"waiting {ago(seconds)}"
-    if row["status"] in ("provisioning", "running", "stopping") and row.get("started_at"):
-        seconds = now - row["started_at"]
-        return seconds, f"up {ago(seconds)}"
-    if row.get("finished_at"):
-        seconds = now - row["finished_at"]
-        return seconds, f"ended {ago(seconds)} ago"
-    return None, ""
 
 
 def _shown(row: dict, now: float) -> dict:
