@@ -11,6 +11,7 @@ from gitopsq.yamlload import Problem, SpecError, load_yaml
 
 CONFIG_FILE = ".gitopsq.yml"
 DEFAULT_PATHS = ("**/*.yml", "**/*.yaml")
+DSTACK_FILES = (".dstack.yml", ".dstack.yaml")
 
 
 @functools.cache
@@ -67,8 +68,12 @@ class RepoConfig:
     defaults: Mapping[str, Any] = field(default_factory=dict)
 
     def is_run_path(self, path: str) -> bool:
-        """True for files that hold runs: they match `paths`, and are not in a dot-folder."""
-        if path == CONFIG_FILE or any(part.startswith(".") for part in path.split("/")):
+        """True for files that hold runs: they match `paths`, and are not in a dot-folder nor
+        dot-files, except dstack's .dstack.yml (a run named after its folder)."""
+        *folders, base = path.split("/")
+        if path == CONFIG_FILE or any(part.startswith(".") for part in folders):
+            return False
+        if base.startswith(".") and base not in DSTACK_FILES:
             return False
         return any(_glob_regex(p).match(path) for p in self.paths)
 

@@ -15,6 +15,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
+from gitopsq.inputs import (FileSpec, InputError, RegistryAuth, RepoSpec, VolumeSpec, env_pairs, parse_files, parse_registry_auth,
+                            parse_repos, parse_volumes, secret_names)
 from gitopsq.resources import schema_path
 from gitopsq.yamlload import Loaded, Problem, SpecError, field_name, load_yaml
 
@@ -237,6 +239,7 @@ class RunSpec:
     env: tuple[tuple[str, str], ...] = ()
     image: str | None = None
     python: str | None = None
+    nvcc: bool = False
     shell: str = "bash"
     resources: Resources = field(default_factory=Resources)
     priority: int = 0
@@ -247,6 +250,10 @@ class RunSpec:
     regions: tuple[str, ...] = ()
     spot_policy: str | None = None
     max_price: float | None = None
+    repos: tuple[RepoSpec, ...] = ()
+    files: tuple[FileSpec, ...] = ()
+    volumes: tuple[VolumeSpec, ...] = ()
+    registry_auth: RegistryAuth | None = None
 
     def to_dict(self) -> dict:
         """A JSON-ready form, stable across runs: what is stored and diffed."""
@@ -271,10 +278,26 @@ class RunSpec:
         values.update(resources=resources, retry=retry, env=tuple(tuple(kv) for kv in data.get("env", ())))
         for key in ("commands", "init", "backends", "regions"):
             values[key] = tuple(data.get(key, ()))
+        # Specs stored before these fields existed have none of them.
+        values["repos"] = tuple(RepoSpec(**r) for r in data.get("repos", ()))
+        values["files"] = tuple(FileSpec(**f) for f in data.get("files", ()))
+        values["volumes"] = tuple(VolumeSpec(**v) for v in data.get("volumes", ()))
+        values["registry_auth"] = RegistryAuth(**data["registry_auth"]) if data.get("registry_auth") else None
         return cls(**values)
 
     def env_dict(self) -> dict[str, str]:
+        """The env as written: secret references (${{ secrets.x }}) not yet resolved."""
         return dict(self.env)
+
+    @property
+    def secrets(self) -> frozenset[str]:
+        """The names of the secrets the run needs at launch."""
+        names = set()
+        for _, value in self.env:
+            names |= secret_names(value)
+        if self.registry_auth:
+            names |= secret_names(self.registry_auth.username) | secret_names(self.registry_auth.password)
+        return frozenset(names)
 
 
 # --- parsing helpers (inputs already passed the schema) --------------------------------------
@@ -342,20 +365,6 @@ def parse_gpu(value: Any) -> Gpu:
     return Gpu(vendor, names, memory, None, count)
 
 
-def _env(value: Any) -> tuple[tuple[str, str], ...]:
-    if isinstance(value, dict):
-        pairs = [(k, _scalar_text(v)) for k, v in value.items()]
-    else:
-        pairs = [tuple(item.split("=", 1)) for item in value or ()]
-    return tuple(pairs)
-
-
-def _scalar_text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
 def _retry(value: Any) -> Retry | None:
     if value is None or value is False:
         return None
@@ -406,20 +415,23 @@ def merge_defaults(defaults: Mapping, data: Mapping) -> dict:
     return merged
 
 
-def parse_run(raw: bytes, file: str, defaults: Mapping | None = None, defaults_file: str = ".gitopsq.yml") -> RunSpec:
+def parse_run(raw: bytes, file: str, defaults: Mapping | None = None, defaults_file: str = ".gitopsq.yml",
+              repo_path: str | None = None) -> RunSpec:
     """Parse one run file into a RunSpec, or raise SpecError with every problem found.
 
-    Never raises anything else, whatever the bytes: that is a tested property.
+    file names the file in problems; repo_path is its path inside the config repo (default: file),
+    from which `repos` and `files` are resolved. Never raises anything else, whatever the bytes:
+    that is a tested property.
     """
     try:
-        return _parse_run(raw, file, defaults or {}, defaults_file)
+        return _parse_run(raw, file, defaults or {}, defaults_file, file if repo_path is None else repo_path)
     except SpecError:
         raise
     except Exception as exc:  # a bug of ours must still reach the user as a message on the file
         raise SpecError([Problem(file, None, "", f"internal error while reading this file: {type(exc).__name__}: {exc}")]) from exc
 
 
-def _parse_run(raw: bytes, file: str, defaults: Mapping, defaults_file: str) -> RunSpec:
+def _parse_run(raw: bytes, file: str, defaults: Mapping, defaults_file: str, repo_path: str) -> RunSpec:
     loaded = load_yaml(raw, file)
     data = loaded.data
     if isinstance(data, dict) and defaults:
@@ -430,7 +442,7 @@ def _parse_run(raw: bytes, file: str, defaults: Mapping, defaults_file: str) -> 
 
     name = data.get("name")
     if name is None:
-        stem = file.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        stem = default_name(repo_path)
         if not NAME_RE.fullmatch(stem):
             raise SpecError([Problem(file, 1, "name", f"no name given and the file name {stem!r} is not a run name; add name: (lower-case letters, digits and '-')")])
         name = stem
@@ -438,6 +450,16 @@ def _parse_run(raw: bytes, file: str, defaults: Mapping, defaults_file: str) -> 
     range_errors = _range_problems(resources)
     if range_errors:
         raise SpecError([Problem(file, loaded.line_of(path), field_name(path), msg) for path, msg in range_errors])
+    try:
+        env = env_pairs(data.get("env"))
+        inputs = dict(
+            repos=parse_repos(data.get("repos", ()), repo_path),
+            files=parse_files(data.get("files", ()), repo_path),
+            volumes=parse_volumes(data.get("volumes", ())),
+            registry_auth=parse_registry_auth(data.get("registry_auth"), frozenset(k for k, _ in env)),
+        )
+    except InputError as exc:
+        raise SpecError([Problem(file, loaded.line_of(exc.path), field_name(exc.path), str(exc))]) from None
     python = data.get("python")
     return RunSpec(
         name=name,
@@ -446,9 +468,10 @@ def _parse_run(raw: bytes, file: str, defaults: Mapping, defaults_file: str) -> 
         init=tuple(data.get("init", ())),
         ide=data.get("ide"),
         port=data.get("port"),
-        env=_env(data.get("env")),
+        env=env,
         image=data.get("image"),
         python=str(python) if python is not None else None,
+        nvcc=bool(data.get("nvcc", False)),
         shell=data.get("shell", "bash"),
         resources=resources,
         priority=data.get("priority", 0),
@@ -459,4 +482,17 @@ def _parse_run(raw: bytes, file: str, defaults: Mapping, defaults_file: str) -> 
         regions=tuple(data.get("regions", ())),
         spot_policy=data.get("spot_policy"),
         max_price=data.get("max_price"),
+        **inputs,
     )
+
+
+def default_name(path: str) -> str:
+    """A run's name when the file gives none: the file's stem; dstack's train.dstack.yml is train,
+    and a file called .dstack.yml takes its folder's name."""
+    folder, _, base = path.rpartition("/")
+    for suffix in (".dstack.yml", ".dstack.yaml"):
+        if base == suffix:
+            return folder.rpartition("/")[2]
+        if base.endswith(suffix):
+            return base[: -len(suffix)]
+    return base.rsplit(".", 1)[0]

@@ -347,6 +347,8 @@ class CloudAdapter:
             return f"backends: this controller provisions on {self.name} only, not {', '.join(spec.backends)}"
         if spec.regions and self.region and self.region not in spec.regions:
             return f"regions: this controller provisions in {self.region} only, not {', '.join(spec.regions)}"
+        if spec.nvcc:
+            return f"nvcc: not supported on {self.name} yet; set image to a CUDA devel image (e.g. nvidia/cuda:12.4.1-devel-ubuntu22.04)"
         if spec.resources.shm_size is not None and container_image(spec) is None:
             return (f"resources.shm_size: a run on a {self.name} node itself shares the node's /dev/shm; "
                     "set image (or python) to run in a container with its own")

@@ -30,6 +30,11 @@ FIELD_SUPPORT: dict[str, dict[str, str]] = {
         LOCAL_CONTAINER: "-: `python` and `image` exclude each other (the image brings its Python)",
         EC2: "honoured: runs in the `python:X.Y` image",
     },
+    "nvcc": {
+        LOCAL_PROCESS: "checked: nvcc must be on this machine (PATH or /usr/local/cuda/bin), which is put on the run's PATH",
+        LOCAL_CONTAINER: "-: `nvcc` and `image` exclude each other",
+        EC2: "refused: set `image` to a CUDA devel image instead",
+    },
     "resources.cpu": {
         LOCAL_PROCESS: "checked: this machine must have that many CPUs",
         LOCAL_CONTAINER: "checked: this machine must have that many CPUs",
@@ -74,6 +79,26 @@ FIELD_SUPPORT: dict[str, dict[str, str]] = {
         LOCAL_PROCESS: "honoured: this machine costs nothing per hour",
         LOCAL_CONTAINER: "honoured: this machine costs nothing per hour",
         EC2: "honoured: the cheapest fitting instance type must cost at most that",
+    },
+    "repos": {
+        LOCAL_PROCESS: "honoured: checked out into the working directory (a relative `path`; an absolute one is refused)",
+        LOCAL_CONTAINER: "honoured: checked out into the working directory (/work in the container)",
+        EC2: "honoured: the node downloads the tree from the controller (no git credentials on the node)",
+    },
+    "files": {
+        LOCAL_PROCESS: "honoured: copied into the working directory (a relative `dst`; an absolute one is refused)",
+        LOCAL_CONTAINER: "honoured: copied into the working directory; an absolute `dst` is mounted there",
+        EC2: "honoured: downloaded with the tree; an absolute `dst` is written there",
+    },
+    "volumes": {
+        LOCAL_PROCESS: "honoured: linked into the working directory (a relative `path`; an absolute one is refused)",
+        LOCAL_CONTAINER: "honoured: `-v instance_path:path`",
+        EC2: "honoured: a folder of the node, `-v` into the container or linked into the working directory",
+    },
+    "registry_auth": {
+        LOCAL_PROCESS: "-: applies to images only",
+        LOCAL_CONTAINER: "honoured: a login for this run's pull only",
+        EC2: "honoured: `docker login` on the node, with the credentials downloaded from the controller",
     },
     "port": {
         LOCAL_PROCESS: "honoured: the service listens on this machine",

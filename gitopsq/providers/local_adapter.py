@@ -63,6 +63,8 @@ class LocalAdapter:
         if spec.resources.shm_size is not None and not spec.image:
             return ("resources.shm_size: a process run on the local provider shares this machine's /dev/shm; "
                     "set image to run in a container with its own")
+        if spec.nvcc and find_nvcc() is None:
+            return "nvcc: the local provider found no nvcc on this machine (PATH, /usr/local/cuda/bin); install CUDA's toolkit"
         if spec.python and find_python(spec.python) is None:
             return (f"python: no Python {spec.python} on this machine for the local provider "
                     f"(looked on PATH, in pyenv and uv); install it or change python")
@@ -111,8 +113,10 @@ class LocalAdapter:
         spec = launch.spec
         script = run_script(spec) if spec.commands or spec.type == "dev-environment" else ""
         env = run_env(spec, launch)
-        if spec.python and not spec.image and "PATH" not in env:
-            env["PATH"] = f"{self._python_bin(spec.python)}:{os.environ.get('PATH', '/usr/local/bin:/usr/bin:/bin')}"
+        if "PATH" not in env and (spec.python or spec.nvcc) and not spec.image:
+            extra = [str(self._python_bin(spec.python))] if spec.python else []
+            extra += [os.path.dirname(find_nvcc())] if spec.nvcc and find_nvcc() else []
+            env["PATH"] = ":".join([*extra, os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")])
         container_args = ()
         if spec.image and spec.resources.shm_size is not None:
             container_args = ("--shm-size", f"{int(math.ceil(spec.resources.shm_size * 1024))}m")
@@ -153,6 +157,12 @@ class LocalAdapter:
     def exit_code(self, node: Node):
         extra = node.extra
         return node.state == NodeState.RUNNING, extra.get("exit_code"), bool(extra.get("lost")), extra.get("log")
+
+
+@functools.cache
+def find_nvcc() -> str | None:
+    """NVIDIA's CUDA compiler: on PATH, or where the CUDA toolkit installs it."""
+    return shutil.which("nvcc") or shutil.which("nvcc", path="/usr/local/cuda/bin")
 
 
 @functools.cache
