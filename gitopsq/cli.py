@@ -193,6 +193,7 @@ def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, 
     With --once: one step (read the branch tip, apply the plan, watch nodes, admit from the
     queue), then exit.
     """
+    from gitopsq.daemon import ignore_wake_signal, interrupt_on_stop_signals
     from gitopsq.providers.base import ProviderConfigError
     from gitopsq.runtime import make_controller, state_path
     from gitopsq.source import SourceError
@@ -200,9 +201,8 @@ def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, 
 
     opts = _provider_options(provider, local_slots, local_gpus, provider_opt, max_nodes, public_url, max_log_size)
     daemon_opts = None if once else _daemon_options(http, interval, webhook_secret_file, log_format)
+    ignore_wake_signal()  # `secret set` may signal this process as soon as the lock names it
     if daemon_opts:
-        from gitopsq.daemon import interrupt_on_stop_signals
-
         interrupt_on_stop_signals()  # a stop during start-up (a first clone can be slow) ends it cleanly
     path = state_path(db)
     try:
@@ -301,9 +301,12 @@ def history(name, db, as_json) -> None:
 @db_option
 @click.option("--submission", "number", type=int, help="Submission number (default: the latest).")
 def logs(name, db, number) -> None:
-    """Print the output of run NAME (every attempt of the submission, oldest first)."""
-    from pathlib import Path
+    """Print the output of run NAME (every attempt of the submission, oldest first).
 
+    Every secret value the submission's attempts were given is shown as ***.
+    """
+    from gitopsq.masking import masked_chunks
+    from gitopsq.secretstore import SecretKeyError, SecretStore
     from gitopsq.store import attempt_logs
 
     store = _state(db)
@@ -316,13 +319,21 @@ def logs(name, db, number) -> None:
     paths = attempt_logs(store, sub["id"])
     if not paths:
         raise click.ClickException(_no_log(name, dict(sub)))
+    try:
+        secrets = SecretStore(store).mask_values(sub["id"])
+    except SecretKeyError as exc:
+        raise click.ClickException(f"{exc}; the log may hold secrets that cannot be masked, so it is not shown") from None
     for index, path in enumerate(paths):
         if len(paths) > 1:
             click.echo(f"--- attempt {index + 1} ({path})")
         try:
-            click.echo(Path(path).read_text(errors="replace"), nl=False)
+            log_file = open(path, "rb")
         except OSError as exc:
             click.echo(f"(log not readable here: {exc.strerror})", err=True)
+            continue
+        with log_file:
+            for text in masked_chunks(log_file, secrets):
+                click.echo(text, nl=False)
 
 
 def _no_log(name: str, sub: dict) -> str:
@@ -372,3 +383,112 @@ def report(submission_id, token, exit_code, db) -> None:
     if not record_report(open_store(db), submission_id, token, exit_code, time.time()):
         raise click.ClickException("report refused: unknown submission, wrong token, or not running")
     click.echo(f"submission {submission_id}: exit code {exit_code} recorded")
+
+
+# --- secrets ------------------------------------------------------------------------------------
+
+@main.group()
+def secret() -> None:
+    """Secrets that runs reference: `env: [HF_TOKEN]` or `KEY=${{ secrets.name }}`.
+
+    Values are stored encrypted in the state database, under a key kept in a file of its own
+    beside it (gitopsq.db -> gitopsq.key, 0600): keep that file with the database, since the
+    database alone cannot give them back. A value is never shown again; a run gets it at launch,
+    and the logs that `logs`, the API and the dashboard serve show it as ***.
+    """
+
+
+@secret.command("set")
+@click.argument("name")
+@click.option("--from-file", "from_file", type=click.Path(exists=True, dir_okay=False),
+              help="Take the value from this file, byte for byte (an ssh key, a JSON credential).")
+@db_option
+def secret_set(name, from_file, db) -> None:
+    """Set secret NAME (creating or replacing it), and wake a running controller.
+
+    The value is read from stdin, without its trailing newline (`printf %s "$TOKEN" | gitopsq
+    secret set HF_TOKEN`, or `gitopsq secret set HF_TOKEN < token.txt`); on a terminal it is
+    asked for without echo. Runs waiting for NAME are tried at once; active runs keep the value
+    they started with, their next attempt or submission gets the new one. Values shorter than 4
+    characters are accepted but cannot be masked in logs.
+    """
+    from gitopsq.masking import MIN_MASKED, too_short_to_mask
+    from gitopsq.runtime import open_store, state_path
+    from gitopsq.secretstore import SecretError, SecretKeyError, SecretStore, check_name
+    from gitopsq.wakeup import wake_controller
+
+    try:
+        check_name(name)
+    except SecretError as exc:
+        raise click.BadParameter(str(exc), param_hint="NAME") from None
+    value = _secret_value(name, from_file)
+    try:
+        created = SecretStore(open_store(db)).set(name, value)
+    except (SecretError, SecretKeyError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if too_short_to_mask(value):
+        click.echo(f"warning: the value of {name} is shorter than {MIN_MASKED} characters: it will not be masked in logs",
+                   err=True)
+    click.echo(f"Secret {name} {'created' if created else 'updated'}.")
+    pid = wake_controller(state_path(db))
+    if pid is not None:
+        click.echo(f"Woke the controller (pid {pid}): runs waiting for {name} are tried now.")
+
+
+def _secret_value(name: str, from_file: str | None) -> str:
+    """The value from --from-file (as is), a no-echo prompt, or stdin (trailing newline dropped)."""
+    import sys
+
+    if from_file:
+        from pathlib import Path
+
+        try:
+            data, source = Path(from_file).read_bytes(), from_file
+        except OSError as exc:
+            raise click.ClickException(f"cannot read {from_file}: {exc.strerror or exc}") from None
+    elif sys.stdin.isatty():
+        return click.prompt(f"Value of {name} (not echoed)", hide_input=True, prompt_suffix=": ")
+    else:
+        data, source = sys.stdin.buffer.read(), "stdin"
+        data = data[:-2] if data.endswith(b"\r\n") else data[:-1] if data.endswith(b"\n") else data
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise click.ClickException(f"{source} is not UTF-8 text: a secret reaches a run as an environment variable") from None
+
+
+@secret.command("list")
+@db_option
+@json_option
+def secret_list(db, as_json) -> None:
+    """List secrets by name: when each was set and updated, and which runs reference it.
+
+    A name that runs reference but that is not set is listed as missing (those runs wait in
+    the queue with reason secret-missing). Values are never shown.
+    """
+    from gitopsq.secretstore import secret_listing
+    from gitopsq.views import print_json, secrets_table
+
+    rows = secret_listing(_state(db))
+    print_json(rows) if as_json else secrets_table(rows)
+
+
+@secret.command("rm")
+@click.argument("name")
+@db_option
+def secret_rm(name, db) -> None:
+    """Remove secret NAME (an unknown name is an error).
+
+    Runs that reference it wait with reason secret-missing at their next launch; active runs
+    keep the value they started with, and their logs stay masked.
+    """
+    from gitopsq.secretstore import SecretStore, secret_listing
+
+    store = _state(db, readonly=False)
+    if not SecretStore(store).remove(name):
+        raise click.ClickException(f"no secret named {name!r}")
+    click.echo(f"Secret {name} removed.")
+    runs = next((row["runs"] for row in secret_listing(store) if row["name"] == name), [])
+    if runs:
+        click.echo(f"warning: still referenced by {', '.join(runs)}: they wait (secret-missing) until it is set again",
+                   err=True)

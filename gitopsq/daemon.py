@@ -3,7 +3,8 @@
 One loop makes every decision; the HTTP server, the webhook and the ref watcher only wake it.
 The loop runs in a thread of its own, so the main thread is always free to take a signal.
 SIGTERM, SIGINT and SIGHUP stop the daemon: the current step finishes (a fetch is cancelled),
-nodes keep running, exit 0; the next start adopts them. A step still busy STOP_GRACE seconds
+nodes keep running, exit 0; the next start adopts them. SIGUSR1 wakes the loop (`gitopsq
+secret set` sends it, so a run waiting for that secret is tried at once). A step still busy STOP_GRACE seconds
 after the signal is abandoned: exit 1, like a crash, which the next start recovers (every
 change is a transaction).
 """
@@ -25,6 +26,7 @@ log = logging.getLogger("gitopsq.daemon")
 # SIGHUP stops too: there is no configuration to reload (the options are flags, the run files
 # are read at every step), and it is what a closed terminal sends.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+WAKE_SIGNAL = signal.SIGUSR1  # sent by gitopsq.wakeup
 STOP_GRACE = 3.0  # seconds a step may still run after a stop signal
 HTTP_STOP_TIMEOUT = 1.0  # seconds the HTTP server gets to close its connections
 
@@ -53,7 +55,7 @@ class Loop:
         self.failures = 0  # failed steps since the start
         self._failing = 0  # failed steps in a row
         self.last_fetch_at = 0.0
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # wake() also runs in signal handlers, which may interrupt one another
         self.on_step = None  # callable(seconds) for metrics
 
     def wake(self, reason: str) -> None:
@@ -199,6 +201,20 @@ def _stop_on_signals(loop: Loop) -> None:
         signal.signal(sig, handle)
 
 
+def ignore_wake_signal() -> None:
+    """Until the loop runs (and in `serve --once`): a wake signal does nothing, where its default
+    would kill the process. A handler, not SIG_IGN, which launched runs would inherit."""
+    signal.signal(WAKE_SIGNAL, lambda signum, frame: None)
+
+
+def _wake_on_signal(loop: Loop) -> None:
+    def handle(signum, frame) -> None:
+        log.debug("%s received: waking the loop (secrets changed)", signal.Signals(signum).name)
+        loop.wake("secrets")
+
+    signal.signal(WAKE_SIGNAL, handle)
+
+
 def _run_loop(loop: Loop) -> None:
     try:
         loop.run()
@@ -224,6 +240,7 @@ def run_daemon(controller: Controller, opts: DaemonOptions) -> None:
     setup_logging(opts.log_format)
     loop = Loop(controller, opts.interval)
     _stop_on_signals(loop)
+    _wake_on_signal(loop)
     watcher = None
     if controller.repo is not None and not controller.repo.is_remote:
         from gitopsq.watch import RefWatcher

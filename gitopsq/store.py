@@ -80,7 +80,17 @@ def _migrate_4(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE problems ADD COLUMN since TEXT")
 
 
-MIGRATIONS = {1: _migrate_1, 2: _migrate_2, 3: _migrate_3, 4: _migrate_4}
+def _migrate_5(db: sqlite_utils.Database) -> None:
+    # Secrets as Fernet tokens (gitopsq.secretstore), under a key kept outside the database.
+    db.execute("CREATE TABLE secrets (name TEXT PRIMARY KEY, token TEXT NOT NULL, created_at REAL NOT NULL, "
+               "updated_at REAL NOT NULL)")
+    # The values each attempt of a submission was given (one token: a JSON list), so its logs stay
+    # masked after a secret is changed or removed.
+    db.execute("CREATE TABLE attempt_secrets (submission_id INTEGER NOT NULL, attempt INTEGER NOT NULL, "
+               "token TEXT NOT NULL, at REAL, PRIMARY KEY (submission_id, attempt))")
+
+
+MIGRATIONS = {1: _migrate_1, 2: _migrate_2, 3: _migrate_3, 4: _migrate_4, 5: _migrate_5}
 
 
 # The database holds env values and report tokens: only its owner may read it, whatever the umask

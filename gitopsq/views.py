@@ -1,4 +1,4 @@
-"""Tables for people (rich) and JSON for scripts, for `ps` and `history`."""
+"""Tables for people (rich) and JSON for scripts, for `ps`, `history` and `secret list`."""
 
 from __future__ import annotations
 
@@ -84,3 +84,25 @@ def _history(rows: list[dict], now: float, narrow: bool):
                  (row.get("commit_sha") or "")[:7 if narrow else 10]]
         table.add_row(*cells, *(() if narrow else (row.get("log_path") or "",)))
     return table
+
+
+def secrets_table(rows: list[dict]) -> None:
+    """Secret names, when set and updated, and the runs that reference them; never values."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not rows:
+        console.print("No secrets. Set one with: gitopsq secret set NAME")
+        return
+    now = time.time()
+    table = Table(box=None, header_style="bold")
+    for column in ("NAME", "SET", "UPDATED", "RUNS"):
+        table.add_column(column, overflow="fold" if column == "RUNS" else "ellipsis")
+    for row in rows:
+        if row["set"]:
+            set_at, updated = f"{ago(now - row['created_at'])} ago", f"{ago(now - row['updated_at'])} ago"
+        else:
+            set_at, updated = "[bold red]missing[/]", ""
+        table.add_row(row["name"], set_at, updated, ", ".join(row["runs"]) or "-")
+    console.print(table)

@@ -182,6 +182,7 @@ def test_openapi_lists_every_endpoint_with_models(server):
         "/api/runs/{name}/activity": {"post"}, "/api/submissions": {"get"},
         "/api/submissions/{submission_id}/report": {"post"}, "/api/webhook": {"post"}, "/healthz": {"get"},
         "/metrics": {"get"}, "/": {"get"}, "/runs/{name}": {"get"},
+        "/api/secrets": {"get"}, "/api/secrets/{name}": {"put", "delete"},
     }
     schemas = doc["components"]["schemas"]
     assert {"RunRow", "RunDetail", "Submission", "Report", "Health", "WebhookAccepted"} <= set(schemas)

@@ -21,6 +21,7 @@ from gitopsq.web import dashboard, queries
 from gitopsq.web.metrics import CONTENT_TYPE, Metrics
 from gitopsq.web.models import (INT64, Activity, Health, Problem, Report, ReportAccepted, RunDetail, RunRow, Status,
                                 Submission)
+from gitopsq.web.secrets import secrets_router
 from gitopsq.web.webhook import webhook_router
 
 NOT_FOUND = {404: {"model": Problem, "description": "No run of that name."}}
@@ -30,7 +31,7 @@ def create_app(db_path: Path, wake: Callable[[str], None], status: Callable[[], 
                metrics: Metrics | None = None, *, clock: Callable[[], float] = time.time) -> FastAPI:
     """The web app over the state database at `db_path`.
 
-    wake(reason): wakes the controller loop ("webhook", "report"); must return at once.
+    wake(reason): wakes the controller loop ("webhook", "report", "secrets"); must return at once.
     status(): {"branch", "commit" (last reconciled), "provider", "provider_health" (None or a
     message), "last_step_at" (the last step's end), "last_success_at" (the last successful one's),
     "last_step_error" (None or one line), "step_failures", "repo"}, shown by /healthz and the dashboard.
@@ -107,6 +108,7 @@ def create_app(db_path: Path, wake: Callable[[str], None], status: Callable[[], 
         return {"submission_id": submission_id, "exit_code": sub["exit_code"], "reported_at": sub["reported_at"]}
 
     app.include_router(webhook_router(webhook_secret, wake, metrics.webhook))
+    app.include_router(secrets_router(pool.get, wake, clock))
 
     @app.get("/healthz", response_model=Health, tags=["daemon"],
              responses={503: {"model": Health, "description": "Degraded: the last step failed or the provider does not answer."}})

@@ -56,8 +56,9 @@ def render_run(store: Store, name: str, now: float) -> str | None:
     if not queries.run_exists(store, name):
         return None
     history = [_shown(row, now) for row in submissions(store, run=name)]
-    path = queries.latest_log(store, history)
-    tail, log_problem = queries.log_tail(path) if path else (None, "no log yet")
+    latest = queries.latest_log(store, history)
+    path = latest[0] if latest else None
+    tail, log_problem = queries.masked_log_tail(store, *latest) if latest else (None, "no log yet")
     run = store.run(name)
     return ENV.get_template("run.html").render(
         name=name, run=run, history=list(reversed(history)), now=now, log_path=path, log_tail=tail,

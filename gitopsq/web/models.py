@@ -132,3 +132,27 @@ class WebhookAccepted(BaseModel):
 
 class Problem(BaseModel):
     detail: str
+
+
+class SecretValue(BaseModel):
+    """The body of PUT /api/secrets/{name}."""
+
+    model_config = ConfigDict(extra="forbid")
+    value: str = Field(min_length=1, description="The secret's value; stored encrypted, never returned.")
+
+
+class SecretRow(BaseModel):
+    """A secret that is set or that a run references; never its value."""
+
+    name: str
+    set: bool = Field(description="False for a name runs reference that is not set: they wait with secret-missing.")
+    created_at: float | None = Field(description="When it was first set.")
+    updated_at: float | None = Field(description="When its value last changed.")
+    runs: list[str] = Field(description="Present runs whose current spec references it.")
+
+
+class SecretSet(BaseModel):
+    name: str
+    created: bool = Field(description="True when the name was new, false when its value was replaced.")
+    created_at: float
+    updated_at: float

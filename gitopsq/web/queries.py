@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import Iterable
 
 from gitopsq.explain import why
+from gitopsq.masking import mask, mask_terms
 
 from gitopsq.store import LISTING_SQL, Store, describe
 
@@ -94,32 +96,47 @@ def invalid_file_count(store: Store) -> int:
     return store.conn.execute("SELECT COUNT(DISTINCT file) FROM problems").fetchone()[0]
 
 
-def latest_log(store: Store, history_rows: list[dict]) -> str | None:
-    """The log file of the latest attempt of the latest submission that has one."""
+def latest_log(store: Store, history_rows: list[dict]) -> tuple[str, int] | None:
+    """(path, submission id) of the latest attempt's log of the latest submission that has one."""
     from gitopsq.store import attempt_logs
 
     for row in reversed(history_rows):
         paths = attempt_logs(store, row["submission_id"])
         if paths:
-            return paths[-1]
+            return paths[-1], row["submission_id"]
         if row.get("log_path"):
-            return row["log_path"]
+            return row["log_path"], row["submission_id"]
     return None
 
 
-def log_tail(path: str, lines: int = LOG_TAIL_LINES) -> tuple[str | None, str | None]:
-    """The last `lines` lines of a log file: (text, None), or (None, why it could not be read)."""
+def masked_log_tail(store: Store, path: str, submission_id: int, lines: int = LOG_TAIL_LINES) -> tuple[str | None, str | None]:
+    """log_tail() with every secret value the submission's attempts were given masked; a log
+    that cannot be masked (the secrets key is missing) is not shown."""
+    from gitopsq.secretstore import SecretKeyError, SecretStore
+
+    try:
+        values = SecretStore(store).mask_values(submission_id)
+    except SecretKeyError as exc:
+        return None, f"log hidden: it may hold secrets that cannot be masked ({exc})"
+    return log_tail(path, lines, values)
+
+
+def log_tail(path: str, lines: int = LOG_TAIL_LINES, secrets: Iterable[str] = ()) -> tuple[str | None, str | None]:
+    """The last `lines` lines of a log file, `secrets` masked: (text, None), or (None, why it could not be read)."""
+    # Read a little more than the window, so that a value straddling its start is masked whole.
+    overlap = max((len(term.encode("utf-8")) for term in mask_terms(secrets)), default=1) - 1
     try:
         with open(path, "rb") as f:
             f.seek(0, 2)
             size = f.tell()
-            f.seek(max(0, size - LOG_TAIL_BYTES))
+            start = max(0, size - LOG_TAIL_BYTES - overlap)
+            f.seek(start)
             data = f.read()
     except OSError as exc:
         return None, f"log not readable here: {exc.strerror or exc}"
-    text = data.decode("utf-8", errors="replace")
-    kept = text.splitlines()[-lines:]
-    if size > LOG_TAIL_BYTES and len(kept) == len(text.splitlines()):
+    text = mask(data.decode("utf-8", errors="replace"), secrets)
+    every = text.splitlines()
+    kept = every[-lines:]
+    if start > 0 and len(kept) == len(every):
         kept = kept[1:]  # the first line was cut by the byte limit
     return "\n".join(kept), None
-
