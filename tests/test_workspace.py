@@ -99,8 +99,10 @@ def test_a_short_commit_name_is_resolved_and_a_missing_commit_is_an_error(config
     commit = config.commit()
     with ConfigRepo(str(config.path)) as repo:
         assert run_prepare(spec_of([RepoSpec(local_path="")]), commit[:10], repo).commit == commit
-        with pytest.raises(WorkspaceError, match="commit 0{40} is not in the config repository"):
+        with pytest.raises(WorkspaceError, match="commit '0{40}' is not in the config repository"):
             run_prepare(spec_of([RepoSpec(local_path="")]), "0" * 40, repo)
+        with pytest.raises(WorkspaceError, match="commit '--output=x' is not in the config repository"):
+            run_prepare(spec_of([RepoSpec(local_path="")]), "--output=x", repo)
 
 
 def test_a_folder_local_path_puts_only_that_folder_at_its_path(config, run_prepare):
@@ -423,9 +425,13 @@ def test_a_private_repo_is_cloned_with_the_stored_credential_only(tmp_path, conf
         with pytest.raises(WorkspaceError) as wrong:
             run_prepare(spec_of([RepoSpec(url=url, branch="main")]), commit, repo,
                         credentials=lambda key: "alice:wrong-token-value")
+        with pytest.raises(WorkspaceError) as no_such_repo:
+            run_prepare(spec_of([RepoSpec(url=private_server.url + "nope.git")]), commit, repo, credentials=store)
     assert str(anonymous.value) == (f"repos[0] {url}: authentication failed: no secret git.127.0.0.1 (set it to a "
                                     "token or user:token for https, or a private key for ssh)")
     assert str(wrong.value) == f"repos[0] {url}: authentication failed with the secret git.127.0.0.1"
+    assert str(no_such_repo.value) == (f"repos[0] {private_server.url}nope.git: repository not found "
+                                       "(or not readable with the credentials given)")
     # the credential is in no file the controller keeps (mirror config, known_hosts, ...)
     for path in (tmp_path / "cache").rglob("*"):
         if path.is_file():

@@ -23,6 +23,7 @@ from gitopsq.workspace.tree import empty_folder, extract, shown, write_members
 # export-subst rewrites them. A shadow git dir's info/attributes (the strongest source) turns
 # them off without touching the config repo.
 _NO_EXPORT_ATTRIBUTES = "* -export-ignore -export-subst\n"
+_COMMIT = re.compile(r"[0-9a-fA-F]{4,64}")  # what a submission records: a commit's (full) hex name
 
 
 @dataclass(frozen=True)
@@ -78,10 +79,7 @@ def prepare(spec, commit: str, repo: ConfigRepo, dest: Path, *, credentials: Cre
         home.mkdir()
         job = _Job(dest, staging, cache_dir, scrubbed_env(home), Path(private), credentials, timeout)
         local = job.archive_env(Path(repo.git_dir) / "objects")
-        found = run(["rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}"], local)
-        if found.code != 0 or commit.startswith("-"):
-            raise WorkspaceError(f"commit {commit} is not in the config repository {repo.display_location}")
-        sha = found.stdout.strip()
+        sha = _resolve_commit(commit, local, repo)
         checkouts = [job.repo(index, item, sha, local) for index, item in enumerate(spec.repos)]
         for index, item in enumerate(spec.files):
             job.file(index, item, sha, local)
@@ -90,6 +88,13 @@ def prepare(spec, commit: str, repo: ConfigRepo, dest: Path, *, credentials: Cre
     if identity:
         env["DSTACK_REPO_ID"] = identity
     return Prepared(dest, sha, env, tuple(checkouts), tuple(job.outside))
+
+
+def _resolve_commit(commit: str, env: dict[str, str], repo: ConfigRepo) -> str:
+    found = run(["rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}"], env) if _COMMIT.fullmatch(commit) else None
+    if found is None or found.code != 0:
+        raise WorkspaceError(f"commit {commit!r} is not in the config repository {repo.display_location}")
+    return found.stdout.strip()
 
 
 class _Job:
@@ -199,7 +204,7 @@ def _shadow_git_dir(cache_dir: Path, env: dict[str, str]) -> Path:
     if (shadow / "info" / "attributes").is_file():
         return shadow
     fresh = Path(tempfile.mkdtemp(prefix="archive.git.", dir=cache_dir))
-    made = run(["init", "--quiet", "--bare", str(fresh)], env)
+    made = run(["init", "--quiet", "--bare", "--template=", str(fresh)], env)
     if made.code != 0:
         raise WorkspaceError(f"cannot make {shadow}: {one_line(made.stderr)}")
     (fresh / "info").mkdir(exist_ok=True)

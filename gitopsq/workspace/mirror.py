@@ -73,7 +73,7 @@ def _ensure(mirror: Path, url: str, env: dict[str, str], what: str) -> None:
         # made aside and renamed: a mirror that exists is complete, whatever was killed before
         fresh = mirror.with_name(mirror.name + ".new")
         shutil.rmtree(fresh, ignore_errors=True)
-        _check(run(["init", "--quiet", "--bare", str(fresh)], env, what=what), what)
+        _check(run(["init", "--quiet", "--bare", "--template=", str(fresh)], env, what=what), what)
         _check(run(["--git-dir", str(fresh), "config", "remote.origin.url", url], env, what=what), what)
         fresh.rename(mirror)
     _remove_stale_git_locks(mirror)
@@ -132,8 +132,8 @@ def _reason(stderr: str, auth: Auth) -> str:
             return f"authentication failed with the secret {auth.key}"
         return (f"authentication failed: no secret {auth.key} (set it to a token or user:token for https, "
                 "or a private key for ssh)" if auth.key else "authentication failed")
-    if "repository not found" in text or "does not appear to be a git repository" in text or "http 404" in text \
-            or "returned error: 404" in text:
+    if re.search(r"repository (not found|'[^']*' not found)|does not appear to be a git repository|"
+                 r"returned error: 404", text):
         return "repository not found (or not readable with the credentials given)"
     return one_line(stderr, auth.secrets)
 
