@@ -289,6 +289,36 @@ def test_a_url_repo_at_its_default_branch_a_branch_and_a_hash(tmp_path, config, 
     assert default.env["GITOPSQ_COMMIT"] == commit
 
 
+def test_a_hash_already_in_the_mirror_needs_no_network(tmp_path, config, run_prepare):
+    work, bare = bare_upstream(tmp_path)
+    first = work.git("rev-parse", "main~1")
+    url = f"file://{bare}"
+    commit = config.commit()
+    with ConfigRepo(str(config.path)) as repo:
+        run_prepare(spec_of([RepoSpec(url=url, hash=first)]), commit, repo)
+        bare.rename(tmp_path / "gone.git")  # the remote is unreachable from now on
+        again = run_prepare(spec_of([RepoSpec(url=url, hash=first)]), commit, repo)
+        with pytest.raises(WorkspaceError, match="repository not found"):
+            run_prepare(spec_of([RepoSpec(url=url, branch="main")]), commit, repo)  # a branch asks the remote
+    assert (again.dest / "model.py").read_text() == "VERSION = 1\n"
+
+
+def test_git_lock_files_a_killed_fetch_left_in_the_mirror_do_not_block_the_next(tmp_path, config, run_prepare):
+    work, bare = bare_upstream(tmp_path)
+    url = f"file://{bare}"
+    commit = config.commit()
+    with ConfigRepo(str(config.path)) as repo:
+        run_prepare(spec_of([RepoSpec(url=url, branch="main")]), commit, repo)
+        (mirror,) = (tmp_path / "cache" / "mirrors").glob("*.git")
+        (mirror / "refs/heads/main.lock").write_text("")
+        (mirror / "packed-refs.lock").write_text("")
+        work.write("model.py", "VERSION = 3\n")
+        work.commit("v3")
+        work.git("push", "-q", str(bare), "main")
+        prepared = run_prepare(spec_of([RepoSpec(url=url, branch="main")]), commit, repo)
+    assert (prepared.dest / "model.py").read_text() == "VERSION = 3\n"
+
+
 def test_a_url_that_does_not_exist_or_an_unknown_branch_or_hash_is_a_clear_error(tmp_path, config, run_prepare):
     _, bare = bare_upstream(tmp_path)
     commit = config.commit()
