@@ -1,16 +1,23 @@
-"""A bare git repository served over git's dumb HTTP protocol on 127.0.0.1, from a thread.
+"""Bare git repositories served over HTTP on 127.0.0.1, from a thread.
 
-`hang()` makes every later request wait without an answer, as when a server accepts the
-connection and never replies: the way to hang a real `git fetch`.
+DumbGitServer: git's dumb HTTP protocol; `hang()` makes every later request wait without an
+answer, as when a server accepts the connection and never replies: the way to hang a real
+`git fetch`.
+
+SmartGitServer: git's own `git-http-backend` (smart HTTP, as GitHub or GitLab serve it) behind
+HTTP basic auth, for private repositories.
 """
 
 from __future__ import annotations
 
+import base64
 import functools
+import os
 import subprocess
 import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import unquote
 
 
 class _Handler(SimpleHTTPRequestHandler):
@@ -49,6 +56,81 @@ class DumbGitServer:
 
     def close(self) -> None:
         self.released.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class _SmartHandler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self._serve()
+
+    def do_POST(self):
+        self._serve()
+
+    def _serve(self):
+        server: SmartGitServer = self.server.owner
+        given = self.headers.get("Authorization")
+        server.authorizations.append(given)
+        if given != server.expected:
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="git"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        path, _, query = self.path.partition("?")
+        body = self._body()
+        env = {"PATH": os.environ.get("PATH", os.defpath), "GIT_PROJECT_ROOT": str(server.root), "GIT_HTTP_EXPORT_ALL": "1",
+               "REQUEST_METHOD": self.command, "PATH_INFO": unquote(path), "QUERY_STRING": query,
+               "CONTENT_TYPE": self.headers.get("Content-Type", ""), "CONTENT_LENGTH": str(len(body)),
+               "REMOTE_USER": server.user, "REMOTE_ADDR": "127.0.0.1", "GIT_CONFIG_NOSYSTEM": "1",
+               "GIT_CONFIG_GLOBAL": os.devnull, "HOME": str(server.root)}
+        for header, name in (("Git-Protocol", "GIT_PROTOCOL"), ("Content-Encoding", "HTTP_CONTENT_ENCODING")):
+            if self.headers.get(header):
+                env[name] = self.headers[header]
+        out = subprocess.run([server.backend], input=body, env=env, capture_output=True).stdout
+        head, _, payload = out.partition(b"\r\n\r\n")
+        headers = [line.split(": ", 1) for line in head.decode("latin-1").split("\r\n") if ": " in line]
+        status = next((int(value.split()[0]) for name, value in headers if name.lower() == "status"), 200)
+        self.send_response(status)
+        for name, value in headers:
+            if name.lower() not in ("status", "content-length"):
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":  # git streams large requests
+            chunks = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+                if size == 0:
+                    return b"".join(chunks)
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def log_message(self, *args):
+        pass
+
+
+class SmartGitServer:
+    """The bare repositories under `root` at `url + name`, readable only as user:password."""
+
+    def __init__(self, root: Path, user: str, password: str):
+        self.root, self.user = root, user
+        self.expected = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        self.authorizations: list[str | None] = []  # the Authorization header of every request
+        exec_path = subprocess.run(["git", "--exec-path"], check=True, capture_output=True, text=True).stdout.strip()
+        self.backend = str(Path(exec_path) / "git-http-backend")
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _SmartHandler)
+        self.httpd.daemon_threads = True
+        self.httpd.owner = self
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name="smart-git", daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
 
