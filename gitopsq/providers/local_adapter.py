@@ -18,7 +18,7 @@ from libcloud.compute.base import Node
 from libcloud.compute.types import NodeState
 
 from gitopsq.providers.local import PROVIDER, LocalCapacityError, LocalError, LocalImageError, LocalNodeDriver, register
-from gitopsq.providers.pythons import find_python
+from gitopsq.providers.pythons import default_python, find_python
 
 
 class LocalAdapter:
@@ -113,32 +113,25 @@ class LocalAdapter:
         spec = launch.spec
         script = run_script(spec) if spec.commands or spec.type == "dev-environment" else ""
         env = run_env(spec, launch)
-        if "PATH" not in env and (spec.python or spec.nvcc) and not spec.image:
-            extra = [str(self._python_bin(spec.python))] if spec.python else []
-            extra += [os.path.dirname(find_nvcc())] if spec.nvcc and find_nvcc() else []
-            env["PATH"] = ":".join([*extra, os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")])
+        if "PATH" not in env and spec.nvcc and not spec.image and find_nvcc():
+            env["PATH"] = f"{os.path.dirname(find_nvcc())}:{os.environ.get('PATH', '/usr/local/bin:/usr/bin:/bin')}"
         container_args = ()
         if spec.image and spec.resources.shm_size is not None:
             container_args = ("--shm-size", f"{int(math.ceil(spec.resources.shm_size * 1024))}m")
         return dict(name=f"gq-{launch.run}-{launch.submission_id}", ex_script=script,
                     ex_env=env, ex_gpus=spec.resources.gpu_count,
-                    ex_image=spec.image, ex_tags=tags, ex_container_args=container_args)
+                    ex_image=spec.image, ex_tags=tags, ex_container_args=container_args,
+                    ex_python=None if spec.image else self._interpreter(spec.python))
 
-    def _python_bin(self, version: str) -> Path:
-        """A folder whose python, python3 and pythonX.Y are the interpreter of that version."""
+    def _interpreter(self, version: str | None) -> str | None:
+        """The interpreter whose venv a process run gets: of its `python`, else the machine's python3
+        (None when the machine has none: the run then has no venv, as it asked for no Python)."""
+        if version is None:
+            return default_python()
         interpreter = find_python(version)
         if interpreter is None:  # uninstalled since it was checked: the launch fails with the reason
             raise LocalError(f"python: no Python {version} on this machine any more", driver=self.driver)
-        folder = self.driver.state_dir / "pythons" / version / "bin"
-        folder.mkdir(parents=True, exist_ok=True)
-        for name in ("python", "python3", f"python{version}"):
-            link = folder / name
-            if not link.is_symlink() or os.readlink(link) != interpreter:
-                tmp = folder / f".{name}.tmp"
-                tmp.unlink(missing_ok=True)
-                tmp.symlink_to(interpreter)
-                os.replace(tmp, link)
-        return folder
+        return interpreter
 
     def classify(self, exc: Exception):
         from gitopsq.providers.base import CAPACITY, ERROR, ProviderError
