@@ -14,11 +14,13 @@ log file. The controller may be killed at any moment, so everything lives on dis
     <state>/logs/<node id>.log        stdout+stderr of the run (never moved: users read it later)
     <state>/workdirs/<node id>/work/  working directory of the run (name: ex_workdir_name), at one
                                       path from launch until pruned; a process run's venv is .venv in it
+    <state>/workdirs.jsonl            the index of ended nodes' working directories (workdirs.py)
     <state>/pip/                      pip, copied once per interpreter, for the runs' venvs
 
-Destroyed nodes keep their log (capped) and their working directory (outputs, checkpoints),
-because users read them after the run. The state holds env values, so directories are 0700
-and files 0600 whatever the umask.
+Destroyed nodes keep their log (capped) and their working directory (outputs, checkpoints):
+the working directories of ended nodes are pruned by a retention policy (keep_workdirs per
+run, workdirs_max_size in total; see workdirs.py), never a running node's. The state holds
+env values, so directories are 0700 and files 0600 whatever the umask.
 
 Process tree: the controller starts a short-lived launcher (reaped at once), which starts
 the wrapper (node_wrapper.py) in a new session and exits. The wrapper is therefore adopted
@@ -52,6 +54,8 @@ from pathlib import Path
 from libcloud.common.types import LibcloudError
 from libcloud.compute.base import Node, NodeDriver, NodeImage, NodeSize
 from libcloud.compute.types import NodeState
+
+from gitopsq.providers.workdirs import PRUNE_INTERVAL, Retention, ended_record
 
 
 __all__ = [
@@ -303,10 +307,14 @@ class LocalNodeDriver(NodeDriver):
 
     def __init__(
         self, key: str | Path, slots: int | None = None, gpus: int | None = None,
-        max_log_size: int | None = None, stop_grace: float = 5.0,
+        max_log_size: int | None = None, stop_grace: float = 5.0, keep_workdirs: int | None = None,
+        workdirs_max_size: int | None = None, prune_interval: float = PRUNE_INTERVAL,
     ) -> None:
         """max_log_size: bytes of a node's log kept (its tail); stop_grace: seconds a node's
-        leftover processes get between TERM and KILL when its script ends or it is stopped."""
+        leftover processes get between TERM and KILL when its script ends or it is stopped;
+        keep_workdirs: ended working directories kept per run (its last submissions'), and
+        workdirs_max_size: bytes they may take in total (oldest pruned first), checked at most
+        every prune_interval seconds (see workdirs.py for the defaults)."""
         # No super().__init__(): it would build a network connection we have no use for.
         self.state_dir = Path(key).expanduser().resolve()
         self.key, self.secret, self.secure = str(self.state_dir), None, False
@@ -324,6 +332,11 @@ class LocalNodeDriver(NodeDriver):
         self.workdirs_dir = self.state_dir / "workdirs"
         for folder in (self.state_dir, self.nodes_dir, self.ended_dir, self.logs_dir, self.workdirs_dir):
             _private_dir(folder)
+        try:
+            self.retention = Retention(self.state_dir, self._lock, keep_workdirs, workdirs_max_size, prune_interval)
+        except ValueError as exc:
+            raise LocalError(str(exc), driver=self) from None
+        self.retention.start(self.ended_dir)
         self._container_tool_cache: object = _UNSET
 
     # ---- catalog -------------------------------------------------------------------
@@ -357,10 +370,13 @@ class LocalNodeDriver(NodeDriver):
         ex_workdir_name: str | None = None,
         ex_container_args: tuple[str, ...] = (),
         ex_python: str | None = None,
+        ex_retention_key: tuple[str, str] | None = None,
         **kwargs,
     ) -> Node:
         """ex_python: an interpreter; the run gets a venv of it in its working directory (VENV_NAME),
-        made by the node before the script starts, first on PATH and as VIRTUAL_ENV (no image)."""
+        made by the node before the script starts, first on PATH and as VIRTUAL_ENV (no image).
+        ex_retention_key: (run, submission) the working directory is kept for once the node ends
+        (the retention policy keeps the last keep_workdirs submissions of each run)."""
         workdir_name = ex_workdir_name or "work"
         # One plain name that cannot clash with the driver's own files in the node dir.
         if "/" in workdir_name or workdir_name in _RESERVED_NAMES:
@@ -419,6 +435,7 @@ class LocalNodeDriver(NodeDriver):
                 "container_tool": tool,
                 "workdir": workdir_name,
                 "workdir_path": str(workdir),
+                "retention": list(ex_retention_key) if ex_retention_key else None,
                 "subreaper": True,  # node_wrapper.py: it stops the run itself on TERM
                 "max_log_size": self.max_log_size,
                 "python": ex_python,
@@ -449,6 +466,7 @@ class LocalNodeDriver(NodeDriver):
     def list_nodes(self, *args, **kwargs) -> list[Node]:
         with self._lock(fcntl.LOCK_SH):
             nodes = [self._node(d) for d in self._node_dirs() if not (d / "destroyed").exists()]
+        self.retention.maybe_prune(time.monotonic())  # listed every controller step: the policy's clock
         return sorted((n for n in nodes if n), key=lambda n: n.extra["started_at"] or "")
 
     def destroy_node(self, node: Node | str, ex_timeout: float = 5.0) -> bool:
@@ -473,6 +491,11 @@ class LocalNodeDriver(NodeDriver):
         with self._lock(fcntl.LOCK_EX):
             with contextlib.suppress(OSError):
                 node_dir.rename(self.ended_dir / node_dir.name)
+            # From now on its working directory is the retention policy's to keep or prune.
+            workdir = self._workdir(node_dir if node_dir.exists() else self.ended_dir / node_id, meta)
+            group, unit = meta.get("retention") or (meta.get("name", ""),) * 2  # no key: its name is both
+            self.retention.index.append([ended_record(node_id, group, unit, time.time(),
+                                                      workdir.parent if meta.get("workdir_path") else workdir)])
         return True
 
     # ---- extras --------------------------------------------------------------------
@@ -486,6 +509,10 @@ class LocalNodeDriver(NodeDriver):
     def ex_log_path(self, node_or_id: Node | str) -> Path:
         node_id = node_or_id if isinstance(node_or_id, str) else node_or_id.id
         return self._log(node_id)
+
+    def ex_prune_workdirs(self) -> list[str]:
+        """Apply the retention policy to ended working directories now; the ids of those pruned."""
+        return self.retention.prune()
 
     def ex_get_node(self, node_id: str) -> Node | None:
         """The node, destroyed ones included (state TERMINATED); None if unknown."""

@@ -121,7 +121,8 @@ class LocalAdapter:
         return dict(name=f"gq-{launch.run}-{launch.submission_id}", ex_script=script,
                     ex_env=env, ex_gpus=spec.resources.gpu_count,
                     ex_image=spec.image, ex_tags=tags, ex_container_args=container_args,
-                    ex_python=None if spec.image else self._interpreter(spec.python))
+                    ex_python=None if spec.image else self._interpreter(spec.python),
+                    ex_retention_key=(launch.run, str(launch.submission_id)))
 
     def _interpreter(self, version: str | None) -> str | None:
         """The interpreter whose venv a process run gets: of its `python`, else the machine's python3
@@ -188,12 +189,14 @@ def _gpu_model_fits(model: tuple[str, float], gpu) -> bool:
 
 
 def make_local_provider(state_dir: Path, controller_id: str, slots: int | None = None, gpus: int | None = None,
-                        max_log_size: int | None = None):
+                        max_log_size: int | None = None, keep_workdirs: int | None = None,
+                        workdirs_max_size: int | None = None):
     """The embedded default provider, through Libcloud's driver registry."""
     from libcloud.compute.providers import get_driver
 
     from gitopsq.providers.base import LibcloudProvider
 
     register()
-    driver = get_driver(PROVIDER)(state_dir, slots=slots, gpus=gpus, max_log_size=max_log_size)
+    driver = get_driver(PROVIDER)(state_dir, slots=slots, gpus=gpus, max_log_size=max_log_size,
+                                  keep_workdirs=keep_workdirs, workdirs_max_size=workdirs_max_size)
     return LibcloudProvider(driver, LocalAdapter(driver), controller_id)
