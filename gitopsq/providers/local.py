@@ -494,8 +494,8 @@ class LocalNodeDriver(NodeDriver):
             # From now on its working directory is the retention policy's to keep or prune.
             workdir = self._workdir(node_dir if node_dir.exists() else self.ended_dir / node_id, meta)
             group, unit = meta.get("retention") or (meta.get("name", ""),) * 2  # no key: its name is both
-            self.retention.index.append([ended_record(node_id, group, unit, time.time(),
-                                                      workdir.parent if meta.get("workdir_path") else workdir)])
+            self.retention.ended(ended_record(node_id, group, unit, time.time(),
+                                              workdir.parent if meta.get("workdir_path") else workdir))
         return True
 
     # ---- extras --------------------------------------------------------------------

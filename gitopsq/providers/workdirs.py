@@ -178,6 +178,7 @@ class Retention:
         self.max_size = DEFAULT_MAX_SIZE if max_size is None else int(max_size)
         self.interval = interval
         self._due = 0.0  # time.monotonic() of the next prune; the first list after a start prunes
+        self._pending: list[dict] = []  # ended records a full disk kept out of the index, for the next try
         if self.keep < 0 or self.max_size < 0:
             raise ValueError("keep and max_size must be >= 0")
 
@@ -201,17 +202,36 @@ class Retention:
             self.index.append(records)
             self.index.path.touch(mode=0o600)
 
+    def ended(self, record: dict) -> None:
+        """List a node that ended (the caller holds the lock). A full disk must not stop a node's
+        end: the record then waits in memory for the next append that works."""
+        self._pending.append(record)
+        try:
+            self.index.append(self._pending)
+        except OSError as exc:
+            log.warning("cannot list ended working directories in %s yet: %s", self.index.path, exc)
+            return
+        self._pending = []
+
     def maybe_prune(self, now_monotonic: float) -> list[str]:
+        """Prune when the interval has passed since the last prune; trouble (a full disk) waits for the next."""
         if now_monotonic < self._due:
             return []
         self._due = now_monotonic + self.interval
-        return self.prune()
+        try:
+            return self.prune()
+        except OSError as exc:
+            log.warning("cannot prune kept working directories now: %s", exc)
+            return []
 
     def prune(self) -> list[str]:
         """Delete what the policy no longer keeps; returns the node ids whose folders went."""
         import fcntl
 
         with self.lock(fcntl.LOCK_EX):
+            if self._pending:
+                self.index.append(self._pending)
+                self._pending = []
             unmeasured = [e for e in self.index.sync().values() if e.size is None]
         sizes = [{"id": e.id, "size": disk_usage(e.remove)} for e in unmeasured]  # only what ended since
         with self.lock(fcntl.LOCK_EX):
