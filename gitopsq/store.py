@@ -24,7 +24,7 @@ from gitopsq.plan import ACTIVE, Known
 
 log = logging.getLogger("gitopsq.store")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 FINISHED = ("done", "failed", "cancelled")
 
 
@@ -74,7 +74,13 @@ def _migrate_3(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE submissions ADD COLUMN demand TEXT")
 
 
-MIGRATIONS = {1: _migrate_1, 2: _migrate_2, 3: _migrate_3}
+def _migrate_4(db: sqlite_utils.Database) -> None:
+    # Where the submission's (latest attempt's) working directory is on this machine, kept after
+    # it ends until the provider's retention policy prunes it.
+    db.execute("ALTER TABLE submissions ADD COLUMN workdir TEXT")
+
+
+MIGRATIONS = {1: _migrate_1, 2: _migrate_2, 3: _migrate_3, 4: _migrate_4}
 
 
 # The database holds env values and report tokens: only its owner may read it, whatever the umask
@@ -522,7 +528,7 @@ def describe(row: dict) -> dict:
 _SUBMISSION_SQL = """
 SELECT run AS name, id AS submission_id, number AS submission, status, priority, reason, message, exit_code,
        attempts, submitted_at, queued_at, started_at, finished_at, window_start, deadline, next_try_at, last_activity_at,
-       reported_at, stop_reason, spec, log_path, node_id, commit_sha
+       reported_at, stop_reason, spec, log_path, workdir, node_id, commit_sha
 FROM submissions {where}
 """
 
@@ -538,7 +544,10 @@ def submissions(store: Store, status: str | None = None, run: str | None = None)
         wanted = (status,) if status else ACTIVE
         marks = ",".join("?" * len(wanted))
         sql, params = _SUBMISSION_SQL.format(where=f"WHERE status IN ({marks}) ORDER BY priority DESC, queued_at, id"), list(wanted)
-    return [describe(dict(row)) for row in store.conn.execute(sql, params)]
+    rows = [describe(dict(row)) for row in store.conn.execute(sql, params)]
+    for row in rows:  # a recorded working directory no longer on disk was pruned (retention policy)
+        row["workdir_pruned"] = bool(row["workdir"]) and not os.path.isdir(row["workdir"])
+    return rows
 
 
 def attempt_logs(store: Store, submission_id: int) -> list[str]:

@@ -98,8 +98,7 @@ def test_two_runs_pip_install_two_versions_of_a_package_without_conflict(tmp_pat
     for name, sub in subs.items():
         assert sub["status"] == "done", logs[name]
         _, module, prefix = logs[name].split()
-        workdir = controller.provider.driver.ex_get_node(sub["node_id"]).extra["workdir"]
-        assert Path(prefix) == Path(workdir) / ".venv"  # the run's own, in its working directory
+        assert Path(prefix) == Path(sub["workdir"]) / ".venv"  # the run's own, in its working directory
         assert Path(module).is_relative_to(prefix)
 
 
@@ -113,7 +112,7 @@ def test_a_run_gets_a_venv_of_the_python_it_asks_for(tmp_path):
     sub = finish(store, controller, ["py"])["py"]
     lines = Path(sub["log_path"]).read_text().splitlines()
     assert sub["status"] == "done", lines
-    venv = Path(controller.provider.driver.ex_get_node(sub["node_id"]).extra["workdir"]) / ".venv"
+    venv = Path(sub["workdir"]) / ".venv"
     assert lines[0].startswith("Python 3.12.")
     assert lines[1].startswith("pip ") and lines[1].endswith("(python 3.12)")
     assert lines[2] == lines[1]
@@ -157,6 +156,6 @@ def test_uv_makes_the_venv_when_it_is_on_path(tmp_path, monkeypatch):
     repo.commit()
     sub = finish(store, controller, ["uv"])["uv"]
     assert sub["status"] == "done", Path(sub["log_path"]).read_text()
-    venv = Path(controller.provider.driver.ex_get_node(sub["node_id"]).extra["workdir"]) / ".venv"
+    venv = Path(sub["workdir"]) / ".venv"
     assert record.read_text().split() == ["venv", "--quiet", "--python", default_python(), str(venv)]
     assert Path(sub["log_path"]).read_text().startswith("pip ")
