@@ -55,6 +55,7 @@ from libcloud.common.types import LibcloudError
 from libcloud.compute.base import Node, NodeDriver, NodeImage, NodeSize
 from libcloud.compute.types import NodeState
 
+from gitopsq.providers import volumes
 from gitopsq.providers.workdirs import PRUNE_INTERVAL, Retention, ended_record
 
 
@@ -371,12 +372,14 @@ class LocalNodeDriver(NodeDriver):
         ex_container_args: tuple[str, ...] = (),
         ex_python: str | None = None,
         ex_retention_key: tuple[str, str] | None = None,
+        ex_volumes: tuple[tuple[str, str, bool], ...] = (),
         **kwargs,
     ) -> Node:
         """ex_python: an interpreter; the run gets a venv of it in its working directory (VENV_NAME),
         made by the node before the script starts, first on PATH and as VIRTUAL_ENV (no image).
         ex_retention_key: (run, submission) the working directory is kept for once the node ends
-        (the retention policy keeps the last keep_workdirs submissions of each run)."""
+        (the retention policy keeps the last keep_workdirs submissions of each run).
+        ex_volumes: (instance_path, path, optional) of each instance volume (see volumes.py)."""
         workdir_name = ex_workdir_name or "work"
         # One plain name that cannot clash with the driver's own files in the node dir.
         if "/" in workdir_name or workdir_name in _RESERVED_NAMES:
@@ -385,6 +388,10 @@ class LocalNodeDriver(NodeDriver):
             raise LocalError(f"ex_gpus must be >= 0, got {ex_gpus}", driver=self)
         if ex_python and ex_image:
             raise LocalError("ex_python is for process runs: an image brings its own Python", driver=self)
+        try:  # before anything is made
+            volumes.check([path for _, path, _ in ex_volumes], container=bool(ex_image))
+        except ValueError as exc:
+            raise LocalError(str(exc), driver=self) from None
         # Decide on the container engine before taking a slot or writing anything.
         tool = self._container_tool() if ex_image else None
         if ex_image and tool is None:
@@ -406,6 +413,10 @@ class LocalNodeDriver(NodeDriver):
             if missing:
                 raise LocalCapacityError("; ".join(missing), driver=self)
             gpu_ids = free_gpus[:ex_gpus]
+            try:
+                mounts = volumes.prepare(ex_volumes)
+            except OSError as exc:
+                raise LocalError(str(exc), driver=self) from None
 
             node_id = f"local-{uuid.uuid4().hex}"
             node_dir = self.nodes_dir / node_id
@@ -421,6 +432,8 @@ class LocalNodeDriver(NodeDriver):
             else:
                 _private_dir(workdir)
                 _write_file(script, ex_script.encode())
+            if not ex_image:
+                volumes.link(workdir, mounts)
             _write_file(self._log(node_id), b"")
             _write_file(node_dir / "exit_code", _EXIT_RESERVED)
             meta = {
@@ -445,7 +458,8 @@ class LocalNodeDriver(NodeDriver):
 
             venv = workdir / VENV_NAME if ex_python else None
             env = self._node_env(ex_env, gpu_ids, node_id, venv)
-            command = self._command(node_id, script, workdir, env, ex_env, ex_image, tool, gpu_ids, ex_container_args)
+            container_args = (*volumes.docker_args(mounts), *ex_container_args) if ex_image else ()
+            command = self._command(node_id, script, workdir, env, ex_env, ex_image, tool, gpu_ids, container_args)
             if venv:  # made by the node itself: its time is the run's, not this step's
                 command = [ex_python, "-I", _PYTHON_PRELUDE, str(venv), str(self.state_dir / "pip"), *command]
             log_path = str(self._log(node_id))

@@ -19,6 +19,7 @@ from libcloud.compute.types import NodeState
 
 from gitopsq.providers.local import PROVIDER, LocalCapacityError, LocalError, LocalImageError, LocalNodeDriver, register
 from gitopsq.providers.pythons import default_python, find_python
+from gitopsq.providers.volumes import CONTAINER_WORKDIR, container_path, overlap, process_path_problem
 
 
 class LocalAdapter:
@@ -41,7 +42,7 @@ class LocalAdapter:
 
         Each field is honoured, checked or refused as gitopsq.providers.fields says.
         """
-        for check in (self._placement, self._runtime, self._sizes, self._gpus):
+        for check in (self._placement, self._runtime, self._volumes, self._sizes, self._gpus):
             why = check(spec)
             if why:
                 return why
@@ -68,6 +69,29 @@ class LocalAdapter:
         if spec.python and find_python(spec.python) is None:
             return (f"python: no Python {spec.python} on this machine for the local provider "
                     f"(looked on PATH, in pyenv and uv); install it or change python")
+        return None
+
+    def _volumes(self, spec) -> str | None:
+        """A process run's volumes are links in its working directory; a container's are mounts."""
+        paths = []
+        for index, volume in enumerate(spec.volumes):
+            field, path = f"volumes[{index}]", volume.path
+            if spec.image and path.startswith("~"):
+                return (f"{field}: {path!r}: the home of the image's user is not known to the local provider; "
+                        f"use an absolute path")
+            if spec.image and container_path(path) == CONTAINER_WORKDIR:
+                return (f"{field}: {path!r} is the working directory of a container run on the local provider "
+                        f"({CONTAINER_WORKDIR}); mount the volume below it, e.g. data")
+            problem = None if spec.image else process_path_problem(path)
+            if problem:
+                return (f"{field}: {path!r} {problem}; a process run on the local provider has no filesystem of its "
+                        f"own, so a volume is a link in its working directory (use a relative path, or set image)")
+            paths.append(container_path(path) if spec.image else os.path.normpath(path))
+        clash = overlap(paths, nested=not spec.image)
+        if clash:
+            i, j, how = clash
+            return (f"volumes[{j}]: {spec.volumes[j].path!r} {how} volumes[{i}]'s path {spec.volumes[i].path!r} "
+                    f"(local provider)")
         return None
 
     def _sizes(self, spec) -> str | None:
@@ -122,6 +146,7 @@ class LocalAdapter:
                     ex_env=env, ex_gpus=spec.resources.gpu_count,
                     ex_image=spec.image, ex_tags=tags, ex_container_args=container_args,
                     ex_python=None if spec.image else self._interpreter(spec.python),
+                    ex_volumes=tuple((v.instance_path, v.path, v.optional) for v in spec.volumes),
                     ex_retention_key=(launch.run, str(launch.submission_id)))
 
     def _interpreter(self, version: str | None) -> str | None:
