@@ -9,9 +9,11 @@ may ask for (3.9 and later).
 
 Why it is fast: `python -m venv` spends about 3 s of its 3.1 s in ensurepip, which installs pip
 into the new venv with pip itself. Instead the venv is made without pip (`uv venv` when uv is on
-PATH, about 10 ms; else the standard library's venv in this process, about 20 ms), and pip comes
-from a copy of the interpreter's own pip kept once per interpreter under PIP_CACHE, which a .pth
-file in the venv's site-packages puts on sys.path, plus `pip` scripts in the venv's bin. The copy
+PATH, about 10 ms; else the standard library's venv in this process, about 20 ms: with this
+interpreter already started either way, both put the run's first command about 50 ms later than
+without a venv), and pip comes from a copy of the interpreter's own pip made once per interpreter
+under PIP_CACHE (about 0.2 s, by the first run that needs it), which a .pth file in the venv's
+site-packages puts on sys.path, plus `pip` scripts in the venv's bin. The copy
 holds pip alone, so nothing else installed in the interpreter leaks into the run; its own folder
 is outside the venv, so a `pip install -U pip` in the run installs the new pip into the venv
 (which comes first on sys.path) and leaves the copy alone, as pip never uninstalls outside the
