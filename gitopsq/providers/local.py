@@ -432,7 +432,6 @@ class LocalNodeDriver(NodeDriver):
             else:
                 _private_dir(workdir)
                 _write_file(script, ex_script.encode())
-            if not ex_image:
                 volumes.link(workdir, mounts)
             _write_file(self._log(node_id), b"")
             _write_file(node_dir / "exit_code", _EXIT_RESERVED)
@@ -472,6 +471,7 @@ class LocalNodeDriver(NodeDriver):
             )
             if launch.returncode != 0:
                 _write_file(node_dir / "destroyed", b"")
+                self.retention.ended(ended_record(node_id, *(ex_retention_key or (name, name)), time.time(), outputs))
                 raise LocalError(
                     f"could not start node {node_id}: {launch.stderr.strip()}", driver=self
                 )
