@@ -120,12 +120,20 @@ def pip_copy(cache: str) -> str | None:
         else:
             with zipfile.ZipFile(wheel) as archive:
                 archive.extractall(tmp)
+        make_private(tmp)  # it lives in the controller's state, where everything is the owner's alone
         os.rename(tmp, target)  # atomic: a run racing us uses whichever copy landed first
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
         if not os.path.isdir(target):
             raise
     return target
+
+
+def make_private(top: str) -> None:
+    for folder, _, files in os.walk(top):
+        os.chmod(folder, 0o700)
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o600)
 
 
 def add_pip(venv: str, cache: str) -> None:
