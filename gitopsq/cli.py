@@ -143,7 +143,8 @@ db_option = click.option("--db", envvar="GITOPSQ_DB", type=click.Path(dir_okay=F
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 
 
-def _provider_options(provider, local_slots, local_gpus, provider_opt, max_nodes, public_url, max_log_size):
+def _provider_options(provider, local_slots, local_gpus, provider_opt, max_nodes, public_url, max_log_size,
+                      keep_workdirs=None, workdirs_max_size=None):
     from gitopsq.runtime import ProviderOptions
 
     pairs = []
@@ -151,7 +152,8 @@ def _provider_options(provider, local_slots, local_gpus, provider_opt, max_nodes
         if "=" not in item:
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--provider-opt")
         pairs.append(tuple(item.split("=", 1)))
-    return ProviderOptions(provider, local_slots, local_gpus, tuple(pairs), max_nodes, public_url, max_log_size=max_log_size)
+    return ProviderOptions(provider, local_slots, local_gpus, tuple(pairs), max_nodes, public_url, max_log_size=max_log_size,
+                           keep_workdirs=keep_workdirs, workdirs_max_size=workdirs_max_size)
 
 
 def _log_size(ctx, param, value):
@@ -159,6 +161,15 @@ def _log_size(ctx, param, value):
 
     try:
         return parse_log_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _byte_size(ctx, param, value):
+    from gitopsq.runtime import parse_byte_size
+
+    try:
+        return parse_byte_size(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
 
@@ -174,6 +185,10 @@ def _log_size(ctx, param, value):
 @click.option("--local-gpus", type=click.IntRange(min=0), help="GPUs on this machine (default: what nvidia-smi reports, else 0).")
 @click.option("--max-log-size", default="16MB", show_default=True, callback=_log_size, metavar="SIZE",
               help="Output kept per local run (512KB, 16MB, 1GB): past it, the log keeps its tail.")
+@click.option("--keep-workdirs", default=5, show_default=True, type=click.IntRange(min=0), metavar="N",
+              help="Working directories of ended local runs kept per run: those of its last N submissions.")
+@click.option("--workdirs-max-size", default="20GB", show_default=True, callback=_byte_size, metavar="SIZE",
+              help="Disk the kept working directories may take in total (512MB, 20GB); past it, the oldest go.")
 @click.option("--max-nodes", type=click.IntRange(min=1), help="Cap on nodes a cloud provider runs at once.")
 @click.option("--public-url", help="How cloud nodes reach this controller to report their exit code.")
 @click.option("--http", "http", default="127.0.0.1:8765", show_default=True, metavar="HOST:PORT",
@@ -182,8 +197,8 @@ def _log_size(ctx, param, value):
 @click.option("--webhook-secret-file", type=click.Path(exists=True, dir_okay=False),
               help="File holding the shared secret that webhook signatures are checked against.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, local_gpus, max_log_size, max_nodes,
-          public_url, http, interval, webhook_secret_file, log_format) -> None:
+def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, local_gpus, max_log_size, keep_workdirs,
+          workdirs_max_size, max_nodes, public_url, http, interval, webhook_secret_file, log_format) -> None:
     """Reconcile the config repo: submit, update, restart and cancel runs, and run the queue.
 
     Runs until SIGTERM or Ctrl-C, reacting to commits at once (a local repo is watched; a URL
@@ -199,7 +214,8 @@ def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, 
     from gitopsq.source import SourceError
     from gitopsq.store import StateLocked, Store, controller_lock
 
-    opts = _provider_options(provider, local_slots, local_gpus, provider_opt, max_nodes, public_url, max_log_size)
+    opts = _provider_options(provider, local_slots, local_gpus, provider_opt, max_nodes, public_url, max_log_size,
+                             keep_workdirs, workdirs_max_size)
     daemon_opts = None if once else _daemon_options(http, interval, webhook_secret_file, log_format)
     ignore_wake_signal()  # `secret set` may signal this process as soon as the lock names it
     if daemon_opts:
@@ -283,9 +299,10 @@ def ps(db, include_all, status, as_json) -> None:
 @db_option
 @json_option
 def history(name, db, as_json) -> None:
-    """Every submission of run NAME, oldest first, with status, reason and log file.
+    """Every submission of run NAME, oldest first, with status, reason, log file and working directory.
 
-    The LOG column shows when the terminal is wide enough; --json always has log_path.
+    The LOG and WORKDIR columns show when the terminal is wide enough (WORKDIR says `pruned` once
+    the retention policy deleted it); --json always has log_path, workdir and workdir_pruned.
     """
     from gitopsq.store import submissions
     from gitopsq.views import history_table, print_json

@@ -253,8 +253,8 @@ class Controller:
                 if node is not None and not node.lost:
                     started = sub["started_at"] or _when(node.started_at, None, now)
                     self.store.set_status(sub["id"], "running", now, node_id=node.node_id, started_at=started,
-                                          log_path=node.log_path, window_start=now,
-                                          detail={"adopted": node.node_id, "log": node.log_path})
+                                          log_path=node.log_path, workdir=node.workdir, window_start=now,
+                                          detail={"adopted": node.node_id, "log": node.log_path, "workdir": node.workdir})
                 else:
                     # The launch never completed: queue it again, as if it had not been tried.
                     self.store.set_status(sub["id"], "queued", now, node_id=None, detail={"rolled_back": True})
@@ -478,8 +478,8 @@ class Controller:
         self._provider_ok("launch")
         with self.store.transaction():
             self.store.set_status(sub["id"], "running", now, node_id=node.node_id, started_at=now, window_start=now,
-                                  deadline=None, log_path=node.log_path, next_try_at=None, backoff_event=None,
-                                  detail={"node": node.node_id, "log": node.log_path})
+                                  deadline=None, log_path=node.log_path, workdir=node.workdir, next_try_at=None,
+                                  backoff_event=None, detail={"node": node.node_id, "log": node.log_path, "workdir": node.workdir})
         return True
 
     def _launch_failed(self, sub, spec: RunSpec, exc: ProviderError, now: float) -> None:

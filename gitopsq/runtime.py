@@ -19,19 +19,26 @@ class ProviderOptions:
     max_nodes: int | None = None
     public_url: str | None = None
     max_log_size: int | None = None  # bytes of each local run's log kept (its tail)
+    keep_workdirs: int | None = None  # ended working directories kept per local run (its last submissions')
+    workdirs_max_size: int | None = None  # bytes the kept working directories may take in total
 
 
-_LOG_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_byte_size(text: str) -> int:
+    """Bytes from `512KB`, `16MB`, `20GB`, `1TB` (1024-based, like sizes in run files) or a number of bytes."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(?:([KMGT])(?:i?B)?)?\s*", text, re.IGNORECASE)
+    if not match:
+        raise ValueError(f"{text!r} is not a size: use 512KB, 16MB, 20GB or a number of bytes")
+    return int(float(match[1]) * _SIZE_UNITS[(match[2] or "").upper()])
 
 
 def parse_log_size(text: str) -> int:
-    """Bytes from `512KB`, `16MB`, `1GB` (1024-based, like sizes in run files) or a number of bytes."""
+    """A log's cap: a size (parse_byte_size) of at least MIN_LOG_SIZE."""
     from gitopsq.providers.local import MIN_LOG_SIZE
 
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(?:([KMG])(?:i?B)?)?\s*", text, re.IGNORECASE)
-    if not match:
-        raise ValueError(f"{text!r} is not a size: use 512KB, 16MB, 1GB or a number of bytes")
-    size = int(float(match[1]) * _LOG_SIZE_UNITS[(match[2] or "").upper()])
+    size = parse_byte_size(text)
     if size < MIN_LOG_SIZE:
         raise ValueError(f"{text!r} is too small: at least {MIN_LOG_SIZE // 1024}KB, e.g. 16MB")
     return size
@@ -64,7 +71,8 @@ def make_provider(store: Store, opts: ProviderOptions):
         from gitopsq.providers.local_adapter import make_local_provider
 
         return make_local_provider(log_dir_for(store.path), store.controller_id, opts.local_slots, opts.local_gpus,
-                                   max_log_size=opts.max_log_size)
+                                   max_log_size=opts.max_log_size, keep_workdirs=opts.keep_workdirs,
+                                   workdirs_max_size=opts.workdirs_max_size)
     from gitopsq.providers.cloud import make_cloud_provider
 
     return make_cloud_provider(opts.name, dict(opts.options), store.controller_id, opts.max_nodes, opts.public_url)

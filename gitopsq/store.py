@@ -90,7 +90,14 @@ def _migrate_5(db: sqlite_utils.Database) -> None:
                "token TEXT NOT NULL, at REAL, PRIMARY KEY (submission_id, attempt))")
 
 
-MIGRATIONS = {1: _migrate_1, 2: _migrate_2, 3: _migrate_3, 4: _migrate_4, 5: _migrate_5}
+
+def _migrate_6(db: sqlite_utils.Database) -> None:
+    # Where the submission's (latest attempt's) working directory is on this machine, kept after
+    # it ends until the provider's retention policy prunes it.
+    db.execute("ALTER TABLE submissions ADD COLUMN workdir TEXT")
+
+
+MIGRATIONS = {1: _migrate_1, 2: _migrate_2, 3: _migrate_3, 4: _migrate_4, 5: _migrate_5, 6: _migrate_6}
 
 
 # The database holds env values and report tokens: only its owner may read it, whatever the umask
@@ -578,7 +585,7 @@ def describe(row: dict) -> dict:
 _SUBMISSION_SQL = """
 SELECT run AS name, id AS submission_id, number AS submission, status, priority, reason, message, exit_code,
        attempts, submitted_at, queued_at, started_at, finished_at, window_start, deadline, next_try_at, last_activity_at,
-       reported_at, stop_reason, spec, log_path, node_id, commit_sha
+       reported_at, stop_reason, spec, log_path, workdir, node_id, commit_sha
 FROM submissions {where}
 """
 
@@ -594,7 +601,10 @@ def submissions(store: Store, status: str | None = None, run: str | None = None)
         wanted = (status,) if status else ACTIVE
         marks = ",".join("?" * len(wanted))
         sql, params = _SUBMISSION_SQL.format(where=f"WHERE status IN ({marks}) ORDER BY priority DESC, queued_at, id"), list(wanted)
-    return [describe(dict(row)) for row in store.conn.execute(sql, params)]
+    rows = [describe(dict(row)) for row in store.conn.execute(sql, params)]
+    for row in rows:  # a recorded working directory no longer on disk was pruned (retention policy)
+        row["workdir_pruned"] = bool(row["workdir"]) and not os.path.isdir(row["workdir"])
+    return rows
 
 
 def attempt_logs(store: Store, submission_id: int) -> list[str]:

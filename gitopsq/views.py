@@ -52,27 +52,32 @@ def runs_table(rows: list[dict]) -> None:
 
 
 def history_table(rows: list[dict]) -> None:
-    """The submissions of one run, one line each; the LOG column only when the terminal is wide
-    enough for it (else a hint: `gitopsq logs` prints a log, --json has every path)."""
+    """The submissions of one run, one line each; the LOG and WORKDIR columns only when the
+    terminal is wide enough for them (else a hint: `gitopsq logs` prints a log, --json has every path)."""
     from rich.console import Console
 
     console = Console()
     now = time.time()
-    table = _history(rows, now, narrow=False)
-    if console.measure(table, options=console.options.update_width(10_000)).maximum <= console.width:
-        console.print(table)
-        return
-    console.print(_history(rows, now, narrow=True))
+    for paths in (("LOG", "WORKDIR"), ("LOG",)):
+        table = _history(rows, now, paths)
+        if console.measure(table, options=console.options.update_width(10_000)).maximum <= console.width:
+            console.print(table)
+            return
+    console.print(_history(rows, now, ()))
     name = rows[0]["name"]
     console.print(f"logs: gitopsq logs {name} --submission N (paths: --json)", style="dim")
 
 
-def _history(rows: list[dict], now: float, narrow: bool):
+def _workdir_cell(row: dict) -> str:
+    return "pruned" if row.get("workdir_pruned") else row.get("workdir") or ""
+
+
+def _history(rows: list[dict], now: float, paths: tuple[str, ...]):
     from rich.table import Table
 
-    # narrow: single spaces between columns, 7-digit commits (as git abbreviates), no LOG
+    narrow = not paths  # single spaces between columns, 7-digit commits (as git abbreviates), no paths
     table = Table(box=None, header_style="bold", pad_edge=not narrow, collapse_padding=narrow)
-    for column in ("SUB", "STATUS", "PRIORITY", "SUBMITTED", "TIME", "REASON", "COMMIT", *(() if narrow else ("LOG",))):
+    for column in ("SUB", "STATUS", "PRIORITY", "SUBMITTED", "TIME", "REASON", "COMMIT", *paths):
         # only REASON may take a second line (folded, never cut)
         table.add_column(column, no_wrap=column != "REASON", overflow="fold" if column == "REASON" else "ellipsis")
     for row in rows:
@@ -82,7 +87,8 @@ def _history(rows: list[dict], now: float, narrow: bool):
         cells = [str(row["submission"]), f"[{STATUS_STYLE.get(row['status'], '')}]{row['status']}[/]",
                  str(row["priority"]), f"{ago(now - row['queued_at'])} ago", time_column(row, now)[1], reason,
                  (row.get("commit_sha") or "")[:7 if narrow else 10]]
-        table.add_row(*cells, *(() if narrow else (row.get("log_path") or "",)))
+        shown = {"LOG": row.get("log_path") or "", "WORKDIR": _workdir_cell(row)}
+        table.add_row(*cells, *(shown[column] for column in paths))
     return table
 
 

@@ -37,6 +37,7 @@ SAMPLES = {
     "regions": (None, "regions: [mars-central-1]"),
     "spot_policy": ("spot_policy: auto", "spot_policy: spot"),
     "max_price": ("max_price: 5", None),
+    "volumes": ("volumes: [{instance_path: /tmp/gitopsq-probe, path: data}]", "volumes: ['/tmp/gitopsq-probe:/data']"),
 }
 
 
@@ -97,7 +98,7 @@ def cloud():
     return CloudAdapter(driver, "ec2", "ctl", "https://gitopsq.example.com", region="us-east-1")
 
 
-@pytest.mark.parametrize("field", sorted(set(SAMPLES) - {"python"}))
+@pytest.mark.parametrize("field", sorted(set(SAMPLES) - {"python", "volumes"}))
 def test_ec2_runs_do_what_the_table_says(cloud, field):
     fits, refused = SAMPLES[field]
     if field == "resources.shm_size":

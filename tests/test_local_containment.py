@@ -113,7 +113,7 @@ def test_background_processes_end_with_the_run_and_hold_its_slot_until_gone(stat
         "exit 4\n"
     )
     node = driver.create_node("leftovers", ex_script=script, ex_env={"PROBE": probe})
-    workdir = state_dir / "nodes" / node.id / "work"
+    workdir = state_dir / "workdirs" / node.id / "work"
     main_pid = int(wait_for(lambda: (workdir / "main.pid").exists() and (workdir / "main.pid").read_text().strip(),
                             10, "the main pid"))
     wait_for(lambda: not is_live(main_pid), 10, "the main command to end")

@@ -165,7 +165,7 @@ def test_node_runs_script_in_its_workdir_and_records_exit_code(state_dir):
     assert stopped.extra["finished_at"] is not None
     assert stopped.extra["tags"] == {"run": "r1", "commit": "abc123"}
     node_dir = state_dir / "nodes" / node.id
-    workdir = node_dir / "work"
+    workdir = state_dir / "workdirs" / node.id / "work"
     assert driver.ex_log_path(node) == state_dir / "logs" / f"{node.id}.log"
     assert driver.ex_log_path(node.id).read_text().splitlines() == [
         "hello", "from-env", str(workdir)
@@ -196,14 +196,14 @@ def test_output_reaches_the_log_while_running(state_dir):
     log = driver.ex_log_path(node)
     wait_for(lambda: "early" in log.read_text(), 10, "output in the log")
     assert driver.ex_get_node(node.id).state == NodeState.RUNNING
-    (state_dir / "nodes" / node.id / "work" / "go").touch()
+    (state_dir / "workdirs" / node.id / "work" / "go").touch()
     assert wait_stopped(driver, node.id).extra["exit_code"] == 0
 
 
 def test_workdir_name_and_node_is_its_own_session(state_dir):
     driver = make_driver(state_dir, slots=1, gpus=0)
     node = driver.create_node("wd", ex_script="pwd; ps -o sid= -p $$", ex_workdir_name="repo")
-    assert Path(node.extra["workdir"]) == state_dir / "nodes" / node.id / "repo"
+    assert Path(node.extra["workdir"]) == state_dir / "workdirs" / node.id / "repo"
     wait_stopped(driver, node.id)
     pwd, sid = driver.ex_log_path(node).read_text().split()
     assert pwd == node.extra["workdir"]
@@ -224,7 +224,7 @@ def test_slot_capacity(state_dir):
         driver.create_node("two", ex_script="true")
     assert len(driver.list_nodes()) == 1  # the refused node left nothing behind
 
-    (state_dir / "nodes" / first.id / "work" / "go").touch()
+    (state_dir / "workdirs" / first.id / "work" / "go").touch()
     wait_stopped(driver, first.id)
     assert driver.destroy_node(first) is True
     assert driver.list_nodes() == []
@@ -262,7 +262,7 @@ def test_gpu_assignment(state_dir):
 def test_destroy_kills_the_whole_process_group(state_dir):
     driver = make_driver(state_dir, slots=1, gpus=0)
     node = driver.create_node("sleeper", ex_script="sleep 60 & echo $! > child.pid; wait")
-    child_file = state_dir / "nodes" / node.id / "work" / "child.pid"
+    child_file = state_dir / "workdirs" / node.id / "work" / "child.pid"
     wait_for(lambda: child_file.exists() and child_file.read_text().strip(), 10, "child pid")
     child = int(child_file.read_text())
     pid = node.extra["pid"]
@@ -328,7 +328,7 @@ def test_node_survives_controller_kill_and_restart_reads_exit_code(state_dir):
     assert node.extra["tags"] == {"k": "v"}
     assert restarted.ex_capacity()["slots"] == 1
 
-    (state_dir / "nodes" / node_id / "work" / "go").touch()
+    (state_dir / "workdirs" / node_id / "work" / "go").touch()
     stopped = wait_stopped(restarted, node_id)
     assert stopped.extra["exit_code"] == 7 and stopped.extra["lost"] is False
     assert restarted.ex_log_path(node_id).read_text() == "done\n"
@@ -342,14 +342,14 @@ def test_second_driver_instance_sees_running_node(state_dir):
     node = first.create_node("n", ex_script="while [ ! -e go ]; do sleep 0.05; done; exit 5")
     second = make_driver(state_dir, slots=2, gpus=0)
     assert [(n.id, n.state) for n in second.list_nodes()] == [(node.id, NodeState.RUNNING)]
-    (state_dir / "nodes" / node.id / "work" / "go").touch()
+    (state_dir / "workdirs" / node.id / "work" / "go").touch()
     assert wait_stopped(second, node.id).extra["exit_code"] == 5
 
 
 def test_killed_wrapper_is_reported_lost(state_dir):
     driver = make_driver(state_dir, slots=1, gpus=0)
     node = driver.create_node("lost", ex_script="sleep 60 & echo $! > child.pid; wait")
-    child_file = state_dir / "nodes" / node.id / "work" / "child.pid"
+    child_file = state_dir / "workdirs" / node.id / "work" / "child.pid"
     wait_for(lambda: child_file.exists() and child_file.read_text().strip(), 10, "child pid")
     os.kill(node.extra["pid"], signal.SIGKILL)
 

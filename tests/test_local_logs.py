@@ -45,7 +45,7 @@ def test_log_keeps_the_tail_and_says_what_was_cut(state_dir):
     check_tail(log.read_bytes(), 100000, cap)
     assert driver.ex_get_node(node.id).state == NodeState.RUNNING
 
-    (state_dir / "nodes" / node.id / "work" / "go").touch()
+    (state_dir / "workdirs" / node.id / "work" / "go").touch()
     assert wait_stopped(driver, node.id).extra["exit_code"] == 0
     assert log.read_bytes().endswith(b"\n100000\nend\n")
     assert len(log.read_bytes()) <= cap

@@ -63,7 +63,8 @@ def test_priority_order_no_capacity_and_retry_limit(tmp_path):
     for name, priority in (("low", 10), ("high", 90), ("mid", 50)):
         repo.write(f"runs/{name}.yml", run_file(name, [stamp, "sleep 1.5"], priority, QUEUE_FOREVER))
     repo.write("runs/impatient.yml", run_file("impatient", ["echo never"], 5))
-    repo.write("runs/short.yml", run_file("short", ["echo never"], 1, "retry:\n  on_events: [no-capacity]\n  duration: 2s\n"))
+    # It gives up while the second of the three holds the slot (each holds it 1.5 s plus making its venv).
+    repo.write("runs/short.yml", run_file("short", ["echo never"], 1, "retry:\n  on_events: [no-capacity]\n  duration: 3s\n"))
     repo.commit("five runs at once")
 
     controller.step()
@@ -95,7 +96,7 @@ def test_dev_environment_inactivity_changed_in_place(tmp_path):
     controller.step()
     first = store.current_submission("notebook")
     assert first["status"] == "running"
-    deadline = time.monotonic() + 30  # its init has run before the clock moves (a loaded machine is slow to start it)
+    deadline = time.monotonic() + 30  # its init has run (after its venv is made) before the clock moves
     while "ready" not in Path(first["log_path"]).read_text():
         assert time.monotonic() < deadline, "init did not run"
         time.sleep(0.05)

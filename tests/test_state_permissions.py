@@ -68,7 +68,9 @@ def test_state_is_private_after_serve_once(tmp_path, cleanup_nodes):
         if (state / name).exists():
             assert mode(state / name) == 0o600, name
     nodes = log_dir_for(db)
-    seen = {p.relative_to(nodes).as_posix(): mode(p) for p in [nodes, *nodes.rglob("*")]}
+    workdir = Path(node.extra["workdir"])
+    assert mode(workdir) == 0o700  # what the run writes in it (its venv, its outputs) is the run's own
+    seen = {p.relative_to(nodes).as_posix(): mode(p) for p in [nodes, *nodes.rglob("*")] if workdir not in p.parents}
     expected = {path: 0o700 if (nodes / path).is_dir() else 0o600 for path in seen}
     assert seen == expected
     # What the checks above cover: the node's script, meta, exit code and log.

@@ -62,6 +62,7 @@ class NodeStatus:
     log_path: str | None = None
     started_at: float | None = None  # when the node started, if the provider knows (epoch seconds)
     finished_at: float | None = None  # when it ended, if the provider knows: the run's end, not when it was noticed
+    workdir: str | None = None  # the run's working directory on this machine, where the provider keeps one
 
 
 class Provider(Protocol):
@@ -169,7 +170,8 @@ class LibcloudProvider:
         running, exit_code, lost, log = self.adapter.exit_code(node)
         extra = node.extra or {}
         return NodeStatus(node.id, int(sub) if sub and sub.isdigit() else None, tags.get(TAG_RUN), running, exit_code, lost, log,
-                          started_at=_epoch(extra.get("started_at")), finished_at=_epoch(extra.get("finished_at")))
+                          started_at=_epoch(extra.get("started_at")), finished_at=_epoch(extra.get("finished_at")),
+                          workdir=extra.get("workdir") if isinstance(extra.get("workdir"), str) else None)
 
 
 def _tags_of(node) -> dict[str, str]:

@@ -26,7 +26,7 @@ FIELD_SUPPORT: dict[str, dict[str, str]] = {
         EC2: "honoured: `docker run` on the node",
     },
     "python": {
-        LOCAL_PROCESS: "honoured: that version's interpreter (pyenv, uv or the system's) is `python` for the run; refused when it is not installed",
+        LOCAL_PROCESS: "honoured: the run gets a venv of that version (pyenv, uv or the system's interpreter) in its working directory, `.venv`, first on PATH, with pip, so `pip install` stays in the run; refused when it is not installed (without `python`: a venv of the machine's python3)",
         LOCAL_CONTAINER: "-: `python` and `image` exclude each other (the image brings its Python)",
         EC2: "honoured: runs in the `python:X.Y` image",
     },
@@ -91,8 +91,8 @@ FIELD_SUPPORT: dict[str, dict[str, str]] = {
         EC2: "honoured: downloaded with the tree; an absolute `dst` is written there",
     },
     "volumes": {
-        LOCAL_PROCESS: "honoured: linked into the working directory (a relative `path`; an absolute one is refused)",
-        LOCAL_CONTAINER: "honoured: `-v instance_path:path`",
+        LOCAL_PROCESS: "honoured: a relative `path` is a link in the working directory to `instance_path`, created when missing (an `optional` one is then left out); an absolute or `~` path is refused (a process has no filesystem of its own)",
+        LOCAL_CONTAINER: "honoured: `-v instance_path:path`, a relative `path` under /work; `instance_path` created when missing (an `optional` one is then left out); a `~` path is refused",
         EC2: "honoured: a folder of the node, `-v` into the container or linked into the working directory",
     },
     "registry_auth": {

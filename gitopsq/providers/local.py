@@ -6,17 +6,21 @@ log file. The controller may be killed at any moment, so everything lives on dis
     <state>/.lock                     flock taken while creating (capacity check + spawn)
     <state>/nodes/<node id>/meta.json name, tags, pid, start_time, started_at, gpus, image, ...
     <state>/nodes/<node id>/script.sh the user script
-    <state>/nodes/<node id>/work/     working directory of the run (name: ex_workdir_name)
     <state>/nodes/<node id>/exit_code reserved (blank) at launch, overwritten in place by the
                                       wrapper with the exit status once everything has ended
     <state>/nodes/<node id>/destroyed marker: node is gone from list_nodes, files are kept
     <state>/ended/<node id>/          where a destroyed node's directory moves, so listing stays
                                       proportional to the live nodes however many have run
     <state>/logs/<node id>.log        stdout+stderr of the run (never moved: users read it later)
+    <state>/workdirs/<node id>/work/  working directory of the run (name: ex_workdir_name), at one
+                                      path from launch until pruned; a process run's venv is .venv in it
+    <state>/workdirs.jsonl            the index of ended nodes' working directories (workdirs.py)
+    <state>/pip/                      pip, copied once per interpreter, for the runs' venvs
 
-Destroyed nodes keep their directory (log and work/) because users read the logs of
-finished runs; pruning old node directories is left to the controller. The state holds env
-values, so directories are 0700 and files 0600 whatever the umask.
+Destroyed nodes keep their log (capped) and their working directory (outputs, checkpoints):
+the working directories of ended nodes are pruned by a retention policy (keep_workdirs per
+run, workdirs_max_size in total; see workdirs.py), never a running node's. The state holds
+env values, so directories are 0700 and files 0600 whatever the umask.
 
 Process tree: the controller starts a short-lived launcher (reaped at once), which starts
 the wrapper (node_wrapper.py) in a new session and exits. The wrapper is therefore adopted
@@ -51,6 +55,9 @@ from libcloud.common.types import LibcloudError
 from libcloud.compute.base import Node, NodeDriver, NodeImage, NodeSize
 from libcloud.compute.types import NodeState
 
+from gitopsq.providers import volumes
+from gitopsq.providers.workdirs import PRUNE_INTERVAL, Retention, ended_record
+
 
 __all__ = [
     "LocalNodeDriver",
@@ -68,6 +75,8 @@ DEFAULT_MAX_LOG_SIZE = 16 * 1024**2
 MIN_LOG_SIZE = 4096  # room for the cut line and some output
 NODE_ENV = "GITOPSQ_NODE_ID"  # in the environment of every process of a node
 _WRAPPER = str(Path(__file__).with_name("node_wrapper.py"))
+_PYTHON_PRELUDE = str(Path(__file__).with_name("node_python.py"))  # makes the run's venv, then becomes the run
+VENV_NAME = ".venv"  # the run's own Python, in its working directory
 _EXIT_RESERVED = b" " * 31 + b"\n"  # the exit file's space, taken at launch: a full disk cannot lose the status
 
 
@@ -299,10 +308,14 @@ class LocalNodeDriver(NodeDriver):
 
     def __init__(
         self, key: str | Path, slots: int | None = None, gpus: int | None = None,
-        max_log_size: int | None = None, stop_grace: float = 5.0,
+        max_log_size: int | None = None, stop_grace: float = 5.0, keep_workdirs: int | None = None,
+        workdirs_max_size: int | None = None, prune_interval: float = PRUNE_INTERVAL,
     ) -> None:
         """max_log_size: bytes of a node's log kept (its tail); stop_grace: seconds a node's
-        leftover processes get between TERM and KILL when its script ends or it is stopped."""
+        leftover processes get between TERM and KILL when its script ends or it is stopped;
+        keep_workdirs: ended working directories kept per run (its last submissions'), and
+        workdirs_max_size: bytes they may take in total (oldest pruned first), checked at most
+        every prune_interval seconds (see workdirs.py for the defaults)."""
         # No super().__init__(): it would build a network connection we have no use for.
         self.state_dir = Path(key).expanduser().resolve()
         self.key, self.secret, self.secure = str(self.state_dir), None, False
@@ -317,8 +330,14 @@ class LocalNodeDriver(NodeDriver):
         self.nodes_dir = self.state_dir / "nodes"
         self.ended_dir = self.state_dir / "ended"
         self.logs_dir = self.state_dir / "logs"
-        for folder in (self.state_dir, self.nodes_dir, self.ended_dir, self.logs_dir):
+        self.workdirs_dir = self.state_dir / "workdirs"
+        for folder in (self.state_dir, self.nodes_dir, self.ended_dir, self.logs_dir, self.workdirs_dir):
             _private_dir(folder)
+        try:
+            self.retention = Retention(self.state_dir, self._lock, keep_workdirs, workdirs_max_size, prune_interval)
+        except ValueError as exc:
+            raise LocalError(str(exc), driver=self) from None
+        self.retention.start(self.ended_dir)
         self._container_tool_cache: object = _UNSET
 
     # ---- catalog -------------------------------------------------------------------
@@ -351,14 +370,28 @@ class LocalNodeDriver(NodeDriver):
         ex_tags: dict[str, str] | None = None,
         ex_workdir_name: str | None = None,
         ex_container_args: tuple[str, ...] = (),
+        ex_python: str | None = None,
+        ex_retention_key: tuple[str, str] | None = None,
+        ex_volumes: tuple[tuple[str, str, bool], ...] = (),
         **kwargs,
     ) -> Node:
+        """ex_python: an interpreter; the run gets a venv of it in its working directory (VENV_NAME),
+        made by the node before the script starts, first on PATH and as VIRTUAL_ENV (no image).
+        ex_retention_key: (run, submission) the working directory is kept for once the node ends
+        (the retention policy keeps the last keep_workdirs submissions of each run).
+        ex_volumes: (instance_path, path, optional) of each instance volume (see volumes.py)."""
         workdir_name = ex_workdir_name or "work"
         # One plain name that cannot clash with the driver's own files in the node dir.
         if "/" in workdir_name or workdir_name in _RESERVED_NAMES:
             raise LocalError(f"invalid ex_workdir_name {workdir_name!r}", driver=self)
         if ex_gpus < 0:
             raise LocalError(f"ex_gpus must be >= 0, got {ex_gpus}", driver=self)
+        if ex_python and ex_image:
+            raise LocalError("ex_python is for process runs: an image brings its own Python", driver=self)
+        try:  # before anything is made
+            volumes.check([path for _, path, _ in ex_volumes], container=bool(ex_image))
+        except ValueError as exc:
+            raise LocalError(str(exc), driver=self) from None
         # Decide on the container engine before taking a slot or writing anything.
         tool = self._container_tool() if ex_image else None
         if ex_image and tool is None:
@@ -380,19 +413,26 @@ class LocalNodeDriver(NodeDriver):
             if missing:
                 raise LocalCapacityError("; ".join(missing), driver=self)
             gpu_ids = free_gpus[:ex_gpus]
+            try:
+                mounts = volumes.prepare(ex_volumes)
+            except OSError as exc:
+                raise LocalError(str(exc), driver=self) from None
 
             node_id = f"local-{uuid.uuid4().hex}"
             node_dir = self.nodes_dir / node_id
-            workdir = node_dir / workdir_name
+            outputs = self.workdirs_dir / node_id  # kept after the node ends, until pruned
+            workdir = outputs / workdir_name
             _private_dir(node_dir)
+            _private_dir(outputs)
             script = node_dir / "script.sh"
             if ex_image:
-                # Mounted into the container, whose user may not be ours; node_dir keeps others out.
+                # Mounted into the container, whose user may not be ours; `outputs` keeps others out.
                 workdir.mkdir()
                 _write_file(script, ex_script.encode(), 0o644)
             else:
                 _private_dir(workdir)
                 _write_file(script, ex_script.encode())
+                volumes.link(workdir, mounts)
             _write_file(self._log(node_id), b"")
             _write_file(node_dir / "exit_code", _EXIT_RESERVED)
             meta = {
@@ -406,14 +446,21 @@ class LocalNodeDriver(NodeDriver):
                 "image": ex_image,
                 "container_tool": tool,
                 "workdir": workdir_name,
+                "workdir_path": str(workdir),
+                "retention": list(ex_retention_key) if ex_retention_key else None,
                 "subreaper": True,  # node_wrapper.py: it stops the run itself on TERM
                 "max_log_size": self.max_log_size,
+                "python": ex_python,
             }
             meta_path = node_dir / "meta.json"
             _write_atomic(meta_path, json.dumps(meta, indent=2))
 
-            env = self._node_env(ex_env, gpu_ids, node_id)
-            command = self._command(node_id, script, workdir, env, ex_env, ex_image, tool, gpu_ids, ex_container_args)
+            venv = workdir / VENV_NAME if ex_python else None
+            env = self._node_env(ex_env, gpu_ids, node_id, venv)
+            container_args = (*volumes.docker_args(mounts), *ex_container_args) if ex_image else ()
+            command = self._command(node_id, script, workdir, env, ex_env, ex_image, tool, gpu_ids, container_args)
+            if venv:  # made by the node itself: its time is the run's, not this step's
+                command = [ex_python, "-I", _PYTHON_PRELUDE, str(venv), str(self.state_dir / "pip"), *command]
             log_path = str(self._log(node_id))
             launch = subprocess.run(
                 [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(lock_fd), str(meta_path), log_path,
@@ -424,6 +471,7 @@ class LocalNodeDriver(NodeDriver):
             )
             if launch.returncode != 0:
                 _write_file(node_dir / "destroyed", b"")
+                self.retention.ended(ended_record(node_id, *(ex_retention_key or (name, name)), time.time(), outputs))
                 raise LocalError(
                     f"could not start node {node_id}: {launch.stderr.strip()}", driver=self
                 )
@@ -432,6 +480,7 @@ class LocalNodeDriver(NodeDriver):
     def list_nodes(self, *args, **kwargs) -> list[Node]:
         with self._lock(fcntl.LOCK_SH):
             nodes = [self._node(d) for d in self._node_dirs() if not (d / "destroyed").exists()]
+        self.retention.maybe_prune(time.monotonic())  # listed every controller step: the policy's clock
         return sorted((n for n in nodes if n), key=lambda n: n.extra["started_at"] or "")
 
     def destroy_node(self, node: Node | str, ex_timeout: float = 5.0) -> bool:
@@ -456,6 +505,11 @@ class LocalNodeDriver(NodeDriver):
         with self._lock(fcntl.LOCK_EX):
             with contextlib.suppress(OSError):
                 node_dir.rename(self.ended_dir / node_dir.name)
+            # From now on its working directory is the retention policy's to keep or prune.
+            workdir = self._workdir(node_dir if node_dir.exists() else self.ended_dir / node_id, meta)
+            group, unit = meta.get("retention") or (meta.get("name", ""),) * 2  # no key: its name is both
+            self.retention.ended(ended_record(node_id, group, unit, time.time(),
+                                              workdir.parent if meta.get("workdir_path") else workdir))
         return True
 
     # ---- extras --------------------------------------------------------------------
@@ -469,6 +523,10 @@ class LocalNodeDriver(NodeDriver):
     def ex_log_path(self, node_or_id: Node | str) -> Path:
         node_id = node_or_id if isinstance(node_or_id, str) else node_or_id.id
         return self._log(node_id)
+
+    def ex_prune_workdirs(self) -> list[str]:
+        """Apply the retention policy to ended working directories now; the ids of those pruned."""
+        return self.retention.prune()
 
     def ex_get_node(self, node_id: str) -> Node | None:
         """The node, destroyed ones included (state TERMINATED); None if unknown."""
@@ -536,7 +594,7 @@ class LocalNodeDriver(NodeDriver):
             # Ended without the wrapper recording a status: killed, or machine rebooted.
             "lost": not running and exit_code is None,
             "log": str(self._log(meta["id"])),
-            "workdir": str(node_dir / meta.get("workdir", "work")),
+            "workdir": str(self._workdir(node_dir, meta)),
             "gpus": meta.get("gpus", []),
             "image": meta.get("image"),
             "started_at": meta.get("started_at"),
@@ -546,6 +604,11 @@ class LocalNodeDriver(NodeDriver):
         created = dt.datetime.fromisoformat(meta["started_at"]) if meta.get("started_at") else None
         return Node(meta["id"], meta.get("name", ""), state, [], ["127.0.0.1"], self,
                     extra=extra, created_at=created)
+
+    @staticmethod
+    def _workdir(node_dir: Path, meta: dict) -> Path:
+        # Nodes started before working directories moved out of the node directory have no workdir_path.
+        return Path(meta.get("workdir_path") or node_dir / meta.get("workdir", "work"))
 
     @staticmethod
     def _end_processes(meta: dict, timeout: float) -> None:
@@ -573,7 +636,7 @@ class LocalNodeDriver(NodeDriver):
             processes, wrapper = _node_processes(meta)
 
     @staticmethod
-    def _node_env(ex_env: dict[str, str] | None, gpu_ids: list[int], node_id: str) -> dict[str, str]:
+    def _node_env(ex_env: dict[str, str] | None, gpu_ids: list[int], node_id: str, venv: Path | None = None) -> dict[str, str]:
         # A clean env: the controller's own variables (tokens, credentials) stay out.
         env = {
             "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
@@ -584,6 +647,9 @@ class LocalNodeDriver(NodeDriver):
         env.update({str(k): str(v) for k, v in (ex_env or {}).items()})
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpu_ids))
         env[NODE_ENV] = node_id  # finds the node's processes wherever they went (see destroy_node)
+        if venv:  # as `source .venv/bin/activate` would, whatever PATH the run set
+            env["VIRTUAL_ENV"] = str(venv)
+            env["PATH"] = f"{venv}/bin:{env['PATH']}"
         return env
 
     @staticmethod

@@ -18,7 +18,8 @@ from libcloud.compute.base import Node
 from libcloud.compute.types import NodeState
 
 from gitopsq.providers.local import PROVIDER, LocalCapacityError, LocalError, LocalImageError, LocalNodeDriver, register
-from gitopsq.providers.pythons import find_python
+from gitopsq.providers.pythons import default_python, find_python
+from gitopsq.providers.volumes import CONTAINER_WORKDIR, container_path, overlap, process_path_problem
 
 
 class LocalAdapter:
@@ -41,7 +42,7 @@ class LocalAdapter:
 
         Each field is honoured, checked or refused as gitopsq.providers.fields says.
         """
-        for check in (self._placement, self._runtime, self._sizes, self._gpus):
+        for check in (self._placement, self._runtime, self._volumes, self._sizes, self._gpus):
             why = check(spec)
             if why:
                 return why
@@ -68,6 +69,29 @@ class LocalAdapter:
         if spec.python and find_python(spec.python) is None:
             return (f"python: no Python {spec.python} on this machine for the local provider "
                     f"(looked on PATH, in pyenv and uv); install it or change python")
+        return None
+
+    def _volumes(self, spec) -> str | None:
+        """A process run's volumes are links in its working directory; a container's are mounts."""
+        paths = []
+        for index, volume in enumerate(spec.volumes):
+            field, path = f"volumes[{index}]", volume.path
+            if spec.image and path.startswith("~"):
+                return (f"{field}: {path!r}: the home of the image's user is not known to the local provider; "
+                        f"use an absolute path")
+            if spec.image and container_path(path) == CONTAINER_WORKDIR:
+                return (f"{field}: {path!r} is the working directory of a container run on the local provider "
+                        f"({CONTAINER_WORKDIR}); mount the volume below it, e.g. data")
+            problem = None if spec.image else process_path_problem(path)
+            if problem:
+                return (f"{field}: {path!r} {problem}; a process run on the local provider has no filesystem of its "
+                        f"own, so a volume is a link in its working directory (use a relative path, or set image)")
+            paths.append(container_path(path) if spec.image else os.path.normpath(path))
+        clash = overlap(paths, nested=not spec.image)
+        if clash:
+            i, j, how = clash
+            return (f"volumes[{j}]: {spec.volumes[j].path!r} {how} volumes[{i}]'s path {spec.volumes[i].path!r} "
+                    f"(local provider)")
         return None
 
     def _sizes(self, spec) -> str | None:
@@ -113,32 +137,27 @@ class LocalAdapter:
         spec = launch.spec
         script = run_script(spec) if spec.commands or spec.type == "dev-environment" else ""
         env = run_env(spec, launch)
-        if "PATH" not in env and (spec.python or spec.nvcc) and not spec.image:
-            extra = [str(self._python_bin(spec.python))] if spec.python else []
-            extra += [os.path.dirname(find_nvcc())] if spec.nvcc and find_nvcc() else []
-            env["PATH"] = ":".join([*extra, os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")])
+        if "PATH" not in env and spec.nvcc and not spec.image and find_nvcc():
+            env["PATH"] = f"{os.path.dirname(find_nvcc())}:{os.environ.get('PATH', '/usr/local/bin:/usr/bin:/bin')}"
         container_args = ()
         if spec.image and spec.resources.shm_size is not None:
             container_args = ("--shm-size", f"{int(math.ceil(spec.resources.shm_size * 1024))}m")
         return dict(name=f"gq-{launch.run}-{launch.submission_id}", ex_script=script,
                     ex_env=env, ex_gpus=spec.resources.gpu_count,
-                    ex_image=spec.image, ex_tags=tags, ex_container_args=container_args)
+                    ex_image=spec.image, ex_tags=tags, ex_container_args=container_args,
+                    ex_python=None if spec.image else self._interpreter(spec.python),
+                    ex_volumes=tuple((v.instance_path, v.path, v.optional) for v in spec.volumes),
+                    ex_retention_key=(launch.run, str(launch.submission_id)))
 
-    def _python_bin(self, version: str) -> Path:
-        """A folder whose python, python3 and pythonX.Y are the interpreter of that version."""
+    def _interpreter(self, version: str | None) -> str | None:
+        """The interpreter whose venv a process run gets: of its `python`, else the machine's python3
+        (None when the machine has none: the run then has no venv, as it asked for no Python)."""
+        if version is None:
+            return default_python()
         interpreter = find_python(version)
         if interpreter is None:  # uninstalled since it was checked: the launch fails with the reason
             raise LocalError(f"python: no Python {version} on this machine any more", driver=self.driver)
-        folder = self.driver.state_dir / "pythons" / version / "bin"
-        folder.mkdir(parents=True, exist_ok=True)
-        for name in ("python", "python3", f"python{version}"):
-            link = folder / name
-            if not link.is_symlink() or os.readlink(link) != interpreter:
-                tmp = folder / f".{name}.tmp"
-                tmp.unlink(missing_ok=True)
-                tmp.symlink_to(interpreter)
-                os.replace(tmp, link)
-        return folder
+        return interpreter
 
     def classify(self, exc: Exception):
         from gitopsq.providers.base import CAPACITY, ERROR, ProviderError
@@ -195,12 +214,14 @@ def _gpu_model_fits(model: tuple[str, float], gpu) -> bool:
 
 
 def make_local_provider(state_dir: Path, controller_id: str, slots: int | None = None, gpus: int | None = None,
-                        max_log_size: int | None = None):
+                        max_log_size: int | None = None, keep_workdirs: int | None = None,
+                        workdirs_max_size: int | None = None):
     """The embedded default provider, through Libcloud's driver registry."""
     from libcloud.compute.providers import get_driver
 
     from gitopsq.providers.base import LibcloudProvider
 
     register()
-    driver = get_driver(PROVIDER)(state_dir, slots=slots, gpus=gpus, max_log_size=max_log_size)
+    driver = get_driver(PROVIDER)(state_dir, slots=slots, gpus=gpus, max_log_size=max_log_size,
+                                  keep_workdirs=keep_workdirs, workdirs_max_size=workdirs_max_size)
     return LibcloudProvider(driver, LocalAdapter(driver), controller_id)

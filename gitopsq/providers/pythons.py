@@ -2,7 +2,8 @@
 
 Looked for where people install them: `pythonX.Y` on PATH, pyenv's versions, uv's managed
 Pythons, and the usual system folders. Every candidate is run once to confirm its version: a
-pyenv shim on PATH answers for versions that are not active, and then fails.
+pyenv shim on PATH answers for versions that are not active, and then fails. A run without
+`python` gets the machine's default python3 (`default_python`).
 """
 
 from __future__ import annotations
@@ -54,3 +55,27 @@ def find_python(version: str) -> str | None:
         if _version_of(path) == version:
             return os.path.realpath(path)
     return None
+
+
+# Where the interpreter behind `python3` is installed: a venv's python3 (the controller's own, when
+# it runs from one) and a pyenv shim both answer with the installation they stand for.
+_BASE = "import sys; print(sys.base_prefix); print('%d.%d' % sys.version_info[:2]); print(sys.executable)"
+
+
+@functools.cache
+def default_python() -> str | None:
+    """The machine's default python3: the installation behind `python3` on PATH, never a venv
+    (runs get venvs of it, and must not see the packages of the controller's own venv)."""
+    found = shutil.which("python3")
+    if found is None:
+        return None
+    try:
+        out = subprocess.run([found, "-I", "-c", _BASE], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = out.stdout.split("\n")
+    if out.returncode != 0 or len(lines) < 3:
+        return None
+    base, version, executable = lines[:3]
+    installed = os.path.join(base, "bin", f"python{version}")
+    return os.path.realpath(installed if os.access(installed, os.X_OK) else executable)

@@ -86,6 +86,8 @@ class Submission(BaseModel):
     retry: RetryPolicy | None
     type: str | None
     log_path: str | None
+    workdir: str | None = Field(description="The working directory of its latest attempt, kept after it ends (local provider).")
+    workdir_pruned: bool = Field(description="True once the retention policy has deleted that working directory.")
     node_id: str | None
     commit_sha: str | None
 
