@@ -90,7 +90,6 @@ def _migrate_5(db: sqlite_utils.Database) -> None:
                "token TEXT NOT NULL, at REAL, PRIMARY KEY (submission_id, attempt))")
 
 
-
 def _migrate_6(db: sqlite_utils.Database) -> None:
     # Where the submission's (latest attempt's) working directory is on this machine, kept after
     # it ends until the provider's retention policy prunes it.
