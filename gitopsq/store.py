@@ -25,7 +25,7 @@ from gitopsq.yamlload import Problem
 
 log = logging.getLogger("gitopsq.store")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 6  # the last of MIGRATIONS
 FINISHED = ("done", "failed", "cancelled")
 
 

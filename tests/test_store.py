@@ -55,3 +55,8 @@ def test_the_controller_lock_names_its_holder_and_is_free_again_when_released(tm
         assert str(held.value).endswith(f") holds {db}; stop it first")
     with controller_lock(db):  # released at the end of the block
         pass
+
+
+def test_schema_version_is_the_last_migration():
+    from gitopsq.store import MIGRATIONS
+    assert SCHEMA_VERSION == max(MIGRATIONS) and sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION + 1))
