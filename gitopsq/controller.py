@@ -18,11 +18,13 @@ from typing import Callable
 from gitopsq import queue as q
 from gitopsq.config import CONFIG_FILE
 from gitopsq.desired import AppliedConfig, FileRow, read_tree
+from gitopsq.launchinputs import LaunchInputs
 from gitopsq.plan import ACTIVE, absent, held, plan
-from gitopsq.providers.base import AUTH, CAPACITY, THROTTLE, UNSATISFIABLE, Launch, NodeStatus, Provider, ProviderError
+from gitopsq.providers.base import AUTH, CAPACITY, ERROR, THROTTLE, UNSATISFIABLE, Launch, NodeStatus, Provider, ProviderError
 from gitopsq.source import ConfigRepo
 from gitopsq.spec import RunSpec
 from gitopsq.store import Store
+from gitopsq.workspace import WorkspaceError
 from gitopsq.yamlload import Problem
 
 log = logging.getLogger("gitopsq.controller")
@@ -55,8 +57,10 @@ class StepResult:
 
 class Controller:
     def __init__(self, store: Store, provider: Provider, repo: ConfigRepo | None = None, branch: str = "main",
-                 clock: Callable[[], float] = time.time, rng: random.Random | None = None):
+                 clock: Callable[[], float] = time.time, rng: random.Random | None = None,
+                 inputs: LaunchInputs | None = None):
         self.store = store
+        self.inputs = inputs or LaunchInputs(store, repo)  # secrets and working trees of launches
         self.provider = provider
         self.repo = repo
         self.branch = branch
@@ -72,6 +76,8 @@ class Controller:
         self._unsatisfiable: dict[int, str | None] = {}  # submission id -> why nothing here can run it (None: it fits)
         self._forget_at = 2048  # cache size at which _forget_finished prunes
         self._free_recorded: str | None = None  # the capacity_free last written (written only when it changes)
+        self._known_secrets: set[str] | None = None  # secret names, read once per admission (see _missing_secrets)
+        self._secret_waits: dict[int, list[str]] = {}  # submission id -> its missing secrets, this decision
 
     # --- the step -----------------------------------------------------------------------------
 
@@ -246,6 +252,7 @@ class Controller:
             self._provider_trouble(exc, "list")
             return
         by_sub = {n.submission_id: n for n in nodes if n.submission_id is not None}
+        self.inputs.clear_staging()  # trees staged for launches the crash interrupted
         now = self.clock()
         for sub in self.store.submissions_with_status("provisioning"):
             node = by_sub.get(sub["id"])
@@ -388,6 +395,7 @@ class Controller:
             self._provider_trouble(exc, "list")
             return []
         freed_at = self._freed_at()
+        self._known_secrets = None  # read once per admission, only when a run references a secret
         decision = self._decide(rows, capacity, now, freed_at)
         if has_head and not self._full(capacity, decision, rows):
             for chunk in self.store.queued_in_order():
@@ -398,6 +406,8 @@ class Controller:
         with self.store.transaction():
             for sub_id, reason in decision.fail:
                 self.store.set_status(sub_id, "failed", now, reason=reason, message=self._unsatisfiable.get(sub_id))
+            for sub_id, names in self._secret_waits.items():
+                self._wait_for_secrets(rows[sub_id], names, now)
             for sub_id in decision.wait:
                 if rows[sub_id]["window_start"] is None:  # the retry window opens the first time it waits
                     spec = self._spec(rows[sub_id])
@@ -412,8 +422,13 @@ class Controller:
 
     def _decide(self, rows: dict, capacity: dict[str, int], now: float, freed_at: float | None) -> q.Decision:
         waiting, failed = [], []
+        self._secret_waits = {}
         for row in rows.values():
             spec = self._spec(row)
+            missing = self._missing_secrets(spec)
+            if missing:  # not a capacity question: it takes no room and holds up no one behind it
+                self._secret_waits[row["id"]] = missing
+                continue
             if row["id"] not in self._unsatisfiable:  # asked once per submission, not once per step
                 self._unsatisfiable[row["id"]] = self.provider.unsatisfiable(spec)
             if self._unsatisfiable[row["id"]]:  # nothing here can ever run it: fail at once, naming the resource
@@ -422,6 +437,20 @@ class Controller:
                 waiting.append(self._waiting(row, spec))
         decision = q.admit(waiting, capacity, now, freed_at)
         return q.Decision(decision.launch, tuple(failed) + decision.fail, decision.wait, decision.next_check_at)
+
+    def _missing_secrets(self, spec: RunSpec) -> list[str]:
+        if not spec.secrets:
+            return []
+        if self._known_secrets is None:
+            self._known_secrets = self.inputs.known_secrets()
+        return sorted(spec.secrets - self._known_secrets)
+
+    def _wait_for_secrets(self, sub, names: list[str], now: float) -> None:
+        """Queued until the secrets exist (`secret set` wakes the controller): said once, not each step."""
+        message = f"secret-missing: {', '.join(names)}"
+        if sub["message"] != message or sub["backoff_event"] != "secret-missing":
+            self.store.update_submission(sub["id"], message=message, backoff_event="secret-missing", next_try_at=None)
+            self.store.event(sub["run"], sub["id"], "secret-missing", {"names": names}, None, now)
 
     def _left(self, capacity: dict[str, int], decision: q.Decision, rows: dict) -> dict[str, int]:
         """The capacity left once this decision's launches have taken theirs."""
@@ -465,15 +494,34 @@ class Controller:
 
     def _launch(self, sub, spec: RunSpec) -> bool:
         now = self.clock()
+        secrets, missing = self.inputs.resolve(spec)
+        if missing:  # removed since the decision: wait again
+            with self.store.transaction():
+                self._wait_for_secrets(sub, missing, now)
+            return False
         with self.store.transaction():  # intent first: a crash from here on is adopted or rolled back
+            waited = {"message": None} if sub["backoff_event"] == "secret-missing" else {}
             self.store.set_status(sub["id"], "provisioning", now, last_attempt_at=now,
-                                  demand=sub["demand"] or self._demand_text(spec))
-        launch = Launch(sub["id"], sub["run"], sub["number"], spec, sub["token"], sub["attempts"])
+                                  demand=sub["demand"] or self._demand_text(spec), **waited)
+            self.inputs.record(sub["id"], sub["attempts"], secrets.values())  # before any process can print them
+        try:
+            tree = self.inputs.prepare(spec, sub["commit_sha"])
+        except WorkspaceError as exc:  # a clone that fails fails the attempt: the `error` event
+            self._launch_failed(sub, spec, ProviderError(ERROR, "workspace", str(exc)), self.clock())
+            return False
+        if tree and tree.credentials:
+            self.inputs.record(sub["id"], sub["attempts"], [*secrets.values(), *tree.credentials])
+        launch = Launch(sub["id"], sub["run"], sub["number"], spec, sub["token"], sub["attempts"], commit=sub["commit_sha"],
+                        secrets=secrets, tree=tree.prepared.dest if tree else None,
+                        tree_env=tree.prepared.env if tree else {},
+                        tree_outside=tuple((str(o.source), o.dst) for o in tree.prepared.outside) if tree else ())
         try:
             node = self.provider.launch(launch)
         except ProviderError as exc:
             self._launch_failed(sub, spec, exc, self.clock())
             return False
+        finally:
+            self.inputs.discard(launch.tree)  # what the provider did not take
         now = self.clock()
         self._provider_ok("launch")
         with self.store.transaction():

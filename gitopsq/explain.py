@@ -53,7 +53,9 @@ def wait_reason(row: dict, now: float) -> str:
     """Why a queued submission is not running: backoff, or what it needs against what is free;
     and how many submissions are ahead of it in the queue."""
     parts = []
-    if row.get("next_try_at") and row["next_try_at"] > now:
+    if row.get("backoff_event") == "secret-missing":  # the message names them: secret-missing: NAME
+        parts.append(row.get("message") or "secret-missing")
+    elif row.get("next_try_at") and row["next_try_at"] > now:
         event = row.get("backoff_event")
         after = AFTER.get(event, "backing off")
         if event == "error" and row.get("exit_code") is not None:

@@ -70,3 +70,50 @@ def test_a_wake_during_start_up_does_not_kill_the_controller(tmp_path, hanging_r
         code = daemon.stop(signal.SIGTERM)
     # Had SIGUSR1 not been handled, it would have ended the process before the SIGTERM (10 < 15).
     assert code != -signal.SIGUSR1, daemon.log.read_text()
+
+
+SECRET = "hf_Zq8ReallySecret_4711"
+
+
+def test_a_run_waits_for_its_missing_secret_runs_once_it_is_set_and_never_shows_it(tmp_path, cleanup_nodes):
+    repo = GitRepo(tmp_path / "repo")
+    repo.write("runs/train.yml", "type: task\nenv:\n  - HF_TOKEN\n  - WANDB=${{ secrets.wandb_key }}\n"
+                                 "commands:\n  - echo \"token=$HF_TOKEN wandb=$WANDB\"\n")
+    repo.commit()
+    db = tmp_path / "state" / "gitopsq.db"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    daemon = Daemon(repo.path, db, "--http", f"127.0.0.1:{port}", "--interval", "1h")
+    try:
+        def reason():
+            rows = [r for r in daemon.rows() if r["name"] == "train"]
+            return rows and rows[0]["status"] == "queued" and "secret-missing" in (rows[0].get("why") or "") and rows[0]
+        waiting = wait_for(reason, what="train waiting for its secrets")
+        assert waiting["why"].startswith("secret-missing: HF_TOKEN, wandb_key")
+        ps = run_cli("ps", "--db", str(db))
+        assert "secret-missing: HF_TOKEN," in ps.output
+
+        assert run_cli("secret", "set", "HF_TOKEN", "--db", str(db), input=SECRET + "\n").exit_code == 0
+        still = wait_for(lambda: reason() if reason() and "HF_TOKEN" not in reason()["why"] else None, what="one secret left")
+        assert still["why"].startswith("secret-missing: wandb_key")
+        assert run_cli("secret", "set", "wandb_key", "--db", str(db), input="wandb-0123456789\n").exit_code == 0
+        wait_for(lambda: [r for r in daemon.rows() if r["name"] == "train" and r["status"] == "done"], timeout=30,
+                 what="train to run once its secrets exist")
+
+        logs = run_cli("logs", "train", "--db", str(db))
+        assert "token=*** wandb=***" in logs.output, logs.output
+        shown = [httpx.get(url + path, timeout=5).text for path in
+                 ("/api/runs", "/api/runs/train", "/api/runs/train/history", "/api/submissions", "/runs/train", "/")]
+        shown += [run_cli("ps", "--db", str(db), "--json").output, run_cli("history", "train", "--db", str(db)).output,
+                  run_cli("secret", "list", "--db", str(db), "--json").output]
+        assert "token=***" in shown[4]  # the run page's log tail, masked
+        for text in shown:
+            assert SECRET not in text and "wandb-0123456789" not in text
+    finally:
+        assert daemon.stop() == 0
+    # The run's own log file holds what it printed; nothing gitopsq keeps besides it does.
+    log_files = set((db.parent / "gitopsq-nodes" / "logs").rglob("*"))
+    kept = b"".join(p.read_bytes() for p in sorted(db.parent.rglob("*"))
+                    if p.is_file() and p not in log_files and p.suffix != ".key")
+    assert SECRET.encode() not in kept and b"wandb-0123456789" not in kept
+    assert SECRET.encode() not in daemon.log.read_bytes()

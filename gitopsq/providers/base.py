@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import datetime as dt
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Mapping, Protocol
 
+from gitopsq.inputs import secret_names, substitute
 from gitopsq.spec import RunSpec
 
 TAG_CONTROLLER = "gitopsq-controller"
@@ -49,6 +50,18 @@ class Launch:
     spec: RunSpec
     token: str  # per-submission secret for the node's exit-code report
     attempt: int = 0  # the submission's attempts so far: a relaunch after a crash reuses the number
+    commit: str | None = None  # the config repo's commit the spec came from
+    # The values of the secrets the spec references, for this launch only: never stored in clear,
+    # never in a repr (a launch may be logged).
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    # The run's working tree (its repos and files), prepared by the controller in a staging folder
+    # that the provider takes over (moves into place, or packs for a node to download); None when
+    # the run has neither repos nor files.
+    tree: Path | None = None
+    tree_env: Mapping[str, str] = field(default_factory=dict, compare=False)  # GITOPSQ_COMMIT, DSTACK_REPO_ID
+    # (staged source, path as written) of what the tree puts outside the working directory
+    # (/x, ~/x, ../x): for a provider whose runs have a filesystem of their own.
+    tree_outside: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -91,10 +104,29 @@ def run_script(spec: RunSpec) -> str:
     return f"exec {shlex.quote(spec.shell if '/' in spec.shell else '/bin/' + spec.shell)} -ec {shlex.quote(body)}\n"
 
 
-def run_env(spec: RunSpec, launch: Launch) -> dict[str, str]:
-    env = spec.env_dict()
-    env.update(GITOPSQ_RUN=launch.run, GITOPSQ_SUBMISSION=str(launch.number), GITOPSQ_SUBMISSION_ID=str(launch.submission_id))
+def run_env(spec: RunSpec, launch: Launch, with_secrets: bool = True) -> dict[str, str]:
+    """The run's environment: its env with secrets put in, and what gitopsq and dstack tell a run.
+
+    with_secrets=False leaves out every variable whose value holds a secret (for a node's
+    user-data, which must never carry one: the node downloads those)."""
+    env = {}
+    for name, value in spec.env:
+        if secret_names(value):
+            if not with_secrets:
+                continue
+            value = substitute(value, launch.secrets)
+        env[name] = value
+    env.update(launch.tree_env)
+    if launch.commit:
+        env.setdefault("GITOPSQ_COMMIT", launch.commit)
+    env.update(GITOPSQ_RUN=launch.run, GITOPSQ_SUBMISSION=str(launch.number), GITOPSQ_SUBMISSION_ID=str(launch.submission_id),
+               DSTACK_RUN_NAME=launch.run)
     return env
+
+
+def secret_env_names(spec: RunSpec) -> list[str]:
+    """The variables whose values hold a secret."""
+    return [name for name, value in spec.env if secret_names(value)]
 
 
 class DriverAdapter(Protocol):
@@ -188,6 +220,12 @@ def _epoch(value) -> float | None:
     except ValueError:
         return None
     return moment.timestamp() if moment.tzinfo else None  # a naive time would be read in our zone
+
+
+def workspace_dir_for(db_path: Path) -> Path:
+    """Where the controller prepares runs' working trees (staging/), keeps URL repos' mirrors
+    (mirrors/) and the trees cloud nodes download (bundles/), for one state database."""
+    return db_path.parent / f"{db_path.stem}-workspaces"
 
 
 def log_dir_for(db_path: Path) -> Path:

@@ -282,6 +282,14 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _outside_mounts(outside: tuple[tuple[str, str], ...]) -> list[str]:
+    """A container run's repos and files placed outside its working directory: read-only mounts."""
+    args = []
+    for source, path in outside:
+        args += ["-v", f"{source}:{path}:ro"]
+    return args
+
+
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
@@ -373,13 +381,19 @@ class LocalNodeDriver(NodeDriver):
         ex_python: str | None = None,
         ex_retention_key: tuple[str, str] | None = None,
         ex_volumes: tuple[tuple[str, str, bool], ...] = (),
+        ex_tree: str | None = None,
+        ex_outside: tuple[tuple[str, str], ...] = (),
         **kwargs,
     ) -> Node:
         """ex_python: an interpreter; the run gets a venv of it in its working directory (VENV_NAME),
         made by the node before the script starts, first on PATH and as VIRTUAL_ENV (no image).
         ex_retention_key: (run, submission) the working directory is kept for once the node ends
         (the retention policy keeps the last keep_workdirs submissions of each run).
-        ex_volumes: (instance_path, path, optional) of each instance volume (see volumes.py)."""
+        ex_volumes: (instance_path, path, optional) of each instance volume (see volumes.py).
+        ex_tree: a folder on this filesystem holding the run's working tree (its repos and files),
+        moved into place as the working directory. ex_outside: (source, absolute path) of what the
+        tree puts outside the working directory: bind-mounted (read-only) in a container; a
+        process run cannot have them."""
         workdir_name = ex_workdir_name or "work"
         # One plain name that cannot clash with the driver's own files in the node dir.
         if "/" in workdir_name or workdir_name in _RESERVED_NAMES:
@@ -388,6 +402,9 @@ class LocalNodeDriver(NodeDriver):
             raise LocalError(f"ex_gpus must be >= 0, got {ex_gpus}", driver=self)
         if ex_python and ex_image:
             raise LocalError("ex_python is for process runs: an image brings its own Python", driver=self)
+        if ex_outside and not ex_image:
+            raise LocalError("a process run has no filesystem of its own: its repos and files stay in its "
+                             "working directory", driver=self)
         try:  # before anything is made
             volumes.check([path for _, path, _ in ex_volumes], container=bool(ex_image))
         except ValueError as exc:
@@ -425,14 +442,22 @@ class LocalNodeDriver(NodeDriver):
             _private_dir(node_dir)
             _private_dir(outputs)
             script = node_dir / "script.sh"
+            if ex_tree:
+                os.rename(ex_tree, workdir)  # the staged tree is on this filesystem: a move, not a copy
             if ex_image:
                 # Mounted into the container, whose user may not be ours; `outputs` keeps others out.
-                workdir.mkdir()
+                workdir.mkdir(exist_ok=True)
+                os.chmod(workdir, 0o755)
                 _write_file(script, ex_script.encode(), 0o644)
             else:
                 _private_dir(workdir)
                 _write_file(script, ex_script.encode())
-                volumes.link(workdir, mounts)
+                try:
+                    volumes.link(workdir, mounts)
+                except OSError as exc:
+                    self.retention.ended(ended_record(node_id, *(ex_retention_key or (name, name)), time.time(), outputs))
+                    shutil.rmtree(node_dir, ignore_errors=True)
+                    raise LocalError(str(exc), driver=self) from None
             _write_file(self._log(node_id), b"")
             _write_file(node_dir / "exit_code", _EXIT_RESERVED)
             meta = {
@@ -457,7 +482,7 @@ class LocalNodeDriver(NodeDriver):
 
             venv = workdir / VENV_NAME if ex_python else None
             env = self._node_env(ex_env, gpu_ids, node_id, venv)
-            container_args = (*volumes.docker_args(mounts), *ex_container_args) if ex_image else ()
+            container_args = (*volumes.docker_args(mounts), *_outside_mounts(ex_outside), *ex_container_args) if ex_image else ()
             command = self._command(node_id, script, workdir, env, ex_env, ex_image, tool, gpu_ids, container_args)
             if venv:  # made by the node itself: its time is the run's, not this step's
                 command = [ex_python, "-I", _PYTHON_PRELUDE, str(venv), str(self.state_dir / "pip"), *command]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import posixpath
 import shutil
 import subprocess
 from pathlib import Path
@@ -42,7 +43,7 @@ class LocalAdapter:
 
         Each field is honoured, checked or refused as gitopsq.providers.fields says.
         """
-        for check in (self._placement, self._runtime, self._volumes, self._sizes, self._gpus):
+        for check in (self._placement, self._runtime, self._inputs, self._volumes, self._sizes, self._gpus):
             why = check(spec)
             if why:
                 return why
@@ -69,6 +70,19 @@ class LocalAdapter:
         if spec.python and find_python(spec.python) is None:
             return (f"python: no Python {spec.python} on this machine for the local provider "
                     f"(looked on PATH, in pyenv and uv); install it or change python")
+        return None
+
+    def _inputs(self, spec) -> str | None:
+        """Repos and files land in the working directory; elsewhere only where the run has a filesystem of its own."""
+        places = [(f"repos[{i}].path", r.path) for i, r in enumerate(spec.repos)]
+        places += [(f"files[{i}]", f.dst) for i, f in enumerate(spec.files)]
+        for field, path in places:
+            if spec.image and path.startswith("~"):
+                return (f"{field}: {path!r}: the home of the image's user is not known to the local provider; "
+                        f"use an absolute path")
+            if not spec.image and _outside_workdir(path):
+                return (f"{field}: {path!r} is outside the working directory; a process run on the local provider "
+                        f"has no filesystem of its own (use a relative path, or set image)")
         return None
 
     def _volumes(self, spec) -> str | None:
@@ -147,7 +161,9 @@ class LocalAdapter:
                     ex_image=spec.image, ex_tags=tags, ex_container_args=container_args,
                     ex_python=None if spec.image else self._interpreter(spec.python),
                     ex_volumes=tuple((v.instance_path, v.path, v.optional) for v in spec.volumes),
-                    ex_retention_key=(launch.run, str(launch.submission_id)))
+                    ex_retention_key=(launch.run, str(launch.submission_id)),
+                    ex_tree=str(launch.tree) if launch.tree else None,
+                    ex_outside=tuple((source, container_path(path)) for source, path in launch.tree_outside))
 
     def _interpreter(self, version: str | None) -> str | None:
         """The interpreter whose venv a process run gets: of its `python`, else the machine's python3
@@ -176,6 +192,11 @@ class LocalAdapter:
     def exit_code(self, node: Node):
         extra = node.extra
         return node.state == NodeState.RUNNING, extra.get("exit_code"), bool(extra.get("lost")), extra.get("log")
+
+
+def _outside_workdir(path: str) -> bool:
+    normal = posixpath.normpath(path)
+    return path.startswith(("/", "~")) or normal == ".." or normal.startswith("../")
 
 
 @functools.cache

@@ -76,10 +76,23 @@ def prepare(volumes) -> list[tuple[str, str]]:
 
 
 def link(workdir: Path, mounts: list[tuple[str, str]]) -> None:
-    """A process run's volumes: links in its working directory (paths passed `check`)."""
+    """A process run's volumes: links in its working directory (paths passed `check`).
+
+    The working directory may already hold the run's tree (its repos and files): a volume never
+    replaces what is there, and no folder is made through a link the tree holds (it could point
+    anywhere). Raises OSError naming the volume."""
     for instance_path, path in mounts:
-        target = workdir / posixpath.normpath(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        parts = posixpath.normpath(path).split("/")
+        folder = workdir
+        for part in parts[:-1]:
+            folder = folder / part
+            if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+                raise OSError(f"volumes: {path!r}: {part!r} in the working tree is not a folder")
+            folder.mkdir(exist_ok=True)
+        target = folder / parts[-1]
+        if os.path.lexists(target):
+            raise OSError(f"volumes: {path!r} is already in the working tree (from repos or files); "
+                          f"mount the volume at a path the tree does not have")
         target.symlink_to(instance_path, target_is_directory=os.path.isdir(instance_path))
 
 
