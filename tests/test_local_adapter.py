@@ -34,8 +34,19 @@ def test_dev_environment_runs_init_then_stays_up():
 def test_env_carries_run_and_submission():
     s = spec("type: task\ncommands: [x]\nenv: {A: '1'}\n")
     env = run_env(s, Launch(7, "x", 2, s, "tok"))
-    assert env == {"A": "1", "GITOPSQ_RUN": "x", "GITOPSQ_SUBMISSION": "2", "GITOPSQ_SUBMISSION_ID": "7"}
+    assert env == {"A": "1", "GITOPSQ_RUN": "x", "GITOPSQ_SUBMISSION": "2", "GITOPSQ_SUBMISSION_ID": "7",
+                   "DSTACK_RUN_NAME": "x"}
     assert "tok" not in env.values()
+
+
+def test_env_puts_in_secrets_for_the_launch_and_says_what_it_got():
+    s = spec("type: task\ncommands: [x]\nenv: [HF_TOKEN, 'W=key:${{ secrets.wandb }}', PLAIN=1]\n")
+    launch = Launch(7, "x", 2, s, "tok", commit="abc123", secrets={"HF_TOKEN": "hf_1", "wandb": "w_2"},
+                    tree_env={"GITOPSQ_COMMIT": "abc123", "DSTACK_REPO_ID": "r1"})
+    env = run_env(s, launch)
+    assert (env["HF_TOKEN"], env["W"], env["PLAIN"]) == ("hf_1", "key:w_2", "1")
+    assert (env["GITOPSQ_COMMIT"], env["DSTACK_REPO_ID"], env["DSTACK_RUN_NAME"]) == ("abc123", "r1", "x")
+    assert "HF_TOKEN" not in run_env(s, launch, with_secrets=False) and "hf_1" not in repr(launch)
 
 
 def test_demand_and_unsatisfiable(tmp_path):

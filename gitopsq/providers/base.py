@@ -124,6 +124,15 @@ def run_env(spec: RunSpec, launch: Launch, with_secrets: bool = True) -> dict[st
     return env
 
 
+def registry_login(spec: RunSpec, launch: Launch) -> tuple[str, str] | None:
+    """(username, password) for pulling the run's image, with its secrets and env put in."""
+    auth = spec.registry_auth
+    if auth is None:
+        return None
+    env = dict(spec.env)
+    return substitute(auth.username, launch.secrets, env), substitute(auth.password, launch.secrets, env)
+
+
 def secret_env_names(spec: RunSpec) -> list[str]:
     """The variables whose values hold a secret."""
     return [name for name, value in spec.env if secret_names(value)]

@@ -36,6 +36,7 @@ GITOPSQ_NODE_ID in its environment: what a SIGKILLed wrapper left behind is foun
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime as dt
 import fcntl
@@ -282,6 +283,27 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def image_registry(image: str) -> str:
+    """The registry an image reference names (docker's rule: a first part with '.' or ':', or
+    localhost), else Docker Hub."""
+    first, _, rest = image.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return "https://index.docker.io/v1/"
+
+
+def _with_registry_login(command: list[str], tool: str, node_dir: Path, image: str, username: str, password: str) -> list[str]:
+    """The container command, pulling with a login of its own (docker --config / podman --authfile)."""
+    folder = node_dir / "registry"
+    _private_dir(folder)
+    token = base64.b64encode(f"{username}:{password}".encode()).decode()
+    config = folder / ("config.json" if tool == "docker" else "auth.json")
+    _write_file(config, json.dumps({"auths": {image_registry(image): {"auth": token}}}).encode())
+    if tool == "docker":
+        return [command[0], "--config", str(folder), *command[1:]]
+    return [command[0], command[1], "--authfile", str(config), *command[2:]]
+
+
 def _outside_mounts(outside: tuple[tuple[str, str], ...]) -> list[str]:
     """A container run's repos and files placed outside its working directory: read-only mounts."""
     args = []
@@ -383,6 +405,7 @@ class LocalNodeDriver(NodeDriver):
         ex_volumes: tuple[tuple[str, str, bool], ...] = (),
         ex_tree: str | None = None,
         ex_outside: tuple[tuple[str, str], ...] = (),
+        ex_registry_auth: tuple[str, str] | None = None,
         **kwargs,
     ) -> Node:
         """ex_python: an interpreter; the run gets a venv of it in its working directory (VENV_NAME),
@@ -393,7 +416,9 @@ class LocalNodeDriver(NodeDriver):
         ex_tree: a folder on this filesystem holding the run's working tree (its repos and files),
         moved into place as the working directory. ex_outside: (source, absolute path) of what the
         tree puts outside the working directory: bind-mounted (read-only) in a container; a
-        process run cannot have them."""
+        process run cannot have them. ex_registry_auth: (username, password) for pulling ex_image,
+        written for this node's engine only (a config of its own, 0600 in the node's private folder),
+        never into the machine's docker or podman login."""
         workdir_name = ex_workdir_name or "work"
         # One plain name that cannot clash with the driver's own files in the node dir.
         if "/" in workdir_name or workdir_name in _RESERVED_NAMES:
@@ -484,6 +509,8 @@ class LocalNodeDriver(NodeDriver):
             env = self._node_env(ex_env, gpu_ids, node_id, venv)
             container_args = (*volumes.docker_args(mounts), *_outside_mounts(ex_outside), *ex_container_args) if ex_image else ()
             command = self._command(node_id, script, workdir, env, ex_env, ex_image, tool, gpu_ids, container_args)
+            if ex_image and ex_registry_auth:
+                command = _with_registry_login(command, tool, node_dir, ex_image, *ex_registry_auth)
             if venv:  # made by the node itself: its time is the run's, not this step's
                 command = [ex_python, "-I", _PYTHON_PRELUDE, str(venv), str(self.state_dir / "pip"), *command]
             log_path = str(self._log(node_id))

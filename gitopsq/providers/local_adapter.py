@@ -146,7 +146,7 @@ class LocalAdapter:
         return self.driver.list_sizes()[0].ram / 1024  # the machine's memory does not change while we run
 
     def create_args(self, launch, tags: dict[str, str]) -> dict:
-        from gitopsq.providers.base import run_env, run_script
+        from gitopsq.providers.base import registry_login, run_env, run_script
 
         spec = launch.spec
         script = run_script(spec) if spec.commands or spec.type == "dev-environment" else ""
@@ -163,7 +163,8 @@ class LocalAdapter:
                     ex_volumes=tuple((v.instance_path, v.path, v.optional) for v in spec.volumes),
                     ex_retention_key=(launch.run, str(launch.submission_id)),
                     ex_tree=str(launch.tree) if launch.tree else None,
-                    ex_outside=tuple((source, container_path(path)) for source, path in launch.tree_outside))
+                    ex_outside=tuple((source, container_path(path)) for source, path in launch.tree_outside),
+                    ex_registry_auth=registry_login(spec, launch) if spec.image else None)
 
     def _interpreter(self, version: str | None) -> str | None:
         """The interpreter whose venv a process run gets: of its `python`, else the machine's python3
