@@ -108,7 +108,9 @@ def test_background_processes_end_with_the_run_and_hold_its_slot_until_gone(stat
     script = (
         "setsid sleep 779 >/dev/null 2>&1 &\n"
         # Ignores TERM, so it outlives the main command until it sees `go`.
-        "(trap '' TERM; while [ ! -e go ]; do sleep 0.05; done) &\n"
+        "(trap '' TERM; touch ignoring; while [ ! -e go ]; do sleep 0.05; done) &\n"
+        # The main command ends only once the TERM is ignored (on a loaded machine it could come first).
+        "while [ ! -e ignoring ]; do sleep 0.05; done\n"
         "echo $$ > main.pid\n"
         "exit 4\n"
     )
