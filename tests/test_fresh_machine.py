@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 
 from tests.helpers import ROOT, run_cli
 
@@ -56,3 +57,15 @@ def test_init_refuses_a_folder_holding_something_else(tmp_path):
     (target / "cat.jpg").write_bytes(b"\xff\xd8")
     result = run_cli("init", str(target))
     assert result.exit_code == 1 and "not empty" in result.output
+
+
+def _setuptools() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+
+
+def test_pip_install_ships_every_package():
+    """Observed: `pip install .` left out gitopsq.workspace, so the README's first command failed
+    with ModuleNotFoundError as soon as `serve` started."""
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "gitopsq").rglob("__init__.py")}
+    assert found - set(_setuptools()["packages"]) == set()
+
