@@ -33,6 +33,28 @@ def test_examples_validate_against_the_schema_alone():
         assert errors == [], f"{path}: {[e.message for e in errors]}"
 
 
+def test_repos_and_files_resolve_from_the_config_repo_wherever_validate_runs(tmp_path: Path, monkeypatch):
+    """Observed: `gitopsq validate` of a repo named from another folder resolved `repos: [.]` from
+    the current folder, and called the run file's own folder outside the config repository."""
+    import os
+
+    repo = tmp_path / "repo"
+    (repo / "runs" / "train").mkdir(parents=True)
+    (repo / ".gitopsq.yml").write_text('paths: ["runs/**/*.yml"]\n')
+    (repo / "runs" / "train" / "train.yml").write_text(
+        "type: task\nrepos: [.]\nfiles: ['../../data/points.csv:points.csv']\ncommands: [python train.py]\n")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    for given in (str(repo), os.path.relpath(repo), str(repo / "runs" / "train" / "train.yml")):
+        result = run_cli("validate", given)
+        assert result.exit_code == 0, result.output
+    monkeypatch.chdir(repo / "runs")
+    assert run_cli("validate", "train/train.yml").exit_code == 0
+    (repo / "runs" / "train" / "train.yml").write_text("type: task\nfiles: ['../../../x.csv']\ncommands: [echo]\n")
+    result = run_cli("validate", "train/train.yml")
+    assert result.exit_code == 1 and "train/train.yml:2: files[0]: '../../../x.csv' leaves the config repository" in result.output
+
+
 def test_invalid_corpus_is_large_enough():
     assert len(INVALID) >= 30
 
