@@ -19,15 +19,15 @@ EXPECT = re.compile(rb"^# expect: (\S+) (\S+): (.+)$")
 def test_examples_repo_validates():
     result = run_cli("validate", str(ROOT / "examples-repo"))
     assert result.exit_code == 0, result.output
-    assert "4 run file(s) checked: 4 valid, 0 invalid" in result.output
+    assert "5 run file(s) checked: 5 valid, 0 invalid" in result.output
 
 
 def test_examples_validate_against_the_schema_alone():
     # The schema must stand on its own for editors: a plain jsonschema call, no gitopsq code.
     schema = json.loads((ROOT / "schemas" / "run.schema.json").read_text())
     validator = jsonschema.Draft202012Validator(schema)
-    runs = sorted((ROOT / "examples-repo" / "runs").glob("*.yml"))
-    assert len(runs) >= 4
+    runs = sorted((ROOT / "examples-repo" / "runs").glob("**/*.yml"))
+    assert len(runs) >= 5
     for path in runs:
         errors = list(validator.iter_errors(yaml.safe_load(path.read_text())))
         assert errors == [], f"{path}: {[e.message for e in errors]}"
@@ -159,7 +159,7 @@ def test_installed_command_finds_its_schema(tmp_path: Path):
     script = Path(sys.executable).parent / "gitopsq"
     result = subprocess.run([str(script), "validate", str(ROOT / "examples-repo")], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "4 valid, 0 invalid" in result.stderr
+    assert "5 valid, 0 invalid" in result.stderr
 
 
 def test_a_file_name_that_is_not_utf8_is_reported_escaped(tmp_path: Path, monkeypatch):
