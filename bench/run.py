@@ -1,13 +1,16 @@
 """gitopsq's benchmarks: every figure beside the limit it is measured against, in the same run.
 
-    python bench/run.py [--quick] [--out FILE] [--runs N]
+    python bench/run.py [--quick] [--only GROUP[,GROUP]] [--out FILE] [--runs N]
 
 Builds a config repo (10,000 run files, 500 commits of ~20 changed files; --quick: 1,000 and 50)
 with `git fast-import` in a temp dir, measures, prints a table and writes (default bench/out/results.json,
-ignored by git) a JSON list of
+ignored by git; with --only, bench/out/results-GROUP.json) a JSON list of
 {"figure", "value", "unit", "limit", "ratio"}. Each value and limit is the median of --runs runs
 (default 3). ratio = value / limit for times and sizes, limit / value for rates: how many times
 the limit gitopsq costs (1.0 = as fast as the limit, higher = slower).
+
+Groups (--only; default all): sync (first sync, restart, catch-up, per-commit), daemon, queue,
+launch (admission to a run's first command on the local provider, with `repos: [.]` and without).
 
 Not part of the test suite (pytest only collects tests/).
 """
@@ -31,11 +34,14 @@ from common import ROOT, bare_python_rss_mb, build_repo, median, percentile, run
 
 from gitopsq import queue as q  # noqa: E402
 from gitopsq.controller import Controller  # noqa: E402
+from gitopsq.providers.base import log_dir_for  # noqa: E402
+from gitopsq.providers.local_adapter import make_local_provider  # noqa: E402
 from gitopsq.source import ConfigRepo  # noqa: E402
 from gitopsq.store import Store  # noqa: E402
 from tests.fakes import FakeProvider  # noqa: E402
 
 BENCH_BRANCH = "bench"  # the in-process benchmarks move this ref; the daemon watches main
+GROUPS = ("sync", "daemon", "queue", "launch")
 
 
 class Figures:
@@ -388,6 +394,119 @@ def bench_queue(f: Figures, n: int, work: Path, runs: int) -> None:
           target="< 1 ms per decision")
 
 
+# --- admission to a run's first command ---------------------------------------------------------------
+
+LAUNCH_BRANCH = "launch"  # the launch benchmark's runs live on this branch, beside the bench repo's files
+LAUNCH_CONFIG = b'paths: ["bench-*.yml"]\n'  # only its own run files: the 10,000 others are just files
+
+
+def _launch_run(name: str, trial: int, stamps: Path, repos: bool) -> bytes:
+    """A task whose first command writes the time it started (the env change makes each trial a new submission)."""
+    return (f"type: task\nname: {name}\n" + ("repos: [.]\n" if repos else "")
+            + f"env: {{TRIAL: \"{trial}\"}}\ncommands:\n  - date +%s.%N > {stamps}/{name}-{trial}\n").encode()
+
+
+def _commit_files(repo: Path, parent: str, files: dict[str, bytes], index: Path, message: str) -> str:
+    """A commit of `parent`'s tree plus `files` on LAUNCH_BRANCH, made without touching the work tree."""
+    env = dict(os.environ, GIT_INDEX_FILE=str(index))
+    run = lambda *a, input=None: subprocess.run(["git", *a], cwd=repo, env=env, check=True, capture_output=True,  # noqa: E731
+                                                 input=input).stdout.decode().strip()
+    run("read-tree", parent)
+    for path, data in files.items():
+        blob = run("hash-object", "-w", "--stdin", input=data)
+        run("update-index", "--add", "--cacheinfo", f"100644,{blob},{path}")
+    commit = run("commit-tree", run("write-tree"), "-p", parent, "-m", message)
+    run("update-ref", f"refs/heads/{LAUNCH_BRANCH}", commit)
+    return commit
+
+
+class _Phases:
+    """Times the controller's launch phases (its tree's preparation, the provider's create) without changing it."""
+
+    def __init__(self, c: Controller) -> None:
+        self.prepare: list[float] = []
+        self.create: list[float] = []
+        c.inputs.prepare = self._timed(c.inputs.prepare, self.prepare)
+        c.provider.launch = self._timed(c.provider.launch, self.create)
+
+    @staticmethod
+    def _timed(fn, into: list[float]):
+        def timed_call(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                into.append(time.perf_counter() - t)
+        return timed_call
+
+
+def _first_command(c: Controller, store: Store, name: str, stamp: Path) -> float:
+    """Seconds from just before the admission that launches `name` to its first command; waits for it to end."""
+    c.sync_git()  # the new commit: a new submission, queued
+    t0 = time.time()
+    launched = c.admit_and_launch()
+    assert launched, f"{name} was not launched"
+    started = float(_wait(lambda: stamp.exists() and stamp.read_text().strip(), 60, f"{name}'s first command", 0.01))
+    _wait(lambda: c.step() is not None and store.current_submission(name)["status"] in ("done", "failed"), 60,
+          f"{name} to end", 0.01)
+    assert store.current_submission(name)["status"] == "done", dict(store.current_submission(name))
+    return started - t0
+
+
+def bench_first_command(f: Figures, repo: Path, tip: str, files: int, work: Path, runs: int) -> None:
+    base = work / "launch"
+    stamps, index = base / "stamps", base / "index"
+    stamps.mkdir(parents=True)
+    commit = _commit_files(repo, tip, {".gitopsq.yml": LAUNCH_CONFIG}, index, "the launch benchmark's runs")
+    store = Store(base / "state" / "gitopsq.db")
+    provider = make_local_provider(log_dir_for(store.path), store.controller_id, slots=1, gpus=0)
+    c = Controller(store, provider, ConfigRepo(str(repo), branch=LAUNCH_BRANCH), branch=LAUNCH_BRANCH)
+    c.step()  # recover, first sync: a controller that is up
+    phases = _Phases(c)
+    values: dict[str, list[float]] = {"repos": [], "plain": []}
+    archive, spawn = [], []
+    counts = []
+    try:
+        for trial in range(runs + 1):  # trial 0 warms up: the shadow git dir, the runs' pip copy, the page cache
+            for kind in ("repos", "plain"):
+                name = f"bench-{kind}"
+                commit = _commit_files(repo, commit, {f"{name}.yml": _launch_run(name, trial, stamps, kind == "repos")},
+                                       index, f"{name} trial {trial}")
+                seconds = _first_command(c, store, name, stamps / f"{name}-{trial}")
+                if kind == "repos":
+                    workdir = Path(store.current_submission(name)["workdir"])
+                    counts.append(sum(1 for p in workdir.rglob("*") if p.is_file() and ".venv" not in p.parts))
+                if trial:
+                    values[kind].append(seconds)
+            # the limits, on the same commit and disk: the tree alone, and the first command alone
+            dest = base / f"limit-{trial}"
+            dest.mkdir()
+            t = time.perf_counter()
+            subprocess.run(f"git -C {repo} archive {commit} | tar -x -C {dest}", shell=True, check=True)
+            seconds = time.perf_counter() - t
+            stamp = stamps / f"limit-{trial}"
+            t0 = time.time()
+            subprocess.run(["sh", "-c", f"date +%s.%N > {stamp}"], check=True)
+            if trial:
+                archive.append(seconds)
+                spawn.append(float(stamp.read_text()) - t0)
+    finally:
+        c.repo.close()
+        store.close()
+    ms = [x * 1000 for x in (median(values["repos"]), median(values["plain"]), median(archive), median(spawn))]
+    prepare = median(phases.prepare[2::2]) * 1000  # the repos run's trees, warm-up left out
+    create = [x * 1000 for x in phases.create[2:]]
+    f.add(f"admission to first command, repos: [.] ({files:,} files)", ms[0], "ms", ms[2],
+          note=f"Controller.admit_and_launch (a local process run: its tree from git, its venv) until its first command "
+               f"runs (`date +%s.%N`), {max(counts)} files in its working directory; limit: `git archive <commit> | "
+               f"tar -x -C dir` of that commit. Of it: the tree ({prepare:.0f} ms, gitopsq.workspace.prepare), the "
+               f"provider's create ({median(create[0::2]):.0f} ms), the node's start (wrapper, venv, shell) the rest; "
+               f"what repos add over a run without them: {ms[0] - ms[1]:.0f} ms", target="<= 2x the limit")
+    f.add("admission to first command, no repos", ms[1], "ms", ms[3],
+          note=f"the same run without repos (provider's create {median(create[1::2]):.0f} ms); limit: the same first "
+               f"command spawned through `sh -c` from Python, spawn to its timestamp")
+
+
 # --- output --------------------------------------------------------------------------------------------
 
 
@@ -413,11 +532,18 @@ def print_table(f: Figures, title: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1,000 files and 50 commits: under a minute")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "results.json"), help="where to write the JSON figures")
+    ap.add_argument("--only", default="", help="comma-separated groups to run: sync, daemon, queue, launch (default: all)")
+    ap.add_argument("--out", help="where to write the JSON figures (default bench/out/results.json; "
+                                  "with --only, bench/out/results-GROUP.json)")
     ap.add_argument("--runs", type=int, default=3, help="runs per figure (the median is reported; at least 3)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (repo, databases, daemon logs)")
     args = ap.parse_args()
     runs = max(3, args.runs)
+    groups = [g for g in args.only.split(",") if g] or list(GROUPS)
+    unknown = set(groups) - set(GROUPS)
+    if unknown:
+        ap.error(f"--only: unknown group(s) {', '.join(sorted(unknown))} (choose from {', '.join(GROUPS)})")
+    out = args.out or str(ROOT / "bench" / "out" / (f"results-{'-'.join(groups)}.json" if args.only else "results.json"))
     files, commits, queued = (1_000, 50, 10_000) if args.quick else (10_000, 500, 100_000)
     per_commit = 10 if args.quick else 40
     daemon_commits = 5 if args.quick else 15
@@ -429,20 +555,25 @@ def main() -> None:
         print(f"building a repo of {files:,} run files and {commits} commits in {work} ...", file=sys.stderr, flush=True)
         seconds, shas = timed(build_repo, repo, files, commits)
         print(f"  built in {seconds:.1f} s", file=sys.stderr, flush=True)
-        base_db = bench_first_sync(f, repo, shas, files, work, runs)
-        bench_restart(f, repo, shas, files, base_db, work, runs)
-        bench_catch_up(f, repo, shas, base_db, work, runs)
-        bench_per_commit(f, repo, shas, base_db, work, runs, per_commit)
-        bench_daemon(f, repo, files, work, runs, daemon_commits)
-        bench_queue(f, queued, work, runs)
+        if "sync" in groups:
+            base_db = bench_first_sync(f, repo, shas, files, work, runs)
+            bench_restart(f, repo, shas, files, base_db, work, runs)
+            bench_catch_up(f, repo, shas, base_db, work, runs)
+            bench_per_commit(f, repo, shas, base_db, work, runs, per_commit)
+        if "launch" in groups:  # before the daemon's commits: the tree is the bench repo's tip
+            bench_first_command(f, repo, shas[-1], files, work, runs)
+        if "daemon" in groups:
+            bench_daemon(f, repo, files, work, runs, daemon_commits)
+        if "queue" in groups:
+            bench_queue(f, queued, work, runs)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(f.rows, indent=2) + "\n")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(f.rows, indent=2) + "\n")
     print_table(f, f"gitopsq benchmarks ({files:,} files, {commits} commits, {queued:,} queued; median of {runs} runs; "
                    f"{time.perf_counter() - started:.0f} s)")
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

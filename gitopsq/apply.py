@@ -34,12 +34,13 @@ def _target(repo_dir: Path, name: str) -> tuple[str, RunSpec | None]:
     """The file that defines `name` in the working tree, else runs/<name>.yml."""
     found = collect([str(repo_dir)])
     for display, raw in found.files.items():
+        relative = found.repo_paths[display]
         try:
-            spec = parse_run(raw, display, found.configs[display].defaults)
+            spec = parse_run(raw, display, found.configs[display].defaults, repo_path=relative)
         except SpecError:
             continue
         if spec.name == name:
-            return Path(display).resolve().relative_to(repo_dir.resolve()).as_posix(), spec
+            return relative, spec
     return f"runs/{name}.yml", None
 
 

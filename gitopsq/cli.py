@@ -30,7 +30,8 @@ def validate(paths: tuple[str, ...], fmt: str) -> None:
     from gitopsq.spec import parse_run
 
     collected = collect(list(paths) or ["."])
-    runs = build_runset(collected.files, None, parse=lambda path, raw: parse_run(raw, path, collected.configs[path].defaults))
+    runs = build_runset(collected.files, None, parse=lambda path, raw: parse_run(
+        raw, path, collected.configs[path].defaults, repo_path=collected.repo_paths[path]))
     problems = collected.problems + runs.all_problems()
     if fmt == "json":
         valid = [{"file": path, "name": spec.name, "type": spec.type} for path, spec in sorted(runs.specs.items())]

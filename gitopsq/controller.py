@@ -409,6 +409,8 @@ class Controller:
             for sub_id, names in self._secret_waits.items():
                 self._wait_for_secrets(rows[sub_id], names, now)
             for sub_id in decision.wait:
+                if rows[sub_id]["backoff_event"] == "secret-missing":  # its secrets exist now: it waits for room
+                    self.store.update_submission(sub_id, message=None, backoff_event=None)
                 if rows[sub_id]["window_start"] is None:  # the retry window opens the first time it waits
                     spec = self._spec(rows[sub_id])
                     self.store.update_submission(sub_id, window_start=now, deadline=_deadline(spec, now),

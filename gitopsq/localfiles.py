@@ -15,6 +15,8 @@ from gitopsq.yamlload import MAX_FILE_BYTES, Problem, SpecError, too_large
 class Collected:
     files: dict[str, bytes] = field(default_factory=dict)  # display path -> content
     configs: dict[str, RepoConfig] = field(default_factory=dict)  # display path -> its repo's config
+    # display path -> its path in its config repo, from which `repos` and `files` resolve
+    repo_paths: dict[str, str] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
 
 
@@ -61,8 +63,9 @@ def collect(paths: list[str]) -> Collected:
             out.problems.append(Problem(path_text(os.fsencode(given))[0], None, "", "no such file or folder"))
             continue
         if path.is_file():
-            config = _config_of(find_root(path.resolve()), given, out, cache)
-            _add(out, path, given, config)
+            root = find_root(path.resolve())
+            config = _config_of(root, given, out, cache)
+            _add(out, path, given, config, _in_repo(path, root))
             continue
         root = find_root(path.resolve())
         config = _config_of(root, given, out, cache)
@@ -70,13 +73,18 @@ def collect(paths: list[str]) -> Collected:
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for name in sorted(filenames):
                 full = Path(dirpath) / name
-                relative = full.resolve().relative_to(root).as_posix() if not full.is_symlink() else os.path.relpath(full, root)
+                relative = _in_repo(full, root)
                 if config.is_run_path(relative):
-                    _add(out, full, _display(full), config)
+                    _add(out, full, _display(full), config, relative)
     return out
 
 
-def _add(out: Collected, path: Path, display: str, config: RepoConfig) -> None:
+def _in_repo(path: Path, root: Path) -> str:
+    """A file's path in its config repo (as git names it), whatever folder validate runs in."""
+    return path.resolve().relative_to(root).as_posix() if not path.is_symlink() else os.path.relpath(path, root)
+
+
+def _add(out: Collected, path: Path, display: str, config: RepoConfig, repo_path: str) -> None:
     # The name as the controller shows it: a name that is not UTF-8 is escaped, never printed raw.
     display, utf8_name = path_text(os.fsencode(display))
     if not utf8_name:
@@ -99,3 +107,4 @@ def _add(out: Collected, path: Path, display: str, config: RepoConfig) -> None:
         out.problems.append(Problem(display, None, "", f"cannot read: {exc.strerror}"))
         return
     out.configs[display] = config
+    out.repo_paths[display] = repo_path

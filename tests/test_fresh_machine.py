@@ -4,10 +4,12 @@ installs them, cannot pass by skipping."""
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import subprocess
 import sys
+import tomllib
 
 from tests.helpers import ROOT, run_cli
 
@@ -56,3 +58,25 @@ def test_init_refuses_a_folder_holding_something_else(tmp_path):
     (target / "cat.jpg").write_bytes(b"\xff\xd8")
     result = run_cli("init", str(target))
     assert result.exit_code == 1 and "not empty" in result.output
+
+
+def _setuptools() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+
+
+def test_pip_install_ships_every_package():
+    """Observed: `pip install .` left out gitopsq.workspace, so the README's first command failed
+    with ModuleNotFoundError as soon as `serve` started."""
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "gitopsq").rglob("__init__.py")}
+    assert found - set(_setuptools()["packages"]) == set()
+
+
+def test_pip_install_ships_every_file_of_the_examples():
+    """`gitopsq init` copies what the installed package carries: the example runs' code and data
+    too. The package-data globs are expanded as setuptools expands them (recursive, no hidden files)."""
+    examples = ROOT / "examples-repo"
+    shipped = {path for pattern in _setuptools()["package-data"]["gitopsq.examples_repo"]
+               for path in glob.glob(pattern, root_dir=examples, recursive=True) if (examples / path).is_file()}
+    tracked = subprocess.run(["git", "ls-files", "-z", "."], cwd=examples, capture_output=True, text=True,
+                             check=True).stdout.split("\0")
+    assert {path for path in tracked if path} - shipped == set()

@@ -121,3 +121,17 @@ def test_apply_rejects_an_invalid_file(tmp_path):
     assert result.exit_code == 1
     assert "bad.yml:3: priority: 101 is not a priority" in result.output
     assert repo.git("log", "--format=%s") == "init"
+
+
+def test_apply_finds_the_file_that_defines_the_name_when_it_has_repos(tmp_path, monkeypatch):
+    """Observed: run from another folder, apply could not read a run file with `repos: [.]` (it
+    resolved `.` from the current folder), so it wrote a second file claiming the same name."""
+    repo = GitRepo(tmp_path / "repo")
+    repo.write("runs/train/train.yml", task("train") + "repos: [.]\n")
+    repo.commit("init")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere" / "x.yml").write_text(task("train", priority=42) + "repos: [.]\n")
+    result = run_cli("apply", "--repo", "../repo", "x.yml")
+    assert result.exit_code == 0, result.output
+    assert "runs/train/train.yml" in result.output and not (repo.path / "runs" / "train.yml").exists()

@@ -72,3 +72,22 @@ def test_the_api_says_the_same(env):
     controller.step()
     detail = run_detail(store, "flaky", controller.clock())
     assert detail["why"] == ps_rows(db)["flaky"]["why"] == "needs 1 slot; free: 0 slots; 1 ahead"
+
+
+def test_a_run_whose_secret_is_set_then_says_it_waits_for_room(tmp_path):
+    """Observed: once `secret set` gave a waiting run its secret, `ps` kept saying
+    secret-missing for as long as the run then waited for a free slot."""
+    from gitopsq.secretstore import SecretStore
+
+    files = {"runs/holder.yml": task("holder", "sleep 100", priority=90),
+             "runs/train.yml": task("train") + "env: [CHECKPOINT_KEY]\n" + QUEUE + "\n"}
+    with fake_world(tmp_path, files, slots=1, clock=Clock(time.time())) as world:
+        world.controller.step()
+        assert ps_rows(str(world.db))["train"]["why"] == "secret-missing: CHECKPOINT_KEY"
+        SecretStore(world.store).set("CHECKPOINT_KEY", "0123456789abcdef")
+        world.controller.step()
+        train = ps_rows(str(world.db))["train"]
+        assert (train["status"], train["why"]) == ("queued", "needs 1 slot; free: 0 slots")
+        world.provider.finish(world.store.current_submission("holder")["node_id"])
+        world.controller.step()
+        assert world.provider.running_runs() == ["train"]

@@ -19,18 +19,40 @@ EXPECT = re.compile(rb"^# expect: (\S+) (\S+): (.+)$")
 def test_examples_repo_validates():
     result = run_cli("validate", str(ROOT / "examples-repo"))
     assert result.exit_code == 0, result.output
-    assert "4 run file(s) checked: 4 valid, 0 invalid" in result.output
+    assert "5 run file(s) checked: 5 valid, 0 invalid" in result.output
 
 
 def test_examples_validate_against_the_schema_alone():
     # The schema must stand on its own for editors: a plain jsonschema call, no gitopsq code.
     schema = json.loads((ROOT / "schemas" / "run.schema.json").read_text())
     validator = jsonschema.Draft202012Validator(schema)
-    runs = sorted((ROOT / "examples-repo" / "runs").glob("*.yml"))
-    assert len(runs) >= 4
+    runs = sorted((ROOT / "examples-repo" / "runs").glob("**/*.yml"))
+    assert len(runs) >= 5
     for path in runs:
         errors = list(validator.iter_errors(yaml.safe_load(path.read_text())))
         assert errors == [], f"{path}: {[e.message for e in errors]}"
+
+
+def test_repos_and_files_resolve_from_the_config_repo_wherever_validate_runs(tmp_path: Path, monkeypatch):
+    """Observed: `gitopsq validate` of a repo named from another folder resolved `repos: [.]` from
+    the current folder, and called the run file's own folder outside the config repository."""
+    import os
+
+    repo = tmp_path / "repo"
+    (repo / "runs" / "train").mkdir(parents=True)
+    (repo / ".gitopsq.yml").write_text('paths: ["runs/**/*.yml"]\n')
+    (repo / "runs" / "train" / "train.yml").write_text(
+        "type: task\nrepos: [.]\nfiles: ['../../data/points.csv:points.csv']\ncommands: [python train.py]\n")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    for given in (str(repo), os.path.relpath(repo), str(repo / "runs" / "train" / "train.yml")):
+        result = run_cli("validate", given)
+        assert result.exit_code == 0, result.output
+    monkeypatch.chdir(repo / "runs")
+    assert run_cli("validate", "train/train.yml").exit_code == 0
+    (repo / "runs" / "train" / "train.yml").write_text("type: task\nfiles: ['../../../x.csv']\ncommands: [echo]\n")
+    result = run_cli("validate", "train/train.yml")
+    assert result.exit_code == 1 and "train/train.yml:2: files[0]: '../../../x.csv' leaves the config repository" in result.output
 
 
 def test_invalid_corpus_is_large_enough():
@@ -137,7 +159,7 @@ def test_installed_command_finds_its_schema(tmp_path: Path):
     script = Path(sys.executable).parent / "gitopsq"
     result = subprocess.run([str(script), "validate", str(ROOT / "examples-repo")], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "4 valid, 0 invalid" in result.stderr
+    assert "5 valid, 0 invalid" in result.stderr
 
 
 def test_a_file_name_that_is_not_utf8_is_reported_escaped(tmp_path: Path, monkeypatch):

@@ -81,12 +81,12 @@ FIELD_SUPPORT: dict[str, dict[str, str]] = {
         EC2: "honoured: the cheapest fitting instance type must cost at most that",
     },
     "repos": {
-        LOCAL_PROCESS: "honoured: checked out into the working directory (a relative `path`; an absolute one is refused)",
+        LOCAL_PROCESS: "honoured: checked out into the working directory (a `path` outside it, absolute, `~` or `..`, is refused)",
         LOCAL_CONTAINER: "honoured: checked out into the working directory (/work in the container)",
         EC2: "honoured: the node downloads the tree from the controller (no git credentials on the node)",
     },
     "files": {
-        LOCAL_PROCESS: "honoured: copied into the working directory (a relative `dst`; an absolute one is refused)",
+        LOCAL_PROCESS: "honoured: copied into the working directory (a `dst` outside it, absolute, `~` or `..`, is refused)",
         LOCAL_CONTAINER: "honoured: copied into the working directory; an absolute `dst` is mounted there",
         EC2: "honoured: downloaded with the tree; an absolute `dst` is written there",
     },
