@@ -26,7 +26,9 @@ import math
 import os
 import re
 import shlex
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from libcloud.compute.base import NodeImage, NodeSize
@@ -41,10 +43,14 @@ from gitopsq.providers.base import (
     LibcloudProvider,
     ProviderConfigError,
     ProviderError,
+    bundle_path,
     run_env,
     run_script,
+    secret_env_names,
 )
+from gitopsq.providers.volumes import container_path
 from gitopsq.spec import Gpu, Range, Resources, RunSpec
+from gitopsq.workspace import WorkspaceError, archive, outside_dir
 
 __all__ = [
     "CloudAdapter",
@@ -228,42 +234,65 @@ def container_image(spec: RunSpec) -> str | None:
 
 
 def user_data(launch: Launch, public_url: str) -> str:
-    """The cloud-init script of one node: run the commands, report the exit code, power off.
+    """The cloud-init script of one node: fetch the run's inputs, run the commands, report the
+    exit code, power off.
 
-    The commands run as `bash script.sh` in a work directory (inside `image` through docker when
-    set) with the run's env; only those variables are exported, so the report token stays out of
-    the run's environment. The report is POST {public_url}/api/submissions/{id}/report with JSON
-    {"token", "exit_code"}, by curl or else python3, retried; then `shutdown -h now`, unless
-    GITOPSQ_NO_POWEROFF=1. GITOPSQ_WORKDIR (default /var/lib/gitopsq) and GITOPSQ_REPORT_BACKOFF
-    (seconds, default 5) exist so the script can be exercised off a cloud node.
+    The user-data never holds a secret value or a git credential (anyone who can read the
+    instance's attributes can read it): it exports only the run's env without the variables that
+    hold secrets. When the run has those, or a working tree (repos, files), the node downloads
+    them from the controller before running anything, authenticated by its submission's token
+    (`Authorization: Bearer`): GET {public_url}/api/submissions/{id}/inputs/env (export lines,
+    sourced, then deleted) and .../inputs/tree (the tree as packed by gitopsq.workspace.archive),
+    each tried a few times (GITOPSQ_DOWNLOAD_BACKOFF seconds, default 5, times the try). A
+    download that fails fails the run: its log says so and the exit code reported is 1.
+
+    The tree's work/ is the work directory; for a run on the node itself abs/<p> is written to
+    /<p>, home/<p> to $HOME/<p> and up/<n>/<p> n folders above the work directory; in a container
+    those are mounted read-only where the run file says instead.
+
+    The commands run as `bash script.sh` in the work directory (inside `image` through docker when
+    set, the work directory mounted at /work) with the run's env; only those variables are
+    exported, so the report token stays out of the run's environment. The report is POST
+    {public_url}/api/submissions/{id}/report with JSON {"token", "exit_code"}, by curl or else
+    python3, retried; then `shutdown -h now`, unless GITOPSQ_NO_POWEROFF=1. GITOPSQ_WORKDIR
+    (default /var/lib/gitopsq), GITOPSQ_REPORT_BACKOFF (seconds, default 5) and
+    GITOPSQ_DOWNLOAD_BACKOFF exist so the script can be exercised off a cloud node.
     """
     spec = launch.spec
-    env = run_env(spec, launch)
+    env = run_env(spec, launch, with_secrets=False)
+    downloaded = secret_env_names(spec)
     exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())  # names: the schema's pattern
-    url = f"{public_url.rstrip('/')}/api/submissions/{launch.submission_id}/report"
+    submission = f"{public_url.rstrip('/')}/api/submissions/{launch.submission_id}"
+    url = f"{submission}/report"
     body_head = json.dumps({"token": launch.token})[:-1] + ', "exit_code": '
     image = container_image(spec)
+    outside = _outside_entries(launch)
     if image:
         gpus = "--gpus all " if spec.resources.gpu_count else ""
         if spec.resources.shm_size is not None:
             gpus += f"--shm-size {int(math.ceil(spec.resources.shm_size * 1024))}m "
-        env_flags = " ".join(f"-e {k}" for k in ["PYTHONUNBUFFERED", *env])
+        env_flags = " ".join(f"-e {k}" for k in dict.fromkeys(["PYTHONUNBUFFERED", *env, *downloaded]))
+        mounts = "".join(f'-v "$GITOPSQ_DIR/bundle/"{shlex.quote(f"{member}:{container_path(dst)}:ro")} '
+                         for member, dst in outside)
         run = f"""if ! command -v docker >/dev/null 2>&1; then
     (dnf install -y docker || yum install -y docker || (apt-get update && apt-get install -y docker.io)) >/dev/null 2>&1
     systemctl start docker >/dev/null 2>&1 || service docker start >/dev/null 2>&1
   fi
-  exec docker run --rm --network host {gpus}-v "$GITOPSQ_DIR/work:/work" -v "$GITOPSQ_DIR/script.sh:/gitopsq/script.sh:ro" -w /work {env_flags} {shlex.quote(image)} bash /gitopsq/script.sh"""
+  exec docker run --rm --network host {gpus}-v "$GITOPSQ_DIR/work:/work" {mounts}-v "$GITOPSQ_DIR/script.sh:/gitopsq/script.sh:ro" -w /work {env_flags} {shlex.quote(image)} bash /gitopsq/script.sh"""
     else:
         run = 'exec bash "$GITOPSQ_DIR/script.sh"'
+    fetch = _fetch_inputs(launch, bool(downloaded), outside, in_container=bool(image))
     return f"""#!/bin/bash
 # gitopsq node: run {launch.run}, submission {launch.number} (id {launch.submission_id})
 GITOPSQ_DIR="${{GITOPSQ_WORKDIR:-/var/lib/gitopsq}}"
 mkdir -p "$GITOPSQ_DIR/work"
 echo {_b64(run_script(spec))} | base64 -d > "$GITOPSQ_DIR/script.sh"
 echo {_b64(exports)} | base64 -d > "$GITOPSQ_DIR/env.sh"
-(
+token={shlex.quote(launch.token)}
+inputs={shlex.quote(submission + "/inputs")}
+{_FETCH if fetch else ""}(
   cd "$GITOPSQ_DIR/work" || exit 1
-  export PYTHONUNBUFFERED=1
+{fetch}  export PYTHONUNBUFFERED=1
   . "$GITOPSQ_DIR/env.sh"
   {run}
 ) 2>&1 < /dev/null | tee -a "$GITOPSQ_DIR/run.log"
@@ -290,6 +319,78 @@ exit "$code"
 """
 
 
+# `fetch WHAT FILE`: GET $inputs/WHAT with the node's token into FILE, by curl or else python3,
+# tried DOWNLOAD_TRIES times. Never prints the token.
+DOWNLOAD_TRIES = 5
+_FETCH = f"""fetch() {{
+  local attempt
+  for attempt in {" ".join(str(n) for n in range(1, DOWNLOAD_TRIES + 1))}; do
+    if command -v curl >/dev/null 2>&1; then
+      curl -fsS --connect-timeout 20 -m 900 -H "Authorization: Bearer $token" -o "$2" "$inputs/$1" && return 0
+    elif command -v python3 >/dev/null 2>&1; then
+      python3 -c 'import shutil, sys, urllib.request
+req = urllib.request.Request(sys.argv[1], headers={{"Authorization": "Bearer " + sys.argv[2]}})
+try:
+    with urllib.request.urlopen(req, timeout=900) as answer, open(sys.argv[3], "wb") as out:
+        shutil.copyfileobj(answer, out)
+except Exception as exc:
+    sys.exit(f"python3: {{exc}}")' "$inputs/$1" "$token" "$2" && return 0
+    else
+      echo "gitopsq: neither curl nor python3 is on this node"
+    fi
+    echo "gitopsq: downloading the run's $1 failed (try $attempt of {DOWNLOAD_TRIES})"
+    [ "$attempt" = {DOWNLOAD_TRIES} ] || sleep $((attempt * ${{GITOPSQ_DOWNLOAD_BACKOFF:-5}}))
+  done
+  return 1
+}}
+"""
+
+
+def _outside_entries(launch: Launch) -> list[tuple[str, str]]:
+    """(member in the bundle, dst as written) of each tree entry outside the working directory."""
+    if launch.tree is None:
+        return []
+    staged = outside_dir(launch.tree)
+    return [(Path(source).relative_to(staged).as_posix(), dst) for source, dst in launch.tree_outside]
+
+
+def _fetch_inputs(launch: Launch, secrets: bool, outside: list[tuple[str, str]], in_container: bool) -> str:
+    """The lines (in the run's subshell, in the work directory) that download and place its inputs."""
+    lines = []
+    if secrets:
+        lines += ['if ! (umask 077 && fetch env "$GITOPSQ_DIR/secrets.env"); then',
+                  '  echo "gitopsq: cannot download the run\'s secrets from $inputs/env; the run did not start"',
+                  "  exit 1",
+                  "fi",
+                  '. "$GITOPSQ_DIR/secrets.env"',
+                  'rm -f "$GITOPSQ_DIR/secrets.env"']
+    if launch.tree is not None:
+        tarball = '"$GITOPSQ_DIR/tree.tar.gz"'
+        lines += [f"if ! (umask 077 && fetch tree {tarball}); then",
+                  '  echo "gitopsq: cannot download the run\'s working tree from $inputs/tree; the run did not start"',
+                  "  exit 1",
+                  "fi"]
+        # Members are stripped of their first part: the folders they land in keep their own modes.
+        places = [("work", ".")]
+        if in_container:  # mounted read-only from here, where the run file says
+            places += [(top, '"$GITOPSQ_DIR/bundle"') for top in sorted({m.split("/")[0] for m, _ in outside})]
+            lines.append('mkdir -p "$GITOPSQ_DIR/bundle"')
+        else:
+            for top in sorted({"/".join(m.split("/")[:2]) if m.startswith("up/") else m.split("/")[0] for m, _ in outside}):
+                if top == "abs":
+                    places.append(("abs", "/"))
+                elif top == "home":
+                    places.append(("home", '"${HOME:-/root}"'))
+                else:  # up/<n>: n folders above the work directory
+                    places.append((top, '"$GITOPSQ_DIR/work"/' + "/".join([".."] * int(top.split("/")[1]))))
+        for member, folder in places:
+            strip = member.count("/") + 1 if folder != '"$GITOPSQ_DIR/bundle"' else 0
+            lines.append(f"tar -xzf {tarball} --no-overwrite-dir --strip-components={strip} -C {folder} {member} || "
+                         f"{{ echo \"gitopsq: cannot unpack the run's working tree ({member})\"; exit 1; }}")
+        lines.append(f"rm -f {tarball}")
+    return "".join(f"  {line}\n" for line in lines)
+
+
 # --- the adapter ---------------------------------------------------------------------------------
 
 
@@ -301,8 +402,9 @@ class CloudAdapter:
     def __init__(self, driver, name: str, controller_id: str, public_url: str, *, region: str | None = None,
                  max_nodes: int | None = None, arch: str | None = "x86_64", image: str | None = None,
                  image_name: str | None = None, image_owner: str | None = None, create_extra: dict | None = None,
-                 location: str | None = None):
+                 location: str | None = None, bundles: Path | None = None):
         self.driver = driver
+        self.bundles = Path(bundles) if bundles else None  # where runs' trees wait for their nodes (bundle_path)
         self.name = name
         self.controller_id = controller_id
         self.public_url = public_url
@@ -352,6 +454,13 @@ class CloudAdapter:
         if spec.resources.shm_size is not None and container_image(spec) is None:
             return (f"resources.shm_size: a run on a {self.name} node itself shares the node's /dev/shm; "
                     "set image (or python) to run in a container with its own")
+        if container_image(spec):
+            homes = [(f"repos[{i}].path", r.path) for i, r in enumerate(spec.repos)]
+            homes += [(f"files[{i}]", f.dst) for i, f in enumerate(spec.files)]
+            for field, path in homes:
+                if path.startswith("~"):
+                    return (f"{field}: {path!r}: the home of the image's user is not known to the {self.name} provider; "
+                            f"use an absolute path")
         if spec.spot_policy == "spot" and not self._takes("ex_spot"):
             return f"spot_policy: the {self.name} driver cannot request spot instances; use on-demand or auto"
         try:
@@ -386,6 +495,8 @@ class CloudAdapter:
             raise ProviderError(UNSATISFIABLE, "no-size", why)
         image = self.image()
         args = dict(self.create_extra, name=f"gq-{launch.run}-{launch.submission_id}", size=size, image=image)
+        if launch.tree is not None:
+            self.pack(launch)
         script = user_data(launch, self.public_url)
         if self._takes("ex_userdata"):
             args["ex_userdata"] = script
@@ -412,6 +523,27 @@ class CloudAdapter:
             args["ex_blockdevicemappings"] = [{"DeviceName": root, "Ebs": {
                 "VolumeSize": int(math.ceil(disk.min or DEFAULT_DISK.min)), "VolumeType": "gp3", "DeleteOnTermination": "true"}}]
         return args
+
+    def pack(self, launch: Launch) -> Path:
+        """The launch's tree as one private file its node downloads (GET .../inputs/tree); replaced
+        whole, so a node never reads half of one. The controller removes it when the submission ends."""
+        if self.bundles is None:
+            raise ProviderError(ERROR, "no-bundles", f"this {self.name} provider has no folder for runs' trees "
+                                                     "(repos, files); it must be built with one")
+        self.bundles.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.bundles, 0o700)
+        out = bundle_path(self.bundles, launch.submission_id)
+        fd, part = tempfile.mkstemp(prefix=f"{launch.submission_id}.", suffix=".part", dir=self.bundles)  # 0600
+        os.close(fd)
+        try:
+            archive(launch.tree, Path(part))
+            os.replace(part, out)
+        except WorkspaceError as exc:
+            raise ProviderError(ERROR, "tree", str(exc)) from None
+        finally:
+            if os.path.exists(part):
+                os.unlink(part)
+        return out
 
     def classify(self, exc: Exception) -> ProviderError:
         if isinstance(exc, ProviderError):
@@ -463,8 +595,11 @@ def _check_public_url(public_url: str | None) -> str:
 
 
 def make_cloud_provider(name: str, options: dict, controller_id: str, max_nodes: int | None = None,
-                        public_url: str | None = None) -> LibcloudProvider:
-    """A provider over the Libcloud compute driver `name`; raises ProviderConfigError on bad options."""
+                        public_url: str | None = None, bundles: Path | None = None) -> LibcloudProvider:
+    """A provider over the Libcloud compute driver `name`; raises ProviderConfigError on bad options.
+
+    bundles: the folder where runs' trees wait for their nodes to download them (bundles_dir_for
+    the state database, which the web app serves from); without it runs with repos or files fail."""
     options = dict(options)
     public_url = _check_public_url(public_url)
     secrets = sorted(_CREDENTIAL_KEYS & set(options))
@@ -472,11 +607,12 @@ def make_cloud_provider(name: str, options: dict, controller_id: str, max_nodes:
         raise ProviderConfigError(f"--provider-opt {', '.join(secrets)}: credentials come from the environment "
                                   "(GITOPSQ_PROVIDER_KEY / GITOPSQ_PROVIDER_SECRET), never from options")
     if name == "ec2":
-        return _make_ec2(options, controller_id, max_nodes, public_url)
-    return _make_generic(name, options, controller_id, max_nodes, public_url)
+        return _make_ec2(options, controller_id, max_nodes, public_url, bundles)
+    return _make_generic(name, options, controller_id, max_nodes, public_url, bundles)
 
 
-def _make_ec2(options: dict, controller_id: str, max_nodes: int | None, public_url: str) -> LibcloudProvider:
+def _make_ec2(options: dict, controller_id: str, max_nodes: int | None, public_url: str,
+              bundles: Path | None) -> LibcloudProvider:
     unknown = sorted(set(options) - set(EC2_OPTIONS))
     if unknown:
         known = "; ".join(f"{k} ({v})" for k, v in EC2_OPTIONS.items())
@@ -505,11 +641,12 @@ def _make_ec2(options: dict, controller_id: str, max_nodes: int | None, public_u
         create_extra["ex_iamprofile"] = options["iam_profile"]
     adapter = CloudAdapter(driver, "ec2", controller_id, public_url, region=region, max_nodes=max_nodes, arch=arch,
                            image=options.get("image"), image_name=options.get("image_name"),
-                           image_owner=options.get("image_owner"), create_extra=create_extra)
+                           image_owner=options.get("image_owner"), create_extra=create_extra, bundles=bundles)
     return LibcloudProvider(driver, adapter, controller_id)
 
 
-def _make_generic(name: str, options: dict, controller_id: str, max_nodes: int | None, public_url: str) -> LibcloudProvider:
+def _make_generic(name: str, options: dict, controller_id: str, max_nodes: int | None, public_url: str,
+                  bundles: Path | None) -> LibcloudProvider:
     from libcloud.compute.providers import get_driver
 
     try:
@@ -529,7 +666,8 @@ def _make_generic(name: str, options: dict, controller_id: str, max_nodes: int |
     except TypeError as exc:
         raise ProviderConfigError(f"provider {name}: {exc}") from None
     adapter = CloudAdapter(driver, name, controller_id, public_url, region=options.get("region"), max_nodes=max_nodes,
-                           arch=options.get("arch"), image=options.get("image"), location=options.get("location"))
+                           arch=options.get("arch"), image=options.get("image"), location=options.get("location"),
+                           bundles=bundles)
     return LibcloudProvider(driver, adapter, controller_id)
 
 
