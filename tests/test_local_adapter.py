@@ -34,7 +34,7 @@ def test_dev_environment_runs_init_then_stays_up():
 def test_env_carries_run_and_submission():
     s = spec("type: task\ncommands: [x]\nenv: {A: '1'}\n")
     env = run_env(s, Launch(7, "x", 2, s, "tok"))
-    assert env == {"A": "1", "GITOPSQ_RUN": "x", "GITOPSQ_SUBMISSION": "2", "GITOPSQ_SUBMISSION_ID": "7"}
+    assert env == {"A": "1", "GITOPSQ_RUN": "x", "GITOPSQ_SUBMISSION": "2", "GITOPSQ_SUBMISSION_ID": "7", "DSTACK_RUN_NAME": "x"}
     assert "tok" not in env.values()
 
 
