@@ -267,6 +267,7 @@ class Controller:
                     self.store.set_status(sub["id"], "queued", now, node_id=None, detail={"rolled_back": True})
             if node is not None and node.lost:
                 self._destroy(node.node_id)
+        self.inputs.clear_bundles({s["id"] for s in self.store.submissions_with_status("provisioning", "running")})
         active_ids = {s["id"] for s in self.store.submissions_with_status("running", "stopping")}
         for node in nodes:
             if node.submission_id not in active_ids:
@@ -283,6 +284,7 @@ class Controller:
             reason = sub["stop_reason"] or "deleted"
             with self.store.transaction():
                 self.store.set_status(sub["id"], STOP_OUTCOME.get(reason, "cancelled"), now, reason=reason)
+            self.inputs.release(sub["id"])
             self._capacity_freed(now)
 
     def _destroy(self, node_id: str) -> bool:
@@ -321,6 +323,7 @@ class Controller:
             else:
                 exit_code, event, ended = node.exit_code, None, node.finished_at
             self._finish(sub, exit_code, event, now, _when(ended, sub["started_at"], now))
+            self.inputs.release(sub["id"])  # its tree is no longer served; a retry packs it anew
             if node is not None:
                 self._destroy(node.node_id)
             self._capacity_freed(now)
@@ -563,6 +566,7 @@ class Controller:
                 else:
                     self.store.set_status(sub["id"], "failed", now, reason="provider-error", message=str(exc), detail=detail)
         self.store.event(sub["run"], sub["id"], "provider-error", detail, None, now)
+        self.inputs.release(sub["id"])  # a tree packed for the node that was not made
 
     # --- bookkeeping --------------------------------------------------------------------------
 

@@ -8,6 +8,9 @@ The controller sequences these (gitopsq.controller); this module only knows how:
   staging folder under the state directory, which the provider then takes over. Credentials
   for private URL repos come from the same secret store (`git.<host>`), and every value used
   is returned so that the run's logs mask it too.
+- a cloud provider packs the tree into bundles/<submission id>.tar.gz for its node to download
+  (gitopsq.web.node); the controller removes it when the node ends (`release`), and at start
+  those of submissions no longer provisioning or running (`clear_bundles`).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from gitopsq.providers.base import workspace_dir_for
+from gitopsq.providers.base import bundle_path, workspace_dir_for
 from gitopsq.secretstore import SecretStore
 from gitopsq.source import ConfigRepo
 from gitopsq.spec import RunSpec
@@ -92,3 +95,19 @@ class LaunchInputs:
     def clear_staging(self) -> None:
         """At start: trees staged for launches that a crash interrupted (they are prepared again)."""
         shutil.rmtree(self.root / "staging", ignore_errors=True)
+
+    # --- trees packed for cloud nodes ---------------------------------------------------------
+
+    def release(self, submission_id: int) -> None:
+        """Its node ended: the tree it downloaded is no longer served (a retry packs it anew)."""
+        bundle_path(self.root / "bundles", submission_id).unlink(missing_ok=True)
+
+    def clear_bundles(self, keep: set[int]) -> None:
+        """At start: every packed tree but those of the submissions in `keep` (and half-written ones)."""
+        folder = self.root / "bundles"
+        if not folder.is_dir():
+            return
+        kept = {bundle_path(folder, sub_id).name for sub_id in keep}
+        for path in folder.iterdir():
+            if path.name not in kept and not path.is_dir():
+                path.unlink(missing_ok=True)

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from gitopsq.providers.base import log_dir_for
+from gitopsq.providers.base import bundles_dir_for, log_dir_for
 from gitopsq.store import StateMissing, Store, default_db_path, open_readonly
 
 
@@ -75,7 +75,8 @@ def make_provider(store: Store, opts: ProviderOptions):
                                    workdirs_max_size=opts.workdirs_max_size)
     from gitopsq.providers.cloud import make_cloud_provider
 
-    return make_cloud_provider(opts.name, dict(opts.options), store.controller_id, opts.max_nodes, opts.public_url)
+    return make_cloud_provider(opts.name, dict(opts.options), store.controller_id, opts.max_nodes, opts.public_url,
+                               bundles=bundles_dir_for(store.path))
 
 
 def make_controller(repo_location: str | None, branch: str, store: Store, opts: ProviderOptions):

@@ -213,6 +213,27 @@ def test_user_data_runs_image_through_docker(tmp_path):
     assert server.posts[0][2] == {"token": "tok", "exit_code": 0}
 
 
+def _decoded_parts(script: str) -> list[str]:
+    """The user-data and every base64 blob in it (the run's script and env travel encoded)."""
+    import base64
+
+    blobs = re.findall(r"echo ([A-Za-z0-9+/=]{8,}) \| base64 -d", script)
+    return [script, *(base64.b64decode(blob).decode() for blob in blobs)]
+
+
+def test_user_data_holds_no_secret_value():
+    spec = spec_of("type: task\nimage: python:3.12-slim\nenv:\n  - HF_TOKEN\n  - WANDB_API_KEY=key-${{ secrets.wandb }}\n"
+                   "  - PLAIN=visible\ncommands: [echo hi]\n")
+    launch = Launch(9, "r", 1, spec, "tok-9", secrets={"HF_TOKEN": "hf-value-1234", "wandb": "wandb-value-5678"})
+    script = user_data(launch, PUBLIC_URL)
+    for part in _decoded_parts(script):
+        assert "hf-value-1234" not in part and "wandb-value-5678" not in part
+    assert any("export PLAIN=visible" in part for part in _decoded_parts(script))
+    # the secret-holding variables are downloaded by the node, and passed into the container by name
+    assert "inputs=http://127.0.0.1:8765/api/submissions/9/inputs\n" in script and 'fetch env "$GITOPSQ_DIR/secrets.env"' in script
+    assert "-e HF_TOKEN" in script and "-e WANDB_API_KEY" in script
+
+
 def test_user_data_powers_off_unless_told_not_to():
     script = user_data(Launch(1, "r", 1, task(), "t"), PUBLIC_URL)
     assert 'if [ "${GITOPSQ_NO_POWEROFF:-0}" != 1 ]; then' in script
@@ -336,3 +357,10 @@ def test_aws_environment_credentials_work_for_ec2(monkeypatch, server):
 def test_controller_tag_is_one_constant():
     assert ec2.CONTROLLER_TAG is TAG_CONTROLLER
     assert re.fullmatch(r"[a-z-]+", TAG_CONTROLLER)
+
+
+def test_a_home_path_in_a_container_is_refused(provider):
+    assert provider.unsatisfiable(task(extra="files: ['a.txt:~/a.txt']\n")) is None  # the node's own home
+    why = provider.unsatisfiable(task(extra="image: ubuntu\nfiles: ['a.txt:~/a.txt']\n"))
+    assert why == "files[0]: '~/a.txt': the home of the image's user is not known to the ec2 provider; use an absolute path"
+    assert provider.unsatisfiable(task(extra="image: ubuntu\nfiles: ['a.txt:/etc/a.txt']\n")) is None

@@ -138,6 +138,12 @@ def secret_env_names(spec: RunSpec) -> list[str]:
     return [name for name, value in spec.env if secret_names(value)]
 
 
+def secret_env(spec: RunSpec, secrets: Mapping[str, str]) -> dict[str, str]:
+    """The variables whose values hold a secret, with the secrets put in (what run_env adds
+    with_secrets); every secret they reference must be in `secrets`."""
+    return {name: substitute(value, secrets) for name, value in spec.env if secret_names(value)}
+
+
 class DriverAdapter(Protocol):
     """What differs between Libcloud drivers."""
 
@@ -235,6 +241,16 @@ def workspace_dir_for(db_path: Path) -> Path:
     """Where the controller prepares runs' working trees (staging/), keeps URL repos' mirrors
     (mirrors/) and the trees cloud nodes download (bundles/), for one state database."""
     return db_path.parent / f"{db_path.stem}-workspaces"
+
+
+def bundles_dir_for(db_path: Path) -> Path:
+    """Where the trees cloud nodes download wait, one file per submission (bundle_path)."""
+    return workspace_dir_for(db_path) / "bundles"
+
+
+def bundle_path(bundles: Path, submission_id: int) -> Path:
+    """A submission's tree for its node to download: bundles/<submission id>.tar.gz."""
+    return Path(bundles) / f"{int(submission_id)}.tar.gz"
 
 
 def log_dir_for(db_path: Path) -> Path:

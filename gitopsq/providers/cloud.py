@@ -7,9 +7,10 @@ driver, not a second code path in the controller. What the adapter adds:
 - the size: the cheapest `NodeSize` whose vCPUs, memory and GPUs satisfy `resources`
   (`choose_size`, a pure function), honouring `max_price`, `regions`, `backends`, `spot_policy`
   (`spot` asks the driver for a spot instance; `auto` and `on-demand` get on-demand ones);
-- the work, as user-data (`user_data`): a bash script that runs the commands (inside `image`
-  with docker when one is set), reports the exit code to `--public-url` with the submission's
-  token, and powers the node off;
+- the work, as user-data (`user_data`, in gitopsq.providers.cloud_node): a bash script that
+  downloads the run's secrets and working tree from `--public-url` with the submission's token,
+  runs the commands (inside `image` with docker when one is set), reports the exit code there,
+  and powers the node off; the tree is packed for it at launch (`CloudAdapter.pack`);
 - capacity: `--max-nodes` when given, else the cloud answers create-node with capacity errors;
 - errors, mapped to the provider error kinds by `ec2.classify_error`.
 
@@ -19,14 +20,13 @@ for EC2 also AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY), never from options, and
 
 from __future__ import annotations
 
-import base64
 import inspect
-import json
 import math
 import os
 import re
-import shlex
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from libcloud.compute.base import NodeImage, NodeSize
@@ -41,10 +41,11 @@ from gitopsq.providers.base import (
     LibcloudProvider,
     ProviderConfigError,
     ProviderError,
-    run_env,
-    run_script,
+    bundle_path,
 )
+from gitopsq.providers.cloud_node import container_image, user_data
 from gitopsq.spec import Gpu, Range, Resources, RunSpec
+from gitopsq.workspace import WorkspaceError, archive
 
 __all__ = [
     "CloudAdapter",
@@ -213,83 +214,6 @@ def choose_size(sizes: list[NodeSize], resources: Resources, *, max_price: float
     return fitting[0][0], None
 
 
-# --- the node's work -----------------------------------------------------------------------------
-
-
-def _b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
-
-
-def container_image(spec: RunSpec) -> str | None:
-    """The image a cloud run runs in: its own, or for `python: X.Y` the official python image."""
-    if spec.image:
-        return spec.image
-    return f"python:{spec.python}" if spec.python else None
-
-
-def user_data(launch: Launch, public_url: str) -> str:
-    """The cloud-init script of one node: run the commands, report the exit code, power off.
-
-    The commands run as `bash script.sh` in a work directory (inside `image` through docker when
-    set) with the run's env; only those variables are exported, so the report token stays out of
-    the run's environment. The report is POST {public_url}/api/submissions/{id}/report with JSON
-    {"token", "exit_code"}, by curl or else python3, retried; then `shutdown -h now`, unless
-    GITOPSQ_NO_POWEROFF=1. GITOPSQ_WORKDIR (default /var/lib/gitopsq) and GITOPSQ_REPORT_BACKOFF
-    (seconds, default 5) exist so the script can be exercised off a cloud node.
-    """
-    spec = launch.spec
-    env = run_env(spec, launch)
-    exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())  # names: the schema's pattern
-    url = f"{public_url.rstrip('/')}/api/submissions/{launch.submission_id}/report"
-    body_head = json.dumps({"token": launch.token})[:-1] + ', "exit_code": '
-    image = container_image(spec)
-    if image:
-        gpus = "--gpus all " if spec.resources.gpu_count else ""
-        if spec.resources.shm_size is not None:
-            gpus += f"--shm-size {int(math.ceil(spec.resources.shm_size * 1024))}m "
-        env_flags = " ".join(f"-e {k}" for k in ["PYTHONUNBUFFERED", *env])
-        run = f"""if ! command -v docker >/dev/null 2>&1; then
-    (dnf install -y docker || yum install -y docker || (apt-get update && apt-get install -y docker.io)) >/dev/null 2>&1
-    systemctl start docker >/dev/null 2>&1 || service docker start >/dev/null 2>&1
-  fi
-  exec docker run --rm --network host {gpus}-v "$GITOPSQ_DIR/work:/work" -v "$GITOPSQ_DIR/script.sh:/gitopsq/script.sh:ro" -w /work {env_flags} {shlex.quote(image)} bash /gitopsq/script.sh"""
-    else:
-        run = 'exec bash "$GITOPSQ_DIR/script.sh"'
-    return f"""#!/bin/bash
-# gitopsq node: run {launch.run}, submission {launch.number} (id {launch.submission_id})
-GITOPSQ_DIR="${{GITOPSQ_WORKDIR:-/var/lib/gitopsq}}"
-mkdir -p "$GITOPSQ_DIR/work"
-echo {_b64(run_script(spec))} | base64 -d > "$GITOPSQ_DIR/script.sh"
-echo {_b64(exports)} | base64 -d > "$GITOPSQ_DIR/env.sh"
-(
-  cd "$GITOPSQ_DIR/work" || exit 1
-  export PYTHONUNBUFFERED=1
-  . "$GITOPSQ_DIR/env.sh"
-  {run}
-) 2>&1 < /dev/null | tee -a "$GITOPSQ_DIR/run.log"
-code=${{PIPESTATUS[0]}}
-echo "gitopsq: commands exited with $code"
-url={shlex.quote(url)}
-body={shlex.quote(body_head)}"$code}}"
-for attempt in 1 2 3 4 5 6; do
-  if command -v curl >/dev/null 2>&1; then
-    curl -fsS -m 20 -X POST -H 'Content-Type: application/json' --data "$body" "$url" >/dev/null && break
-  elif command -v python3 >/dev/null 2>&1; then
-    python3 -c 'import sys, urllib.request
-req = urllib.request.Request(sys.argv[1], data=sys.argv[2].encode(), headers={{"Content-Type": "application/json"}}, method="POST")
-urllib.request.urlopen(req, timeout=20).read()' "$url" "$body" && break
-  fi
-  echo "gitopsq: report attempt $attempt failed" >&2
-  [ "$attempt" = 6 ] || sleep $((attempt * ${{GITOPSQ_REPORT_BACKOFF:-5}}))
-done
-if [ "${{GITOPSQ_NO_POWEROFF:-0}}" != 1 ]; then
-  sync
-  shutdown -h now || poweroff
-fi
-exit "$code"
-"""
-
-
 # --- the adapter ---------------------------------------------------------------------------------
 
 
@@ -301,8 +225,9 @@ class CloudAdapter:
     def __init__(self, driver, name: str, controller_id: str, public_url: str, *, region: str | None = None,
                  max_nodes: int | None = None, arch: str | None = "x86_64", image: str | None = None,
                  image_name: str | None = None, image_owner: str | None = None, create_extra: dict | None = None,
-                 location: str | None = None):
+                 location: str | None = None, bundles: Path | None = None):
         self.driver = driver
+        self.bundles = Path(bundles) if bundles else None  # where runs' trees wait for their nodes (bundle_path)
         self.name = name
         self.controller_id = controller_id
         self.public_url = public_url
@@ -352,6 +277,13 @@ class CloudAdapter:
         if spec.resources.shm_size is not None and container_image(spec) is None:
             return (f"resources.shm_size: a run on a {self.name} node itself shares the node's /dev/shm; "
                     "set image (or python) to run in a container with its own")
+        if container_image(spec):
+            homes = [(f"repos[{i}].path", r.path) for i, r in enumerate(spec.repos)]
+            homes += [(f"files[{i}]", f.dst) for i, f in enumerate(spec.files)]
+            for field, path in homes:
+                if path.startswith("~"):
+                    return (f"{field}: {path!r}: the home of the image's user is not known to the {self.name} provider; "
+                            f"use an absolute path")
         if spec.spot_policy == "spot" and not self._takes("ex_spot"):
             return f"spot_policy: the {self.name} driver cannot request spot instances; use on-demand or auto"
         try:
@@ -386,6 +318,8 @@ class CloudAdapter:
             raise ProviderError(UNSATISFIABLE, "no-size", why)
         image = self.image()
         args = dict(self.create_extra, name=f"gq-{launch.run}-{launch.submission_id}", size=size, image=image)
+        if launch.tree is not None:
+            self.pack(launch)
         script = user_data(launch, self.public_url)
         if self._takes("ex_userdata"):
             args["ex_userdata"] = script
@@ -412,6 +346,27 @@ class CloudAdapter:
             args["ex_blockdevicemappings"] = [{"DeviceName": root, "Ebs": {
                 "VolumeSize": int(math.ceil(disk.min or DEFAULT_DISK.min)), "VolumeType": "gp3", "DeleteOnTermination": "true"}}]
         return args
+
+    def pack(self, launch: Launch) -> Path:
+        """The launch's tree as one private file its node downloads (GET .../inputs/tree); replaced
+        whole, so a node never reads half of one. The controller removes it when the submission ends."""
+        if self.bundles is None:
+            raise ProviderError(ERROR, "no-bundles", f"this {self.name} provider has no folder for runs' trees "
+                                                     "(repos, files); it must be built with one")
+        self.bundles.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.bundles, 0o700)
+        out = bundle_path(self.bundles, launch.submission_id)
+        fd, part = tempfile.mkstemp(prefix=f"{launch.submission_id}.", suffix=".part", dir=self.bundles)  # 0600
+        os.close(fd)
+        try:
+            archive(launch.tree, Path(part))
+            os.replace(part, out)
+        except WorkspaceError as exc:
+            raise ProviderError(ERROR, "tree", str(exc)) from None
+        finally:
+            if os.path.exists(part):
+                os.unlink(part)
+        return out
 
     def classify(self, exc: Exception) -> ProviderError:
         if isinstance(exc, ProviderError):
@@ -463,8 +418,11 @@ def _check_public_url(public_url: str | None) -> str:
 
 
 def make_cloud_provider(name: str, options: dict, controller_id: str, max_nodes: int | None = None,
-                        public_url: str | None = None) -> LibcloudProvider:
-    """A provider over the Libcloud compute driver `name`; raises ProviderConfigError on bad options."""
+                        public_url: str | None = None, bundles: Path | None = None) -> LibcloudProvider:
+    """A provider over the Libcloud compute driver `name`; raises ProviderConfigError on bad options.
+
+    bundles: the folder where runs' trees wait for their nodes to download them (bundles_dir_for
+    the state database, which the web app serves from); without it runs with repos or files fail."""
     options = dict(options)
     public_url = _check_public_url(public_url)
     secrets = sorted(_CREDENTIAL_KEYS & set(options))
@@ -472,11 +430,12 @@ def make_cloud_provider(name: str, options: dict, controller_id: str, max_nodes:
         raise ProviderConfigError(f"--provider-opt {', '.join(secrets)}: credentials come from the environment "
                                   "(GITOPSQ_PROVIDER_KEY / GITOPSQ_PROVIDER_SECRET), never from options")
     if name == "ec2":
-        return _make_ec2(options, controller_id, max_nodes, public_url)
-    return _make_generic(name, options, controller_id, max_nodes, public_url)
+        return _make_ec2(options, controller_id, max_nodes, public_url, bundles)
+    return _make_generic(name, options, controller_id, max_nodes, public_url, bundles)
 
 
-def _make_ec2(options: dict, controller_id: str, max_nodes: int | None, public_url: str) -> LibcloudProvider:
+def _make_ec2(options: dict, controller_id: str, max_nodes: int | None, public_url: str,
+              bundles: Path | None) -> LibcloudProvider:
     unknown = sorted(set(options) - set(EC2_OPTIONS))
     if unknown:
         known = "; ".join(f"{k} ({v})" for k, v in EC2_OPTIONS.items())
@@ -505,11 +464,12 @@ def _make_ec2(options: dict, controller_id: str, max_nodes: int | None, public_u
         create_extra["ex_iamprofile"] = options["iam_profile"]
     adapter = CloudAdapter(driver, "ec2", controller_id, public_url, region=region, max_nodes=max_nodes, arch=arch,
                            image=options.get("image"), image_name=options.get("image_name"),
-                           image_owner=options.get("image_owner"), create_extra=create_extra)
+                           image_owner=options.get("image_owner"), create_extra=create_extra, bundles=bundles)
     return LibcloudProvider(driver, adapter, controller_id)
 
 
-def _make_generic(name: str, options: dict, controller_id: str, max_nodes: int | None, public_url: str) -> LibcloudProvider:
+def _make_generic(name: str, options: dict, controller_id: str, max_nodes: int | None, public_url: str,
+                  bundles: Path | None) -> LibcloudProvider:
     from libcloud.compute.providers import get_driver
 
     try:
@@ -529,7 +489,8 @@ def _make_generic(name: str, options: dict, controller_id: str, max_nodes: int |
     except TypeError as exc:
         raise ProviderConfigError(f"provider {name}: {exc}") from None
     adapter = CloudAdapter(driver, name, controller_id, public_url, region=options.get("region"), max_nodes=max_nodes,
-                           arch=options.get("arch"), image=options.get("image"), location=options.get("location"))
+                           arch=options.get("arch"), image=options.get("image"), location=options.get("location"),
+                           bundles=bundles)
     return LibcloudProvider(driver, adapter, controller_id)
 
 

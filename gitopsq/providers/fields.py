@@ -82,13 +82,13 @@ FIELD_SUPPORT: dict[str, dict[str, str]] = {
     },
     "repos": {
         LOCAL_PROCESS: "honoured: checked out into the working directory (a `path` outside it, absolute, `~` or `..`, is refused)",
-        LOCAL_CONTAINER: "honoured: checked out into the working directory (/work in the container)",
-        EC2: "honoured: the node downloads the tree from the controller (no git credentials on the node)",
+        LOCAL_CONTAINER: "honoured: checked out into the working directory (/work in the container); a `path` outside it is mounted there read-only, a `~` one is refused",
+        EC2: "honoured: the node downloads the tree from the controller (no git credentials on the node); a `path` outside the working directory is written there (mounted read-only with `image`, where a `~` one is refused)",
     },
     "files": {
         LOCAL_PROCESS: "honoured: copied into the working directory (a `dst` outside it, absolute, `~` or `..`, is refused)",
-        LOCAL_CONTAINER: "honoured: copied into the working directory; an absolute `dst` is mounted there",
-        EC2: "honoured: downloaded with the tree; an absolute `dst` is written there",
+        LOCAL_CONTAINER: "honoured: copied into the working directory; an absolute `dst` is mounted there read-only, a `~` one is refused",
+        EC2: "honoured: downloaded with the tree; an absolute `dst` is written there (mounted read-only with `image`, where a `~` one is refused)",
     },
     "volumes": {
         LOCAL_PROCESS: "honoured: a relative `path` is a link in the working directory to `instance_path`, created when missing (an `optional` one is then left out); an absolute or `~` path is refused (a process has no filesystem of its own)",

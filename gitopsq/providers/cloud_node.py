@@ -1,0 +1,190 @@
+"""A cloud node's work, as user-data: a bash script that fetches the run's inputs from the
+controller, runs the commands (inside `image` with docker when one is set), reports the exit
+code to `--public-url` with the submission's token, and powers the node off.
+
+The script never carries a secret value or a git credential: see `user_data`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import shlex
+from pathlib import Path
+
+from gitopsq.providers.base import Launch, run_env, run_script, secret_env_names
+from gitopsq.providers.volumes import container_path
+from gitopsq.spec import RunSpec
+from gitopsq.workspace import outside_dir
+
+__all__ = ["DOWNLOAD_TRIES", "container_image", "user_data"]
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def container_image(spec: RunSpec) -> str | None:
+    """The image a cloud run runs in: its own, or for `python: X.Y` the official python image."""
+    if spec.image:
+        return spec.image
+    return f"python:{spec.python}" if spec.python else None
+
+
+def user_data(launch: Launch, public_url: str) -> str:
+    """The cloud-init script of one node: fetch the run's inputs, run the commands, report the
+    exit code, power off.
+
+    The user-data never holds a secret value or a git credential (anyone who can read the
+    instance's attributes can read it): it exports only the run's env without the variables that
+    hold secrets. When the run has those, or a working tree (repos, files), the node downloads
+    them from the controller before running anything, authenticated by its submission's token
+    (`Authorization: Bearer`): GET {public_url}/api/submissions/{id}/inputs/env (export lines,
+    sourced, then deleted) and .../inputs/tree (the tree as packed by gitopsq.workspace.archive),
+    each tried a few times (GITOPSQ_DOWNLOAD_BACKOFF seconds, default 5, times the try). A
+    download that fails fails the run: its log says so and the exit code reported is 1.
+
+    The tree's work/ is the work directory; for a run on the node itself abs/<p> is written to
+    /<p>, home/<p> to $HOME/<p> and up/<n>/<p> n folders above the work directory; in a container
+    those are mounted read-only where the run file says instead.
+
+    The commands run as `bash script.sh` in the work directory (inside `image` through docker when
+    set, the work directory mounted at /work) with the run's env; only those variables are
+    exported, so the report token stays out of the run's environment. The report is POST
+    {public_url}/api/submissions/{id}/report with JSON {"token", "exit_code"}, by curl or else
+    python3, retried; then `shutdown -h now`, unless GITOPSQ_NO_POWEROFF=1. GITOPSQ_WORKDIR
+    (default /var/lib/gitopsq), GITOPSQ_REPORT_BACKOFF (seconds, default 5) and
+    GITOPSQ_DOWNLOAD_BACKOFF exist so the script can be exercised off a cloud node.
+    """
+    spec = launch.spec
+    env = run_env(spec, launch, with_secrets=False)
+    downloaded = secret_env_names(spec)
+    exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())  # names: the schema's pattern
+    submission = f"{public_url.rstrip('/')}/api/submissions/{launch.submission_id}"
+    url = f"{submission}/report"
+    body_head = json.dumps({"token": launch.token})[:-1] + ', "exit_code": '
+    image = container_image(spec)
+    outside = _outside_entries(launch)
+    if image:
+        gpus = "--gpus all " if spec.resources.gpu_count else ""
+        if spec.resources.shm_size is not None:
+            gpus += f"--shm-size {int(math.ceil(spec.resources.shm_size * 1024))}m "
+        env_flags = " ".join(f"-e {k}" for k in dict.fromkeys(["PYTHONUNBUFFERED", *env, *downloaded]))
+        mounts = "".join(f'-v "$GITOPSQ_DIR/bundle/"{shlex.quote(f"{member}:{container_path(dst)}:ro")} '
+                         for member, dst in outside)
+        run = f"""if ! command -v docker >/dev/null 2>&1; then
+    (dnf install -y docker || yum install -y docker || (apt-get update && apt-get install -y docker.io)) >/dev/null 2>&1
+    systemctl start docker >/dev/null 2>&1 || service docker start >/dev/null 2>&1
+  fi
+  exec docker run --rm --network host {gpus}-v "$GITOPSQ_DIR/work:/work" {mounts}-v "$GITOPSQ_DIR/script.sh:/gitopsq/script.sh:ro" -w /work {env_flags} {shlex.quote(image)} bash /gitopsq/script.sh"""
+    else:
+        run = 'exec bash "$GITOPSQ_DIR/script.sh"'
+    fetch = _fetch_inputs(launch, bool(downloaded), outside, in_container=bool(image))
+    return f"""#!/bin/bash
+# gitopsq node: run {launch.run}, submission {launch.number} (id {launch.submission_id})
+GITOPSQ_DIR="${{GITOPSQ_WORKDIR:-/var/lib/gitopsq}}"
+mkdir -p "$GITOPSQ_DIR/work"
+echo {_b64(run_script(spec))} | base64 -d > "$GITOPSQ_DIR/script.sh"
+echo {_b64(exports)} | base64 -d > "$GITOPSQ_DIR/env.sh"
+token={shlex.quote(launch.token)}
+inputs={shlex.quote(submission + "/inputs")}
+{_FETCH if fetch else ""}(
+  cd "$GITOPSQ_DIR/work" || exit 1
+{fetch}  export PYTHONUNBUFFERED=1
+  . "$GITOPSQ_DIR/env.sh"
+  {run}
+) 2>&1 < /dev/null | tee -a "$GITOPSQ_DIR/run.log"
+code=${{PIPESTATUS[0]}}
+echo "gitopsq: commands exited with $code"
+url={shlex.quote(url)}
+body={shlex.quote(body_head)}"$code}}"
+for attempt in 1 2 3 4 5 6; do
+  if command -v curl >/dev/null 2>&1; then
+    curl -fsS -m 20 -X POST -H 'Content-Type: application/json' --data "$body" "$url" >/dev/null && break
+  elif command -v python3 >/dev/null 2>&1; then
+    python3 -c 'import sys, urllib.request
+req = urllib.request.Request(sys.argv[1], data=sys.argv[2].encode(), headers={{"Content-Type": "application/json"}}, method="POST")
+urllib.request.urlopen(req, timeout=20).read()' "$url" "$body" && break
+  fi
+  echo "gitopsq: report attempt $attempt failed" >&2
+  [ "$attempt" = 6 ] || sleep $((attempt * ${{GITOPSQ_REPORT_BACKOFF:-5}}))
+done
+if [ "${{GITOPSQ_NO_POWEROFF:-0}}" != 1 ]; then
+  sync
+  shutdown -h now || poweroff
+fi
+exit "$code"
+"""
+
+
+# `fetch WHAT FILE`: GET $inputs/WHAT with the node's token into FILE, by curl or else python3,
+# tried DOWNLOAD_TRIES times. Never prints the token.
+DOWNLOAD_TRIES = 5
+_FETCH = f"""fetch() {{
+  local attempt
+  for attempt in {" ".join(str(n) for n in range(1, DOWNLOAD_TRIES + 1))}; do
+    if command -v curl >/dev/null 2>&1; then
+      curl -fsS --connect-timeout 20 -m 900 -H "Authorization: Bearer $token" -o "$2" "$inputs/$1" && return 0
+    elif command -v python3 >/dev/null 2>&1; then
+      python3 -c 'import shutil, sys, urllib.request
+req = urllib.request.Request(sys.argv[1], headers={{"Authorization": "Bearer " + sys.argv[2]}})
+try:
+    with urllib.request.urlopen(req, timeout=900) as answer, open(sys.argv[3], "wb") as out:
+        shutil.copyfileobj(answer, out)
+except Exception as exc:
+    sys.exit(f"python3: {{exc}}")' "$inputs/$1" "$token" "$2" && return 0
+    else
+      echo "gitopsq: neither curl nor python3 is on this node"
+    fi
+    echo "gitopsq: downloading the run's $1 failed (try $attempt of {DOWNLOAD_TRIES})"
+    [ "$attempt" = {DOWNLOAD_TRIES} ] || sleep $((attempt * ${{GITOPSQ_DOWNLOAD_BACKOFF:-5}}))
+  done
+  return 1
+}}
+"""
+
+
+def _outside_entries(launch: Launch) -> list[tuple[str, str]]:
+    """(member in the bundle, dst as written) of each tree entry outside the working directory."""
+    if launch.tree is None:
+        return []
+    staged = outside_dir(launch.tree)
+    return [(Path(source).relative_to(staged).as_posix(), dst) for source, dst in launch.tree_outside]
+
+
+def _fetch_inputs(launch: Launch, secrets: bool, outside: list[tuple[str, str]], in_container: bool) -> str:
+    """The lines (in the run's subshell, in the work directory) that download and place its inputs."""
+    lines = []
+    if secrets:
+        lines += ['if ! (umask 077 && fetch env "$GITOPSQ_DIR/secrets.env"); then',
+                  '  echo "gitopsq: cannot download the run\'s secrets from $inputs/env; the run did not start"',
+                  "  exit 1",
+                  "fi",
+                  '. "$GITOPSQ_DIR/secrets.env"',
+                  'rm -f "$GITOPSQ_DIR/secrets.env"']
+    if launch.tree is not None:
+        tarball = '"$GITOPSQ_DIR/tree.tar.gz"'
+        lines += [f"if ! (umask 077 && fetch tree {tarball}); then",
+                  '  echo "gitopsq: cannot download the run\'s working tree from $inputs/tree; the run did not start"',
+                  "  exit 1",
+                  "fi"]
+        # Members are stripped of their first part: the folders they land in keep their own modes.
+        places = [("work", ".")]
+        if in_container:  # mounted read-only from here, where the run file says
+            places += [(top, '"$GITOPSQ_DIR/bundle"') for top in sorted({m.split("/")[0] for m, _ in outside})]
+            lines.append('mkdir -p "$GITOPSQ_DIR/bundle"')
+        else:
+            for top in sorted({"/".join(m.split("/")[:2]) if m.startswith("up/") else m.split("/")[0] for m, _ in outside}):
+                if top == "abs":
+                    places.append(("abs", "/"))
+                elif top == "home":
+                    places.append(("home", '"${HOME:-/root}"'))
+                else:  # up/<n>: n folders above the work directory
+                    places.append((top, '"$GITOPSQ_DIR/work"/' + "/".join([".."] * int(top.split("/")[1]))))
+        for member, folder in places:
+            strip = member.count("/") + 1 if folder != '"$GITOPSQ_DIR/bundle"' else 0
+            lines.append(f"tar -xzf {tarball} --no-overwrite-dir --strip-components={strip} -C {folder} {member} || "
+                         f"{{ echo \"gitopsq: cannot unpack the run's working tree ({member})\"; exit 1; }}")
+        lines.append(f"rm -f {tarball}")
+    return "".join(f"  {line}\n" for line in lines)
