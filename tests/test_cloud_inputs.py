@@ -237,3 +237,37 @@ def test_recovery_keeps_only_the_trees_of_running_submissions(cloud):
         path.write_bytes(b"old")
     Controller(cloud.store, cloud.provider, cloud.config).step()  # as after a restart
     assert sorted(p.name for p in bundles.iterdir()) == [bundle_path(bundles, sub["id"]).name]
+
+
+def test_a_run_on_the_node_sees_its_volumes_and_a_container_pulls_with_its_registry_login(cloud):
+    volume = cloud.tmp / "node-disk" / "ckpt"  # an instance_path: a folder of the node, made when missing
+    cloud.repo.write("train.yml", f"type: task\nvolumes: ['{volume}:checkpoints']\n"
+                                  "commands: ['echo epoch-1 > checkpoints/last']\nresources: {cpu: 2, memory: 8GB}\n")
+    fake = cloud.tmp / "fakebin"
+    fake.mkdir()
+    # A stand-in docker: `login` keeps what it was given (user, registry, stdin), `run` its arguments.
+    (fake / "docker").write_text('#!/bin/bash\nif [ "$1" = login ]; then echo "$@" > "$GITOPSQ_WORKDIR/login-args"; '
+                                 'cat > "$GITOPSQ_WORKDIR/login-stdin"; exit 0; fi\n'
+                                 'printf "%s\\n" "$@" > "$GITOPSQ_WORKDIR/docker-args"\nenv > "$GITOPSQ_WORKDIR/docker-env"\n')
+    (fake / "docker").chmod(0o755)
+    cloud.repo.write("private.yml", "type: task\nimage: ghcr.io/team/trainer:1\nregistry_auth:\n  username: bot\n"
+                                    "  password: ${{ secrets.ghcr }}\nvolumes: ['/srv/data:/data']\n"
+                                    "commands: ['true']\nresources: {cpu: 2, memory: 8GB}\n")
+    cloud.repo.commit()
+    SecretStore(cloud.store).set("ghcr", "ghp_registry_secret_1")
+    cloud.controller.step()
+
+    done = cloud.boot(cloud.user_data("train"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (volume / "last").read_text() == "epoch-1\n"
+
+    script = cloud.user_data("private")
+    assert "ghp_registry_secret_1" not in decoded(script)
+    done = cloud.boot(script, f"{fake}:{os.environ['PATH']}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    node = cloud.tmp / "node"
+    assert (node / "login-args").read_text().split() == ["login", "--username", "bot", "--password-stdin", "ghcr.io"]
+    assert (node / "login-stdin").read_text() == "ghp_registry_secret_1"
+    args = (node / "docker-args").read_text().splitlines()
+    assert "/srv/data:/data" in [args[i + 1] for i, arg in enumerate(args) if arg == "-v"]
+    assert "ghp_registry_secret_1" not in "\n".join(args) + (node / "docker-env").read_text()

@@ -9,7 +9,8 @@ import os
 
 import pytest
 
-from gitopsq.providers.local import LocalError, LocalNodeDriver, image_registry
+from gitopsq.providers.base import image_registry
+from gitopsq.providers.local import LocalError, LocalNodeDriver
 from tests.test_local_volumes import wait_ended
 
 

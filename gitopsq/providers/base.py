@@ -124,13 +124,22 @@ def run_env(spec: RunSpec, launch: Launch, with_secrets: bool = True) -> dict[st
     return env
 
 
-def registry_login(spec: RunSpec, launch: Launch) -> tuple[str, str] | None:
+def registry_login(spec: RunSpec, secrets: Mapping[str, str]) -> tuple[str, str] | None:
     """(username, password) for pulling the run's image, with its secrets and env put in."""
     auth = spec.registry_auth
     if auth is None:
         return None
     env = dict(spec.env)
-    return substitute(auth.username, launch.secrets, env), substitute(auth.password, launch.secrets, env)
+    return substitute(auth.username, secrets, env), substitute(auth.password, secrets, env)
+
+
+def image_registry(image: str) -> str:
+    """The registry an image reference names (docker's rule: a first part with '.' or ':', or
+    localhost), else Docker Hub."""
+    first, _, rest = image.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return "https://index.docker.io/v1/"
 
 
 def secret_env_names(spec: RunSpec) -> list[str]:

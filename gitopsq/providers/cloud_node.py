@@ -13,7 +13,7 @@ import math
 import shlex
 from pathlib import Path
 
-from gitopsq.providers.base import Launch, run_env, run_script, secret_env_names
+from gitopsq.providers.base import Launch, image_registry, run_env, run_script, secret_env_names
 from gitopsq.providers.volumes import container_path
 from gitopsq.spec import RunSpec
 from gitopsq.workspace import outside_dir
@@ -60,6 +60,7 @@ def user_data(launch: Launch, public_url: str) -> str:
     spec = launch.spec
     env = run_env(spec, launch, with_secrets=False)
     downloaded = secret_env_names(spec)
+    login = bool(spec.registry_auth) and container_image(spec) is not None
     exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())  # names: the schema's pattern
     submission = f"{public_url.rstrip('/')}/api/submissions/{launch.submission_id}"
     url = f"{submission}/report"
@@ -73,14 +74,15 @@ def user_data(launch: Launch, public_url: str) -> str:
         env_flags = " ".join(f"-e {k}" for k in dict.fromkeys(["PYTHONUNBUFFERED", *env, *downloaded]))
         mounts = "".join(f'-v "$GITOPSQ_DIR/bundle/"{shlex.quote(f"{member}:{container_path(dst)}:ro")} '
                          for member, dst in outside)
+        mounts += "".join(f"-v {shlex.quote(f'{v.instance_path}:{container_path(v.path)}')} " for v in _volumes(spec))
         run = f"""if ! command -v docker >/dev/null 2>&1; then
     (dnf install -y docker || yum install -y docker || (apt-get update && apt-get install -y docker.io)) >/dev/null 2>&1
     systemctl start docker >/dev/null 2>&1 || service docker start >/dev/null 2>&1
   fi
-  exec docker run --rm --network host {gpus}-v "$GITOPSQ_DIR/work:/work" {mounts}-v "$GITOPSQ_DIR/script.sh:/gitopsq/script.sh:ro" -w /work {env_flags} {shlex.quote(image)} bash /gitopsq/script.sh"""
+{_registry_login(image) if login else ""}  exec docker run --rm --network host {gpus}-v "$GITOPSQ_DIR/work:/work" {mounts}-v "$GITOPSQ_DIR/script.sh:/gitopsq/script.sh:ro" -w /work {env_flags} {shlex.quote(image)} bash /gitopsq/script.sh"""
     else:
-        run = 'exec bash "$GITOPSQ_DIR/script.sh"'
-    fetch = _fetch_inputs(launch, bool(downloaded), outside, in_container=bool(image))
+        run = _volume_links(spec) + 'exec bash "$GITOPSQ_DIR/script.sh"'
+    fetch = _fetch_inputs(launch, bool(downloaded) or login, outside, in_container=bool(image))
     return f"""#!/bin/bash
 # gitopsq node: run {launch.run}, submission {launch.number} (id {launch.submission_id})
 GITOPSQ_DIR="${{GITOPSQ_WORKDIR:-/var/lib/gitopsq}}"
@@ -91,7 +93,7 @@ token={shlex.quote(launch.token)}
 inputs={shlex.quote(submission + "/inputs")}
 {_FETCH if fetch else ""}(
   cd "$GITOPSQ_DIR/work" || exit 1
-{fetch}  export PYTHONUNBUFFERED=1
+{fetch}{_make_volumes(spec)}  export PYTHONUNBUFFERED=1
   . "$GITOPSQ_DIR/env.sh"
   {run}
 ) 2>&1 < /dev/null | tee -a "$GITOPSQ_DIR/run.log"
@@ -143,6 +145,41 @@ except Exception as exc:
   return 1
 }}
 """
+
+
+def _volumes(spec: RunSpec):
+    """The run's instance volumes: folders of the node (a node is one run's: they last as long as it)."""
+    return spec.volumes
+
+
+def _make_volumes(spec: RunSpec) -> str:
+    """Lines that create each volume's folder; an optional one that is missing is left out."""
+    lines = []
+    for volume in spec.volumes:
+        folder = shlex.quote(volume.instance_path)
+        lines.append(f"[ -e {folder} ] || mkdir -p {folder}" if not volume.optional else
+                     f"[ -e {folder} ] || echo 'gitopsq: optional volume {volume.instance_path} is not on this node'")
+    return "".join(f"  {line}\n" for line in lines)
+
+
+def _volume_links(spec: RunSpec) -> str:
+    """A run on the node itself sees each volume through a link at its path (relative to the
+    work directory, or absolute: the node is the run's own)."""
+    lines = []
+    for volume in spec.volumes:
+        folder = shlex.quote(volume.instance_path)
+        link = '"$HOME"' + shlex.quote(volume.path[1:]) if volume.path.startswith("~") else shlex.quote(volume.path)
+        lines.append(f"if [ -e {folder} ]; then mkdir -p \"$(dirname {link})\" && ln -sfn {folder} {link}; fi")
+    return "".join(f"{line}\n  " for line in lines)
+
+
+def _registry_login(image: str) -> str:
+    """`docker login` for the run's registry with the credentials downloaded with its secrets
+    (from stdin: never on a command line), then forgotten by the shell."""
+    registry = shlex.quote(image_registry(image))
+    return (f'  printf %s "$GITOPSQ_REGISTRY_PASSWORD" | docker login --username "$GITOPSQ_REGISTRY_USERNAME" '
+            f'--password-stdin {registry} >/dev/null || {{ echo "gitopsq: docker login to {image_registry(image)} failed"; exit 1; }}\n'
+            f"  unset GITOPSQ_REGISTRY_USERNAME GITOPSQ_REGISTRY_PASSWORD\n")
 
 
 def _outside_entries(launch: Launch) -> list[tuple[str, str]]:

@@ -93,7 +93,7 @@ FIELD_SUPPORT: dict[str, dict[str, str]] = {
     "volumes": {
         LOCAL_PROCESS: "honoured: a relative `path` is a link in the working directory to `instance_path`, created when missing (an `optional` one is then left out); an absolute or `~` path is refused (a process has no filesystem of its own)",
         LOCAL_CONTAINER: "honoured: `-v instance_path:path`, a relative `path` under /work; `instance_path` created when missing (an `optional` one is then left out); a `~` path is refused",
-        EC2: "honoured: a folder of the node, `-v` into the container or linked into the working directory",
+        EC2: "honoured: a folder of the node (made when missing; an `optional` one is then left out), `-v` into the container or a link at its path; it lasts as long as the node",
     },
     "registry_auth": {
         LOCAL_PROCESS: "-: applies to images only",

@@ -57,6 +57,7 @@ from libcloud.compute.base import Node, NodeDriver, NodeImage, NodeSize
 from libcloud.compute.types import NodeState
 
 from gitopsq.providers import volumes
+from gitopsq.providers.base import image_registry
 from gitopsq.providers.workdirs import PRUNE_INTERVAL, Retention, ended_record
 
 
@@ -281,15 +282,6 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     _write_file(tmp, text.encode())
     os.replace(tmp, path)
-
-
-def image_registry(image: str) -> str:
-    """The registry an image reference names (docker's rule: a first part with '.' or ':', or
-    localhost), else Docker Hub."""
-    first, _, rest = image.partition("/")
-    if rest and ("." in first or ":" in first or first == "localhost"):
-        return first
-    return "https://index.docker.io/v1/"
 
 
 def _with_registry_login(command: list[str], tool: str, node_dir: Path, image: str, username: str, password: str) -> list[str]:

@@ -164,7 +164,7 @@ class LocalAdapter:
                     ex_retention_key=(launch.run, str(launch.submission_id)),
                     ex_tree=str(launch.tree) if launch.tree else None,
                     ex_outside=tuple((source, container_path(path)) for source, path in launch.tree_outside),
-                    ex_registry_auth=registry_login(spec, launch) if spec.image else None)
+                    ex_registry_auth=registry_login(spec, launch.secrets) if spec.image else None)
 
     def _interpreter(self, version: str | None) -> str | None:
         """The interpreter whose venv a process run gets: of its `python`, else the machine's python3

@@ -4,7 +4,8 @@ A node's user-data holds no secret value and no git credential (gitopsq.provider
 running anything it fetches its run's inputs here, over the controller's --public-url.
 
 - GET /api/submissions/{id}/inputs/env: `export NAME=value` lines for the run's variables that
-  hold secrets, resolved now from the secret store. The values served are recorded for the
+  hold secrets, resolved now from the secret store, and its registry login when it has an image
+  and `registry_auth`. The values served are recorded for the
   submission's current attempt, so that its logs are masked with them.
 - GET /api/submissions/{id}/inputs/tree: the run's working tree (repos, files) as the cloud
   provider packed it at launch (layout in gitopsq.workspace.bundle).
@@ -24,8 +25,8 @@ import shlex
 from fastapi import APIRouter, Depends, Header, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 
-from gitopsq.inputs import secret_names
-from gitopsq.providers.base import bundle_path, bundles_dir_for, secret_env
+from gitopsq.providers.base import bundle_path, bundles_dir_for, registry_login, secret_env
+from gitopsq.providers.cloud_node import container_image
 from gitopsq.secretstore import SecretKeyError, SecretStore
 from gitopsq.spec import RunSpec
 from gitopsq.web.models import INT64, Problem
@@ -64,10 +65,13 @@ def node_router() -> APIRouter:
         spec = RunSpec.from_dict(json.loads(sub["spec"]))
         secrets = SecretStore(request.app.state.stores.get())
         try:
-            values, missing = secrets.resolve(set().union(*(secret_names(value) for _, value in spec.env)))
+            values, missing = secrets.resolve(spec.secrets)
             if missing:
                 return JSONResponse({"detail": f"secret-missing: {', '.join(missing)}"}, status_code=409)
             env = secret_env(spec, values)
+            login = registry_login(spec, values) if container_image(spec) else None
+            if login:  # for `docker login` before the pull; the script unsets them after
+                env.update(GITOPSQ_REGISTRY_USERNAME=login[0], GITOPSQ_REGISTRY_PASSWORD=login[1])
             # Before a byte goes out: the run may print them from its first command on.
             secrets.record_attempt(sub["id"], sub["attempts"], [*secrets.mask_values(sub["id"]), *values.values()])
         except SecretKeyError:
