@@ -73,7 +73,7 @@ def is_remote_location(location: str) -> bool:
     return "://" in location or bool(_SCP_LIKE.match(location))
 
 
-def _redact(location: str) -> str:
+def redact_url(location: str) -> str:
     """Hide a password or token in a URL before it goes into a message."""
     if "://" not in location:
         return location
@@ -89,7 +89,7 @@ def _redact(location: str) -> str:
 def _stderr(exc: git.GitCommandError, location: str) -> str:
     """git's own message from a failed command, without the wrapper's framing or credentials."""
     text = re.sub(r"^\s*stderr: '(.*)'$", r"\1", str(exc.stderr or ""), flags=re.S).strip()
-    return text.replace(location, _redact(location))
+    return text.replace(location, redact_url(location))
 
 
 def _arg(ref: str) -> str:
@@ -190,7 +190,7 @@ class ConfigRepo:
         try:
             git.Git().check_ref_format(f"refs/heads/{_arg(branch)}")
         except git.GitCommandError:
-            raise SourceError(f"invalid branch name {branch!r} for {_redact(self.location)}") from None
+            raise SourceError(f"invalid branch name {branch!r} for {redact_url(self.location)}") from None
 
     def _open_local(self, location: str) -> git.Repo:
         try:
@@ -200,7 +200,7 @@ class ConfigRepo:
 
     def _open_mirror(self, state_dir: Path | None) -> git.Repo:
         if state_dir is None:
-            raise SourceError(f"a state_dir is needed to clone {_redact(self.location)}")
+            raise SourceError(f"a state_dir is needed to clone {redact_url(self.location)}")
         url = self.location
         if not is_remote_location(url):
             # remote=True with a plain path: git runs inside the clone, so make it absolute
@@ -219,7 +219,7 @@ class ConfigRepo:
     @property
     def display_location(self) -> str:
         """The location with any credentials in a URL hidden, for logs and the dashboard."""
-        return _redact(self.location)
+        return redact_url(self.location)
 
     _fetch_cancelled = False  # set by cancel_fetch(), from another thread
 
@@ -238,8 +238,8 @@ class ConfigRepo:
             # the branch does not exist (yet, or any more): mirror that, tip() is None
             self.repo.git.update_ref("-d", self._tip_ref)
             return
-        reason = stderr.strip().replace(self.location, _redact(self.location))
-        raise SourceError(f"fetch of {_redact(self.location)} failed: {reason}")
+        reason = stderr.strip().replace(self.location, redact_url(self.location))
+        raise SourceError(f"fetch of {redact_url(self.location)} failed: {reason}")
 
     def cancel_fetch(self) -> None:
         """End a running fetch at once and refuse later ones (the controller is stopping)."""
@@ -247,7 +247,7 @@ class ConfigRepo:
 
     def _git_killable(self, *args: str) -> tuple[int, str]:
         """(exit code, stderr) of a git command that cancel_fetch() or FETCH_TIMEOUT can end."""
-        what = f"fetch of {_redact(self.location)}"
+        what = f"fetch of {redact_url(self.location)}"
         if self._fetch_cancelled:
             raise SourceError(f"{what} cancelled")
         env = {**os.environ, **self.repo.git.environment(), "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C", "LANGUAGE": ""}
@@ -336,7 +336,7 @@ class ConfigRepo:
         shas = []
         for name, answer in zip(commits, answers):
             if not _SHA.fullmatch(answer):  # '<name> missing' / 'ambiguous'
-                raise SourceError(f"no commit {name!r} in {_redact(self.location)}")
+                raise SourceError(f"no commit {name!r} in {redact_url(self.location)}")
             shas.append(answer)
         out = self._run(
             "diff_tree", "--stdin", "-r", "-z", "--no-renames", "--root",
@@ -374,7 +374,7 @@ class ConfigRepo:
         for sha, answer in zip(wanted, answers):
             kind, _, size = answer.partition(" ")
             if kind != "blob" or not size.isdigit():  # '<sha> missing', or another kind of object
-                raise SourceError(f"{sha!r} is not a blob in {_redact(self.location)}: {answer}")
+                raise SourceError(f"{sha!r} is not a blob in {redact_url(self.location)}: {answer}")
             sizes[sha] = int(size)
         return sizes
 
@@ -405,7 +405,7 @@ class ConfigRepo:
         try:
             answer = git_cmd.get_object_header(name) if header_only else git_cmd.get_object_data(name)
         except ValueError:  # cat-file answered 'missing' (or 'ambiguous')
-            raise SourceError(f"no object {name!r} in {_redact(self.location)}") from None
+            raise SourceError(f"no object {name!r} in {redact_url(self.location)}") from None
         kind = answer[1].decode("ascii") if isinstance(answer[1], bytes) else answer[1]  # handed back as bytes
         if kind != want:
             raise SourceError(f"{name!r} is a {kind}, not a {want}")
@@ -426,7 +426,7 @@ class ConfigRepo:
                 return getattr(self.repo.git, cmd)(*args, istream=istream, **kwargs)
         except git.GitCommandError as exc:
             command, reason = cmd.replace("_", "-"), _stderr(exc, self.location)
-            raise SourceError(f"git {command} failed in {_redact(self.location)}: {reason}") from None
+            raise SourceError(f"git {command} failed in {redact_url(self.location)}: {reason}") from None
 
     def close(self) -> None:
         """Stop the long-lived git processes."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -89,3 +90,19 @@ def write_first_release_state(path: Path) -> None:
     conn.execute("INSERT INTO meta VALUES ('schema_version', '1'), ('controller_id', 'abc123')")
     conn.commit()
     conn.close()
+
+
+def bare_upstream(tmp_path: Path, name: str = "upstream") -> tuple[GitRepo, Path]:
+    """A work repo and its bare copy (the 'remote'), with main and a feature branch."""
+    work = GitRepo(tmp_path / f"{name}-work")
+    work.write("model.py", "VERSION = 1\n")
+    work.commit("v1")
+    work.write("model.py", "VERSION = 2\n")
+    work.commit("v2")
+    work.git("checkout", "-q", "-b", "feature")
+    work.write("model.py", "VERSION = 'feature'\n")
+    work.commit("feature")
+    work.git("checkout", "-q", "main")
+    bare = tmp_path / f"{name}.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(work.path), str(bare)], check=True)
+    return work, bare

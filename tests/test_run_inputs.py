@@ -16,7 +16,7 @@ from gitopsq.secretstore import SecretStore
 from gitopsq.source import ConfigRepo
 from gitopsq.store import Store
 from tests.gitserver import SmartGitServer
-from tests.helpers import GitRepo
+from tests.helpers import GitRepo, bare_upstream
 
 
 @pytest.fixture(autouse=True)
@@ -50,20 +50,10 @@ def output(sub) -> str:
     return Path(sub["log_path"]).read_text()
 
 
-def upstream(tmp_path: Path) -> tuple[GitRepo, Path]:
-    """A repo with main (VERSION = 2, after 1) and a feature branch, and its bare copy."""
-    work = GitRepo(tmp_path / "upstream-work")
-    work.write("model.py", "VERSION = 1\n")
-    first = work.commit("v1")
-    work.write("model.py", "VERSION = 2\n")
-    work.commit("v2")
-    work.git("checkout", "-q", "-b", "feature")
-    work.write("model.py", "VERSION = 'feature'\n")
-    work.commit("feature")
-    work.git("checkout", "-q", "main")
-    bare = tmp_path / "upstream.git"
-    subprocess.run(["git", "clone", "-q", "--bare", str(work.path), str(bare)], check=True)
-    return first, bare
+def upstream(tmp_path: Path) -> tuple[str, Path]:
+    """The first commit of a repo with main (VERSION = 2, after 1) and a feature branch, and its bare copy."""
+    work, bare = bare_upstream(tmp_path)
+    return work.git("rev-list", "--max-parents=0", "main").strip(), bare
 
 
 def test_a_run_sees_its_own_commits_code_after_a_later_commit_changed_it(world):

@@ -15,7 +15,7 @@ from gitopsq.source import ConfigRepo
 from gitopsq.spec import RunSpec, parse_run
 from gitopsq.workspace import WorkspaceError, archive, credential_key, outside_dir, prepare, repo_id
 from tests.gitserver import DumbGitServer, SmartGitServer, processes_mentioning
-from tests.helpers import GitRepo, task
+from tests.helpers import GitRepo, bare_upstream, task
 
 NO_CREDENTIALS = lambda key: None  # noqa: E731
 
@@ -51,22 +51,6 @@ def run_prepare(tmp_path):
         return prepare(spec, commit, repo, dest, credentials=credentials, cache_dir=tmp_path / "cache", **kwargs)
 
     return go
-
-
-def bare_upstream(tmp_path: Path, name: str = "upstream") -> tuple[GitRepo, Path]:
-    """A work repo and its bare copy (the 'remote'), with main and a feature branch."""
-    work = GitRepo(tmp_path / f"{name}-work")
-    work.write("model.py", "VERSION = 1\n")
-    work.commit("v1")
-    work.write("model.py", "VERSION = 2\n")
-    work.commit("v2")
-    work.git("checkout", "-q", "-b", "feature")
-    work.write("model.py", "VERSION = 'feature'\n")
-    work.commit("feature")
-    work.git("checkout", "-q", "main")
-    bare = tmp_path / f"{name}.git"
-    subprocess.run(["git", "clone", "-q", "--bare", str(work.path), str(bare)], check=True)
-    return work, bare
 
 
 # --- the config repo at the submission's commit --------------------------------------------------

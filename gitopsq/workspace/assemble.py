@@ -13,9 +13,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from gitopsq.inputs import FileSpec, RepoSpec
-from gitopsq.source import ConfigRepo
+from gitopsq.source import ConfigRepo, redact_url
 from gitopsq.workspace.auth import Credentials, auth_for, credential_key, parse_remote
-from gitopsq.workspace.gitproc import FETCH_TIMEOUT, WorkspaceError, one_line, redact_url, run, scrubbed_env
+from gitopsq.workspace.gitproc import FETCH_TIMEOUT, WorkspaceError, one_line, run, scrubbed_env
 from gitopsq.workspace.mirror import fetch_commit
 from gitopsq.workspace.tree import empty_folder, extract, shown, write_members
 

@@ -13,7 +13,6 @@ import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 GIT = "git"
 FETCH_TIMEOUT = 600.0  # seconds for one fetch: a server that accepts and never answers fails the attempt
@@ -64,17 +63,6 @@ def run(args: list[str], env: dict[str, str], *, timeout: float | None = None, w
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
     return Result(proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
-
-
-def redact_url(url: str) -> str:
-    """The URL without a password or token in it."""
-    if "://" not in url:
-        return url
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
