@@ -474,20 +474,25 @@ def controller_lock(db_path: str | Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise StateLocked(db_path, *_lock_holder(fd)) from None
-        os.ftruncate(fd, 0)
+        os.ftruncate(fd, 0)  # a reader that finds it empty waits for the line (_lock_holder)
         os.pwrite(fd, json.dumps({"pid": os.getpid(), "started_at": time.time()}).encode() + b"\n", 0)
         yield
     finally:
         os.close(fd)  # releases the lock; the file stays (removing it would race with the next holder)
 
 
-def _lock_holder(fd: int) -> tuple[int | None, float | None]:
-    """(pid, started_at) as the holder wrote them; (None, None) if it has not written them yet."""
-    try:
-        holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
-        return int(holder["pid"]), float(holder["started_at"])
-    except (ValueError, KeyError, TypeError):
-        return None, None
+def _lock_holder(fd: int, wait: float = 2.0) -> tuple[int | None, float | None]:
+    """(pid, started_at) as the holder wrote them. A holder writes them just after taking the lock:
+    one caught in between is waited for (up to `wait` seconds), else (None, None)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
+            return int(holder["pid"]), float(holder["started_at"])
+        except (ValueError, KeyError, TypeError):
+            if time.monotonic() >= deadline:
+                return None, None
+            time.sleep(0.02)
 
 
 def _clock_time(at: float) -> str:

@@ -74,3 +74,30 @@ def test_the_lock_refuses_serve_once_allows_reads_and_dies_with_its_holder(tmp_p
         assert [(r["number"], r["status"]) for r in store.history("hello")] == [(1, "done")]
     finally:
         store.close()
+
+
+def test_a_controller_that_just_took_the_lock_is_named_once_it_has_written_itself(tmp_path):
+    """Between taking the flock and writing its pid, a holder's file is empty: the one refused in
+    that moment waits for the name instead of saying 'pid unknown'."""
+    import fcntl
+    import json
+    import os
+    import threading
+    import time
+
+    from gitopsq.store import StateLocked, controller_lock, lock_path
+
+    db = tmp_path / "gitopsq.db"
+    fd = os.open(lock_path(db), os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # taken, nothing written yet
+    started = time.time()
+    writer = threading.Timer(0.3, lambda: os.pwrite(fd, json.dumps({"pid": 4242, "started_at": started}).encode(), 0))
+    writer.start()
+    try:
+        with controller_lock(db):
+            raise AssertionError("the lock is held")
+    except StateLocked as refused:
+        assert refused.pid == 4242 and refused.started_at == started
+    finally:
+        writer.join()
+        os.close(fd)
