@@ -509,3 +509,64 @@ def secret_rm(name, db) -> None:
     if runs:
         click.echo(f"warning: still referenced by {', '.join(runs)}: they wait (secret-missing) until it is set again",
                    err=True)
+
+
+# --- API tokens ---------------------------------------------------------------------------------
+
+@main.group()
+def token() -> None:
+    """Tokens for the HTTP API and the dashboard (`Authorization: Bearer TOKEN`).
+
+    A write token may do everything the API offers; a --read-only one may only read (runs,
+    submissions, logs on the dashboard, secret names). Only a hash of each token is stored: a
+    token is shown once, when it is created. On its first start `serve` creates a write token
+    named admin and keeps it in a 0600 file beside the state database (gitopsq.db ->
+    gitopsq.admin-token).
+    """
+
+
+@token.command("create")
+@click.argument("name")
+@click.option("--read-only", is_flag=True, help="The token may read the API and the dashboard, never change anything.")
+@db_option
+def token_create(name, read_only, db) -> None:
+    """Create a token named NAME and print it (only this once: keep it).
+
+    The token alone goes to stdout (`gitopsq token create ci > ci.token`); use it as
+    `Authorization: Bearer TOKEN`, or paste it into the dashboard's login form.
+    """
+    from gitopsq.runtime import open_store
+    from gitopsq.tokens import TokenError, create
+
+    try:
+        secret = create(open_store(db), name, read_only)
+    except TokenError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(secret)
+    click.echo(f"Token {name} created ({'read-only' if read_only else 'write'}); it is not shown again.", err=True)
+
+
+@token.command("list")
+@db_option
+@json_option
+def token_list(db, as_json) -> None:
+    """List tokens: name, read-only or write, when created and last used (never the tokens)."""
+    from dataclasses import asdict
+
+    from gitopsq.tokens import listing
+    from gitopsq.views import print_json, tokens_table
+
+    rows = listing(_state(db))
+    print_json([{**asdict(row), "access": row.access} for row in rows]) if as_json else tokens_table(rows)
+
+
+@token.command("revoke")
+@click.argument("name")
+@db_option
+def token_revoke(name, db) -> None:
+    """Revoke token NAME: a running daemon refuses it from its next request on."""
+    from gitopsq.tokens import revoke
+
+    if not revoke(_state(db, readonly=False), name):
+        raise click.ClickException(f"no token named {name!r}")
+    click.echo(f"Token {name} revoked.")
