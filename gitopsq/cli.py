@@ -387,11 +387,11 @@ def touch(name, db) -> None:
 
 @main.command()
 @click.argument("submission_id", type=int)
-@click.option("--token", required=True, help="The submission's token (given to the node in its user-data).")
+@click.option("--token", required=True, help="The token of the submission's current attempt (given to its node in the user-data).")
 @click.option("--exit-code", required=True, type=int, help="The exit code of the run's commands.")
 @db_option
 def report(submission_id, token, exit_code, db) -> None:
-    """Record a cloud node's exit code for SUBMISSION_ID; a wrong token changes nothing."""
+    """Record a cloud node's exit code for SUBMISSION_ID; a wrong token (or an earlier attempt's) changes nothing."""
     import time
 
     from gitopsq.controller import record_report

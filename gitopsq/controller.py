@@ -18,6 +18,7 @@ from typing import Callable
 from gitopsq import queue as q
 from gitopsq.config import CONFIG_FILE
 from gitopsq.desired import AppliedConfig, FileRow, read_tree
+from gitopsq.nodetoken import attempt_token, is_current_attempt
 from gitopsq.plan import ACTIVE, absent, held, plan
 from gitopsq.providers.base import AUTH, CAPACITY, THROTTLE, UNSATISFIABLE, Launch, NodeStatus, Provider, ProviderError
 from gitopsq.source import ConfigRepo
@@ -468,7 +469,7 @@ class Controller:
         with self.store.transaction():  # intent first: a crash from here on is adopted or rolled back
             self.store.set_status(sub["id"], "provisioning", now, last_attempt_at=now,
                                   demand=sub["demand"] or self._demand_text(spec))
-        launch = Launch(sub["id"], sub["run"], sub["number"], spec, sub["token"], sub["attempts"])
+        launch = Launch(sub["id"], sub["run"], sub["number"], spec, attempt_token(sub["token"], sub["attempts"]), sub["attempts"])
         try:
             node = self.provider.launch(launch)
         except ProviderError as exc:
@@ -585,11 +586,10 @@ def touch(store: Store, run: str, now: float) -> bool:
 
 
 def record_report(store: Store, submission_id: int, token: str, exit_code: int, now: float) -> bool:
-    """A node's exit-code report: accepted only with that submission's token, only while it runs."""
-    import hmac
-
+    """A node's exit-code report: accepted only with the token of the submission's current attempt
+    (an earlier attempt's report, replayed, changes nothing), only while it runs."""
     sub = store.submission(submission_id)
-    if sub is None or not sub["token"] or not hmac.compare_digest(sub["token"].encode(), token.encode()):
+    if not is_current_attempt(sub, token):
         return False
     if sub["status"] not in ("provisioning", "running") or sub["reported_at"] is not None:
         return False

@@ -10,6 +10,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gitopsq.nodetoken import attempt_token
 from gitopsq.spec import Retry
 from gitopsq.store import Store, listing
 from gitopsq.web import Metrics, create_app
@@ -127,29 +128,31 @@ def test_activity_touches_an_active_run(server):
     assert wake.calls == []
 
 
-def test_report_needs_the_submissions_token(server):
+def test_report_needs_the_token_of_the_current_attempt(server):
     client, store, wake, *_ = server
     sub = store.current_submission("train")
+    token = attempt_token(sub["token"], sub["attempts"])
     url = f"/api/submissions/{sub['id']}/report"
-    for body in ({"token": "wrong", "exit_code": 3}, {"token": sub["token"][:-1], "exit_code": 3}, {"token": "", "exit_code": 3}):
-        assert client.post(url, json=body).status_code == 403
+    for wrong in ("wrong", token[:-1], "", sub["token"], attempt_token(sub["token"], sub["attempts"] + 1)):
+        assert client.post(url, json={"token": wrong, "exit_code": 3}).status_code == 403
     other = store.current_submission("low")  # right token, but not running
-    assert client.post(f"/api/submissions/{other['id']}/report", json={"token": other["token"], "exit_code": 0}).status_code == 403
-    assert client.post("/api/submissions/99999/report", json={"token": sub["token"], "exit_code": 3}).status_code == 403
-    assert client.post(url, json={"token": sub["token"]}).status_code == 422
-    assert client.post(url, json={"token": sub["token"], "exit_code": 2**70}).status_code == 422
+    other_token = attempt_token(other["token"], other["attempts"])
+    assert client.post(f"/api/submissions/{other['id']}/report", json={"token": other_token, "exit_code": 0}).status_code == 403
+    assert client.post("/api/submissions/99999/report", json={"token": token, "exit_code": 3}).status_code == 403
+    assert client.post(url, json={"token": token}).status_code == 422
+    assert client.post(url, json={"token": token, "exit_code": 2**70}).status_code == 422
     unchanged = store.submission(sub["id"])
     assert (unchanged["exit_code"], unchanged["reported_at"]) == (None, None)
     assert wake.calls == []
 
-    reply = client.post(url, json={"token": sub["token"], "exit_code": 3})
+    reply = client.post(url, json={"token": token, "exit_code": 3})
     assert reply.status_code == 200
     assert reply.json() == {"submission_id": sub["id"], "exit_code": 3, "reported_at": NOW}
     assert wake.calls == ["report"]
     detail = client.get("/api/runs/train").json()
     assert (detail["exit_code"], detail["reported_at"], detail["status"]) == (3, NOW, "running")
     # A second report of the same submission is refused: the first one stands.
-    assert client.post(url, json={"token": sub["token"], "exit_code": 0}).status_code == 403
+    assert client.post(url, json={"token": token, "exit_code": 0}).status_code == 403
     assert store.submission(sub["id"])["exit_code"] == 3
     assert wake.calls == ["report"]
 
