@@ -144,7 +144,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON f
 
 
 def _provider_options(provider, local_slots, local_gpus, provider_opt, max_nodes, public_url, max_log_size,
-                      keep_workdirs=None, workdirs_max_size=None):
+                      keep_workdirs=None, workdirs_max_size=None, insecure_public_url=False):
     from gitopsq.runtime import ProviderOptions
 
     pairs = []
@@ -153,7 +153,8 @@ def _provider_options(provider, local_slots, local_gpus, provider_opt, max_nodes
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--provider-opt")
         pairs.append(tuple(item.split("=", 1)))
     return ProviderOptions(provider, local_slots, local_gpus, tuple(pairs), max_nodes, public_url, max_log_size=max_log_size,
-                           keep_workdirs=keep_workdirs, workdirs_max_size=workdirs_max_size)
+                           keep_workdirs=keep_workdirs, workdirs_max_size=workdirs_max_size,
+                           insecure_public_url=insecure_public_url)
 
 
 def _log_size(ctx, param, value):
@@ -190,7 +191,10 @@ def _byte_size(ctx, param, value):
 @click.option("--workdirs-max-size", default="20GB", show_default=True, callback=_byte_size, metavar="SIZE",
               help="Disk the kept working directories may take in total (512MB, 20GB); past it, the oldest go.")
 @click.option("--max-nodes", type=click.IntRange(min=1), help="Cap on nodes a cloud provider runs at once.")
-@click.option("--public-url", help="How cloud nodes reach this controller to report their exit code.")
+@click.option("--public-url", help="How cloud nodes reach this controller to report their exit code: https://..., "
+                                    "or http:// on a loopback address.")
+@click.option("--insecure-public-url", is_flag=True,
+              help="Allow an http:// --public-url off loopback (nodes' report tokens then travel in clear text).")
 @click.option("--http", "http", default="127.0.0.1:8765", show_default=True, metavar="HOST:PORT",
               help="Where the JSON API, webhook, metrics and dashboard listen; 'off' for none.")
 @click.option("--interval", default="60s", show_default=True, help="How often to fetch a remote repo, and to check everything anyway.")
@@ -198,7 +202,8 @@ def _byte_size(ctx, param, value):
               help="File holding the shared secret that webhook signatures are checked against.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, local_gpus, max_log_size, keep_workdirs,
-          workdirs_max_size, max_nodes, public_url, http, interval, webhook_secret_file, log_format) -> None:
+          workdirs_max_size, max_nodes, public_url, insecure_public_url, http, interval, webhook_secret_file,
+          log_format) -> None:
     """Reconcile the config repo: submit, update, restart and cancel runs, and run the queue.
 
     Runs until SIGTERM or Ctrl-C, reacting to commits at once (a local repo is watched; a URL
@@ -215,7 +220,7 @@ def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, 
     from gitopsq.store import StateLocked, Store, controller_lock
 
     opts = _provider_options(provider, local_slots, local_gpus, provider_opt, max_nodes, public_url, max_log_size,
-                             keep_workdirs, workdirs_max_size)
+                             keep_workdirs, workdirs_max_size, insecure_public_url)
     daemon_opts = None if once else _daemon_options(http, interval, webhook_secret_file, log_format)
     ignore_wake_signal()  # `secret set` may signal this process as soon as the lock names it
     if daemon_opts:

@@ -437,6 +437,11 @@ def test_serve_reports_provider_config_errors_plainly(tmp_path, monkeypatch):
     result = run_cli(*base)
     assert result.exit_code == 1
     assert "Error: --public-url is required for a cloud provider" in result.output
+    result = run_cli(*base, "--public-url", "http://gitopsq.example.com")
+    assert result.exit_code == 1
+    assert "Error: --public-url must be https://" in result.output and "--insecure-public-url" in result.output
+    result = run_cli(*base, "--public-url", "http://gitopsq.example.com", "--insecure-public-url")
+    assert result.exit_code == 1 and "must be https" not in result.output  # past the URL: credentials are missing
     result = run_cli(*base, "--public-url", PUBLIC_URL, "--provider-opt", "region=us-east-1")
     assert result.exit_code == 1
     assert "GITOPSQ_PROVIDER_KEY" in result.output and "very-secret-value" not in result.output
