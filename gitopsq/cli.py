@@ -196,14 +196,20 @@ def _byte_size(ctx, param, value):
 @click.option("--insecure-public-url", is_flag=True,
               help="Allow an http:// --public-url off loopback (nodes' report tokens then travel in clear text).")
 @click.option("--http", "http", default="127.0.0.1:8765", show_default=True, metavar="HOST:PORT",
-              help="Where the JSON API, webhook, metrics and dashboard listen; 'off' for none.")
+              help="Where the JSON API, webhook, metrics and dashboard listen; 'off' for none. Every route but "
+                   "/healthz needs an API token (gitopsq token); off loopback, use TLS.")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), metavar="PEM",
+              help="Serve HTTPS with this certificate (chain), with --tls-key.")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), metavar="PEM", help="The private key of --tls-cert.")
+@click.option("--metrics-open", is_flag=True, help="Let /metrics answer without a token (for a Prometheus that sends none).")
 @click.option("--interval", default="60s", show_default=True, help="How often to fetch a remote repo, and to check everything anyway.")
 @click.option("--webhook-secret-file", type=click.Path(exists=True, dir_okay=False),
-              help="File holding the shared secret that webhook signatures are checked against.")
+              help="File holding the shared secret that webhook signatures are checked against. Without one the "
+                   "webhook takes unsigned requests on loopback only, and is closed elsewhere.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, local_gpus, max_log_size, keep_workdirs,
-          workdirs_max_size, max_nodes, public_url, insecure_public_url, http, interval, webhook_secret_file,
-          log_format) -> None:
+          workdirs_max_size, max_nodes, public_url, insecure_public_url, http, tls_cert, tls_key, metrics_open, interval,
+          webhook_secret_file, log_format) -> None:
     """Reconcile the config repo: submit, update, restart and cancel runs, and run the queue.
 
     Runs until SIGTERM or Ctrl-C, reacting to commits at once (a local repo is watched; a URL
@@ -212,6 +218,9 @@ def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, 
 
     With --once: one step (read the branch tip, apply the plan, watch nodes, admit from the
     queue), then exit.
+
+    On its first start it creates the API token `admin` (write access) and keeps it in a 0600
+    file beside the state database (gitopsq.db -> gitopsq.admin-token); `gitopsq token` makes more.
     """
     from gitopsq.daemon import ignore_wake_signal, interrupt_on_stop_signals
     from gitopsq.providers.base import ProviderConfigError
@@ -221,7 +230,8 @@ def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, 
 
     opts = _provider_options(provider, local_slots, local_gpus, provider_opt, max_nodes, public_url, max_log_size,
                              keep_workdirs, workdirs_max_size, insecure_public_url)
-    daemon_opts = None if once else _daemon_options(http, interval, webhook_secret_file, log_format)
+    daemon_opts = None if once else _daemon_options(http, interval, webhook_secret_file, log_format, metrics_open,
+                                                    tls_cert, tls_key)
     ignore_wake_signal()  # `secret set` may signal this process as soon as the lock names it
     if daemon_opts:
         interrupt_on_stop_signals()  # a stop during start-up (a first clone can be slow) ends it cleanly
@@ -242,7 +252,8 @@ def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, 
         raise click.ClickException(str(exc)) from None
 
 
-def _daemon_options(http: str, interval: str, webhook_secret_file: str | None, log_format: str):
+def _daemon_options(http: str, interval: str, webhook_secret_file: str | None, log_format: str, metrics_open: bool = False,
+                    tls_cert: str | None = None, tls_key: str | None = None):
     from pathlib import Path
 
     from gitopsq.daemon import DaemonOptions
@@ -251,8 +262,15 @@ def _daemon_options(http: str, interval: str, webhook_secret_file: str | None, l
     if not re.fullmatch(r"[0-9]+[smhdw]?", interval):
         raise click.BadParameter("use seconds or 30s, 5m, 1h", param_hint="--interval")
     seconds = parse_duration(interval if interval[-1].isalpha() else int(interval))
-    secret = Path(webhook_secret_file).read_bytes().strip() if webhook_secret_file else None
-    return DaemonOptions(None if http == "off" else http, float(seconds), secret, log_format)
+    if bool(tls_cert) != bool(tls_key):
+        raise click.BadParameter("give both --tls-cert and --tls-key, or neither", param_hint="--tls-cert/--tls-key")
+    secret = None
+    if webhook_secret_file:
+        secret = Path(webhook_secret_file).read_bytes().strip()
+        if not secret:  # an empty secret would make every signature easy to forge
+            raise click.BadParameter(f"{webhook_secret_file} is empty: put the webhook's shared secret in it",
+                                     param_hint="--webhook-secret-file")
+    return DaemonOptions(None if http == "off" else http, float(seconds), secret, log_format, metrics_open, tls_cert, tls_key)
 
 
 def _step_once(controller) -> None:

@@ -19,6 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from gitopsq.addresses import is_loopback
 from gitopsq.controller import Controller, StepFailed
 
 log = logging.getLogger("gitopsq.daemon")
@@ -37,6 +38,9 @@ class DaemonOptions:
     interval: float = 60.0  # fetch period for a URL, and the safety-net full check
     webhook_secret: bytes | None = None
     log_format: str = "text"
+    metrics_open: bool = False  # /metrics without a token
+    tls_cert: str | None = None  # PEM files handed to uvicorn; both or neither
+    tls_key: str | None = None
 
 
 class Loop:
@@ -170,9 +174,14 @@ def _start_http(loop: Loop, controller: Controller, opts: DaemonOptions):
                 "step_failures": loop.failures, "repo": controller.repo.display_location if controller.repo else None}
 
     host, _, port = opts.http.rpartition(":")
-    app = create_app(controller.store.path, loop.wake, status, opts.webhook_secret, metrics)
-    server = uvicorn.Server(uvicorn.Config(app, host=host or "127.0.0.1", port=int(port), log_level="warning", access_log=False,
-                                           timeout_graceful_shutdown=HTTP_STOP_TIMEOUT))
+    host = host or "127.0.0.1"
+    local = is_loopback(host)
+    _announce_access(controller.store, host, local, opts)
+    app = create_app(controller.store.path, loop.wake, status, opts.webhook_secret, metrics, metrics_open=opts.metrics_open,
+                     accept_unsigned_webhooks=local)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=int(port), log_level="warning", access_log=False,
+                                           timeout_graceful_shutdown=HTTP_STOP_TIMEOUT, ssl_certfile=opts.tls_cert,
+                                           ssl_keyfile=opts.tls_key))
     thread = threading.Thread(target=server.run, name="http", daemon=True)
     thread.start()
     deadline = time.time() + 10
@@ -180,8 +189,25 @@ def _start_http(loop: Loop, controller: Controller, opts: DaemonOptions):
         time.sleep(0.01)
     if not server.started:
         raise RuntimeError(f"the HTTP server could not listen on {opts.http}")
-    log.info("HTTP API and dashboard on http://%s", opts.http)
+    log.info("HTTP API and dashboard on %s://%s", "https" if opts.tls_cert else "http", opts.http)
     return server, thread
+
+
+def _announce_access(store, host: str, local: bool, opts: DaemonOptions) -> None:
+    """Create the admin token when the state has none, and say (at start) what is open to whom."""
+    from gitopsq.tokens import ensure_admin_token
+
+    created = ensure_admin_token(store)
+    if created:  # where it is, never the token itself
+        log.info("created the API token 'admin' (write access) in %s: send it as 'Authorization: Bearer TOKEN', "
+                 "or paste it into the dashboard's login form", created)
+    if not local and not opts.tls_cert:
+        log.warning("serving on %s without TLS: tokens, logs and secret names cross the network in clear text; "
+                    "give --tls-cert and --tls-key, or put a TLS proxy in front and listen on 127.0.0.1", host)
+    if not local and opts.webhook_secret is None:
+        log.warning("the webhook is closed: serving on %s, it needs --webhook-secret-file", host)
+    if opts.metrics_open:
+        log.info("/metrics answers without a token (--metrics-open)")
 
 
 def interrupt_on_stop_signals() -> None:

@@ -18,6 +18,7 @@ import hashlib
 import os
 import re
 import secrets
+import sqlite3
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -79,8 +80,11 @@ def verify(store: Store, token: str, now: float | None = None) -> Token | None:
         return None
     found, now = _token(row), time.time() if now is None else now
     if found.last_used_at is None or now - found.last_used_at >= LAST_USED_RESOLUTION:
-        with store.transaction():
-            store.conn.execute("UPDATE api_tokens SET last_used_at = ? WHERE name = ?", (now, found.name))
+        try:
+            with store.transaction():
+                store.conn.execute("UPDATE api_tokens SET last_used_at = ? WHERE name = ?", (now, found.name))
+        except sqlite3.OperationalError:  # a full disk, a read-only database: the token is valid all the same
+            return found
         found = replace(found, last_used_at=now)
     return found
 
