@@ -1,6 +1,7 @@
 """`gitopsq serve` as it is deployed: off loopback it creates an admin token, warns without TLS,
 closes an unsigned webhook; with --tls-cert/--tls-key it serves HTTPS; the node channel caps a
-report's body before reading it (a 10 MB report costs the daemon no memory)."""
+report's body before reading it (a 10 MB report costs the daemon no memory); a burst of webhooks
+costs at most two fetches."""
 
 from __future__ import annotations
 
@@ -17,9 +18,15 @@ import time
 import httpx
 import pytest
 
+from gitopsq.daemon import WEBHOOK_FETCH_SPACING
 from gitopsq.tokens import admin_token_path
+from tests.gitserver import DumbGitServer
 from tests.helpers import GitRepo, run_cli, task
 from tests.test_daemon import Daemon, free_port, wait_for
+from tests.test_daemon_http import cursor
+
+SECRET = b"webhook-secret-for-the-burst"
+
 
 def healthy(base: str, **options) -> bool:
     try:
@@ -177,3 +184,71 @@ def test_a_10_mb_report_gets_413_and_the_daemon_does_not_grow(tmp_path, repo, cl
     for reply in (streamed, announced):
         assert reply.status_code == 413 and reply.json() == {"detail": "the body is larger than 4096 bytes"}
     assert grown < 4 * 1024, f"the daemon's peak memory grew by {grown} KiB for a 10 MiB body"
+
+
+LOAD = r"""
+import hashlib, hmac, json, sys
+from concurrent.futures import ThreadPoolExecutor
+import httpx
+base, secret, n = sys.argv[1], sys.argv[2].encode(), int(sys.argv[3])
+body = b'{"ref": "refs/heads/main"}'
+signed = {"X-Hub-Signature-256": "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()}
+client = httpx.Client(timeout=30, limits=httpx.Limits(max_connections=16))
+with ThreadPoolExecutor(16) as pool:
+    codes = list(pool.map(lambda i: client.post(base + "/api/webhook", content=body, headers=signed).status_code, range(n)))
+print(json.dumps(sorted(set(codes))))
+"""
+
+
+def test_a_burst_of_1000_webhooks_costs_at_most_two_fetches(tmp_path, cleanup_nodes):
+    bare = tmp_path / "remote.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True)
+    work = GitRepo(tmp_path / "work")
+    work.write("runs/first.yml", task("first", "true"))
+    work.commit("first")
+    work.git("remote", "add", "origin", str(bare))
+    work.git("push", "-q", "origin", "main")
+    server = DumbGitServer(bare)
+    secret_file = tmp_path / "secret"
+    secret_file.write_bytes(SECRET)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    db = tmp_path / "state" / "gitopsq.db"
+    daemon = Daemon(server.url, db, "--http", f"127.0.0.1:{port}", "--interval", "1h",
+                    "--webhook-secret-file", str(secret_file))
+    try:
+        wait_for(lambda: healthy(base), timeout=30, what="the first step")
+        before = server.fetches
+        work.write("runs/second.yml", task("second", "true"))
+        sha = work.commit("second")
+        work.git("push", "-q", "origin", "main")
+        server.update()
+        burst = subprocess.run([sys.executable, "-c", LOAD, base, SECRET.decode(), "1000"], capture_output=True,
+                               text=True, timeout=120)
+        assert burst.returncode == 0, burst.stderr
+        assert json.loads(burst.stdout) == [202]
+        wait_for(lambda: cursor(db) == sha, timeout=60, what="the pushed commit, fetched")
+        time.sleep(WEBHOOK_FETCH_SPACING + 1)  # room for a fetch still pending to run, were there one
+        # one fetch the burst's first webhooks started (or that waited for the start-up fetch's
+        # spacing), and at most one more the rest of the burst left pending
+        assert 1 <= server.fetches - before <= 2
+    finally:
+        assert daemon.stop() == 0
+        server.close()
+
+
+def test_webhook_fetches_coalesce_into_one_pending_fetch():
+    from gitopsq.daemon import Loop
+
+    loop = Loop(controller=None, interval=3600)
+    assert loop._fetch_now(remote=True, now=100.0) == (True, None)  # the first step fetches
+    loop.last_fetch_at = 100.0
+    for _ in range(1000):
+        loop.wake("webhook")
+    assert loop._fetch_now(True, 101.0) == (False, WEBHOOK_FETCH_SPACING - 1)  # one pending, not due yet
+    assert loop._fetch_now(True, 100.0 + WEBHOOK_FETCH_SPACING) == (True, None)
+    loop.last_fetch_at = 100.0 + WEBHOOK_FETCH_SPACING
+    assert loop._fetch_now(True, 200.0) == (False, None)  # the burst cost that one: nothing pending
+    assert loop._fetch_now(True, loop.last_fetch_at + 3600) == (True, None)  # the periodic fetch
+    loop.wake("webhook")
+    assert loop._fetch_now(remote=False, now=300.0) == (False, None)  # a local repo is watched, never fetched

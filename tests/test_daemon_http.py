@@ -12,6 +12,7 @@ import time
 import httpx
 import pytest
 
+from gitopsq.daemon import WEBHOOK_FETCH_SPACING
 from gitopsq.store import Store
 from tests.helpers import GitRepo, task
 from tests.test_daemon import Daemon, free_port, wait_for
@@ -98,7 +99,8 @@ def test_valid_signature_wakes_a_fetch(remote_daemon, header):
     body = json.dumps({"ref": "refs/heads/main", "after": sha}).encode()
     reply = httpx.post(f"{base}/api/webhook", content=body, headers={header: sign(body), "Content-Type": "application/json"})
     assert reply.status_code == 202
-    wait_for(lambda: cursor(db) == sha, timeout=10, what="the fetch the webhook woke")
+    # at once, or once WEBHOOK_FETCH_SPACING has passed since the daemon's first fetch
+    wait_for(lambda: cursor(db) == sha, timeout=WEBHOOK_FETCH_SPACING + 10, what="the fetch the webhook woke")
     assert sorted(r["name"] for r in api_runs(base, token)) == ["first", "second"]
 
 
@@ -158,7 +160,7 @@ def test_webhook_under_load(remote_daemon):
     assert load.returncode == 0
     assert json.loads(out) == {"202": 500, "401": 500}
     assert answered >= 1
-    wait_for(lambda: cursor(db) == sha, timeout=10, what="the pushed tip")
+    wait_for(lambda: cursor(db) == sha, timeout=WEBHOOK_FETCH_SPACING + 10, what="the pushed tip")
     time.sleep(0.5)
     store = Store(db)
     try:
