@@ -176,8 +176,8 @@ def _json_token(body: bytes) -> str | None:
 
 def safe_next(target: str) -> str:
     """Where to go after logging in: a path on this site only (never `//host` or `https://host`)."""
-    if not target.startswith("/") or target.startswith("//") or "\\" in target:
-        return "/"
+    if not target.startswith("/") or target.startswith("//") or "\\" in target or not target.isprintable():
+        return "/"  # browsers drop tabs and newlines and read a backslash as a slash: "/\t/host" is "//host"
     return target
 
 
