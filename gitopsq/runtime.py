@@ -21,6 +21,7 @@ class ProviderOptions:
     max_log_size: int | None = None  # bytes of each local run's log kept (its tail)
     keep_workdirs: int | None = None  # ended working directories kept per local run (its last submissions')
     workdirs_max_size: int | None = None  # bytes the kept working directories may take in total
+    insecure_public_url: bool = False  # allow an http:// public_url off loopback
 
 
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
@@ -76,7 +77,7 @@ def make_provider(store: Store, opts: ProviderOptions):
     from gitopsq.providers.cloud import make_cloud_provider
 
     return make_cloud_provider(opts.name, dict(opts.options), store.controller_id, opts.max_nodes, opts.public_url,
-                               bundles=bundles_dir_for(store.path))
+                               bundles=bundles_dir_for(store.path), insecure_public_url=opts.insecure_public_url)
 
 
 def make_controller(repo_location: str | None, branch: str, store: Store, opts: ProviderOptions):

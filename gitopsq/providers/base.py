@@ -48,7 +48,7 @@ class Launch:
     run: str
     number: int
     spec: RunSpec
-    token: str  # per-submission secret for the node's exit-code report
+    token: str  # the attempt's secret for the node's exit-code report (gitopsq.nodetoken)
     attempt: int = 0  # the submission's attempts so far: a relaunch after a crash reuses the number
     commit: str | None = None  # the config repo's commit the spec came from
     # The values of the secrets the spec references, for this launch only: never stored in clear,

@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 from libcloud.compute.base import NodeImage, NodeSize
 from libcloud.compute.types import NodeState
 
+from gitopsq.addresses import is_loopback
 from gitopsq.providers import ec2
 from gitopsq.providers.base import (
     ERROR,
@@ -408,23 +409,28 @@ def _endpoint_kwargs(endpoint: str) -> dict:
     return {"host": url.hostname, "port": url.port or (443 if secure else 80), "secure": secure}
 
 
-def _check_public_url(public_url: str | None) -> str:
+def _check_public_url(public_url: str | None, insecure: bool = False) -> str:
     if not public_url:
         raise ProviderConfigError("--public-url is required for a cloud provider: nodes report their exit code to it")
     url = urlsplit(public_url)
     if url.scheme not in ("http", "https") or not url.hostname:
         raise ProviderConfigError(f"--public-url must look like http(s)://host[:port], got {public_url!r}")
+    if url.scheme == "http" and not insecure and not is_loopback(url.hostname):
+        # nodes send their attempt's token to it: in clear text, anyone on the path could report for them
+        raise ProviderConfigError(f"--public-url must be https:// (nodes send their tokens to it), got {public_url!r}; "
+                                  "http:// is accepted on a loopback address, or with --insecure-public-url")
     return public_url
 
 
 def make_cloud_provider(name: str, options: dict, controller_id: str, max_nodes: int | None = None,
-                        public_url: str | None = None, bundles: Path | None = None) -> LibcloudProvider:
+                        public_url: str | None = None, bundles: Path | None = None, *,
+                        insecure_public_url: bool = False) -> LibcloudProvider:
     """A provider over the Libcloud compute driver `name`; raises ProviderConfigError on bad options.
 
     bundles: the folder where runs' trees wait for their nodes to download them (bundles_dir_for
     the state database, which the web app serves from); without it runs with repos or files fail."""
     options = dict(options)
-    public_url = _check_public_url(public_url)
+    public_url = _check_public_url(public_url, insecure_public_url)
     secrets = sorted(_CREDENTIAL_KEYS & set(options))
     if secrets:
         raise ProviderConfigError(f"--provider-opt {', '.join(secrets)}: credentials come from the environment "
