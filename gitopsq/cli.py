@@ -144,7 +144,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON f
 
 
 def _provider_options(provider, local_slots, local_gpus, provider_opt, max_nodes, public_url, max_log_size,
-                      keep_workdirs=None, workdirs_max_size=None):
+                      keep_workdirs=None, workdirs_max_size=None, credentials=None):
     from gitopsq.runtime import ProviderOptions
 
     pairs = []
@@ -153,7 +153,7 @@ def _provider_options(provider, local_slots, local_gpus, provider_opt, max_nodes
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--provider-opt")
         pairs.append(tuple(item.split("=", 1)))
     return ProviderOptions(provider, local_slots, local_gpus, tuple(pairs), max_nodes, public_url, max_log_size=max_log_size,
-                           keep_workdirs=keep_workdirs, workdirs_max_size=workdirs_max_size)
+                           keep_workdirs=keep_workdirs, workdirs_max_size=workdirs_max_size, credentials=credentials)
 
 
 def _log_size(ctx, param, value):
@@ -196,9 +196,15 @@ def _byte_size(ctx, param, value):
 @click.option("--interval", default="60s", show_default=True, help="How often to fetch a remote repo, and to check everything anyway.")
 @click.option("--webhook-secret-file", type=click.Path(exists=True, dir_okay=False),
               help="File holding the shared secret that webhook signatures are checked against.")
+@click.option("--provider-key-file", type=click.Path(exists=True, dir_okay=False),
+              help="File holding the cloud provider's key (default: $GITOPSQ_PROVIDER_KEY, for ec2 also $AWS_ACCESS_KEY_ID).")
+@click.option("--provider-secret-file", type=click.Path(exists=True, dir_okay=False),
+              help="File holding the cloud provider's secret (default: $GITOPSQ_PROVIDER_SECRET, for ec2 also "
+                   "$AWS_SECRET_ACCESS_KEY).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, local_gpus, max_log_size, keep_workdirs,
-          workdirs_max_size, max_nodes, public_url, http, interval, webhook_secret_file, log_format) -> None:
+          workdirs_max_size, max_nodes, public_url, http, interval, webhook_secret_file, provider_key_file,
+          provider_secret_file, log_format) -> None:
     """Reconcile the config repo: submit, update, restart and cancel runs, and run the queue.
 
     Runs until SIGTERM or Ctrl-C, reacting to commits at once (a local repo is watched; a URL
@@ -207,7 +213,16 @@ def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, 
 
     With --once: one step (read the branch tip, apply the plan, watch nodes, admit from the
     queue), then exit.
+
+    Credentials are read once at start, from the --provider-*-file options or the environment;
+    the daemon then re-executes itself (same pid) with an environment that holds none of them.
     """
+    from gitopsq.credentials import CredentialsError, serve_credentials
+
+    try:  # first: a daemon with credentials in its environment re-executes itself without them here
+        credentials = serve_credentials(provider_key_file, provider_secret_file, scrub=not once)
+    except CredentialsError as exc:
+        raise click.BadParameter(str(exc)) from None
     from gitopsq.daemon import ignore_wake_signal, interrupt_on_stop_signals
     from gitopsq.providers.base import ProviderConfigError
     from gitopsq.runtime import make_controller, state_path
@@ -215,8 +230,11 @@ def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, 
     from gitopsq.store import StateLocked, Store, controller_lock
 
     opts = _provider_options(provider, local_slots, local_gpus, provider_opt, max_nodes, public_url, max_log_size,
-                             keep_workdirs, workdirs_max_size)
+                             keep_workdirs, workdirs_max_size, credentials.values)
     daemon_opts = None if once else _daemon_options(http, interval, webhook_secret_file, log_format)
+    if daemon_opts and credentials.dropped:
+        daemon_opts.warnings += (f"removed from the daemon's environment, as gitopsq never uses them (runs get secrets "
+                                 f"from `gitopsq secret set`): {', '.join(credentials.dropped)}",)
     ignore_wake_signal()  # `secret set` may signal this process as soon as the lock names it
     if daemon_opts:
         interrupt_on_stop_signals()  # a stop during start-up (a first clone can be slow) ends it cleanly

@@ -37,6 +37,7 @@ class DaemonOptions:
     interval: float = 60.0  # fetch period for a URL, and the safety-net full check
     webhook_secret: bytes | None = None
     log_format: str = "text"
+    warnings: tuple[str, ...] = ()  # said once at start, after the logging is set up
 
 
 class Loop:
@@ -238,6 +239,8 @@ def _wait(worker: threading.Thread, loop: Loop) -> None:
 
 def run_daemon(controller: Controller, opts: DaemonOptions) -> None:
     setup_logging(opts.log_format)
+    for warning in opts.warnings:
+        log.warning("%s", warning)
     loop = Loop(controller, opts.interval)
     _stop_on_signals(loop)
     _wake_on_signal(loop)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 from gitopsq.providers.base import log_dir_for
 from gitopsq.store import StateMissing, Store, default_db_path, open_readonly
@@ -21,6 +22,7 @@ class ProviderOptions:
     max_log_size: int | None = None  # bytes of each local run's log kept (its tail)
     keep_workdirs: int | None = None  # ended working directories kept per local run (its last submissions')
     workdirs_max_size: int | None = None  # bytes the kept working directories may take in total
+    credentials: Mapping[str, str] | None = None  # a cloud provider's, by variable name (None: the environment's)
 
 
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
@@ -75,7 +77,8 @@ def make_provider(store: Store, opts: ProviderOptions):
                                    workdirs_max_size=opts.workdirs_max_size)
     from gitopsq.providers.cloud import make_cloud_provider
 
-    return make_cloud_provider(opts.name, dict(opts.options), store.controller_id, opts.max_nodes, opts.public_url)
+    return make_cloud_provider(opts.name, dict(opts.options), store.controller_id, opts.max_nodes, opts.public_url,
+                               credentials=opts.credentials)
 
 
 def make_controller(repo_location: str | None, branch: str, store: Store, opts: ProviderOptions):
