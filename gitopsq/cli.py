@@ -144,7 +144,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON f
 
 
 def _provider_options(provider, local_slots, local_gpus, provider_opt, max_nodes, public_url, max_log_size,
-                      keep_workdirs=None, workdirs_max_size=None, credentials=None):
+                      keep_workdirs=None, workdirs_max_size=None, credentials=None, run_user=None, no_run_user=False):
     from gitopsq.runtime import ProviderOptions
 
     pairs = []
@@ -153,7 +153,8 @@ def _provider_options(provider, local_slots, local_gpus, provider_opt, max_nodes
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--provider-opt")
         pairs.append(tuple(item.split("=", 1)))
     return ProviderOptions(provider, local_slots, local_gpus, tuple(pairs), max_nodes, public_url, max_log_size=max_log_size,
-                           keep_workdirs=keep_workdirs, workdirs_max_size=workdirs_max_size, credentials=credentials)
+                           keep_workdirs=keep_workdirs, workdirs_max_size=workdirs_max_size, credentials=credentials,
+                           run_user=run_user, no_run_user=no_run_user)
 
 
 def _log_size(ctx, param, value):
@@ -189,6 +190,10 @@ def _byte_size(ctx, param, value):
               help="Working directories of ended local runs kept per run: those of its last N submissions.")
 @click.option("--workdirs-max-size", default="20GB", show_default=True, callback=_byte_size, metavar="SIZE",
               help="Disk the kept working directories may take in total (512MB, 20GB); past it, the oldest go.")
+@click.option("--run-user", metavar="NAME",
+              help="The unprivileged user local process runs execute as, so that they cannot read the controller's "
+                   "state (needs root; default: gitopsq-run when it exists).")
+@click.option("--no-run-user", is_flag=True, help="Run local process runs as the controller's own user (not isolated).")
 @click.option("--max-nodes", type=click.IntRange(min=1), help="Cap on nodes a cloud provider runs at once.")
 @click.option("--public-url", help="How cloud nodes reach this controller to report their exit code.")
 @click.option("--http", "http", default="127.0.0.1:8765", show_default=True, metavar="HOST:PORT",
@@ -203,8 +208,8 @@ def _byte_size(ctx, param, value):
                    "$AWS_SECRET_ACCESS_KEY).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, local_gpus, max_log_size, keep_workdirs,
-          workdirs_max_size, max_nodes, public_url, http, interval, webhook_secret_file, provider_key_file,
-          provider_secret_file, log_format) -> None:
+          workdirs_max_size, run_user, no_run_user, max_nodes, public_url, http, interval, webhook_secret_file,
+          provider_key_file, provider_secret_file, log_format) -> None:
     """Reconcile the config repo: submit, update, restart and cancel runs, and run the queue.
 
     Runs until SIGTERM or Ctrl-C, reacting to commits at once (a local repo is watched; a URL
@@ -216,7 +221,12 @@ def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, 
 
     Credentials are read once at start, from the --provider-*-file options or the environment;
     the daemon then re-executes itself (same pid) with an environment that holds none of them.
+    Run as root, local process runs execute as --run-user, which cannot read the state directory;
+    where runs are not isolated from the controller, the daemon says so at start and /healthz and
+    the dashboard show it (see SECURITY.md).
     """
+    if run_user and no_run_user:
+        raise click.BadParameter("give --run-user or --no-run-user, not both", param_hint="--run-user")
     from gitopsq.credentials import CredentialsError, serve_credentials
 
     try:  # first: a daemon with credentials in its environment re-executes itself without them here
@@ -230,7 +240,7 @@ def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, 
     from gitopsq.store import StateLocked, Store, controller_lock
 
     opts = _provider_options(provider, local_slots, local_gpus, provider_opt, max_nodes, public_url, max_log_size,
-                             keep_workdirs, workdirs_max_size, credentials.values)
+                             keep_workdirs, workdirs_max_size, credentials.values, run_user, no_run_user)
     daemon_opts = None if once else _daemon_options(http, interval, webhook_secret_file, log_format)
     if daemon_opts and credentials.dropped:
         daemon_opts.warnings += (f"removed from the daemon's environment, as gitopsq never uses them (runs get secrets "
@@ -249,6 +259,9 @@ def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, 
                 _step_once(controller)
                 return
             from gitopsq.daemon import run_daemon
+
+            if not controller.provider.isolation.isolated:
+                daemon_opts.warnings += (f"runs are not isolated from the controller: {controller.provider.isolation.how}",)
 
             run_daemon(controller, daemon_opts)
     except StateLocked as exc:
