@@ -164,8 +164,12 @@ def _start_http(loop: Loop, controller: Controller, opts: DaemonOptions):
     loop.on_step = metrics.observe_reconcile
     controller.on_provider_error = metrics.provider_error
 
+    isolation = getattr(controller.provider, "isolation", None)
+
     def status() -> dict:
         return {"branch": controller.branch, "commit": controller.last_commit, "provider": controller.provider.name,
+                "runs_isolated": isolation.isolated if isolation else None,
+                "runs_isolation": isolation.how if isolation else None,
                 "provider_health": controller.provider_health, "last_step_at": loop.last_step_at,
                 "last_success_at": loop.last_success_at, "last_step_error": loop.last_error,
                 "step_failures": loop.failures, "repo": controller.repo.display_location if controller.repo else None}
