@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from gitopsq.providers.base import ProviderConfigError, log_dir_for
+from gitopsq.providers.base import ProviderConfigError, log_dir_for, workspace_dir_for
 from gitopsq.store import StateMissing, Store, default_db_path, open_readonly
 
 
@@ -91,6 +91,14 @@ def make_provider(store: Store, opts: ProviderOptions):
                                credentials=opts.credentials)
 
 
+def _private_folder(folder: Path) -> None:
+    """0700: what git and the staging make inside (with the umask's modes: clones, staged trees)
+    stays the controller's, also in a state directory a run user may pass through."""
+    folder.mkdir(mode=0o700, exist_ok=True)
+    if stat.S_IMODE(folder.stat().st_mode) != 0o700:
+        folder.chmod(0o700)
+
+
 def _run_user(store: Store, opts: ProviderOptions):
     """The run user (runuser.choose); with one, the state directory gitopsq made private (0700)
     becomes 0711, so that the user passes through it to its runs' folders, never lists it."""
@@ -110,5 +118,8 @@ def make_controller(repo_location: str | None, branch: str, store: Store, opts: 
     from gitopsq.controller import Controller
     from gitopsq.source import ConfigRepo
 
-    repo = ConfigRepo(repo_location, branch=branch, state_dir=store.path.parent / f"{store.path.stem}-repos") if repo_location else None
+    repos = store.path.parent / f"{store.path.stem}-repos"
+    for folder in (repos, workspace_dir_for(store.path)):
+        _private_folder(folder)
+    repo = ConfigRepo(repo_location, branch=branch, state_dir=repos) if repo_location else None
     return Controller(store, make_provider(store, opts), repo, branch)

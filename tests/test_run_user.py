@@ -10,14 +10,18 @@ import os
 import pwd
 import shutil
 import stat
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
 from gitopsq.providers import runuser
+from gitopsq.providers.base import log_dir_for
 from gitopsq.providers.local import LocalError, LocalNodeDriver
 from gitopsq.providers.pythons import default_python
+from tests.helpers import ROOT
 from tests.test_local_volumes import wait_ended
 
 
@@ -39,11 +43,11 @@ def base():
     folder = Path(tempfile.mkdtemp(prefix="gitopsq-runuser-"))
     folder.chmod(0o711)
     yield folder
-    nodes = folder / "state-nodes"
-    if nodes.exists():
-        driver = LocalNodeDriver(nodes, slots=2, gpus=0)
-        for node in driver.list_nodes():
-            driver.destroy_node(node, ex_timeout=1)
+    for nodes in (folder / "state-nodes", folder / "state" / "gitopsq-nodes"):
+        if nodes.exists():
+            driver = LocalNodeDriver(nodes, slots=2, gpus=0)
+            for node in driver.list_nodes():
+                driver.destroy_node(node, ex_timeout=1)
     shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -151,3 +155,27 @@ def test_choosing_the_run_user():
         assert default.user is None and f"{runuser.DEFAULT_RUN_USER} does not exist" in default.why_not
     else:
         assert default.user is not None and default.user.name == runuser.DEFAULT_RUN_USER
+
+
+def test_serve_leaves_the_run_user_nothing_of_the_state_to_read(base, tmp_path):
+    # A config repo fetched from a URL (its clone sits beside the database) and a run with files
+    # (staged beside it too, then moved into the run's folder): the run user reads its own folder
+    # and nothing else, whatever the umask gave the folders that git and the staging made.
+    from tests.helpers import GitRepo, task
+
+    repo = GitRepo(tmp_path / "repo")
+    repo.write("runs/a.yml", task("a", "cat x.txt", env="{A: in-the-database}", files="[x.txt]"))
+    repo.write("runs/x.txt", "x\n")
+    repo.commit()
+    db = base / "state" / "gitopsq.db"
+    served = subprocess.run([sys.executable, "-m", "gitopsq", "serve", "--once", "--repo", f"file://{repo.path}",
+                             "--db", str(db), "--run-user", "nobody"],
+                            capture_output=True, text=True, timeout=60, umask=0o022, cwd=ROOT)
+    assert served.returncode == 0, served.stderr
+    driver = LocalNodeDriver(log_dir_for(db), slots=1, gpus=0, run_user=NOBODY)
+    (node,) = driver.list_nodes()
+    assert wait_ended(driver, node).extra["exit_code"] == 0, log_of(driver, node)
+    own = [driver.workdirs_dir / node.id, driver.pip_dir, driver.state_dir / "node_python.py"]
+    readable = [p for p in db.parent.rglob("*") if runuser.blocked_at(p, NOBODY, last=4) is None]
+    assert [p for p in readable if not any(p == o or o in p.parents for o in own)] == []
+    assert (db.parent / "gitopsq-repos").exists()  # there was a clone to keep away from it
