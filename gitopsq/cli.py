@@ -243,8 +243,9 @@ def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, 
                              keep_workdirs, workdirs_max_size, credentials.values, run_user, no_run_user)
     daemon_opts = None if once else _daemon_options(http, interval, webhook_secret_file, log_format)
     if daemon_opts and credentials.dropped:
-        daemon_opts.warnings += (f"removed from the daemon's environment, as gitopsq never uses them (runs get secrets "
-                                 f"from `gitopsq secret set`): {', '.join(credentials.dropped)}",)
+        daemon_opts.warnings += (f"removed from the daemon's environment, where runs of its user could read them: "
+                                 f"{', '.join(credentials.dropped)} (runs get secrets from `gitopsq secret set`; "
+                                 f"git fetching the config repo, from a credential file or an SSH key)",)
     ignore_wake_signal()  # `secret set` may signal this process as soon as the lock names it
     if daemon_opts:
         interrupt_on_stop_signals()  # a stop during start-up (a first clone can be slow) ends it cleanly
