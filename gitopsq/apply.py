@@ -63,7 +63,6 @@ def apply_file(file: Path, repo_dir: Path, queue: bool, push: bool) -> Applied:
     except (git.InvalidGitRepositoryError, git.NoSuchPathError):
         raise SpecError([Problem(str(repo_dir), None, "", "is not a git repository (create one with gitopsq init)")]) from None
     relative, old = _target(repo_dir, spec.name)
-    target = repo_dir / relative
     if not config.is_run_path(relative):
         raise SpecError([Problem(relative, None, "", f"is outside the run paths of {CONFIG_FILE} ({', '.join(config.paths)})")])
     changes = field_changes(old.to_dict() if old else None, spec.to_dict())

@@ -14,7 +14,6 @@ of that: the daemon says so at start, and /healthz and the dashboard show it.
 
 from __future__ import annotations
 
-import grp
 import os
 import pwd
 import stat
@@ -123,10 +122,3 @@ def make_traversable(folder: Path) -> None:
     """A folder the run user passes through: 0711 (listed and read by its owner alone)."""
     if stat.S_IMODE(folder.stat().st_mode) != TRAVERSE:
         folder.chmod(TRAVERSE)
-
-
-def group_name(gid: int) -> str:
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return str(gid)
