@@ -145,7 +145,8 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON f
 
 
 def _provider_options(provider, local_slots, local_gpus, provider_opt, max_nodes, public_url, max_log_size,
-                      keep_workdirs=None, workdirs_max_size=None, insecure_public_url=False):
+                      keep_workdirs=None, workdirs_max_size=None, insecure_public_url=False, credentials=None,
+                      run_user=None, no_run_user=False):
     from gitopsq.runtime import ProviderOptions
 
     pairs = []
@@ -155,7 +156,8 @@ def _provider_options(provider, local_slots, local_gpus, provider_opt, max_nodes
         pairs.append(tuple(item.split("=", 1)))
     return ProviderOptions(provider, local_slots, local_gpus, tuple(pairs), max_nodes, public_url, max_log_size=max_log_size,
                            keep_workdirs=keep_workdirs, workdirs_max_size=workdirs_max_size,
-                           insecure_public_url=insecure_public_url)
+                           insecure_public_url=insecure_public_url, credentials=credentials, run_user=run_user,
+                           no_run_user=no_run_user)
 
 
 def _log_size(ctx, param, value):
@@ -191,6 +193,10 @@ def _byte_size(ctx, param, value):
               help="Working directories of ended local runs kept per run: those of its last N submissions.")
 @click.option("--workdirs-max-size", default="20GB", show_default=True, callback=_byte_size, metavar="SIZE",
               help="Disk the kept working directories may take in total (512MB, 20GB); past it, the oldest go.")
+@click.option("--run-user", metavar="NAME",
+              help="The unprivileged user local process runs execute as, so that they cannot read the controller's "
+                   "state (needs root; default: gitopsq-run when it exists).")
+@click.option("--no-run-user", is_flag=True, help="Run local process runs as the controller's own user (not isolated).")
 @click.option("--max-nodes", type=click.IntRange(min=1), help="Cap on nodes a cloud provider runs at once.")
 @click.option("--public-url", help="How cloud nodes reach this controller to report their exit code: https://..., "
                                     "or http:// on a loopback address.")
@@ -207,10 +213,15 @@ def _byte_size(ctx, param, value):
 @click.option("--webhook-secret-file", type=click.Path(exists=True, dir_okay=False),
               help="File holding the shared secret that webhook signatures are checked against. Without one the "
                    "webhook takes unsigned requests on loopback only, and is closed elsewhere.")
+@click.option("--provider-key-file", type=click.Path(exists=True, dir_okay=False),
+              help="File holding the cloud provider's key (default: $GITOPSQ_PROVIDER_KEY, for ec2 also $AWS_ACCESS_KEY_ID).")
+@click.option("--provider-secret-file", type=click.Path(exists=True, dir_okay=False),
+              help="File holding the cloud provider's secret (default: $GITOPSQ_PROVIDER_SECRET, for ec2 also "
+                   "$AWS_SECRET_ACCESS_KEY).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, local_gpus, max_log_size, keep_workdirs,
-          workdirs_max_size, max_nodes, public_url, insecure_public_url, http, tls_cert, tls_key, metrics_open, interval,
-          webhook_secret_file, log_format) -> None:
+          workdirs_max_size, run_user, no_run_user, max_nodes, public_url, insecure_public_url, http, tls_cert, tls_key,
+          metrics_open, interval, webhook_secret_file, provider_key_file, provider_secret_file, log_format) -> None:
     """Reconcile the config repo: submit, update, restart and cancel runs, and run the queue.
 
     Runs until SIGTERM or Ctrl-C, reacting to commits at once (a local repo is watched; a URL
@@ -222,7 +233,21 @@ def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, 
 
     On its first start it creates the API token `admin` (write access) and keeps it in a 0600
     file beside the state database (gitopsq.db -> gitopsq.admin-token); `gitopsq token` makes more.
+
+    Credentials are read once at start, from the --provider-*-file options or the environment;
+    the daemon then re-executes itself (same pid) with an environment that holds none of them.
+    Run as root, local process runs execute as --run-user, which cannot read the state directory;
+    where runs are not isolated from the controller, the daemon says so at start and /healthz and
+    the dashboard show it (see SECURITY.md).
     """
+    if run_user and no_run_user:
+        raise click.BadParameter("give --run-user or --no-run-user, not both", param_hint="--run-user")
+    from gitopsq.credentials import CredentialsError, serve_credentials
+
+    try:  # first: a daemon with credentials in its environment re-executes itself without them here
+        credentials = serve_credentials(provider_key_file, provider_secret_file, scrub=not once)
+    except CredentialsError as exc:
+        raise click.BadParameter(str(exc)) from None
     from gitopsq.daemon import ignore_wake_signal, interrupt_on_stop_signals
     from gitopsq.providers.base import ProviderConfigError
     from gitopsq.runtime import make_controller, state_path
@@ -230,9 +255,14 @@ def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, 
     from gitopsq.store import StateLocked, Store, controller_lock
 
     opts = _provider_options(provider, local_slots, local_gpus, provider_opt, max_nodes, public_url, max_log_size,
-                             keep_workdirs, workdirs_max_size, insecure_public_url)
+                             keep_workdirs, workdirs_max_size, insecure_public_url, credentials.values, run_user,
+                             no_run_user)
     daemon_opts = None if once else _daemon_options(http, interval, webhook_secret_file, log_format, metrics_open,
                                                     tls_cert, tls_key)
+    if daemon_opts and credentials.dropped:
+        daemon_opts.warnings += (f"removed from the daemon's environment, where runs of its user could read them: "
+                                 f"{', '.join(credentials.dropped)} (runs get secrets from `gitopsq secret set`; "
+                                 f"git fetching the config repo, from a credential file or an SSH key)",)
     ignore_wake_signal()  # `secret set` may signal this process as soon as the lock names it
     if daemon_opts:
         interrupt_on_stop_signals()  # a stop during start-up (a first clone can be slow) ends it cleanly
@@ -247,6 +277,9 @@ def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, 
                 _step_once(controller)
                 return
             from gitopsq.daemon import run_daemon
+
+            if not controller.provider.isolation.isolated:
+                daemon_opts.warnings += (f"runs are not isolated from the controller: {controller.provider.isolation.how}",)
 
             run_daemon(controller, daemon_opts)
     except StateLocked as exc:

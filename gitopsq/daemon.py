@@ -45,6 +45,7 @@ class DaemonOptions:
     metrics_open: bool = False  # /metrics without a token
     tls_cert: str | None = None  # PEM files handed to uvicorn; both or neither
     tls_key: str | None = None
+    warnings: tuple[str, ...] = ()  # said once at start, after the logging is set up
 
 
 class Loop:
@@ -191,8 +192,12 @@ def _start_http(loop: Loop, controller: Controller, opts: DaemonOptions):
     loop.on_step = metrics.observe_reconcile
     controller.on_provider_error = metrics.provider_error
 
+    isolation = getattr(controller.provider, "isolation", None)
+
     def status() -> dict:
         return {"branch": controller.branch, "commit": controller.last_commit, "provider": controller.provider.name,
+                "runs_isolated": isolation.isolated if isolation else None,
+                "runs_isolation": isolation.how if isolation else None,
                 "provider_health": controller.provider_health, "last_step_at": loop.last_step_at,
                 "last_success_at": loop.last_success_at, "last_step_error": loop.last_error,
                 "step_failures": loop.failures, "repo": controller.repo.display_location if controller.repo else None}
@@ -288,6 +293,8 @@ def _wait(worker: threading.Thread, loop: Loop) -> None:
 
 def run_daemon(controller: Controller, opts: DaemonOptions) -> None:
     setup_logging(opts.log_format)
+    for warning in opts.warnings:
+        log.warning("%s", warning)
     loop = Loop(controller, opts.interval)
     _stop_on_signals(loop)
     _wake_on_signal(loop)

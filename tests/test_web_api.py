@@ -20,7 +20,7 @@ from tests.webserver import add_run, bearer, running
 NOW = 1_800_000_000.0
 STATUS = {"branch": "main", "commit": "0123456789abcdef", "provider": "local", "provider_health": None,
           "last_step_at": NOW - 2, "last_success_at": NOW - 2, "last_step_error": None, "step_failures": 0,
-          "repo": "/srv/config.git"}
+          "repo": "/srv/config.git", "runs_isolated": True, "runs_isolation": "process runs execute as gitopsq-run"}
 
 
 @pytest.fixture
