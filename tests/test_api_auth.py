@@ -31,7 +31,8 @@ ACCESS = {
     ("GET", "/api/submissions"): "read", ("GET", "/api/secrets"): "read",
     ("POST", "/api/runs/{name}/activity"): "write", ("PUT", "/api/secrets/{name}"): "write",
     ("DELETE", "/api/secrets/{name}"): "write",
-    ("POST", "/api/submissions/{submission_id}/report"): "node", ("POST", "/api/webhook"): "webhook",
+    ("POST", "/api/submissions/{submission_id}/report"): "node",
+    ("GET", "/api/submissions/{submission_id}/inputs/env"): "node", ("GET", "/api/submissions/{submission_id}/inputs/tree"): "node", ("POST", "/api/webhook"): "webhook",
 }
 
 

@@ -179,3 +179,25 @@ def test_serve_leaves_the_run_user_nothing_of_the_state_to_read(base, tmp_path):
     readable = [p for p in db.parent.rglob("*") if runuser.blocked_at(p, NOBODY, last=4) is None]
     assert [p for p in readable if not any(p == o or o in p.parents for o in own)] == []
     assert (db.parent / "gitopsq-repos").exists()  # there was a clone to keep away from it
+
+
+def test_a_driver_made_while_runs_go_never_closes_the_run_users_way(base):
+    """Observed: a second driver over the same state (as `ps` or a restart makes) set the state
+    folder to 0700 for a moment, and a run user copying pip into it then got Permission denied."""
+    driver_in(base)
+    nodes = base / "state-nodes"
+    assert stat.S_IMODE(nodes.stat().st_mode) == 0o711
+    seen = []
+    real_chmod = os.chmod
+
+    def watch(path, mode, *args, **kwargs):
+        if Path(path) == nodes:
+            seen.append(mode)
+        return real_chmod(path, mode, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "chmod", watch)
+        patch.setattr(Path, "chmod", lambda self, mode: watch(self, mode))
+        driver_in(base)
+    assert all(mode & 0o011 for mode in seen), [oct(m) for m in seen]
+    assert stat.S_IMODE(nodes.stat().st_mode) == 0o711

@@ -262,9 +262,13 @@ def _exit_status(path: Path) -> tuple[int | None, str | None]:
 
 
 def _private_dir(path: Path) -> None:
+    """The owner's alone: nobody else may list or write it. Passing through (x, as a run user's
+    way to its own folders: runuser.make_traversable) is left as it is, so that a driver made
+    while runs are going never closes their way for a moment."""
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if stat.S_IMODE(path.stat().st_mode) != 0o700:
-        path.chmod(0o700)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & ~0o711 or (mode & 0o700) != 0o700:
+        path.chmod(0o700 | (mode & 0o011))
 
 
 def _open_private(path: Path, flags: int) -> int:
