@@ -8,9 +8,16 @@ RUN apt-get update \
 COPY . /src
 RUN pip install --no-cache-dir /src && rm -rf /src
 
-# State (SQLite, clones, node logs) lives in /data; run as an unprivileged user.
-RUN useradd --create-home --uid 10001 gitopsq && mkdir /data && chown gitopsq /data
-USER gitopsq
+# The controller runs as root so that local process runs execute as gitopsq-run, an unprivileged
+# user that cannot read the state (SQLite, the secrets key, other runs' logs) nor the controller's
+# processes (SECURITY.md). State lives in /data: root's, 0711, so that gitopsq-run only passes
+# through it to its runs' folders. To run the controller itself unprivileged instead, use
+# `--user gitopsq` with a /data volume it owns: runs then share its user and are not isolated
+# (the daemon says so at start, and /healthz and the dashboard show it).
+RUN useradd --create-home --uid 10001 gitopsq \
+    && useradd --system --uid 10002 --user-group --home-dir /nonexistent --no-create-home \
+               --shell /usr/sbin/nologin gitopsq-run \
+    && mkdir -m 0711 /data
 ENV GITOPSQ_STATE_DIR=/data
 WORKDIR /data
 

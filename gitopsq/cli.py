@@ -145,7 +145,8 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON f
 
 
 def _provider_options(provider, local_slots, local_gpus, provider_opt, max_nodes, public_url, max_log_size,
-                      keep_workdirs=None, workdirs_max_size=None):
+                      keep_workdirs=None, workdirs_max_size=None, insecure_public_url=False, credentials=None,
+                      run_user=None, no_run_user=False):
     from gitopsq.runtime import ProviderOptions
 
     pairs = []
@@ -154,7 +155,9 @@ def _provider_options(provider, local_slots, local_gpus, provider_opt, max_nodes
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--provider-opt")
         pairs.append(tuple(item.split("=", 1)))
     return ProviderOptions(provider, local_slots, local_gpus, tuple(pairs), max_nodes, public_url, max_log_size=max_log_size,
-                           keep_workdirs=keep_workdirs, workdirs_max_size=workdirs_max_size)
+                           keep_workdirs=keep_workdirs, workdirs_max_size=workdirs_max_size,
+                           insecure_public_url=insecure_public_url, credentials=credentials, run_user=run_user,
+                           no_run_user=no_run_user)
 
 
 def _log_size(ctx, param, value):
@@ -190,16 +193,35 @@ def _byte_size(ctx, param, value):
               help="Working directories of ended local runs kept per run: those of its last N submissions.")
 @click.option("--workdirs-max-size", default="20GB", show_default=True, callback=_byte_size, metavar="SIZE",
               help="Disk the kept working directories may take in total (512MB, 20GB); past it, the oldest go.")
+@click.option("--run-user", metavar="NAME",
+              help="The unprivileged user local process runs execute as, so that they cannot read the controller's "
+                   "state (needs root; default: gitopsq-run when it exists).")
+@click.option("--no-run-user", is_flag=True, help="Run local process runs as the controller's own user (not isolated).")
 @click.option("--max-nodes", type=click.IntRange(min=1), help="Cap on nodes a cloud provider runs at once.")
-@click.option("--public-url", help="How cloud nodes reach this controller to report their exit code.")
+@click.option("--public-url", help="How cloud nodes reach this controller to report their exit code: https://..., "
+                                    "or http:// on a loopback address.")
+@click.option("--insecure-public-url", is_flag=True,
+              help="Allow an http:// --public-url off loopback (nodes' report tokens then travel in clear text).")
 @click.option("--http", "http", default="127.0.0.1:8765", show_default=True, metavar="HOST:PORT",
-              help="Where the JSON API, webhook, metrics and dashboard listen; 'off' for none.")
+              help="Where the JSON API, webhook, metrics and dashboard listen; 'off' for none. Every route but "
+                   "/healthz needs an API token (gitopsq token); off loopback, use TLS.")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), metavar="PEM",
+              help="Serve HTTPS with this certificate (chain), with --tls-key.")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), metavar="PEM", help="The private key of --tls-cert.")
+@click.option("--metrics-open", is_flag=True, help="Let /metrics answer without a token (for a Prometheus that sends none).")
 @click.option("--interval", default="60s", show_default=True, help="How often to fetch a remote repo, and to check everything anyway.")
 @click.option("--webhook-secret-file", type=click.Path(exists=True, dir_okay=False),
-              help="File holding the shared secret that webhook signatures are checked against.")
+              help="File holding the shared secret that webhook signatures are checked against. Without one the "
+                   "webhook takes unsigned requests on loopback only, and is closed elsewhere.")
+@click.option("--provider-key-file", type=click.Path(exists=True, dir_okay=False),
+              help="File holding the cloud provider's key (default: $GITOPSQ_PROVIDER_KEY, for ec2 also $AWS_ACCESS_KEY_ID).")
+@click.option("--provider-secret-file", type=click.Path(exists=True, dir_okay=False),
+              help="File holding the cloud provider's secret (default: $GITOPSQ_PROVIDER_SECRET, for ec2 also "
+                   "$AWS_SECRET_ACCESS_KEY).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, local_gpus, max_log_size, keep_workdirs,
-          workdirs_max_size, max_nodes, public_url, http, interval, webhook_secret_file, log_format) -> None:
+          workdirs_max_size, run_user, no_run_user, max_nodes, public_url, insecure_public_url, http, tls_cert, tls_key,
+          metrics_open, interval, webhook_secret_file, provider_key_file, provider_secret_file, log_format) -> None:
     """Reconcile the config repo: submit, update, restart and cancel runs, and run the queue.
 
     Runs until SIGTERM or Ctrl-C, reacting to commits at once (a local repo is watched; a URL
@@ -208,7 +230,24 @@ def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, 
 
     With --once: one step (read the branch tip, apply the plan, watch nodes, admit from the
     queue), then exit.
+
+    On its first start it creates the API token `admin` (write access) and keeps it in a 0600
+    file beside the state database (gitopsq.db -> gitopsq.admin-token); `gitopsq token` makes more.
+
+    Credentials are read once at start, from the --provider-*-file options or the environment;
+    the daemon then re-executes itself (same pid) with an environment that holds none of them.
+    Run as root, local process runs execute as --run-user, which cannot read the state directory;
+    where runs are not isolated from the controller, the daemon says so at start and /healthz and
+    the dashboard show it (see SECURITY.md).
     """
+    if run_user and no_run_user:
+        raise click.BadParameter("give --run-user or --no-run-user, not both", param_hint="--run-user")
+    from gitopsq.credentials import CredentialsError, serve_credentials
+
+    try:  # first: a daemon with credentials in its environment re-executes itself without them here
+        credentials = serve_credentials(provider_key_file, provider_secret_file, scrub=not once)
+    except CredentialsError as exc:
+        raise click.BadParameter(str(exc)) from None
     from gitopsq.daemon import ignore_wake_signal, interrupt_on_stop_signals
     from gitopsq.providers.base import ProviderConfigError
     from gitopsq.runtime import make_controller, state_path
@@ -216,8 +255,14 @@ def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, 
     from gitopsq.store import StateLocked, Store, controller_lock
 
     opts = _provider_options(provider, local_slots, local_gpus, provider_opt, max_nodes, public_url, max_log_size,
-                             keep_workdirs, workdirs_max_size)
-    daemon_opts = None if once else _daemon_options(http, interval, webhook_secret_file, log_format)
+                             keep_workdirs, workdirs_max_size, insecure_public_url, credentials.values, run_user,
+                             no_run_user)
+    daemon_opts = None if once else _daemon_options(http, interval, webhook_secret_file, log_format, metrics_open,
+                                                    tls_cert, tls_key)
+    if daemon_opts and credentials.dropped:
+        daemon_opts.warnings += (f"removed from the daemon's environment, where runs of its user could read them: "
+                                 f"{', '.join(credentials.dropped)} (runs get secrets from `gitopsq secret set`; "
+                                 f"git fetching the config repo, from a credential file or an SSH key)",)
     ignore_wake_signal()  # `secret set` may signal this process as soon as the lock names it
     if daemon_opts:
         interrupt_on_stop_signals()  # a stop during start-up (a first clone can be slow) ends it cleanly
@@ -233,12 +278,16 @@ def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, 
                 return
             from gitopsq.daemon import run_daemon
 
+            if not controller.provider.isolation.isolated:
+                daemon_opts.warnings += (f"runs are not isolated from the controller: {controller.provider.isolation.how}",)
+
             run_daemon(controller, daemon_opts)
     except StateLocked as exc:
         raise click.ClickException(str(exc)) from None
 
 
-def _daemon_options(http: str, interval: str, webhook_secret_file: str | None, log_format: str):
+def _daemon_options(http: str, interval: str, webhook_secret_file: str | None, log_format: str, metrics_open: bool = False,
+                    tls_cert: str | None = None, tls_key: str | None = None):
     from pathlib import Path
 
     from gitopsq.daemon import DaemonOptions
@@ -247,8 +296,15 @@ def _daemon_options(http: str, interval: str, webhook_secret_file: str | None, l
     if not re.fullmatch(r"[0-9]+[smhdw]?", interval):
         raise click.BadParameter("use seconds or 30s, 5m, 1h", param_hint="--interval")
     seconds = parse_duration(interval if interval[-1].isalpha() else int(interval))
-    secret = Path(webhook_secret_file).read_bytes().strip() if webhook_secret_file else None
-    return DaemonOptions(None if http == "off" else http, float(seconds), secret, log_format)
+    if bool(tls_cert) != bool(tls_key):
+        raise click.BadParameter("give both --tls-cert and --tls-key, or neither", param_hint="--tls-cert/--tls-key")
+    secret = None
+    if webhook_secret_file:
+        secret = Path(webhook_secret_file).read_bytes().strip()
+        if not secret:  # an empty secret would make every signature easy to forge
+            raise click.BadParameter(f"{webhook_secret_file} is empty: put the webhook's shared secret in it",
+                                     param_hint="--webhook-secret-file")
+    return DaemonOptions(None if http == "off" else http, float(seconds), secret, log_format, metrics_open, tls_cert, tls_key)
 
 
 def _step_once(controller) -> None:
@@ -388,11 +444,11 @@ def touch(name, db) -> None:
 
 @main.command()
 @click.argument("submission_id", type=int)
-@click.option("--token", required=True, help="The submission's token (given to the node in its user-data).")
+@click.option("--token", required=True, help="The token of the submission's current attempt (given to its node in the user-data).")
 @click.option("--exit-code", required=True, type=int, help="The exit code of the run's commands.")
 @db_option
 def report(submission_id, token, exit_code, db) -> None:
-    """Record a cloud node's exit code for SUBMISSION_ID; a wrong token changes nothing."""
+    """Record a cloud node's exit code for SUBMISSION_ID; a wrong token (or an earlier attempt's) changes nothing."""
     import time
 
     from gitopsq.controller import record_report
@@ -510,3 +566,64 @@ def secret_rm(name, db) -> None:
     if runs:
         click.echo(f"warning: still referenced by {', '.join(runs)}: they wait (secret-missing) until it is set again",
                    err=True)
+
+
+# --- API tokens ---------------------------------------------------------------------------------
+
+@main.group()
+def token() -> None:
+    """Tokens for the HTTP API and the dashboard (`Authorization: Bearer TOKEN`).
+
+    A write token may do everything the API offers; a --read-only one may only read (runs,
+    submissions, logs on the dashboard, secret names). Only a hash of each token is stored: a
+    token is shown once, when it is created. On its first start `serve` creates a write token
+    named admin and keeps it in a 0600 file beside the state database (gitopsq.db ->
+    gitopsq.admin-token).
+    """
+
+
+@token.command("create")
+@click.argument("name")
+@click.option("--read-only", is_flag=True, help="The token may read the API and the dashboard, never change anything.")
+@db_option
+def token_create(name, read_only, db) -> None:
+    """Create a token named NAME and print it (only this once: keep it).
+
+    The token alone goes to stdout (`gitopsq token create ci > ci.token`); use it as
+    `Authorization: Bearer TOKEN`, or paste it into the dashboard's login form.
+    """
+    from gitopsq.runtime import open_store
+    from gitopsq.tokens import TokenError, create
+
+    try:
+        secret = create(open_store(db), name, read_only)
+    except TokenError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(secret)
+    click.echo(f"Token {name} created ({'read-only' if read_only else 'write'}); it is not shown again.", err=True)
+
+
+@token.command("list")
+@db_option
+@json_option
+def token_list(db, as_json) -> None:
+    """List tokens: name, read-only or write, when created and last used (never the tokens)."""
+    from dataclasses import asdict
+
+    from gitopsq.tokens import listing
+    from gitopsq.views import print_json, tokens_table
+
+    rows = listing(_state(db))
+    print_json([{**asdict(row), "access": row.access} for row in rows]) if as_json else tokens_table(rows)
+
+
+@token.command("revoke")
+@click.argument("name")
+@db_option
+def token_revoke(name, db) -> None:
+    """Revoke token NAME: a running daemon refuses it from its next request on."""
+    from gitopsq.tokens import revoke
+
+    if not revoke(_state(db, readonly=False), name):
+        raise click.ClickException(f"no token named {name!r}")
+    click.echo(f"Token {name} revoked.")

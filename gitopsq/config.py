@@ -58,6 +58,11 @@ def not_a_file_problem(path: str, what: str) -> Problem:
     return Problem(path, None, "", f"is {what}; run files must be regular files")
 
 
+def config_not_a_file_problem(file: str, what: str) -> Problem:
+    """A .gitopsq.yml that is not a regular file: what = "a symlink", "a submodule entry"..."""
+    return Problem(file, None, "", f"is {what}; {CONFIG_FILE} must be a regular file")
+
+
 def bad_name_problem(path: str) -> Problem:
     return Problem(path, None, "", "the file name is not UTF-8 (shown with its bytes escaped); rename the file with a UTF-8 name")
 

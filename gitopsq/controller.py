@@ -19,6 +19,7 @@ from gitopsq import queue as q
 from gitopsq.config import CONFIG_FILE
 from gitopsq.desired import AppliedConfig, FileRow, read_tree
 from gitopsq.launchinputs import LaunchInputs
+from gitopsq.nodetoken import attempt_token, is_current_attempt
 from gitopsq.plan import ACTIVE, absent, held, plan
 from gitopsq.providers.base import AUTH, CAPACITY, ERROR, THROTTLE, UNSATISFIABLE, Launch, NodeStatus, Provider, ProviderError
 from gitopsq.source import ConfigRepo
@@ -516,7 +517,8 @@ class Controller:
             return False
         if tree and tree.credentials:
             self.inputs.record(sub["id"], sub["attempts"], [*secrets.values(), *tree.credentials])
-        launch = Launch(sub["id"], sub["run"], sub["number"], spec, sub["token"], sub["attempts"], commit=sub["commit_sha"],
+        launch = Launch(sub["id"], sub["run"], sub["number"], spec, attempt_token(sub["token"], sub["attempts"]), sub["attempts"],
+                        commit=sub["commit_sha"],
                         secrets=secrets, tree=tree.prepared.dest if tree else None,
                         tree_env=tree.prepared.env if tree else {},
                         tree_outside=tuple((str(o.source), o.dst) for o in tree.prepared.outside) if tree else ())
@@ -639,11 +641,10 @@ def touch(store: Store, run: str, now: float) -> bool:
 
 
 def record_report(store: Store, submission_id: int, token: str, exit_code: int, now: float) -> bool:
-    """A node's exit-code report: accepted only with that submission's token, only while it runs."""
-    import hmac
-
+    """A node's exit-code report: accepted only with the token of the submission's current attempt
+    (an earlier attempt's report, replayed, changes nothing), only while it runs."""
     sub = store.submission(submission_id)
-    if sub is None or not sub["token"] or not hmac.compare_digest(sub["token"].encode(), token.encode()):
+    if not is_current_attempt(sub, token):
         return False
     if sub["status"] not in ("provisioning", "running") or sub["reported_at"] is not None:
         return False

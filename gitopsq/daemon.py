@@ -19,6 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from gitopsq.addresses import is_loopback
 from gitopsq.controller import Controller, StepFailed
 
 log = logging.getLogger("gitopsq.daemon")
@@ -29,6 +30,10 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 WAKE_SIGNAL = signal.SIGUSR1  # sent by gitopsq.wakeup
 STOP_GRACE = 3.0  # seconds a step may still run after a stop signal
 HTTP_STOP_TIMEOUT = 1.0  # seconds the HTTP server gets to close its connections
+# Seconds from the start of one fetch to the start of a fetch that webhooks asked for. Webhooks
+# coalesce into one pending fetch, so a burst of any size and rate costs at most two: the one
+# running, and one more after it, no sooner than this.
+WEBHOOK_FETCH_SPACING = 10.0
 
 
 @dataclass
@@ -37,6 +42,10 @@ class DaemonOptions:
     interval: float = 60.0  # fetch period for a URL, and the safety-net full check
     webhook_secret: bytes | None = None
     log_format: str = "text"
+    metrics_open: bool = False  # /metrics without a token
+    tls_cert: str | None = None  # PEM files handed to uvicorn; both or neither
+    tls_key: str | None = None
+    warnings: tuple[str, ...] = ()  # said once at start, after the logging is set up
 
 
 class Loop:
@@ -47,14 +56,14 @@ class Loop:
         self.stopping = False
         self.stop_requested_at: float | None = None  # time.monotonic() of the first stop signal
         self.crashed = False
-        self.fetch_due = True  # first step fetches
+        self.fetch_due = False  # a webhook asked for a fetch that has not started yet
         self.reasons: set[str] = set()
         self.last_step_at: float | None = None  # when the last step ended, whatever its outcome
         self.last_success_at: float | None = None
         self.last_error: str | None = None  # one line; None while the last step succeeded
         self.failures = 0  # failed steps since the start
         self._failing = 0  # failed steps in a row
-        self.last_fetch_at = 0.0
+        self.last_fetch_at = float("-inf")  # time.monotonic() when the last fetch started: the first step fetches
         self._lock = threading.RLock()  # wake() also runs in signal handlers, which may interrupt one another
         self.on_step = None  # callable(seconds) for metrics
 
@@ -74,17 +83,19 @@ class Loop:
         self.event.set()
 
     def run(self) -> None:
-        repo = self.controller.repo
+        remote = self.controller.repo is not None and self.controller.repo.is_remote
         while not self.stopping:
+            self.event.clear()  # before taking the reasons: a wake from here on is seen by the next turn
             with self._lock:
                 reasons, self.reasons = self.reasons, set()
-                fetch = self.fetch_due or (repo is not None and repo.is_remote and time.time() - self.last_fetch_at >= self.interval)
-                self.fetch_due = False
-            self.event.clear()
+                fetch, fetch_in = self._fetch_now(remote, time.monotonic())
+            if fetch_in is not None and reasons and reasons <= {"webhook"}:
+                self.event.wait(fetch_in)  # only webhooks woke the loop, and their fetch must wait
+                continue
             started = time.perf_counter()
-            result = self._step(fetch=fetch and repo is not None and repo.is_remote)
             if fetch:
-                self.last_fetch_at = time.time()
+                self.last_fetch_at = time.monotonic()
+            result = self._step(fetch=fetch)
             if self.on_step:
                 self.on_step(time.perf_counter() - started)
             if result and result.actions:
@@ -92,7 +103,25 @@ class Loop:
                          ", ".join(f"{a.kind} {a.run}" for a in result.actions), extra={"reasons": sorted(reasons)})
             next_wake = result.next_wake if result else None
             timeout = self.interval if next_wake is None else max(0.0, min(self.interval, next_wake - time.time()))
-            self.event.wait(timeout)
+            with self._lock:
+                _, fetch_in = self._fetch_now(remote, time.monotonic(), decide=False)
+            self.event.wait(timeout if fetch_in is None else min(timeout, fetch_in))
+
+    def _fetch_now(self, remote: bool, now: float, decide: bool = True) -> tuple[bool, float | None]:
+        """(fetch in this step, seconds until a webhook's pending fetch may start (None: none pending)).
+
+        A remote repo is fetched every `interval` (the first step too), and when a webhook asked,
+        WEBHOOK_FETCH_SPACING after the last fetch started at the soonest. decide=False only looks."""
+        if not remote:
+            self.fetch_due = False
+            return False, None
+        periodic = now - self.last_fetch_at >= self.interval
+        wait = self.last_fetch_at + WEBHOOK_FETCH_SPACING - now
+        if periodic or (self.fetch_due and wait <= 0):
+            if decide:
+                self.fetch_due = False
+            return True, None
+        return False, wait if self.fetch_due else None
 
     def _step(self, fetch: bool):
         try:
@@ -163,16 +192,25 @@ def _start_http(loop: Loop, controller: Controller, opts: DaemonOptions):
     loop.on_step = metrics.observe_reconcile
     controller.on_provider_error = metrics.provider_error
 
+    isolation = getattr(controller.provider, "isolation", None)
+
     def status() -> dict:
         return {"branch": controller.branch, "commit": controller.last_commit, "provider": controller.provider.name,
+                "runs_isolated": isolation.isolated if isolation else None,
+                "runs_isolation": isolation.how if isolation else None,
                 "provider_health": controller.provider_health, "last_step_at": loop.last_step_at,
                 "last_success_at": loop.last_success_at, "last_step_error": loop.last_error,
                 "step_failures": loop.failures, "repo": controller.repo.display_location if controller.repo else None}
 
     host, _, port = opts.http.rpartition(":")
-    app = create_app(controller.store.path, loop.wake, status, opts.webhook_secret, metrics)
-    server = uvicorn.Server(uvicorn.Config(app, host=host or "127.0.0.1", port=int(port), log_level="warning", access_log=False,
-                                           timeout_graceful_shutdown=HTTP_STOP_TIMEOUT))
+    host = host or "127.0.0.1"
+    local = is_loopback(host)
+    _announce_access(controller.store, host, local, opts)
+    app = create_app(controller.store.path, loop.wake, status, opts.webhook_secret, metrics, metrics_open=opts.metrics_open,
+                     accept_unsigned_webhooks=local)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=int(port), log_level="warning", access_log=False,
+                                           timeout_graceful_shutdown=HTTP_STOP_TIMEOUT, ssl_certfile=opts.tls_cert,
+                                           ssl_keyfile=opts.tls_key))
     thread = threading.Thread(target=server.run, name="http", daemon=True)
     thread.start()
     deadline = time.time() + 10
@@ -180,8 +218,25 @@ def _start_http(loop: Loop, controller: Controller, opts: DaemonOptions):
         time.sleep(0.01)
     if not server.started:
         raise RuntimeError(f"the HTTP server could not listen on {opts.http}")
-    log.info("HTTP API and dashboard on http://%s", opts.http)
+    log.info("HTTP API and dashboard on %s://%s", "https" if opts.tls_cert else "http", opts.http)
     return server, thread
+
+
+def _announce_access(store, host: str, local: bool, opts: DaemonOptions) -> None:
+    """Create the admin token when the state has none, and say (at start) what is open to whom."""
+    from gitopsq.tokens import ensure_admin_token
+
+    created = ensure_admin_token(store)
+    if created:  # where it is, never the token itself
+        log.info("created the API token 'admin' (write access) in %s: send it as 'Authorization: Bearer TOKEN', "
+                 "or paste it into the dashboard's login form", created)
+    if not local and not opts.tls_cert:
+        log.warning("serving on %s without TLS: tokens, logs and secret names cross the network in clear text; "
+                    "give --tls-cert and --tls-key, or put a TLS proxy in front and listen on 127.0.0.1", host)
+    if not local and opts.webhook_secret is None:
+        log.warning("the webhook is closed: serving on %s, it needs --webhook-secret-file", host)
+    if opts.metrics_open:
+        log.info("/metrics answers without a token (--metrics-open)")
 
 
 def interrupt_on_stop_signals() -> None:
@@ -238,6 +293,8 @@ def _wait(worker: threading.Thread, loop: Loop) -> None:
 
 def run_daemon(controller: Controller, opts: DaemonOptions) -> None:
     setup_logging(opts.log_format)
+    for warning in opts.warnings:
+        log.warning("%s", warning)
     loop = Loop(controller, opts.interval)
     _stop_on_signals(loop)
     _wake_on_signal(loop)

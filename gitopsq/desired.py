@@ -14,7 +14,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from gitopsq.config import CONFIG_FILE, RepoConfig, bad_name_problem, not_a_file_problem, parse_config
+from gitopsq.config import (CONFIG_FILE, RepoConfig, bad_name_problem, config_not_a_file_problem, not_a_file_problem,
+                            parse_config)
 from gitopsq.plan import Desired
 from gitopsq.runset import duplicate_problem
 from gitopsq.source import SUBMODULE_MODE, ConfigRepo, Entry
@@ -167,8 +168,7 @@ def read_config(repo: ConfigRepo, entry: Entry | None) -> AppliedConfig | list[P
     if entry is None:
         return NO_CONFIG
     if entry.mode in (SYMLINK_MODE, SUBMODULE_MODE):
-        what = "a symlink" if entry.mode == SYMLINK_MODE else "a submodule entry"
-        return [Problem(CONFIG_FILE, None, "", f"is {what}; .gitopsq.yml must be a regular file")]
+        return [config_not_a_file_problem(CONFIG_FILE, "a symlink" if entry.mode == SYMLINK_MODE else "a submodule entry")]
     if entry.blob not in _configs:
         if len(_configs) > 16:
             _configs.clear()

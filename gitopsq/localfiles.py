@@ -7,7 +7,8 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gitopsq.config import CONFIG_FILE, RepoConfig, bad_name_problem, not_a_file_problem, parse_config, path_text
+from gitopsq.config import (CONFIG_FILE, RepoConfig, bad_name_problem, config_not_a_file_problem, not_a_file_problem,
+                            parse_config, path_text)
 from gitopsq.yamlload import MAX_FILE_BYTES, Problem, SpecError, too_large
 
 
@@ -23,7 +24,7 @@ class Collected:
 def find_root(path: Path) -> Path:
     """The config repo a file belongs to: the nearest parent holding .gitopsq.yml or .git."""
     for parent in [path, *path.parents]:
-        if (parent / CONFIG_FILE).exists() or (parent / ".git").exists():
+        if os.path.lexists(parent / CONFIG_FILE) or (parent / ".git").exists():
             return parent
     return path if path.is_dir() else path.parent
 
@@ -34,12 +35,38 @@ def _read(path: Path) -> bytes:
         return handle.read(MAX_FILE_BYTES + 1)
 
 
+def read_config_file(path: Path, shown: str = CONFIG_FILE) -> bytes | None:
+    """A working tree's .gitopsq.yml by the controller's rules (None when absent; else raises SpecError).
+
+    The controller reads it from git, where a symlink is a link and never its target: here too a
+    symlink is refused unread, and so is anything but a regular file (a FIFO or a device would
+    block or never end) or a file over the size limit."""
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return None
+    if stat.S_ISLNK(info.st_mode):
+        raise SpecError([config_not_a_file_problem(shown, "a symlink")])
+    if not stat.S_ISREG(info.st_mode):
+        raise SpecError([config_not_a_file_problem(shown, "not a regular file")])
+    if info.st_size > MAX_FILE_BYTES:
+        raise SpecError([too_large(shown, info.st_size)])
+    try:  # O_NOFOLLOW and a second look: it may have been swapped for a link or a FIFO meanwhile
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        raise SpecError([Problem(shown, None, "", f"cannot read: {exc.strerror}")]) from None
+    with open(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise SpecError([config_not_a_file_problem(shown, "not a regular file")])
+        return handle.read(MAX_FILE_BYTES + 1)
+
+
 def _config_of(root: Path, display: str, out: Collected, cache: dict[Path, RepoConfig]) -> RepoConfig:
     if root not in cache:
         config_path = root / CONFIG_FILE
         try:
             shown = path_text(os.fsencode(_display(config_path, display)))[0]
-            cache[root] = parse_config(config_path.read_bytes() if config_path.exists() else None, shown)
+            cache[root] = parse_config(read_config_file(config_path, shown), shown)
         except SpecError as exc:
             out.problems.extend(exc.problems)
             cache[root] = RepoConfig()

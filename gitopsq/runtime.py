@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
-from gitopsq.providers.base import bundles_dir_for, log_dir_for
+from gitopsq.providers.base import ProviderConfigError, bundles_dir_for, log_dir_for, workspace_dir_for
 from gitopsq.store import StateMissing, Store, default_db_path, open_readonly
 
 
@@ -21,6 +24,10 @@ class ProviderOptions:
     max_log_size: int | None = None  # bytes of each local run's log kept (its tail)
     keep_workdirs: int | None = None  # ended working directories kept per local run (its last submissions')
     workdirs_max_size: int | None = None  # bytes the kept working directories may take in total
+    insecure_public_url: bool = False  # allow an http:// public_url off loopback
+    credentials: Mapping[str, str] | None = None  # a cloud provider's, by variable name (None: the environment's)
+    run_user: str | None = None  # --run-user: the user local process runs execute as (default: gitopsq-run if it exists)
+    no_run_user: bool = False  # --no-run-user: runs execute as the controller's own user
 
 
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
@@ -68,20 +75,53 @@ def open_store_readonly(db: str | None) -> Store:
 
 def make_provider(store: Store, opts: ProviderOptions):
     if opts.name == "local":
+        from gitopsq.providers.local import LocalError
         from gitopsq.providers.local_adapter import make_local_provider
 
-        return make_local_provider(log_dir_for(store.path), store.controller_id, opts.local_slots, opts.local_gpus,
-                                   max_log_size=opts.max_log_size, keep_workdirs=opts.keep_workdirs,
-                                   workdirs_max_size=opts.workdirs_max_size)
+        choice = _run_user(store, opts)
+        try:
+            return make_local_provider(log_dir_for(store.path), store.controller_id, opts.local_slots, opts.local_gpus,
+                                       max_log_size=opts.max_log_size, keep_workdirs=opts.keep_workdirs,
+                                       workdirs_max_size=opts.workdirs_max_size, run_user=choice.user,
+                                       why_no_run_user=choice.why_not)
+        except LocalError as exc:  # e.g. a run user that cannot reach the working directories
+            raise ProviderConfigError(str(exc)) from None
     from gitopsq.providers.cloud import make_cloud_provider
 
     return make_cloud_provider(opts.name, dict(opts.options), store.controller_id, opts.max_nodes, opts.public_url,
-                               bundles=bundles_dir_for(store.path))
+                               bundles=bundles_dir_for(store.path), insecure_public_url=opts.insecure_public_url,
+                               credentials=opts.credentials)
+
+
+def _private_folder(folder: Path) -> None:
+    """0700: what git and the staging make inside (with the umask's modes: clones, staged trees)
+    stays the controller's, also in a state directory a run user may pass through."""
+    folder.mkdir(mode=0o700, exist_ok=True)
+    if stat.S_IMODE(folder.stat().st_mode) != 0o700:
+        folder.chmod(0o700)
+
+
+def _run_user(store: Store, opts: ProviderOptions):
+    """The run user (runuser.choose); with one, the state directory gitopsq made private (0700)
+    becomes 0711, so that the user passes through it to its runs' folders, never lists it."""
+    from gitopsq.providers import runuser
+
+    try:
+        choice = runuser.choose(opts.run_user, opts.no_run_user)
+    except runuser.RunUserError as exc:
+        raise ProviderConfigError(str(exc)) from None
+    folder = store.path.parent
+    if choice.user is not None and folder.stat().st_uid == os.geteuid() and stat.S_IMODE(folder.stat().st_mode) == 0o700:
+        runuser.make_traversable(folder)
+    return choice
 
 
 def make_controller(repo_location: str | None, branch: str, store: Store, opts: ProviderOptions):
     from gitopsq.controller import Controller
     from gitopsq.source import ConfigRepo
 
-    repo = ConfigRepo(repo_location, branch=branch, state_dir=store.path.parent / f"{store.path.stem}-repos") if repo_location else None
+    repos = store.path.parent / f"{store.path.stem}-repos"
+    for folder in (repos, workspace_dir_for(store.path)):
+        _private_folder(folder)
+    repo = ConfigRepo(repo_location, branch=branch, state_dir=repos) if repo_location else None
     return Controller(store, make_provider(store, opts), repo, branch)

@@ -25,7 +25,7 @@ from gitopsq.yamlload import Problem
 
 log = logging.getLogger("gitopsq.store")
 
-SCHEMA_VERSION = 6  # the last of MIGRATIONS
+SCHEMA_VERSION = 7  # the last of MIGRATIONS
 FINISHED = ("done", "failed", "cancelled")
 
 
@@ -96,7 +96,13 @@ def _migrate_6(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE submissions ADD COLUMN workdir TEXT")
 
 
-MIGRATIONS = {1: _migrate_1, 2: _migrate_2, 3: _migrate_3, 4: _migrate_4, 5: _migrate_5, 6: _migrate_6}
+def _migrate_7(db: sqlite_utils.Database) -> None:
+    # API tokens (gitopsq.tokens): only a hash of each, looked up by that hash at every request.
+    db.execute("CREATE TABLE api_tokens (name TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, read_only INTEGER NOT NULL, "
+               "created_at REAL NOT NULL, last_used_at REAL)")
+
+
+MIGRATIONS = {1: _migrate_1, 2: _migrate_2, 3: _migrate_3, 4: _migrate_4, 5: _migrate_5, 6: _migrate_6, 7: _migrate_7}
 
 
 # The database holds env values and report tokens: only its owner may read it, whatever the umask

@@ -1,4 +1,4 @@
-"""Tables for people (rich) and JSON for scripts, for `ps`, `history` and `secret list`."""
+"""Tables for people (rich) and JSON for scripts, for `ps`, `history`, `secret list` and `token list`."""
 
 from __future__ import annotations
 
@@ -111,4 +111,23 @@ def secrets_table(rows: list[dict]) -> None:
         else:
             set_at, updated = "[bold red]missing[/]", ""
         table.add_row(row["name"], set_at, updated, ", ".join(row["runs"]) or "-")
+    console.print(table)
+
+
+def tokens_table(rows: list) -> None:
+    """API tokens by name: read-only or write, created, last used; never the tokens."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not rows:
+        console.print("No tokens. Create one with: gitopsq token create NAME (serve creates one named admin)")
+        return
+    now = time.time()
+    table = Table(box=None, header_style="bold")
+    for column in ("NAME", "ACCESS", "CREATED", "LAST USED"):
+        table.add_column(column)
+    for row in rows:
+        used = f"{ago(now - row.last_used_at)} ago" if row.last_used_at else "never"
+        table.add_row(row.name, row.access, f"{ago(now - row.created_at)} ago", used)
     console.print(table)

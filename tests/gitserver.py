@@ -23,6 +23,7 @@ from urllib.parse import unquote
 class _Handler(SimpleHTTPRequestHandler):
     def do_GET(self):
         server: DumbGitServer = self.server.owner
+        server.requests.append(self.path)
         if server.hanging.is_set():
             server.held.set()
             server.released.wait()
@@ -39,6 +40,7 @@ class DumbGitServer:
         self.hanging = threading.Event()
         self.held = threading.Event()  # a request is being held unanswered
         self.released = threading.Event()
+        self.requests: list[str] = []  # the path of every request, in order
         self.update()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Handler, directory=str(bare)))
         self.httpd.daemon_threads = True
@@ -50,6 +52,11 @@ class DumbGitServer:
     def update(self) -> None:
         """The dumb protocol reads info/refs and objects/info/packs: refresh them after a push."""
         subprocess.run(["git", "update-server-info"], cwd=self.bare, check=True)
+
+    @property
+    def fetches(self) -> int:
+        """Clones and fetches served so far: each begins by reading info/refs."""
+        return sum(1 for path in list(self.requests) if path.startswith("/info/refs"))
 
     def hang(self) -> None:
         self.hanging.set()

@@ -16,6 +16,7 @@ resetting that state on start; run one server at a time.
 from __future__ import annotations
 
 import io
+import re
 import threading
 import uuid
 from collections import Counter
@@ -77,6 +78,7 @@ class FaultInjector:
     def __init__(self, app):
         self.app = app
         self.calls: Counter[str] = Counter()
+        self.access_keys: Counter[str] = Counter()  # the key id each signed request was made with
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
         self.stopping = threading.Event()
@@ -114,8 +116,11 @@ class FaultInjector:
         if environ.get("PATH_INFO", "").startswith("/moto-api"):
             return self.app(environ, start_response)
         action = self._action(environ) or "?"
+        signed = re.search(r"Credential=([^/,\s]+)/", environ.get("HTTP_AUTHORIZATION", ""))
         with self._lock:
             self.calls[action] += 1
+            if signed:
+                self.access_keys[signed.group(1)] += 1
         fault = self._take(action)
         if fault is None:
             return self.app(environ, start_response)
@@ -160,6 +165,11 @@ class MotoEC2Server:
         """Requests seen per EC2 action, including those answered with faults."""
         return self.injector.calls
 
+    @property
+    def access_keys(self) -> Counter[str]:
+        """Requests seen per access key id they were signed with."""
+        return self.injector.access_keys
+
     def start(self) -> "MotoEC2Server":
         self._server = make_server(
             self.host, 0, self.injector, threaded=True, request_handler=_QuietHandler
@@ -176,6 +186,7 @@ class MotoEC2Server:
         """Wipe moto's (process-wide) state: instances, tags, counters."""
         requests.post(self.endpoint + "/moto-api/reset", timeout=10).raise_for_status()
         self.injector.calls.clear()
+        self.injector.access_keys.clear()
 
     def stop(self) -> None:
         if self._server is None:

@@ -17,6 +17,7 @@ import pytest
 from libcloud.compute.types import NodeState
 
 from gitopsq.controller import Controller, record_report
+from gitopsq.nodetoken import attempt_token
 from gitopsq.providers import ec2
 from gitopsq.providers.base import TAG_CONTROLLER
 from gitopsq.providers.cloud import make_cloud_provider
@@ -150,7 +151,7 @@ def test_report_from_the_node_finishes_the_submission(world, exit_code, status):
     [node] = world.instances()
     sub_id = world.sub("job")["id"]
     token = _token_in_user_data(world, node)
-    assert token == world.sub("job")["token"]
+    assert token == attempt_token(world.sub("job")["token"], 0)
     assert not record_report(world.store, sub_id, "wrong-" + token, exit_code, world.clock.now)
     assert record_report(world.store, sub_id, token, exit_code, world.clock.now)
     world.step(1)
@@ -177,6 +178,42 @@ def test_node_gone_without_report_is_an_interruption(world):
     # vanished, no retry: failed as interrupted
     assert (world.sub("other")["status"], world.sub("other")["reason"]) == ("failed", "interrupted")
     assert [n.id for n in world.instances()] == [job2["node_id"]]
+
+
+def test_a_report_of_an_earlier_attempt_is_refused(world):
+    import httpx
+
+    from gitopsq.web import create_app
+    from tests.helpers import Recorder
+    from tests.webserver import running
+
+    world.commit({"runs/job.yml": run_file(extra="retry: {on_events: [interruption]}\n")})
+    world.step()
+    [first] = world.instances()
+    captured = _token_in_user_data(world, first)  # what attempt 1 sent, seen by someone on its path
+    world.provider.driver.ex_stop_node(first)
+    world.step(1)
+    world.step(world.sub("job")["next_try_at"] - world.clock.now + 0.1)
+    job = world.sub("job")
+    [second] = [n for n in world.instances() if n.id == job["node_id"]]
+    assert (job["status"], job["attempts"]) == ("running", 1)
+
+    wake = Recorder()
+    app = create_app(world.store.path, wake, lambda: {}, None, clock=lambda: world.clock.now)
+    with running(app) as url:
+        replay = httpx.post(f"{url}/api/submissions/{job['id']}/report", json={"token": captured, "exit_code": 0})
+        assert replay.status_code == 403 and wake.calls == []
+        world.step(1)
+        job = world.sub("job")
+        assert (job["status"], job["exit_code"], job["reported_at"]) == ("running", None, None)
+        assert job["node_id"] == second.id and second.id in [n.id for n in world.instances()]
+
+        own = _token_in_user_data(world, second)
+        assert own != captured
+        reply = httpx.post(f"{url}/api/submissions/{job['id']}/report", json={"token": own, "exit_code": 0})
+        assert reply.status_code == 200
+    world.step(1)
+    assert world.sub("job")["status"] == "done"
 
 
 def test_no_capacity_queues_with_retry_and_fails_without(world):
@@ -400,6 +437,11 @@ def test_serve_reports_provider_config_errors_plainly(tmp_path, monkeypatch):
     result = run_cli(*base)
     assert result.exit_code == 1
     assert "Error: --public-url is required for a cloud provider" in result.output
+    result = run_cli(*base, "--public-url", "http://gitopsq.example.com")
+    assert result.exit_code == 1
+    assert "Error: --public-url must be https://" in result.output and "--insecure-public-url" in result.output
+    result = run_cli(*base, "--public-url", "http://gitopsq.example.com", "--insecure-public-url")
+    assert result.exit_code == 1 and "must be https" not in result.output  # past the URL: credentials are missing
     result = run_cli(*base, "--public-url", PUBLIC_URL, "--provider-opt", "region=us-east-1")
     assert result.exit_code == 1
     assert "GITOPSQ_PROVIDER_KEY" in result.output and "very-secret-value" not in result.output

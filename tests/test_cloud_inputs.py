@@ -20,6 +20,7 @@ from gitopsq.controller import Controller
 from gitopsq.providers import ec2
 from gitopsq.providers.base import TAG_CONTROLLER, bundle_path, bundles_dir_for
 from gitopsq.providers.cloud import make_cloud_provider
+from gitopsq.nodetoken import attempt_token
 from gitopsq.secretstore import SecretStore
 from gitopsq.source import ConfigRepo
 from gitopsq.store import Store
@@ -86,6 +87,11 @@ def decoded(script: str) -> str:
     return "\n".join([script, *(base64.b64decode(blob).decode() for blob in blobs)])
 
 
+def node_token(sub) -> str:
+    """The token a node of the submission's current attempt holds."""
+    return attempt_token(sub["token"], sub["attempts"])
+
+
 def node_get(cloud: Cloud, sub_id: int, what: str, token: str | None) -> httpx.Response:
     headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
     return httpx.get(f"{cloud.url}/api/submissions/{sub_id}/inputs/{what}", headers=headers, timeout=10)
@@ -147,7 +153,7 @@ def test_a_cloud_run_gets_its_commits_code_files_and_secret_from_the_controller(
     assert cloud.store.current_submission("train")["status"] == "done"
     assert not bundle.exists()
     for what in ("env", "tree"):
-        refused = node_get(cloud, sub["id"], what, sub["token"])
+        refused = node_get(cloud, sub["id"], what, node_token(sub))
         assert (refused.status_code, refused.json()) == (403, {"detail": "refused"})
 
 
@@ -159,16 +165,19 @@ def test_a_node_gets_only_its_own_inputs(cloud):
     cloud.controller.step()
     a, b = cloud.store.current_submission("a"), cloud.store.current_submission("b")
     assert (a["status"], b["status"]) == ("running", "running")
-    assert node_get(cloud, a["id"], "env", a["token"]).text == f"export HF_TOKEN={SECRET_VALUE}\n"
-    assert node_get(cloud, a["id"], "tree", a["token"]).content[:2] == b"\x1f\x8b"  # gzip
-    for token in (b["token"], "wrong-" + a["token"], a["token"][:-1], None):
+    assert node_get(cloud, a["id"], "env", node_token(a)).text == f"export HF_TOKEN={SECRET_VALUE}\n"
+    assert node_get(cloud, a["id"], "tree", node_token(a)).content[:2] == b"\x1f\x8b"  # gzip
+    # b's token, the submission's own token (not its attempt's), a wrong one, a cut one: refused
+    for token in (node_token(b), a["token"], "wrong-" + node_token(a), node_token(a)[:-1]):
         for what in ("env", "tree"):
             answer = node_get(cloud, a["id"], what, token)
-            assert (answer.status_code, answer.json()) == (403, {"detail": "refused"}), (token, what)
+            assert answer.status_code == 403 and SECRET_VALUE not in answer.text, (token, what)
+    for what in ("env", "tree"):
+        assert node_get(cloud, a["id"], what, None).status_code == 401
     basic = httpx.get(f"{cloud.url}/api/submissions/{a['id']}/inputs/env", timeout=10,
-                      headers={"Authorization": f"Basic {a['token']}"})
-    assert basic.status_code == 403
-    assert node_get(cloud, 10**30, "env", a["token"]).status_code == 403
+                      headers={"Authorization": f"Basic {node_token(a)}"})
+    assert basic.status_code in (401, 403)
+    assert node_get(cloud, 10**30, "env", node_token(a)).status_code in (403, 422)
 
     # stopped: no longer served, and its tree is gone
     cloud.repo.remove("a.yml")
@@ -176,8 +185,8 @@ def test_a_node_gets_only_its_own_inputs(cloud):
     cloud.controller.step()
     assert cloud.store.current_submission("a")["status"] == "cancelled"
     assert not bundle_path(bundles_dir_for(cloud.store.path), a["id"]).exists()
-    assert node_get(cloud, a["id"], "env", a["token"]).status_code == 403
-    assert node_get(cloud, b["id"], "tree", b["token"]).status_code == 200
+    assert node_get(cloud, a["id"], "env", node_token(a)).status_code == 403
+    assert node_get(cloud, b["id"], "tree", node_token(b)).status_code == 200
 
 
 def test_a_container_run_mounts_its_absolute_files_read_only(cloud):

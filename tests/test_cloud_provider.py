@@ -344,6 +344,21 @@ def test_config_errors_name_the_problem_never_a_secret(monkeypatch, server):
         make_cloud_provider("no-such-cloud", {}, "c", None, PUBLIC_URL)
 
 
+@pytest.mark.parametrize("url", ["https://gitopsq.example.com", "https://10.0.0.5:8443", "http://127.0.0.1:8765",
+                                 "http://127.9.0.1", "http://localhost:8765", "http://[::1]:8765"])
+def test_public_url_is_https_or_loopback(creds, server, url):
+    assert make_cloud_provider("ec2", {"endpoint": server.endpoint}, "c", None, url).adapter.public_url == url
+
+
+@pytest.mark.parametrize("url", ["http://gitopsq.example.com", "http://10.0.0.5:8765", "http://0.0.0.0:8765",
+                                 "http://[2001:db8::1]:8765", "http://localhost.example.com"])
+def test_an_http_public_url_off_loopback_needs_insecure_public_url(creds, server, url):
+    with pytest.raises(ProviderConfigError, match=r"must be https://.*--insecure-public-url"):
+        make_cloud_provider("ec2", {"endpoint": server.endpoint}, "c", None, url)
+    provider = make_cloud_provider("ec2", {"endpoint": server.endpoint}, "c", None, url, insecure_public_url=True)
+    assert provider.adapter.public_url == url
+
+
 def test_aws_environment_credentials_work_for_ec2(monkeypatch, server):
     for var in ("GITOPSQ_PROVIDER_KEY", "GITOPSQ_PROVIDER_SECRET"):
         monkeypatch.delenv(var, raising=False)

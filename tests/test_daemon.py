@@ -43,6 +43,14 @@ class Daemon:
             [sys.executable, "-m", "gitopsq", "serve", "--repo", str(repo), "--db", str(db), *extra],
             stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
 
+    def token_header(self, timeout: float = 20.0) -> dict[str, str]:
+        """An Authorization header with the admin token the daemon wrote beside its state on its first start."""
+        from gitopsq.tokens import admin_token_path
+
+        path = admin_token_path(self.db)
+        token = wait_for(lambda: path.exists() and path.read_text().strip(), timeout, what=f"the admin token in {path}")
+        return {"Authorization": f"Bearer {token}"}
+
     def rows(self):
         if not self.db.exists():
             return []

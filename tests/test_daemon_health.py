@@ -18,8 +18,8 @@ from tests.helpers import GitRepo, task
 from tests.test_daemon import Daemon, free_port, wait_for
 
 
-def scrape(base: str) -> dict:
-    families = text_string_to_metric_families(httpx.get(f"{base}/metrics", timeout=5).text)
+def scrape(base: str, header: dict) -> dict:
+    families = text_string_to_metric_families(httpx.get(f"{base}/metrics", timeout=5, headers=header).text)
     return {s.name: s.value for f in families for s in f.samples if not s.labels}
 
 
@@ -46,7 +46,8 @@ def test_a_full_disk_makes_health_degraded_until_a_step_succeeds(tmp_path, clean
     try:
         wait_for(lambda: (h := health(base)) and h[1]["commit"] == repo.head() and h[1]["last_success_at"], what="a first step")
         assert health(base)[0] == 200 and health(base)[1]["status"] == "ok"
-        good = scrape(base)["gitopsq_last_step_timestamp_seconds"]
+        header = daemon.token_header()
+        good = scrape(base, header)["gitopsq_last_step_timestamp_seconds"]
 
         set_file_size_limit(daemon.proc.pid, 1)
         repo.write("runs/second.yml", task("second", "true"))
@@ -57,17 +58,17 @@ def test_a_full_disk_makes_health_degraded_until_a_step_succeeds(tmp_path, clean
         assert any(error in body["last_step_error"] for error in
                    ("OperationalError: disk I/O error", "OperationalError: database or disk is full"))
         assert body["reason"] == f"last step failed: {body['last_step_error']}"
-        wait_for(lambda: scrape(base)["gitopsq_step_failures_total"] >= 2, what="a second failed step")
-        samples = scrape(base)
+        wait_for(lambda: scrape(base, header)["gitopsq_step_failures_total"] >= 2, what="a second failed step")
+        samples = scrape(base, header)
         assert samples["gitopsq_last_step_success"] == 0
         assert samples["gitopsq_last_step_timestamp_seconds"] == good, "it means the last successful step"
-        page = httpx.get(base + "/", timeout=5).text
+        page = httpx.get(base + "/", timeout=5, headers=header).text
         assert body["last_step_error"] in page
 
         set_file_size_limit(daemon.proc.pid, resource.RLIM_INFINITY)
         code, body = wait_for(lambda: (h := health(base)) and h[1]["status"] == "ok" and h, what="health ok again")
         assert code == 200 and body["reason"] is None and body["commit"] == repo.head()
-        samples = scrape(base)
+        samples = scrape(base, header)
         assert samples["gitopsq_last_step_success"] == 1
         assert samples["gitopsq_last_step_timestamp_seconds"] > good
         assert samples["gitopsq_step_failures_total"] >= 2, "a counter never goes back"

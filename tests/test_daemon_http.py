@@ -12,6 +12,7 @@ import time
 import httpx
 import pytest
 
+from gitopsq.daemon import WEBHOOK_FETCH_SPACING
 from gitopsq.store import Store
 from tests.helpers import GitRepo, task
 from tests.test_daemon import Daemon, free_port, wait_for
@@ -19,9 +20,9 @@ from tests.test_daemon import Daemon, free_port, wait_for
 SECRET = b"s3cret-for-tests"
 
 
-def api_runs(base: str):
+def api_runs(base: str, header: dict):
     try:
-        return httpx.get(f"{base}/api/runs", timeout=2).json()
+        return httpx.get(f"{base}/api/runs", timeout=2, headers=header).json()
     except httpx.HTTPError:
         return None
 
@@ -34,10 +35,11 @@ def test_commit_appears_in_api_runs_without_any_trigger(tmp_path, cleanup_nodes)
     base = f"http://127.0.0.1:{port}"
     daemon = Daemon(repo.path, tmp_path / "state" / "gitopsq.db", "--http", f"127.0.0.1:{port}", "--interval", "1h")
     try:
-        wait_for(lambda: api_runs(base) == [], what="the API")
+        header = daemon.token_header()
+        wait_for(lambda: api_runs(base, header) == [], what="the API")
         repo.write("runs/hello.yml", task("hello", "sleep 5", priority=7))
         repo.commit("add hello")
-        runs = wait_for(lambda: api_runs(base), timeout=10, what="hello in /api/runs")
+        runs = wait_for(lambda: api_runs(base, header), timeout=10, what="hello in /api/runs")
         assert [(r["name"], r["submission"], r["priority"]) for r in runs] == [("hello", 1, 7)]
         assert runs[0]["status"] in ("queued", "provisioning", "running")
         assert httpx.get(f"{base}/healthz").json()["commit"] == repo.head()
@@ -66,8 +68,9 @@ def remote_daemon(tmp_path, cleanup_nodes):
                     "--webhook-secret-file", str(secret_file))
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: [r["name"] for r in api_runs(base) or []] == ["first"], what="first reconcile")
-        yield work, base, db
+        header = daemon.token_header()
+        wait_for(lambda: [r["name"] for r in api_runs(base, header) or []] == ["first"], what="first reconcile")
+        yield work, base, db, header
     finally:
         assert daemon.stop() == 0
 
@@ -89,19 +92,20 @@ def cursor(db) -> str:
 
 @pytest.mark.parametrize("header", ["X-Hub-Signature-256", "X-Signature"])
 def test_valid_signature_wakes_a_fetch(remote_daemon, header):
-    work, base, db = remote_daemon
+    work, base, db, token = remote_daemon
     sha = push_second(work)
     time.sleep(0.5)
     assert cursor(db) != sha, "with a 1h interval nothing fetches by itself"
     body = json.dumps({"ref": "refs/heads/main", "after": sha}).encode()
     reply = httpx.post(f"{base}/api/webhook", content=body, headers={header: sign(body), "Content-Type": "application/json"})
     assert reply.status_code == 202
-    wait_for(lambda: cursor(db) == sha, timeout=10, what="the fetch the webhook woke")
-    assert sorted(r["name"] for r in api_runs(base)) == ["first", "second"]
+    # at once, or once WEBHOOK_FETCH_SPACING has passed since the daemon's first fetch
+    wait_for(lambda: cursor(db) == sha, timeout=WEBHOOK_FETCH_SPACING + 10, what="the fetch the webhook woke")
+    assert sorted(r["name"] for r in api_runs(base, token)) == ["first", "second"]
 
 
 def test_bad_signatures_get_401_and_change_nothing(remote_daemon):
-    work, base, db = remote_daemon
+    work, base, db, header = remote_daemon
     before = cursor(db)
     push_second(work)
     body = b'{"ref": "refs/heads/main"}'
@@ -118,7 +122,7 @@ def test_bad_signatures_get_401_and_change_nothing(remote_daemon):
     assert httpx.post(f"{base}/api/webhook", content=big, headers={"X-Hub-Signature-256": sign(big)}).status_code == 413
     time.sleep(1.0)
     assert cursor(db) == before
-    assert [r["name"] for r in api_runs(base)] == ["first"]
+    assert [r["name"] for r in api_runs(base, header)] == ["first"]
 
 
 LOAD_SCRIPT = r"""
@@ -143,7 +147,7 @@ print(json.dumps(codes))
 def test_webhook_under_load(remote_daemon):
     import sys
 
-    work, base, db = remote_daemon
+    work, base, db, header = remote_daemon
     sha = push_second(work)
     load = subprocess.Popen([sys.executable, "-c", LOAD_SCRIPT, base, SECRET.decode(), "1000"],
                             stdout=subprocess.PIPE, text=True)
@@ -156,7 +160,7 @@ def test_webhook_under_load(remote_daemon):
     assert load.returncode == 0
     assert json.loads(out) == {"202": 500, "401": 500}
     assert answered >= 1
-    wait_for(lambda: cursor(db) == sha, timeout=10, what="the pushed tip")
+    wait_for(lambda: cursor(db) == sha, timeout=WEBHOOK_FETCH_SPACING + 10, what="the pushed tip")
     time.sleep(0.5)
     store = Store(db)
     try:

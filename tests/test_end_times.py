@@ -72,7 +72,7 @@ def test_reported_exit_code_ends_the_run_when_reported(world):
     controller.step()
     sub = store.current_submission("a")
     reported = clock.now + 5
-    assert record_report(store, sub["id"], sub["token"], 3, reported)
+    assert record_report(store, sub["id"], provider.launched[-1].token, 3, reported)
     clock.advance(90)
 
     controller.step()

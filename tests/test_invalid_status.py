@@ -13,7 +13,7 @@ import pytest
 from gitopsq.web import create_app
 from tests.fakes import fake_world
 from tests.helpers import run_cli, task
-from tests.webserver import running
+from tests.webserver import bearer, running
 
 
 @pytest.fixture
@@ -48,7 +48,7 @@ def test_a_broken_file_is_shown_everywhere_until_it_is_fixed(env, caplog):
 
     app = create_app(db, lambda reason: None, lambda: {"branch": "main", "commit": None, "provider": "fake",
                                                         "provider_health": None, "last_step_at": None, "repo": None}, None)
-    with running(app) as url, httpx.Client(base_url=url) as client:
+    with running(app) as url, httpx.Client(base_url=url, headers=bearer(db)) as client:
         assert client.get("/api/runs/train").json()["file_invalid"]["since"] == broke
         health = client.get("/healthz")
         assert health.status_code == 200 and health.json()["invalid_files"] == 1

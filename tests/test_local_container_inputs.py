@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -80,3 +81,28 @@ def test_a_registry_login_is_the_runs_own(tmp_path, engine):
 ])
 def test_the_registry_of_an_image(image, registry):
     assert image_registry(image) == registry
+
+
+def test_a_container_run_sees_neither_the_state_nor_the_hosts_proc(tmp_path, engine):
+    # What the engine mounts is the run's own: its working directory, its script (read-only), its
+    # volumes and what its tree puts outside the working directory. Never the state around them
+    # (the database and key beside it, the nodes' metadata, other runs' logs), and the container
+    # keeps its own pid namespace, so the host's /proc (the controller's environment) is not there.
+    outside = tmp_path / "staged.outside" / "abs" / "etc" / "app.json"
+    outside.parent.mkdir(parents=True)
+    outside.write_text("{}")
+    volume = tmp_path / "volumes" / "cache"
+    driver = LocalNodeDriver(tmp_path / "gitopsq-nodes", slots=1, gpus=0)
+    node = driver.create_node("c", ex_script="true", ex_image="python:3.12", ex_volumes=((str(volume), "/cache", False),),
+                              ex_outside=((str(outside), "/etc/app.json"),), ex_container_args=("--shm-size", "64m"))
+    assert wait_ended(driver, node).extra["exit_code"] == 0
+    args = (engine / "args").read_text().splitlines()
+    sources = [args[i + 1].split(":")[0] for i, a in enumerate(args) if a in ("-v", "--volume", "--mount")]
+    workdir = node.extra["workdir"]
+    script = str(driver.nodes_dir / node.id / "script.sh")
+    assert sorted(sources) == sorted([workdir, script, str(volume), str(outside)])
+    private = [tmp_path, driver.state_dir, driver.nodes_dir, driver.logs_dir, driver.ended_dir, driver.workdirs_dir]
+    assert not [s for s in sources if any(p == Path(s) or Path(s) in p.parents for p in private)]
+    assert [a for a in args if a.startswith(("--pid", "--privileged", "--ipc", "--userns", "--cap-add", "--device"))
+            or a in ("--network=host", "--net=host")] == []
+    assert "/proc" not in " ".join(sources)

@@ -154,7 +154,7 @@ def step_until(controller, condition, timeout=30.0):
 def test_history_and_the_api_show_each_submissions_working_directory_or_that_it_was_pruned(tmp_path, cleanup_nodes):
     from gitopsq.web import Metrics, create_app
     from tests.helpers import Recorder, run_cli
-    from tests.webserver import running
+    from tests.webserver import bearer, running
 
     import httpx
 
@@ -177,7 +177,7 @@ def test_history_and_the_api_show_each_submissions_working_directory_or_that_it_
 
     app = create_app(store.path, Recorder(), lambda: {"status": "ok"}, None, Metrics())
     with running(app) as url:
-        served = httpx.get(f"{url}/api/runs/job/history", timeout=10).json()
+        served = httpx.get(f"{url}/api/runs/job/history", timeout=10, headers=bearer(store)).json()
     assert [(r["workdir"], r["workdir_pruned"]) for r in served] == [(r["workdir"], r["workdir_pruned"]) for r in rows]
 
 

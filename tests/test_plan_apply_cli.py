@@ -135,3 +135,44 @@ def test_apply_finds_the_file_that_defines_the_name_when_it_has_repos(tmp_path, 
     result = run_cli("apply", "--repo", "../repo", "x.yml")
     assert result.exit_code == 0, result.output
     assert "runs/train/train.yml" in result.output and not (repo.path / "runs" / "train.yml").exists()
+
+
+def test_apply_never_writes_through_a_committed_symlink(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    repo = GitRepo(tmp_path / "repo")
+    (repo.path / "runs").mkdir()
+    (repo.path / "runs" / "train.yml").symlink_to(victim)
+    repo.commit("a link where the run file would go")
+    source = tmp_path / "train.yml"
+    source.write_text(task("train"))
+    result = run_cli("apply", "--repo", str(repo.path), str(source))
+    assert result.exit_code == 1
+    assert "runs/train.yml: is a symlink; gitopsq apply does not write through symlinks" in result.output
+    assert victim.read_text() == "keep me\n"
+    assert repo.git("log", "--format=%s") == "a link where the run file would go"
+
+
+def test_apply_never_writes_into_a_linked_folder(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    repo = GitRepo(tmp_path / "repo")
+    (repo.path / "runs").symlink_to(elsewhere, target_is_directory=True)
+    repo.commit("runs/ is a link")
+    source = tmp_path / "train.yml"
+    source.write_text(task("train"))
+    result = run_cli("apply", "--repo", str(repo.path), str(source))
+    assert result.exit_code == 1
+    assert "runs: is a symlink; gitopsq apply does not write through symlinks" in result.output
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_apply_refuses_a_config_that_is_a_device(tmp_path):
+    repo = GitRepo(tmp_path / "repo")
+    (repo.path / ".gitopsq.yml").symlink_to("/dev/zero")
+    repo.commit("config is a link")
+    source = tmp_path / "train.yml"
+    source.write_text(task("train"))
+    result = run_cli("apply", "--repo", str(repo.path), str(source))
+    assert result.exit_code == 1
+    assert ".gitopsq.yml: is a symlink; .gitopsq.yml must be a regular file" in result.output

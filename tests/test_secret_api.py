@@ -17,7 +17,7 @@ from gitopsq.web.queries import LOG_TAIL_BYTES, log_tail
 from gitopsq.web.secrets import MAX_BODY
 from tests.browser import parse
 from tests.helpers import Recorder
-from tests.webserver import add_run, running
+from tests.webserver import add_run, bearer, running
 
 NOW = 1_800_000_000.0
 VALUE = "hf_Zq8sXv2LmN4pR7tY1uW3"
@@ -34,7 +34,7 @@ def served(tmp_path):
         store.upsert_run("train", "runs/train.yml", None, spec.to_dict(), True, NOW)
     wake = Recorder()
     app = create_app(db, wake, lambda: dict(STATUS), None, clock=lambda: NOW)
-    with running(app) as url, httpx.Client(base_url=url, timeout=10) as client:
+    with running(app) as url, httpx.Client(base_url=url, timeout=10, headers=bearer(store)) as client:
         yield client, store, wake, db
     store.close()
 
@@ -127,13 +127,13 @@ def test_the_dashboard_masks_what_every_attempt_was_given(tmp_path):
     secrets.record_attempt(sub, 2, ["hf-second-value"])
     app = create_app(db, Recorder(), lambda: dict(STATUS), None, clock=lambda: NOW)
     with running(app) as url:
-        page = httpx.get(url + "/runs/train")
+        page = httpx.get(url + "/runs/train", headers=bearer(store))
         assert page.status_code == 200
         assert parse(page.text).one("pre", "log").text().splitlines() == [
             "login with ***", "wandb *** ok", "retry with ***"]
         assert VALUE not in page.text and "wandb-key-1" not in page.text
         key_path_for(db).unlink()
-        hidden = httpx.get(url + "/runs/train")
+        hidden = httpx.get(url + "/runs/train", headers=bearer(store))
         assert "log hidden: it may hold secrets that cannot be masked" in hidden.text
         assert VALUE not in hidden.text and "login with" not in hidden.text
     store.close()

@@ -232,3 +232,29 @@ def test_a_fifo_is_reported_not_read(tmp_path: Path):
     os.mkfifo(tmp_path / "x.yml")  # opening it to read would wait for a writer forever
     code, out = cli_json("validate", "--format", "json", str(tmp_path))
     assert code == 1 and out["errors"][0]["message"] == "is not a regular file"
+
+
+@pytest.mark.parametrize("target", ["/dev/zero", "../real.yml"])
+def test_a_linked_config_is_refused_not_followed(tmp_path: Path, monkeypatch, target):
+    # The controller refuses a .gitopsq.yml that git holds as a symlink; validate says the same,
+    # and never reads what it points to (/dev/zero would never end).
+    (tmp_path / "real.yml").write_text("paths: ['runs/*.yml']\n")
+    repo = tmp_path / "repo"
+    (repo / "runs").mkdir(parents=True)
+    (repo / ".gitopsq.yml").symlink_to(target)
+    (repo / "runs" / "a.yml").write_text("type: task\ncommands: [x]\n")
+    monkeypatch.chdir(repo)
+    code, out = cli_json("validate", "--format", "json", ".")
+    assert code == 1
+    assert out["errors"] == [{"file": ".gitopsq.yml", "line": None, "field": "",
+                              "message": "is a symlink; .gitopsq.yml must be a regular file"}]
+
+
+def test_a_config_that_is_not_a_regular_file_is_refused(tmp_path: Path, monkeypatch):
+    import os
+
+    os.mkfifo(tmp_path / ".gitopsq.yml")
+    monkeypatch.chdir(tmp_path)
+    code, out = cli_json("validate", "--format", "json", ".")
+    assert code == 1
+    assert [e["message"] for e in out["errors"]] == ["is not a regular file; .gitopsq.yml must be a regular file"]

@@ -10,16 +10,17 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gitopsq.nodetoken import attempt_token
 from gitopsq.spec import Retry
 from gitopsq.store import Store, listing
 from gitopsq.web import Metrics, create_app
 from tests.helpers import Recorder, run_cli
-from tests.webserver import add_run, running
+from tests.webserver import add_run, bearer, running
 
 NOW = 1_800_000_000.0
 STATUS = {"branch": "main", "commit": "0123456789abcdef", "provider": "local", "provider_health": None,
           "last_step_at": NOW - 2, "last_success_at": NOW - 2, "last_step_error": None, "step_failures": 0,
-          "repo": "/srv/config.git"}
+          "repo": "/srv/config.git", "runs_isolated": True, "runs_isolation": "process runs execute as gitopsq-run"}
 
 
 @pytest.fixture
@@ -46,8 +47,8 @@ def server(state):
     db, store = state
     wake = Recorder()
     metrics = Metrics()
-    app = create_app(db, wake, lambda: dict(STATUS), None, metrics, clock=lambda: NOW)
-    with running(app) as url, httpx.Client(base_url=url, timeout=10) as client:
+    app = create_app(db, wake, lambda: dict(STATUS), None, metrics, clock=lambda: NOW, accept_unsigned_webhooks=True)
+    with running(app) as url, httpx.Client(base_url=url, timeout=10, headers=bearer(store)) as client:
         yield client, store, wake, metrics, db
 
 
@@ -127,29 +128,35 @@ def test_activity_touches_an_active_run(server):
     assert wake.calls == []
 
 
-def test_report_needs_the_submissions_token(server):
-    client, store, wake, *_ = server
+def test_report_needs_the_token_of_the_current_attempt(server):
+    api, store, wake, *_ = server
+    client = httpx.Client(base_url=api.base_url, timeout=10)  # a node has its attempt's token, no API token
     sub = store.current_submission("train")
+    token = attempt_token(sub["token"], sub["attempts"])
     url = f"/api/submissions/{sub['id']}/report"
-    for body in ({"token": "wrong", "exit_code": 3}, {"token": sub["token"][:-1], "exit_code": 3}, {"token": "", "exit_code": 3}):
-        assert client.post(url, json=body).status_code == 403
+    for wrong in ("wrong", token[:-1], sub["token"], attempt_token(sub["token"], sub["attempts"] + 1)):
+        assert client.post(url, json={"token": wrong, "exit_code": 3}).status_code == 403
+    for missing in ({"token": "", "exit_code": 3}, {"exit_code": 3}):
+        reply = client.post(url, json=missing)
+        assert reply.status_code == 401 and reply.headers["www-authenticate"] == "Bearer"
     other = store.current_submission("low")  # right token, but not running
-    assert client.post(f"/api/submissions/{other['id']}/report", json={"token": other["token"], "exit_code": 0}).status_code == 403
-    assert client.post("/api/submissions/99999/report", json={"token": sub["token"], "exit_code": 3}).status_code == 403
-    assert client.post(url, json={"token": sub["token"]}).status_code == 422
-    assert client.post(url, json={"token": sub["token"], "exit_code": 2**70}).status_code == 422
+    other_token = attempt_token(other["token"], other["attempts"])
+    assert client.post(f"/api/submissions/{other['id']}/report", json={"token": other_token, "exit_code": 0}).status_code == 403
+    assert client.post("/api/submissions/99999/report", json={"token": token, "exit_code": 3}).status_code == 403
+    assert client.post(url, json={"token": token}).status_code == 422
+    assert client.post(url, json={"token": token, "exit_code": 2**70}).status_code == 422
     unchanged = store.submission(sub["id"])
     assert (unchanged["exit_code"], unchanged["reported_at"]) == (None, None)
     assert wake.calls == []
 
-    reply = client.post(url, json={"token": sub["token"], "exit_code": 3})
+    reply = client.post(url, json={"token": token, "exit_code": 3})
     assert reply.status_code == 200
     assert reply.json() == {"submission_id": sub["id"], "exit_code": 3, "reported_at": NOW}
     assert wake.calls == ["report"]
-    detail = client.get("/api/runs/train").json()
+    detail = api.get("/api/runs/train").json()
     assert (detail["exit_code"], detail["reported_at"], detail["status"]) == (3, NOW, "running")
     # A second report of the same submission is refused: the first one stands.
-    assert client.post(url, json={"token": sub["token"], "exit_code": 0}).status_code == 403
+    assert client.post(url, json={"token": token, "exit_code": 0}).status_code == 403
     assert store.submission(sub["id"])["exit_code"] == 3
     assert wake.calls == ["report"]
 
@@ -182,14 +189,18 @@ def test_openapi_lists_every_endpoint_with_models(server):
         "/api/runs/{name}/activity": {"post"}, "/api/submissions": {"get"},
         "/api/submissions/{submission_id}/report": {"post"}, "/api/webhook": {"post"}, "/healthz": {"get"},
         "/metrics": {"get"}, "/": {"get"}, "/runs/{name}": {"get"},
-        "/api/secrets": {"get"}, "/api/secrets/{name}": {"put", "delete"},
+        "/api/secrets": {"get"}, "/api/secrets/{name}": {"put", "delete"}, "/login": {"post"}, "/logout": {"post"},
         "/api/submissions/{submission_id}/inputs/env": {"get"}, "/api/submissions/{submission_id}/inputs/tree": {"get"},
     }
     schemas = doc["components"]["schemas"]
-    assert {"RunRow", "RunDetail", "Submission", "Report", "Health", "WebhookAccepted"} <= set(schemas)
-    assert set(schemas["Report"]["required"]) == {"token", "exit_code"}
+    assert {"RunRow", "RunDetail", "Submission", "Health", "WebhookAccepted"} <= set(schemas)
     report = doc["paths"]["/api/submissions/{submission_id}/report"]["post"]
-    assert {"200", "403", "422"} <= set(report["responses"])
+    body = report["requestBody"]["content"]["application/json"]["schema"]
+    assert body["title"] == "Report" and set(body["required"]) == {"token", "exit_code"}
+    assert {"200", "401", "403", "413", "422"} <= set(report["responses"])
+    runs = doc["paths"]["/api/runs"]["get"]
+    assert "401" in runs["responses"] and runs["security"] == [{"HTTPBearer": []}]
+    assert "403" in doc["paths"]["/api/runs/{name}/activity"]["post"]["responses"]
 
 
 def scrape(client) -> dict:
@@ -235,7 +246,7 @@ def test_metrics_count_failed_steps_and_keep_the_time_of_the_last_good_one(tmp_p
             "step_failures": 4}
     app = create_app(tmp_path / "s.db", Recorder(), lambda: info, None)
     with running(app) as url:
-        samples = scrape(httpx.Client(base_url=url))
+        samples = scrape(httpx.Client(base_url=url, headers=bearer(tmp_path / "s.db")))
     assert samples[("gitopsq_last_step_timestamp_seconds", ())] == NOW - 60
     assert samples[("gitopsq_last_step_success", ())] == 0
     assert samples[("gitopsq_step_failures_total", ())] == 4
@@ -254,7 +265,7 @@ def test_concurrent_requests_while_the_controller_writes(server):
     failures = []
 
     def reader():
-        with httpx.Client(base_url=base, timeout=10) as own:
+        with httpx.Client(base_url=base, timeout=10, headers=client.headers) as own:
             for _ in range(15):
                 for path in ("/api/runs", "/api/submissions", "/metrics", "/"):
                     reply = own.get(path)

@@ -1,4 +1,5 @@
-"""The dashboard rendered by headless Chromium against a running server: queue order, columns, logs."""
+"""The dashboard rendered by headless Chromium against a running server: the login form, queue
+order, columns, logs."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ import struct
 import httpx
 import pytest
 
+from gitopsq import tokens
 from gitopsq.spec import Retry
 from gitopsq.store import Store
 from gitopsq.web import create_app
-from tests.browser import chromium, dump_dom, parse, squash
-from tests.webserver import add_run, running
+from gitopsq.web.auth import COOKIE
+from tests.browser import Browser, parse, squash
+from tests.webserver import add_run, bearer, running
 
 NOW = 1_800_000_000.0
 STATUS = {"branch": "main", "commit": "89abcdef0123456789abcdef0123456789abcdef", "provider": "local",
@@ -49,15 +52,63 @@ def site(tmp_path):
     problem = {"file": "runs/bad.yml", "line": 3, "field": "resources.gpu", "message": "'H100:lots' is not a GPU"}
     with store.transaction():
         store.replace_problems([problem])
+    token = tokens.create(store, "viewer", read_only=True)
     app = create_app(db, lambda reason: None, lambda: dict(STATUS), None, clock=lambda: NOW)
     with running(app) as url:
-        yield url, tmp_path
+        yield url, tmp_path, token
     store.close()
 
 
-def test_dashboard_in_chromium(site):
-    url, tmp_path = site
-    dom = dump_dom(tmp_path, url + "/")
+def log_in(browser: Browser, url: str, token: str) -> None:
+    """What a person does: open a page, paste the token into the form, press the button."""
+    browser.goto(url)
+    browser.type_into("input[name=token]", token)
+    browser.click_and_wait("form.login button")
+
+
+@pytest.fixture
+def browser(site):
+    """Headless Chromium, logged in to the dashboard with a read-only token."""
+    url, tmp_path, token = site
+    with Browser(tmp_path) as browser:
+        log_in(browser, url + "/", token)
+        yield browser
+
+
+def test_login_and_logout_in_chromium(site):
+    url, tmp_path, token = site
+    with Browser(tmp_path) as browser:
+        browser.goto(url + "/runs/train")
+        form = browser.dom().one("form", "login")
+        fields = {field.attrs["name"]: field.attrs for field in form.find_all("input")}
+        assert fields["next"]["value"] == "/runs/train" and fields["token"]["type"] == "password"
+        assert "train" not in squash(browser.dom().one("main").text())  # nothing of the state before logging in
+
+        log_in(browser, url + "/runs/train", "gq_not-the-token")
+        assert squash(browser.dom().one(cls="login-error").text()) == "That token is not valid (unknown or revoked)."
+        assert browser.cookies() == []
+
+        browser.type_into("input[name=token]", token)
+        browser.click_and_wait("form.login button")
+        dom = browser.dom()
+        assert browser.evaluate("location.pathname") == "/runs/train" and squash(dom.one(cls="run-name").text()) == "train"
+        assert squash(dom.one(cls="user").text()) == "viewer"
+        [cookie] = browser.cookies()
+        assert (cookie["name"], cookie["value"], cookie["httpOnly"], cookie["sameSite"]) == (COOKIE, token, True, "Strict")
+        assert browser.evaluate("document.cookie") == ""  # HttpOnly: no script on the page can read it
+
+        browser.goto(url + "/")
+        assert len(browser.dom().find_all("tr", "run")) == 6
+
+        browser.click_and_wait("form.logout button")
+        assert browser.cookies() == []
+        assert browser.dom().find_all("form", "login") and browser.dom().find_all("tr", "run") == []
+
+
+def test_dashboard_in_chromium(site, browser):
+    url, tmp_path, _ = site
+    browser.goto(url + "/")
+    dom = browser.dom()
     rows = dom.find_all("tr", "run")
     assert [(r.attrs["data-name"], r.attrs["data-status"]) for r in rows] == [
         ("early", "queued"), ("late", "queued"), ("train", "running"), ("backoff", "queued"), ("low", "queued"),
@@ -86,17 +137,16 @@ def test_dashboard_in_chromium(site):
         "runs/bad.yml:3: resources.gpu: 'H100:lots' is not a GPU"]
     assert {"http-equiv": "refresh", "content": "5"} in [m.attrs for m in dom.find_all("meta")]
 
-    shot = tmp_path / "dashboard.png"
-    chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,900", "--hide-scrollbars", url + "/")
-    data = shot.read_bytes()
+    data = browser.screenshot(1280, 900)
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert struct.unpack(">II", data[16:24]) == (1280, 900)
     assert len(data) > 20_000, f"screenshot is only {len(data)} bytes: blank page?"
 
 
-def test_run_history_page_shows_the_latest_log_tail(site):
-    url, tmp_path = site
-    dom = dump_dom(tmp_path, url + "/runs/train")
+def test_run_history_page_shows_the_latest_log_tail(site, browser):
+    url, tmp_path, token = site
+    browser.goto(url + "/runs/train")
+    dom = browser.dom()
     assert squash(dom.one(cls="run-name").text()) == "train"
     subs = dom.find_all("tr", "submission")
     assert [(s.attrs["data-number"], s.attrs["data-status"]) for s in subs] == [("1", "running")]
@@ -109,11 +159,12 @@ def test_run_history_page_shows_the_latest_log_tail(site):
     assert lines == [f"line {i} <b>bold</b> & done" for i in range(51, 151)]
     assert "first attempt" not in log.text()
 
-    failed = dump_dom(tmp_path, url + "/runs/broken")
+    browser.goto(url + "/runs/broken")
+    failed = browser.dom()
     assert squash(failed.one("td", "exit-code").text()) == "2"
     assert squash(failed.one(cls="log-missing").text()) == "no log yet"
 
-    missing = httpx.get(url + "/runs/nope")
+    missing = httpx.get(url + "/runs/nope", headers={"Authorization": f"Bearer {token}"})
     assert missing.status_code == 404 and "No run named" in missing.text
 
 
@@ -121,13 +172,14 @@ def test_a_failing_step_shows_in_the_header(tmp_path):
     status = dict(STATUS, provider_health=None, last_step_error="OperationalError: database or disk is full",
                   last_success_at=NOW - 300)
     app = create_app(tmp_path / "state.db", lambda reason: None, lambda: status, None, clock=lambda: NOW)
+    header = bearer(tmp_path / "state.db", read_only=True)
     with running(app) as url:
-        dom = parse(httpx.get(url + "/").text)
+        dom = parse(httpx.get(url + "/", headers=header).text)
         step = dom.one(cls="step-health")
         assert step.attrs["data-ok"] == "false"
         assert squash(step.text()) == "failed: OperationalError: database or disk is full"
         assert squash(dom.one(cls="last-success").text()) == "5m00s ago"
         status.update(last_step_error=None, last_success_at=NOW - 4)
-        dom = parse(httpx.get(url + "/").text)
+        dom = parse(httpx.get(url + "/", headers=header).text)
         assert dom.one(cls="step-health").attrs["data-ok"] == "true"
         assert squash(dom.one(cls="last-step").text()) == "4s ago"

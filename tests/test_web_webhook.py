@@ -29,12 +29,19 @@ def hook(tmp_path):
 
 @pytest.fixture
 def open_hook(tmp_path):
+    """Without a secret, as the daemon serves it on loopback."""
+    yield from _hook(tmp_path, None, accept_unsigned=True)
+
+
+@pytest.fixture
+def closed_hook(tmp_path):
+    """Without a secret, as the daemon serves it off loopback."""
     yield from _hook(tmp_path, None)
 
 
-def _hook(tmp_path, secret):
+def _hook(tmp_path, secret, accept_unsigned=False):
     wake, metrics = Recorder(), Metrics()
-    app = create_app(tmp_path / "state.db", wake, lambda: {}, secret, metrics)
+    app = create_app(tmp_path / "state.db", wake, lambda: {}, secret, metrics, accept_unsigned_webhooks=accept_unsigned)
     with running(app) as url, httpx.Client(base_url=url, timeout=30) as client:
         def post(content=BODY, headers=None):
             return client.post("/api/webhook", content=content, headers={"Content-Type": "application/json", **(headers or {})})
@@ -112,11 +119,20 @@ def test_body_over_one_mib_is_413_without_a_wake(hook):
     assert calls == ["webhook"]
 
 
-def test_without_a_secret_every_webhook_is_accepted(open_hook):
+def test_without_a_secret_on_loopback_every_webhook_is_accepted(open_hook):
     post, calls, _ = open_hook
     assert post().status_code == 202
     assert post(b"", headers={"X-Hub-Signature-256": "sha256=nonsense"}).status_code == 202
     assert calls == ["webhook", "webhook"]
+
+
+def test_without_a_secret_off_loopback_every_webhook_is_refused(closed_hook):
+    post, calls, metrics = closed_hook
+    for headers in ({}, github(BODY), {"X-Gitlab-Token": ""}):
+        reply = post(headers=headers)
+        assert reply.status_code == 403 and "--webhook-secret-file" in reply.json()["detail"]
+    assert calls == []
+    assert outcomes(metrics) == {"closed": 3}
 
 
 def test_verify_is_pure():

@@ -49,7 +49,24 @@ def _wait_until_answering(server: uvicorn.Server, thread: threading.Thread, url:
     raise RuntimeError(f"uvicorn on {url} did not answer within {timeout}s")
 
 
-# --- store state for the web tests ----------------------------------------------------------------
+# --- tokens and store state for the web tests -------------------------------------------------------
+
+def bearer(state, read_only: bool = False, name: str | None = None) -> dict[str, str]:
+    """An `Authorization` header carrying a new API token of the state `state` (a Store or its path)."""
+    import secrets
+
+    from gitopsq import tokens
+    from gitopsq.store import Store
+
+    store = state if isinstance(state, Store) else Store(state)
+    try:
+        token = tokens.create(store, name or f"test-{secrets.token_hex(4)}", read_only)
+    finally:
+        if store is not state:
+            store.close()
+    return {"Authorization": f"Bearer {token}"}
+
+
 
 def add_run(store, name: str, at: float, priority: int = 0, status: str = "queued", *, run_type: str = "task",
             retry=None, reason: str | None = None, exit_code: int | None = None, log: str | None = None,

@@ -30,6 +30,19 @@ UNSATISFIABLE = "unsatisfiable"  # no size/machine can ever satisfy the resource
 ERROR = "error"  # anything else: the run's `error` retry event
 
 
+@dataclass(frozen=True)
+class Isolation:
+    """Whether a run can read the controller (its environment, state directory and keys), and how
+    it is kept out or why it is not."""
+
+    isolated: bool
+    how: str
+
+
+# A cloud run executes on a node of its own, which holds nothing of the controller's.
+ON_NODES_OF_THEIR_OWN = Isolation(True, "runs execute on nodes of their own, which hold nothing of the controller's")
+
+
 class ProviderConfigError(Exception):
     """A provider cannot be built from the options and environment given (said without secrets)."""
 
@@ -48,7 +61,7 @@ class Launch:
     run: str
     number: int
     spec: RunSpec
-    token: str  # per-submission secret for the node's exit-code report
+    token: str  # the attempt's secret for the node's exit-code report (gitopsq.nodetoken)
     attempt: int = 0  # the submission's attempts so far: a relaunch after a crash reuses the number
     commit: str | None = None  # the config repo's commit the spec came from
     # The values of the secrets the spec references, for this launch only: never stored in clear,
@@ -177,6 +190,7 @@ class LibcloudProvider:
         self.controller_id = controller_id
         self.name = adapter.name
         self.reports_exit_codes = adapter.reports_exit_codes
+        self.isolation: Isolation = getattr(adapter, "isolation", ON_NODES_OF_THEIR_OWN)
 
     def demand(self, spec: RunSpec) -> dict[str, int]:
         return self.adapter.demand(spec)

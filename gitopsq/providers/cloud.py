@@ -14,8 +14,10 @@ driver, not a second code path in the controller. What the adapter adds:
 - capacity: `--max-nodes` when given, else the cloud answers create-node with capacity errors;
 - errors, mapped to the provider error kinds by `ec2.classify_error`.
 
-Credentials come from the environment only (GITOPSQ_PROVIDER_KEY / GITOPSQ_PROVIDER_SECRET, and
-for EC2 also AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY), never from options, and are never logged.
+Credentials come from the mapping `serve` read at start (credentials files, else the environment:
+GITOPSQ_PROVIDER_KEY / GITOPSQ_PROVIDER_SECRET, and for EC2 also AWS_ACCESS_KEY_ID /
+AWS_SECRET_ACCESS_KEY; see gitopsq.credentials), or from the environment when none is given;
+never from options, and they are never logged.
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 from urllib.parse import urlsplit
 
 from libcloud.compute.base import NodeImage, NodeSize
 from libcloud.compute.types import NodeState
 
+from gitopsq.addresses import is_loopback
 from gitopsq.providers import ec2
 from gitopsq.providers.base import (
     ERROR,
@@ -408,34 +412,42 @@ def _endpoint_kwargs(endpoint: str) -> dict:
     return {"host": url.hostname, "port": url.port or (443 if secure else 80), "secure": secure}
 
 
-def _check_public_url(public_url: str | None) -> str:
+def _check_public_url(public_url: str | None, insecure: bool = False) -> str:
     if not public_url:
         raise ProviderConfigError("--public-url is required for a cloud provider: nodes report their exit code to it")
     url = urlsplit(public_url)
     if url.scheme not in ("http", "https") or not url.hostname:
         raise ProviderConfigError(f"--public-url must look like http(s)://host[:port], got {public_url!r}")
+    if url.scheme == "http" and not insecure and not is_loopback(url.hostname):
+        # nodes send their attempt's token to it: in clear text, anyone on the path could report for them
+        raise ProviderConfigError(f"--public-url must be https:// (nodes send their tokens to it), got {public_url!r}; "
+                                  "http:// is accepted on a loopback address, or with --insecure-public-url")
     return public_url
 
 
 def make_cloud_provider(name: str, options: dict, controller_id: str, max_nodes: int | None = None,
-                        public_url: str | None = None, bundles: Path | None = None) -> LibcloudProvider:
+                        public_url: str | None = None, bundles: Path | None = None, *,
+                        insecure_public_url: bool = False, credentials: Mapping[str, str] | None = None) -> LibcloudProvider:
     """A provider over the Libcloud compute driver `name`; raises ProviderConfigError on bad options.
 
     bundles: the folder where runs' trees wait for their nodes to download them (bundles_dir_for
-    the state database, which the web app serves from); without it runs with repos or files fail."""
+    the state database, which the web app serves from); without it runs with repos or files fail.
+    credentials: by variable name (GITOPSQ_PROVIDER_KEY...); None reads them from the environment."""
     options = dict(options)
-    public_url = _check_public_url(public_url)
+    credentials = os.environ if credentials is None else credentials
+    public_url = _check_public_url(public_url, insecure_public_url)
     secrets = sorted(_CREDENTIAL_KEYS & set(options))
     if secrets:
         raise ProviderConfigError(f"--provider-opt {', '.join(secrets)}: credentials come from the environment "
-                                  "(GITOPSQ_PROVIDER_KEY / GITOPSQ_PROVIDER_SECRET), never from options")
+                                  "(GITOPSQ_PROVIDER_KEY / GITOPSQ_PROVIDER_SECRET) or from files "
+                                  "(--provider-key-file / --provider-secret-file), never from options")
     if name == "ec2":
-        return _make_ec2(options, controller_id, max_nodes, public_url, bundles)
-    return _make_generic(name, options, controller_id, max_nodes, public_url, bundles)
+        return _make_ec2(options, controller_id, max_nodes, public_url, bundles, credentials)
+    return _make_generic(name, options, controller_id, max_nodes, public_url, bundles, credentials)
 
 
 def _make_ec2(options: dict, controller_id: str, max_nodes: int | None, public_url: str,
-              bundles: Path | None) -> LibcloudProvider:
+              bundles: Path | None, credentials: Mapping[str, str]) -> LibcloudProvider:
     unknown = sorted(set(options) - set(EC2_OPTIONS))
     if unknown:
         known = "; ".join(f"{k} ({v})" for k, v in EC2_OPTIONS.items())
@@ -446,7 +458,7 @@ def _make_ec2(options: dict, controller_id: str, max_nodes: int | None, public_u
         raise ProviderConfigError(f"--provider-opt arch must be x86_64 or arm64, got {arch!r}")
     try:
         timeout = float(options.get("timeout", 30))
-        driver = ec2.make_ec2_driver(region, options.get("endpoint"), timeout=timeout)
+        driver = ec2.make_ec2_driver(region, options.get("endpoint"), timeout=timeout, environ=credentials)
     except ec2.EC2CredentialsError as exc:
         raise ProviderConfigError(str(exc)) from None
     except ValueError as exc:  # a bad endpoint, timeout or region; none of these is a secret
@@ -469,17 +481,18 @@ def _make_ec2(options: dict, controller_id: str, max_nodes: int | None, public_u
 
 
 def _make_generic(name: str, options: dict, controller_id: str, max_nodes: int | None, public_url: str,
-                  bundles: Path | None) -> LibcloudProvider:
+                  bundles: Path | None, credentials: Mapping[str, str]) -> LibcloudProvider:
     from libcloud.compute.providers import get_driver
 
     try:
         cls = get_driver(name)
     except AttributeError:
         raise ProviderConfigError(f"--provider {name}: not a Libcloud compute provider") from None
-    key = os.environ.get("GITOPSQ_PROVIDER_KEY")
+    key = credentials.get("GITOPSQ_PROVIDER_KEY")
     if not key:
-        raise ProviderConfigError(f"provider {name}: set GITOPSQ_PROVIDER_KEY (and GITOPSQ_PROVIDER_SECRET if it needs one)")
-    secret = os.environ.get("GITOPSQ_PROVIDER_SECRET")
+        raise ProviderConfigError(f"provider {name}: set GITOPSQ_PROVIDER_KEY (and GITOPSQ_PROVIDER_SECRET if it needs one), "
+                                  "or give --provider-key-file (and --provider-secret-file)")
+    secret = credentials.get("GITOPSQ_PROVIDER_SECRET")
     create_keys = {"image", "location", "arch"}
     kwargs = {k: v for k, v in options.items() if k not in create_keys and k != "endpoint"}
     if options.get("endpoint"):

@@ -14,6 +14,7 @@ import os
 import re
 import socket
 import ssl
+from typing import Mapping
 from urllib.parse import urlsplit
 
 import requests
@@ -143,18 +144,19 @@ class GitopsqEC2Driver(EC2NodeDriver):
         super().__init__(*args, **kwargs)
 
 
-def _credentials(key: str | None, secret: str | None) -> tuple[str, str]:
+def _credentials(key: str | None, secret: str | None, environ: Mapping[str, str] | None = None) -> tuple[str, str]:
+    environ = os.environ if environ is None else environ
     sources = [
         (key, secret),
-        (os.environ.get("GITOPSQ_PROVIDER_KEY"), os.environ.get("GITOPSQ_PROVIDER_SECRET")),
-        (os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")),
+        (environ.get("GITOPSQ_PROVIDER_KEY"), environ.get("GITOPSQ_PROVIDER_SECRET")),
+        (environ.get("AWS_ACCESS_KEY_ID"), environ.get("AWS_SECRET_ACCESS_KEY")),
     ]
     for found_key, found_secret in sources:
         if found_key and found_secret:
             return found_key, found_secret
     # Deliberately names only the variables, never their values.
     raise EC2CredentialsError(
-        "EC2 credentials not found: pass key and secret, or set "
+        "EC2 credentials not found: give --provider-key-file and --provider-secret-file, or set "
         "GITOPSQ_PROVIDER_KEY and GITOPSQ_PROVIDER_SECRET, or "
         "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
     )
@@ -167,14 +169,16 @@ def make_ec2_driver(
     secret: str | None = None,
     *,
     timeout: float | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> GitopsqEC2Driver:
     """Build a driver for `region`, optionally against a custom `endpoint`.
 
     `endpoint` is a URL such as "http://127.0.0.1:5000"; its scheme decides
     TLS and a missing port defaults to 80/443.  `timeout` (seconds) bounds
-    each HTTP request.
+    each HTTP request. Without key and secret, they are looked up in `environ` (default: the
+    process environment).
     """
-    access_key, secret_key = _credentials(key, secret)
+    access_key, secret_key = _credentials(key, secret, environ)
     kwargs: dict = {"region": region}
     if endpoint:
         url = urlsplit(endpoint)

@@ -16,11 +16,17 @@ log file. The controller may be killed at any moment, so everything lives on dis
                                       path from launch until pruned; a process run's venv is .venv in it
     <state>/workdirs.jsonl            the index of ended nodes' working directories (workdirs.py)
     <state>/pip/                      pip, copied once per interpreter, for the runs' venvs
+                                      (pip-<uid>/, the run user's own, when runs have one)
 
 Destroyed nodes keep their log (capped) and their working directory (outputs, checkpoints):
 the working directories of ended nodes are pruned by a retention policy (keep_workdirs per
 run, workdirs_max_size in total; see workdirs.py), never a running node's. The state holds
 env values, so directories are 0700 and files 0600 whatever the umask.
+
+With a run user (runuser.py; the controller is root), a process run's command executes as that
+user: its folder under workdirs/ (working directory, script.sh, a home/ of its own) becomes the
+user's, <state> and workdirs/ are 0711 so that the user passes through them to it, and everything
+else (nodes/, ended/, logs/, the database and key beside <state>) stays root's and unreadable.
 
 Process tree: the controller starts a short-lived launcher (reaped at once), which starts
 the wrapper (node_wrapper.py) in a new session and exits. The wrapper is therefore adopted
@@ -56,8 +62,9 @@ from libcloud.common.types import LibcloudError
 from libcloud.compute.base import Node, NodeDriver, NodeImage, NodeSize
 from libcloud.compute.types import NodeState
 
-from gitopsq.providers import volumes
+from gitopsq.providers import runuser, volumes
 from gitopsq.providers.base import image_registry
+from gitopsq.providers.runuser import RunUser
 from gitopsq.providers.workdirs import PRUNE_INTERVAL, Retention, ended_record
 
 
@@ -136,7 +143,7 @@ os.close(int(lock_fd))
 
 _UNSET = object()
 _RESERVED_NAMES = {".", "..", "log", "meta.json", "meta.json.tmp", "script.sh", "exit_code",
-                   "exit_code.tmp", "destroyed"}
+                   "exit_code.tmp", "destroyed", "home"}
 
 
 def _proc_stat(pid: int) -> tuple[str, int, int] | None:
@@ -255,9 +262,13 @@ def _exit_status(path: Path) -> tuple[int | None, str | None]:
 
 
 def _private_dir(path: Path) -> None:
+    """The owner's alone: nobody else may list or write it. Passing through (x, as a run user's
+    way to its own folders: runuser.make_traversable) is left as it is, so that a driver made
+    while runs are going never closes their way for a moment."""
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if stat.S_IMODE(path.stat().st_mode) != 0o700:
-        path.chmod(0o700)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & ~0o711 or (mode & 0o700) != 0o700:
+        path.chmod(0o700 | (mode & 0o011))
 
 
 def _open_private(path: Path, flags: int) -> int:
@@ -332,12 +343,14 @@ class LocalNodeDriver(NodeDriver):
         self, key: str | Path, slots: int | None = None, gpus: int | None = None,
         max_log_size: int | None = None, stop_grace: float = 5.0, keep_workdirs: int | None = None,
         workdirs_max_size: int | None = None, prune_interval: float = PRUNE_INTERVAL,
+        run_user: RunUser | None = None,
     ) -> None:
         """max_log_size: bytes of a node's log kept (its tail); stop_grace: seconds a node's
         leftover processes get between TERM and KILL when its script ends or it is stopped;
         keep_workdirs: ended working directories kept per run (its last submissions'), and
         workdirs_max_size: bytes they may take in total (oldest pruned first), checked at most
-        every prune_interval seconds (see workdirs.py for the defaults)."""
+        every prune_interval seconds (see workdirs.py for the defaults); run_user: the user process
+        runs execute as (this process must be root), None for this process's own."""
         # No super().__init__(): it would build a network connection we have no use for.
         self.state_dir = Path(key).expanduser().resolve()
         self.key, self.secret, self.secure = str(self.state_dir), None, False
@@ -355,12 +368,32 @@ class LocalNodeDriver(NodeDriver):
         self.workdirs_dir = self.state_dir / "workdirs"
         for folder in (self.state_dir, self.nodes_dir, self.ended_dir, self.logs_dir, self.workdirs_dir):
             _private_dir(folder)
+        self.run_user = run_user
+        self.pip_dir = self.state_dir / ("pip" if run_user is None else f"pip-{run_user.uid}")
+        self.prelude = _PYTHON_PRELUDE
+        if run_user is not None:
+            self._open_the_way(run_user)
         try:
             self.retention = Retention(self.state_dir, self._lock, keep_workdirs, workdirs_max_size, prune_interval)
         except ValueError as exc:
             raise LocalError(str(exc), driver=self) from None
         self.retention.start(self.ended_dir)
         self._container_tool_cache: object = _UNSET
+
+    def _open_the_way(self, user: RunUser) -> None:
+        """Let the run user reach its runs' folders (and nothing else), and own its pip copy."""
+        for folder in (self.state_dir, self.workdirs_dir):
+            runuser.make_traversable(folder)
+        _private_dir(self.pip_dir)
+        os.chown(self.pip_dir, user.uid, user.gid)
+        # The venv maker runs as the user, who may not read where gitopsq is installed: a copy it can.
+        self.prelude = str(self.state_dir / "node_python.py")
+        _write_file(Path(self.prelude), Path(_PYTHON_PRELUDE).read_bytes(), 0o644)
+        blocked = runuser.blocked_at(self.workdirs_dir, user)
+        if blocked:
+            raise LocalError(f"the run user {user.name} cannot reach the runs' working directories in "
+                             f"{self.workdirs_dir}: it may not pass through {blocked} (let it, e.g. chmod o+x, "
+                             f"or put the state where it may, with --db)", driver=self)
 
     # ---- catalog -------------------------------------------------------------------
 
@@ -447,8 +480,9 @@ class LocalNodeDriver(NodeDriver):
             if missing:
                 raise LocalCapacityError("; ".join(missing), driver=self)
             gpu_ids = free_gpus[:ex_gpus]
+            as_user = self.run_user if not ex_image else None  # a container's user is the image's business
             try:
-                mounts = volumes.prepare(ex_volumes)
+                mounts = volumes.prepare(ex_volumes, owner=as_user)
             except OSError as exc:
                 raise LocalError(str(exc), driver=self) from None
 
@@ -458,7 +492,9 @@ class LocalNodeDriver(NodeDriver):
             workdir = outputs / workdir_name
             _private_dir(node_dir)
             _private_dir(outputs)
-            script = node_dir / "script.sh"
+            # A run user cannot read the node's folder: its script is in its own.
+            script = (outputs if as_user else node_dir) / "script.sh"
+            home = outputs / "home" if as_user else None
             if ex_tree:
                 os.rename(ex_tree, workdir)  # the staged tree is on this filesystem: a move, not a copy
             if ex_image:
@@ -475,6 +511,9 @@ class LocalNodeDriver(NodeDriver):
                     self.retention.ended(ended_record(node_id, *(ex_retention_key or (name, name)), time.time(), outputs))
                     shutil.rmtree(node_dir, ignore_errors=True)
                     raise LocalError(str(exc), driver=self) from None
+                if as_user:
+                    _private_dir(home)
+                    runuser.give(outputs, as_user)  # links as links: never what a link of the tree points to
             _write_file(self._log(node_id), b"")
             _write_file(node_dir / "exit_code", _EXIT_RESERVED)
             meta = {
@@ -493,23 +532,24 @@ class LocalNodeDriver(NodeDriver):
                 "subreaper": True,  # node_wrapper.py: it stops the run itself on TERM
                 "max_log_size": self.max_log_size,
                 "python": ex_python,
+                "run_user": as_user.name if as_user else None,
             }
             meta_path = node_dir / "meta.json"
             _write_atomic(meta_path, json.dumps(meta, indent=2))
 
             venv = workdir / VENV_NAME if ex_python else None
-            env = self._node_env(ex_env, gpu_ids, node_id, venv)
+            env = self._node_env(ex_env, gpu_ids, node_id, venv, as_user, home)
             container_args = (*volumes.docker_args(mounts), *_outside_mounts(ex_outside), *ex_container_args) if ex_image else ()
             command = self._command(node_id, script, workdir, env, ex_env, ex_image, tool, gpu_ids, container_args)
             if ex_image and ex_registry_auth:
                 command = _with_registry_login(command, tool, node_dir, ex_image, *ex_registry_auth)
             if venv:  # made by the node itself: its time is the run's, not this step's
-                command = [ex_python, "-I", _PYTHON_PRELUDE, str(venv), str(self.state_dir / "pip"), *command]
+                command = [ex_python, "-I", self.prelude, str(venv), str(self.pip_dir), *command]
             log_path = str(self._log(node_id))
             launch = subprocess.run(
                 [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(lock_fd), str(meta_path), log_path,
                  sys.executable, "-I", "-S", _WRAPPER, str(node_dir / "exit_code"), log_path,
-                 str(self.max_log_size), str(self.stop_grace), *command],
+                 str(self.max_log_size), str(self.stop_grace), as_user.spec if as_user else "-", *command],
                 cwd=workdir, env=env, stdin=subprocess.DEVNULL, pass_fds=(lock_fd,),
                 capture_output=True, text=True, timeout=60,
             )
@@ -680,14 +720,17 @@ class LocalNodeDriver(NodeDriver):
             processes, wrapper = _node_processes(meta)
 
     @staticmethod
-    def _node_env(ex_env: dict[str, str] | None, gpu_ids: list[int], node_id: str, venv: Path | None = None) -> dict[str, str]:
+    def _node_env(ex_env: dict[str, str] | None, gpu_ids: list[int], node_id: str, venv: Path | None = None,
+                  user: RunUser | None = None, home: Path | None = None) -> dict[str, str]:
         # A clean env: the controller's own variables (tokens, credentials) stay out.
         env = {
             "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
-            "HOME": os.environ.get("HOME", "/"),
+            "HOME": str(home) if home else os.environ.get("HOME", "/"),
             "LANG": os.environ.get("LANG", "C.UTF-8"),
             "PYTHONUNBUFFERED": "1",  # so Python scripts' output reaches the log live
         }
+        if user:
+            env["USER"] = env["LOGNAME"] = user.name
         env.update({str(k): str(v) for k, v in (ex_env or {}).items()})
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpu_ids))
         env[NODE_ENV] = node_id  # finds the node's processes wherever they went (see destroy_node)

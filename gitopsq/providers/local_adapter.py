@@ -18,6 +18,7 @@ from pathlib import Path
 from libcloud.compute.base import Node
 from libcloud.compute.types import NodeState
 
+from gitopsq.providers.base import Isolation
 from gitopsq.providers.local import PROVIDER, LocalCapacityError, LocalError, LocalImageError, LocalNodeDriver, register
 from gitopsq.providers.pythons import default_python, find_python
 from gitopsq.providers.volumes import CONTAINER_WORKDIR, container_path, overlap, process_path_problem
@@ -29,8 +30,20 @@ class LocalAdapter:
     name = "local"
     reports_exit_codes = False  # the wrapper records the exit code; list_nodes reports it
 
-    def __init__(self, driver: LocalNodeDriver):
+    def __init__(self, driver: LocalNodeDriver, why_no_run_user: str | None = None):
         self.driver = driver
+        self.isolation = self._isolation(why_no_run_user)
+
+    def _isolation(self, why_no_run_user: str | None) -> Isolation:
+        """Whether runs can read the controller: its environment, its state, its secrets key."""
+        user = self.driver.run_user
+        if user is not None:
+            return Isolation(True, f"process runs execute as {user.name} (uid {user.uid}), which cannot read the "
+                                   f"state directory; container runs see only their own files")
+        why = why_no_run_user or "runs execute as the controller's user"
+        return Isolation(False, f"{why}: a run without image can read the state directory (every run's env, the "
+                                f"secrets key) and the controller's processes; runs with image are kept apart "
+                                f"by their container")
 
     def demand(self, spec) -> dict[str, int]:
         return {"slots": 1, "gpus": spec.resources.gpu_count}
@@ -67,8 +80,9 @@ class LocalAdapter:
                     "set image to run in a container with its own")
         if spec.nvcc and find_nvcc() is None:
             return "nvcc: the local provider found no nvcc on this machine (PATH, /usr/local/cuda/bin); install CUDA's toolkit"
-        if spec.python and find_python(spec.python) is None:
-            return (f"python: no Python {spec.python} on this machine for the local provider "
+        if spec.python and find_python(spec.python, self.driver.run_user) is None:
+            runnable = f" that the run user {self.driver.run_user.name} may run" if self.driver.run_user else ""
+            return (f"python: no Python {spec.python}{runnable} on this machine for the local provider "
                     f"(looked on PATH, in pyenv and uv); install it or change python")
         return None
 
@@ -170,8 +184,8 @@ class LocalAdapter:
         """The interpreter whose venv a process run gets: of its `python`, else the machine's python3
         (None when the machine has none: the run then has no venv, as it asked for no Python)."""
         if version is None:
-            return default_python()
-        interpreter = find_python(version)
+            return default_python(self.driver.run_user)
+        interpreter = find_python(version, self.driver.run_user)
         if interpreter is None:  # uninstalled since it was checked: the launch fails with the reason
             raise LocalError(f"python: no Python {version} on this machine any more", driver=self.driver)
         return interpreter
@@ -237,13 +251,16 @@ def _gpu_model_fits(model: tuple[str, float], gpu) -> bool:
 
 def make_local_provider(state_dir: Path, controller_id: str, slots: int | None = None, gpus: int | None = None,
                         max_log_size: int | None = None, keep_workdirs: int | None = None,
-                        workdirs_max_size: int | None = None):
-    """The embedded default provider, through Libcloud's driver registry."""
+                        workdirs_max_size: int | None = None, run_user=None, why_no_run_user: str | None = None):
+    """The embedded default provider, through Libcloud's driver registry.
+
+    run_user: the runuser.RunUser process runs execute as (None: this process's user, and
+    why_no_run_user says why, for the warning at start and /healthz)."""
     from libcloud.compute.providers import get_driver
 
     from gitopsq.providers.base import LibcloudProvider
 
     register()
     driver = get_driver(PROVIDER)(state_dir, slots=slots, gpus=gpus, max_log_size=max_log_size,
-                                  keep_workdirs=keep_workdirs, workdirs_max_size=workdirs_max_size)
-    return LibcloudProvider(driver, LocalAdapter(driver), controller_id)
+                                  keep_workdirs=keep_workdirs, workdirs_max_size=workdirs_max_size, run_user=run_user)
+    return LibcloudProvider(driver, LocalAdapter(driver, why_no_run_user), controller_id)

@@ -1,9 +1,13 @@
 """The process that owns one local node: it runs the node's command and contains what it starts.
 
 Started by the local driver's launcher as `python -I -S node_wrapper.py EXIT_FILE LOG_FILE
-MAX_LOG GRACE COMMAND...`, in a session of its own, so it is not the controller's child. It
+MAX_LOG GRACE USER COMMAND...`, in a session of its own, so it is not the controller's child. It
 imports nothing but the standard library (never gitopsq: an upgrade must not change a running
 node) and:
+
+- runs COMMAND as USER when it is `uid:gid:groups` (the run user: supplementary groups, group and
+  user are set in the child before it execs), or as itself when it is `-`; the wrapper itself keeps
+  its user, so the log and the exit file stay the controller's;
 
 - is a child subreaper (PR_SET_CHILD_SUBREAPER): whatever the command starts stays below it,
   even what double-forks or calls setsid, since orphans are re-parented here, not to init;
@@ -23,6 +27,7 @@ import errno
 import os
 import select
 import signal
+import subprocess
 import sys
 import time
 
@@ -150,8 +155,16 @@ def record(path: str, code: int) -> None:
         os.close(fd)
 
 
+def run_as(user: str) -> dict:
+    """Popen's arguments that make the child USER (`uid:gid:g1,g2`), or none for `-`."""
+    if user == "-":
+        return {}
+    uid, gid, groups = user.split(":")
+    return {"user": int(uid), "group": int(gid), "extra_groups": [int(g) for g in groups.split(",") if g]}
+
+
 def main(argv: list[str]) -> int:
-    exit_path, log_path, limit, grace, *command = argv
+    exit_path, log_path, limit, grace, user, *command = argv
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     libc.prctl(PR_SET_NAME, b"gitopsq-node", 0, 0, 0)
@@ -169,17 +182,14 @@ def main(argv: list[str]) -> int:
     log = Log(log_path, int(limit))
     out_r, out_w = os.pipe()
     try:
-        main_pid = os.posix_spawnp(
-            command[0], command, os.environ,
-            file_actions=[(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
-                          (os.POSIX_SPAWN_DUP2, out_w, 1), (os.POSIX_SPAWN_DUP2, out_w, 2)],
-            # Python ignores SIGPIPE and SIGXFSZ; the run gets the defaults a shell would give it.
-            setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD),
-        )
-        status = None
-    except OSError as exc:
+        # restore_signals: Python ignores SIGPIPE and SIGXFSZ; the run gets the defaults a shell would
+        # give it (the handlers set above are reset by exec). The child is reaped below, not by Popen.
+        child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out_w, stderr=out_w,
+                                 restore_signals=True, **run_as(user))
+        main_pid, status = child.pid, None
+    except (OSError, subprocess.SubprocessError) as exc:
         log.write(f"gitopsq: cannot run {command[0]}: {exc}\n".encode())
-        main_pid, status = None, 127
+        child, main_pid, status = None, None, 127
     os.close(out_w)
 
     reading, term_at = True, None
@@ -236,6 +246,8 @@ def main(argv: list[str]) -> int:
             log.write(chunk)
     log.finish()
     record(exit_path, status)
+    if child is not None:
+        child.returncode = status  # reaped above: Popen must not wait for it again
     return 0
 
 

@@ -49,12 +49,21 @@ def _version_of(path: str) -> str | None:
 
 
 @functools.cache
-def find_python(version: str) -> str | None:
-    """The absolute path of a working `pythonX.Y` for version "X.Y", or None."""
+def find_python(version: str, user=None) -> str | None:
+    """The absolute path of a working `pythonX.Y` for version "X.Y", or None.
+
+    user: a run user (runuser.RunUser) that must be able to run it: an interpreter under a folder
+    it may not enter (root's pyenv in /root) is passed over."""
     for path in _candidates(version):
-        if _version_of(path) == version:
+        if _version_of(path) == version and _usable(os.path.realpath(path), user):
             return os.path.realpath(path)
     return None
+
+
+def _usable(path: str, user) -> bool:
+    from gitopsq.providers.runuser import blocked_at
+
+    return user is None or blocked_at(path, user) is None
 
 
 # Where the interpreter behind `python3` is installed: a venv's python3 (the controller's own, when
@@ -63,11 +72,29 @@ _BASE = "import sys; print(sys.base_prefix); print('%d.%d' % sys.version_info[:2
 
 
 @functools.cache
-def default_python() -> str | None:
+def default_python(user=None) -> str | None:
     """The machine's default python3: the installation behind `python3` on PATH, never a venv
-    (runs get venvs of it, and must not see the packages of the controller's own venv)."""
-    found = shutil.which("python3")
-    if found is None:
+    (runs get venvs of it, and must not see the packages of the controller's own venv).
+
+    user: a run user that must be able to run it; when it cannot run that one, the system's
+    python3 (/usr/local/bin, /usr/bin) it can run, else None."""
+    found = _base_python(shutil.which("python3"))
+    if user is None or _usable_or_none(found, user):
+        return found
+    for folder in ("/usr/local/bin", "/usr/bin"):
+        candidate = _base_python(os.path.join(folder, "python3"))
+        if _usable_or_none(candidate, user):
+            return candidate
+    return None
+
+
+def _usable_or_none(path: str | None, user) -> bool:
+    return path is not None and _usable(path, user)
+
+
+def _base_python(found: str | None) -> str | None:
+    """The installation behind the python3 at `found` (a venv's, a shim's)."""
+    if found is None or not os.access(found, os.X_OK):
         return None
     try:
         out = subprocess.run([found, "-I", "-c", _BASE], capture_output=True, text=True, timeout=10)

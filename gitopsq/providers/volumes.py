@@ -59,9 +59,10 @@ def check(paths: list[str], container: bool) -> None:
             raise ValueError(f"volumes: {path!r} {problem}")
 
 
-def prepare(volumes) -> list[tuple[str, str]]:
-    """(instance_path, path) of each volume the run gets: a missing instance_path is created, or
-    the volume is left out when it is optional. Raises OSError naming what could not be made."""
+def prepare(volumes, owner=None) -> list[tuple[str, str]]:
+    """(instance_path, path) of each volume the run gets: a missing instance_path is created (and
+    given to `owner`, a run user, when there is one; one that exists is left as it is), or the
+    volume is left out when it is optional. Raises OSError naming what could not be made."""
     mounts = []
     for instance_path, path, optional in volumes:
         if not os.path.lexists(instance_path):
@@ -69,6 +70,8 @@ def prepare(volumes) -> list[tuple[str, str]]:
                 continue
             try:
                 os.makedirs(instance_path, exist_ok=True)
+                if owner is not None:
+                    os.chown(instance_path, owner.uid, owner.gid)
             except OSError as exc:
                 raise OSError(exc.errno, f"volumes: cannot create {instance_path}: {exc.strerror or exc}") from None
         mounts.append((instance_path, path))

@@ -11,62 +11,92 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Callable
 
-from fastapi import FastAPI, Path as PathParam, Query
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from gitopsq.controller import record_report, touch
+from gitopsq.controller import touch
 from gitopsq.store import listing
 from gitopsq.store import submissions as submission_rows  # the route below is named submissions
+from gitopsq.tokens import Token
 from gitopsq.web import dashboard, queries
+from gitopsq.web.auth import (CHALLENGE, COOKIE, Auth, Login, LoginRequired, check_every_route_declares_access, public,
+                              safe_next)
 from gitopsq.web.metrics import CONTENT_TYPE, Metrics
-from gitopsq.web.models import (INT64, Activity, Health, Problem, Report, ReportAccepted, RunDetail, RunRow, Status,
-                                Submission)
-from gitopsq.web.node import node_router
+from gitopsq.web.models import Activity, Health, Problem, RunDetail, RunRow, Status, Submission
+from gitopsq.web.nodes import node_router
 from gitopsq.web.secrets import secrets_router
 from gitopsq.web.webhook import webhook_router
 
 NOT_FOUND = {404: {"model": Problem, "description": "No run of that name."}}
+NEEDS_TOKEN = {401: {"model": Problem, "description": "No token, or not a valid one."}}
+NEEDS_WRITE = {**NEEDS_TOKEN, 403: {"model": Problem, "description": "The token is read-only."}}
 
 
 def create_app(db_path: Path, wake: Callable[[str], None], status: Callable[[], dict], webhook_secret: bytes | None,
-               metrics: Metrics | None = None, *, clock: Callable[[], float] = time.time) -> FastAPI:
+               metrics: Metrics | None = None, *, clock: Callable[[], float] = time.time, metrics_open: bool = False,
+               accept_unsigned_webhooks: bool = False) -> FastAPI:
     """The web app over the state database at `db_path`.
 
     wake(reason): wakes the controller loop ("webhook", "report", "secrets"); must return at once.
     status(): {"branch", "commit" (last reconciled), "provider", "provider_health" (None or a
     message), "last_step_at" (the last step's end), "last_success_at" (the last successful one's),
     "last_step_error" (None or one line), "step_failures", "repo"}, shown by /healthz and the dashboard.
-    webhook_secret: None accepts every webhook (see gitopsq.web.webhook).
+    webhook_secret: None accepts unsigned webhooks where accept_unsigned_webhooks says so (the
+    daemon listens on loopback), else closes the webhook (see gitopsq.web.webhook).
     metrics: the daemon's Metrics (it records reconcile durations and provider errors there).
+    metrics_open: /metrics without a token (for a Prometheus that cannot send one).
+    Every other route needs a token of the state's (gitopsq.tokens), see gitopsq.web.auth.
     """
     pool = queries.StorePool(db_path)
     metrics = metrics or Metrics()
     metrics.collect_from(pool.get, status, clock)
+    auth = Auth(pool.get, clock)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
         pool.close()
 
-    app = FastAPI(title="gitopsq", summary="A GitOps controller for ML runs.", lifespan=lifespan)
+    # The documentation routes are declared below, behind a token like the rest.
+    app = FastAPI(title="gitopsq", summary="A GitOps controller for ML runs.", lifespan=lifespan, openapi_url=None,
+                  docs_url=None, redoc_url=None)
     app.state.metrics = metrics
     app.state.stores = pool
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError):
+        """FastAPI's 422 without the `input` (and `ctx`) it echoes: that input may be a whole body, or a secret."""
+        errors = [{"loc": list(error["loc"]), "msg": error["msg"], "type": error["type"]} for error in exc.errors()]
+        return JSONResponse({"detail": errors}, status_code=422)
+
+    @app.exception_handler(LoginRequired)
+    async def login_form(request: Request, exc: LoginRequired):
+        asked = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        next_path = exc.next_path or (safe_next(asked) if request.method == "GET" else "/")
+        return HTMLResponse(dashboard.render_login(next_path, exc.error), status_code=401, headers=CHALLENGE)
+
+    read = APIRouter(dependencies=[Depends(auth.reader)], responses=NEEDS_TOKEN)
+    write = APIRouter(dependencies=[Depends(auth.writer)], responses=NEEDS_WRITE)
+    pages = APIRouter(dependencies=[Depends(auth.viewer)], tags=["dashboard"], default_response_class=HTMLResponse)
+    open_routes = APIRouter(dependencies=[Depends(public)], tags=["daemon"])
 
     def missing(name: str) -> JSONResponse:
         return JSONResponse({"detail": f"no run named {name!r}"}, status_code=404)
 
-    @app.get("/api/runs", response_model=list[RunRow], tags=["runs"])
+    @read.get("/api/runs", response_model=list[RunRow], tags=["runs"])
     def runs(status: Status | None = None, all: bool = Query(False, description="Include runs whose file is gone.")):
         """Runs with their current submission: active ones in queue order, then finished ones (as `gitopsq ps`)."""
         return listing(pool.get(), all, status, now=clock())
 
-    @app.get("/api/runs/{name}", response_model=RunDetail, responses=NOT_FOUND, tags=["runs"])
+    @read.get("/api/runs/{name}", response_model=RunDetail, responses=NOT_FOUND, tags=["runs"])
     def run(name: str):
         """One run with its current submission."""
         detail = queries.run_detail(pool.get(), name, clock())
         return detail if detail is not None else missing(name)
 
-    @app.get("/api/runs/{name}/history", response_model=list[Submission], responses=NOT_FOUND, tags=["runs"])
+    @read.get("/api/runs/{name}/history", response_model=list[Submission], responses=NOT_FOUND, tags=["runs"])
     def run_history(name: str):
         """Every submission of a run, oldest first."""
         store = pool.get()
@@ -74,10 +104,10 @@ def create_app(db_path: Path, wake: Callable[[str], None], status: Callable[[], 
             return missing(name)
         return submission_rows(store, run=name)
 
-    @app.post("/api/runs/{name}/activity", response_model=Activity, tags=["runs"],
-              responses={**NOT_FOUND, 409: {"model": Problem, "description": "The run is not active."}})
+    @write.post("/api/runs/{name}/activity", response_model=Activity, tags=["runs"],
+                responses={**NOT_FOUND, 409: {"model": Problem, "description": "The run is not active."}})
     def activity(name: str):
-        """A dev environment's heartbeat: resets its inactivity_duration clock."""
+        """A dev environment's heartbeat: resets its inactivity_duration clock (a write token)."""
         store = pool.get()
         if not queries.run_exists(store, name):
             return missing(name)
@@ -86,34 +116,13 @@ def create_app(db_path: Path, wake: Callable[[str], None], status: Callable[[], 
             return JSONResponse({"detail": f"run {name!r} is not active"}, status_code=409)
         return {"name": name, "last_activity_at": now}
 
-    @app.get("/api/submissions", response_model=list[Submission], tags=["submissions"])
+    @read.get("/api/submissions", response_model=list[Submission], tags=["submissions"])
     def submissions(status: Status | None = Query(None, description="Default: the active submissions.")):
         """Submissions in queue order: priority (highest first), then first queued."""
         return submission_rows(pool.get(), status)
 
-    @app.post("/api/submissions/{submission_id}/report", response_model=ReportAccepted, tags=["submissions"],
-              responses={400: {"model": Problem, "description": "The body is not JSON."},
-                         403: {"model": Problem, "description": "Unknown submission, wrong token, or not running."}})
-    def report(body: Report, submission_id: int = PathParam(ge=1, le=INT64)):
-        """A cloud node reports its exit code; accepted only with that submission's token."""
-        store = pool.get()
-        refused = JSONResponse({"detail": "report refused"}, status_code=403)
-        try:
-            body.token.encode("utf-8")
-        except UnicodeEncodeError:
-            return refused
-        if not record_report(store, submission_id, body.token, body.exit_code, clock()):
-            return refused
-        wake("report")
-        sub = store.submission(submission_id)
-        return {"submission_id": submission_id, "exit_code": sub["exit_code"], "reported_at": sub["reported_at"]}
-
-    app.include_router(webhook_router(webhook_secret, wake, metrics.webhook))
-    app.include_router(secrets_router(pool.get, wake, clock))
-    app.include_router(node_router())
-
-    @app.get("/healthz", response_model=Health, tags=["daemon"],
-             responses={503: {"model": Health, "description": "Degraded: the last step failed or the provider does not answer."}})
+    @open_routes.get("/healthz", response_model=Health,
+                     responses={503: {"model": Health, "description": "Degraded: the last step failed or the provider does not answer."}})
     def healthz():
         """ok (200) while steps succeed and the provider answers, else degraded (503) with the reason.
 
@@ -126,25 +135,61 @@ def create_app(db_path: Path, wake: Callable[[str], None], status: Callable[[], 
         body = {**info, "status": state, "reason": reason, "invalid_files": queries.invalid_file_count(pool.get())}
         return body if state == "ok" else JSONResponse(Health(**body).model_dump(), status_code=503)
 
-    @app.get("/metrics", response_class=Response, tags=["daemon"],
-             responses={200: {"content": {CONTENT_TYPE.split(";")[0]: {}}, "description": "Prometheus text format."}})
+    metrics_routes = open_routes if metrics_open else read
+
+    @metrics_routes.get("/metrics", response_class=Response, tags=["daemon"],
+                        responses={200: {"content": {CONTENT_TYPE.split(";")[0]: {}}, "description": "Prometheus text format."}})
     def prometheus():
+        """Prometheus metrics (without a token only where `serve --metrics-open` says so)."""
         return Response(metrics.exposition(), media_type=CONTENT_TYPE)
 
-    @app.get("/", response_class=HTMLResponse, tags=["dashboard"])
-    def index():
-        """The dashboard: the queue, the last reconciled commit, provider health, validation errors."""
-        return dashboard.render_index(pool.get(), status(), clock())
+    @read.get("/openapi.json", include_in_schema=False)
+    def openapi():
+        return JSONResponse(app.openapi())
 
-    @app.get("/runs/{name}", response_class=HTMLResponse, tags=["dashboard"],
-             responses={404: {"content": {"text/html": {}}, "description": "No run of that name."}})
-    def run_page(name: str):
+    @pages.get("/docs", include_in_schema=False)
+    def docs():
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="gitopsq API")
+
+    @pages.get("/")
+    def index(user: Token = Depends(auth.viewer)):
+        """The dashboard: the queue, the last reconciled commit, provider health, validation errors."""
+        return dashboard.render_index(pool.get(), status(), clock(), user.name)
+
+    @pages.get("/runs/{name}", responses={404: {"content": {"text/html": {}}, "description": "No run of that name."}})
+    def run_page(name: str, user: Token = Depends(auth.viewer)):
         """A run's history and the tail of its latest log."""
-        page = dashboard.render_run(pool.get(), name, clock())
+        page = dashboard.render_run(pool.get(), name, clock(), user.name)
         if page is None:
-            return HTMLResponse(dashboard.render_missing(name), status_code=404)
+            return HTMLResponse(dashboard.render_missing(name, user.name), status_code=404)
         return page
 
+    @app.post("/login", tags=["dashboard"], response_class=RedirectResponse, status_code=303,
+              responses={401: {"content": {"text/html": {}}, "description": "Not a valid token: the login form again."},
+                         413: {"model": Problem, "description": "The body is larger than 4 KiB."}},
+              openapi_extra={"requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {
+                  "schema": {"type": "object", "properties": {"token": {"type": "string"}, "next": {"type": "string"}},
+                             "required": ["token"]}}}}})
+    def login(request: Request, form: Login = Depends(auth.login)):
+        """The dashboard's login form: a valid token sets an HttpOnly, SameSite=Strict cookie holding it."""
+        response = RedirectResponse(form.next, status_code=303)
+        response.set_cookie(COOKIE, form.token, httponly=True, samesite="strict", secure=request.url.scheme == "https",
+                            path="/")
+        return response
+
+    @pages.post("/logout", response_class=RedirectResponse, status_code=303)
+    def logout():
+        """Forget the dashboard's login cookie."""
+        response = RedirectResponse("/", status_code=303)
+        response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
+        return response
+
+    for router in (read, write, pages, open_routes):
+        app.include_router(router)
+    app.include_router(node_router(auth, pool.get, wake, clock, db_path))
+    app.include_router(webhook_router(webhook_secret, wake, metrics.webhook, accept_unsigned_webhooks))
+    app.include_router(secrets_router(pool.get, wake, clock, auth.reader, auth.writer))
+    check_every_route_declares_access(app)
     return app
 
 

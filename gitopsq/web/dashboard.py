@@ -45,14 +45,14 @@ def _shown(row: dict, now: float) -> dict:
             "reason_text": why(row, now)}
 
 
-def render_index(store: Store, status: dict, now: float) -> str:
+def render_index(store: Store, status: dict, now: float, user: str | None = None) -> str:
     rows = [_shown(row, now) for row in listing(store, now=now)]
     return ENV.get_template("index.html").render(
-        rows=rows, info=status, now=now, problems=store.file_problems(),
+        rows=rows, info=status, now=now, problems=store.file_problems(), user=user,
         since_step=(now - status["last_step_at"]) if status.get("last_step_at") else None)
 
 
-def render_run(store: Store, name: str, now: float) -> str | None:
+def render_run(store: Store, name: str, now: float, user: str | None = None) -> str | None:
     if not queries.run_exists(store, name):
         return None
     history = [_shown(row, now) for row in submissions(store, run=name)]
@@ -61,11 +61,15 @@ def render_run(store: Store, name: str, now: float) -> str | None:
     tail, log_problem = queries.masked_log_tail(store, *latest) if latest else (None, "no log yet")
     run = store.run(name)
     return ENV.get_template("run.html").render(
-        name=name, run=run, history=list(reversed(history)), now=now, log_path=path, log_tail=tail,
+        name=name, run=run, history=list(reversed(history)), now=now, log_path=path, log_tail=tail, user=user,
         log_problem=log_problem, lines=queries.LOG_TAIL_LINES,
         invalid=store.invalid_file(run["file"]) if run["present"] else None,
         active=bool(history) and history[-1]["status"] in ACTIVE)
 
 
-def render_missing(name: str) -> str:
-    return ENV.get_template("missing.html").render(name=name)
+def render_missing(name: str, user: str | None = None) -> str:
+    return ENV.get_template("missing.html").render(name=name, user=user)
+
+
+def render_login(next_path: str, error: str | None = None) -> str:
+    return ENV.get_template("login.html").render(next=next_path, error=error)

@@ -126,6 +126,9 @@ class Health(BaseModel):
     step_failures: int = Field(0, description="Failed steps since the daemon started.")
     invalid_files: int = Field(0, description="Files of the branch that do not validate (their runs keep their last valid spec).")
     repo: str | None = None
+    runs_isolated: bool | None = Field(None, description="false when runs can read the controller's state and processes "
+                                                         "(same user, see SECURITY.md).")
+    runs_isolation: str | None = Field(None, description="How runs are kept from the controller, or why they are not.")
 
 
 class WebhookAccepted(BaseModel):

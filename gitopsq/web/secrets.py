@@ -1,7 +1,7 @@
 """The secrets API: set, list and remove secrets. A value goes in and never comes back out, not
 even inside an error: bodies are capped before they are read, and a 422 never echoes its input.
 
-The routes are one APIRouter, so that authentication can be added to all of them at once.
+Listing needs a token; setting and removing need a write token (gitopsq.web.auth).
 """
 
 from __future__ import annotations
@@ -42,15 +42,16 @@ def redacted_errors(exc: ValidationError) -> list[dict]:
             for error in exc.errors(include_input=False, include_context=False, include_url=False)]
 
 
-def secrets_router(stores: Callable[[], Store], wake: Callable[[str], None], clock: Callable[[], float]) -> APIRouter:
+def secrets_router(stores: Callable[[], Store], wake: Callable[[str], None], clock: Callable[[], float],
+                   reader: Callable, writer: Callable) -> APIRouter:
     router = APIRouter(prefix="/api/secrets", tags=["secrets"])
 
-    @router.get("", response_model=list[SecretRow])
+    @router.get("", response_model=list[SecretRow], dependencies=[Depends(reader)])
     def list_secrets():
         """Secrets that are set or referenced by a run, by name, with the runs that reference them; never values."""
         return secret_listing(stores())
 
-    @router.put("/{name}", response_model=SecretSet, openapi_extra=_BODY_DOC,
+    @router.put("/{name}", response_model=SecretSet, openapi_extra=_BODY_DOC, dependencies=[Depends(writer)],
                 responses={413: {"model": Problem, "description": "The body is larger than 64 KiB."},
                            500: {"model": Problem, "description": "The secrets key is missing or is not the one in use."}})
     def put_secret(name: str = NAME, raw: bytes = Depends(capped_body)):
@@ -72,7 +73,7 @@ def secrets_router(stores: Callable[[], Store], wake: Callable[[str], None], clo
         row = next(row for row in secrets.list() if row["name"] == name)
         return {**row, "created": created}
 
-    @router.delete("/{name}", status_code=204, response_class=Response,
+    @router.delete("/{name}", status_code=204, response_class=Response, dependencies=[Depends(writer)],
                    responses={404: {"model": Problem, "description": "No secret of that name."}})
     def delete_secret(name: str = NAME):
         """Remove a secret. Runs that reference it wait with secret-missing at their next launch."""

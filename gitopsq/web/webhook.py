@@ -4,10 +4,11 @@ Accepted signatures, each compared in constant time:
 - GitHub: `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the raw body>`
 - GitLab: `X-Gitlab-Token: <the secret>`
 - generic: `X-Signature: sha256=<hex HMAC-SHA256 of the raw body>`
-The first of these headers present decides. Without a configured secret every request is
-accepted: the daemon binds 127.0.0.1 by default, and a wake only makes the controller fetch,
-which it does periodically anyway. Bodies over 1 MiB are refused with 413 whatever the
-Content-Length header says.
+The first of these headers present decides. Without a configured secret the route is open only
+where the daemon listens on loopback (`accept_unsigned`; a wake only makes the controller fetch,
+which it does periodically anyway); elsewhere it answers 403 to everyone. Bodies over 1 MiB are
+refused with 413 whatever the Content-Length header says. The check is the `signed` dependency,
+the route's declared access (gitopsq.web.auth).
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import hashlib
 import hmac
 from typing import Callable
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, HTTPException, Request
 
+from gitopsq.web.auth import access
 from gitopsq.web.models import Problem, WebhookAccepted
 
 MAX_BODY = 1024 * 1024
@@ -63,27 +64,36 @@ async def read_capped(request: Request, limit: int = MAX_BODY) -> bytes:
     return b"".join(chunks)
 
 
-def webhook_router(secret: bytes | None, wake: Callable[[str], None], record: Callable[[str], None]) -> APIRouter:
+def webhook_router(secret: bytes | None, wake: Callable[[str], None], record: Callable[[str], None],
+                   accept_unsigned: bool = False) -> APIRouter:
+    """record(outcome): counts each request by outcome (accepted, unauthorized, too-large, closed)."""
     router = APIRouter()
 
-    @router.post(
-        "/api/webhook", status_code=202, response_model=WebhookAccepted, tags=["triggers"],
-        responses={401: {"model": Problem, "description": "Missing or wrong signature."},
-                   413: {"model": Problem, "description": "Body over 1 MiB."}},
-        openapi_extra={"requestBody": {"required": False, "content": {
-            "application/json": {"schema": {"type": "object", "additionalProperties": True}}}}},
-    )
-    async def webhook(request: Request):
-        """Wake the controller to fetch the config repo (a CI push notification)."""
+    @access("webhook")
+    async def signed(request: Request) -> None:
+        if secret is None and not accept_unsigned:
+            record("closed")
+            raise HTTPException(403, "webhooks are closed: serving off loopback, they need --webhook-secret-file")
         try:
             body = await read_capped(request)
         except BodyTooLarge:
             record("too-large")
-            return JSONResponse({"detail": f"body over {MAX_BODY} bytes"}, status_code=413)
+            raise HTTPException(413, f"body over {MAX_BODY} bytes") from None
         headers = {k.lower(): v for k, v in request.headers.items()}
         if not verify(secret, headers, body):
             record("unauthorized")
-            return JSONResponse({"detail": "missing or wrong signature"}, status_code=401)
+            raise HTTPException(401, "missing or wrong signature")
+
+    @router.post(
+        "/api/webhook", status_code=202, response_model=WebhookAccepted, tags=["triggers"], dependencies=[Depends(signed)],
+        responses={401: {"model": Problem, "description": "Missing or wrong signature."},
+                   403: {"model": Problem, "description": "No secret is set and the daemon listens off loopback."},
+                   413: {"model": Problem, "description": "Body over 1 MiB."}},
+        openapi_extra={"requestBody": {"required": False, "content": {
+            "application/json": {"schema": {"type": "object", "additionalProperties": True}}}}},
+    )
+    async def webhook():
+        """Wake the controller to fetch the config repo (a CI push notification)."""
         record("accepted")
         wake("webhook")
         return {"accepted": True}
