@@ -105,36 +105,47 @@ def init(directory: str) -> None:
     click.echo(f"Next: gitopsq validate {directory} && gitopsq serve --repo {directory}")
 
 
+branch_help = "The branch the controller watches (default: $GITOPSQ_BRANCH, else main)."
+
+
 @main.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@click.option("-Q", "--queue", is_flag=True, help="Queue until it fits: retry on no-capacity forever (overrides the file's retry).")
+@click.option("-Q", "--queue", is_flag=True, help="Queue until it fits: retry on no-capacity forever (sets the file's retry).")
 @click.option("--repo", "repo_dir", default=".", show_default=True, type=click.Path(file_okay=False), help="The config repository (a local git repo).")
+@click.option("--branch", envvar="GITOPSQ_BRANCH", default="main", help=branch_help + " It must be checked out.")
 @click.option("--push", is_flag=True, help="Push the commit to the branch's upstream.")
-def apply(file: str, queue: bool, repo_dir: str, push: bool) -> None:
-    """Validate FILE, write it into the config repo and commit it.
+@click.option("--provider", default="local", show_default=True, help="The controller's provider, which -Q asks whether the run can ever fit.")
+@click.option("--provider-opt", multiple=True, metavar="KEY=VALUE", help="As for serve: the cloud provider's options.")
+@click.option("--local-gpus", type=click.IntRange(min=0), help="As for serve: GPUs of the local provider (default: what nvidia-smi reports).")
+def apply(file: str, queue: bool, repo_dir: str, branch: str, push: bool, provider: str, provider_opt, local_gpus) -> None:
+    """Validate FILE, write it into the config repo and commit it on the watched branch.
 
-    It goes to the file that already defines the same run name, else to runs/<name>.yml.
-    Nothing is committed when the content is unchanged.
+    It goes to the file that already defines the same run name, else to runs/<name>.yml, as
+    written: comments, block scalars and key order stay, and only what apply sets changes (the
+    retry key with -Q; name, when the target's file name would name the run otherwise). It
+    prints the diff of the file's text. It refuses when another branch is checked out, and,
+    with -Q, a run the provider can never hold. Nothing is committed when the content is unchanged.
     """
     from pathlib import Path
 
-    from gitopsq.apply import apply_file
-    from gitopsq.output import short_json
+    from gitopsq.apply import ApplyRefused, ProviderCheck, apply_file
     from gitopsq.yamlload import SpecError
 
+    options = dict(_provider_options(provider, None, local_gpus, provider_opt, None, None, None).options)
+    check = ProviderCheck(provider, options, local_gpus=local_gpus)
     try:
-        applied = apply_file(Path(file), Path(repo_dir), queue, push)
+        applied = apply_file(Path(file), Path(repo_dir), queue, push, branch, unsatisfiable=check)
     except SpecError as exc:
         for problem in exc.problems:
             click.echo(str(problem), err=True)
         raise SystemExit(1)
+    except ApplyRefused as exc:
+        raise click.ClickException(str(exc)) from None
     if applied.commit is None:
         click.echo(f"{applied.path}: unchanged, nothing committed.")
         return
-    click.echo(f"Committed {applied.commit[:12]}: {applied.path} (run {applied.spec.name})")
-    for name, (old, new) in applied.changes.items():
-        click.echo(f"  {name}: {short_json(old)} -> {short_json(new)}")
-    click.echo(applied.content.decode(), nl=False)
+    click.echo(f"Committed {applied.commit[:12]} on {branch}: {applied.path} (run {applied.spec.name})")
+    click.echo(applied.diff, nl=False)
 
 # --- running runs -------------------------------------------------------------------------------
 
@@ -176,7 +187,7 @@ def _byte_size(ctx, param, value):
 
 @main.command()
 @click.option("--repo", "repo_location", required=True, help="The config repository: a local path, or a URL to clone and fetch.")
-@click.option("--branch", default="main", show_default=True, help="The branch whose tip is the desired state.")
+@click.option("--branch", envvar="GITOPSQ_BRANCH", default="main", help="The branch whose tip is the desired state (default: $GITOPSQ_BRANCH, else main).")
 @db_option
 @click.option("--once", is_flag=True, help="Run one controller step and exit.")
 @click.option("--provider", default="local", show_default=True, help="local (this machine), or a Libcloud compute provider such as ec2.")
