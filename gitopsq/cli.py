@@ -328,12 +328,16 @@ def history(name, db, as_json) -> None:
 @click.argument("name")
 @db_option
 @click.option("--submission", "number", type=int, help="Submission number (default: the latest).")
-def logs(name, db, number) -> None:
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new output until the submission ends (then exit 0).")
+@click.option("--tail", type=click.IntRange(min=0), metavar="N", help="Start with the last N lines of the latest attempt.")
+def logs(name, db, number, follow, tail) -> None:
     """Print the output of run NAME (every attempt of the submission, oldest first).
 
-    Every secret value the submission's attempts were given is shown as ***.
+    With -f, new output is printed as it comes, across retries, until the submission ends; a
+    submission still queued is waited for. Every secret value the submission's attempts were
+    given is shown as ***.
     """
-    from gitopsq.masking import masked_chunks
+    from gitopsq.logfollow import Note, read_submission
     from gitopsq.secretstore import SecretKeyError, SecretStore
     from gitopsq.store import attempt_logs
 
@@ -344,24 +348,21 @@ def logs(name, db, number) -> None:
     sub = rows[-1] if number is None else next((r for r in rows if r["number"] == number), None)
     if sub is None:
         raise click.ClickException(f"run {name!r} has no submission {number}")
-    paths = attempt_logs(store, sub["id"])
-    if not paths:
-        raise click.ClickException(_no_log(name, dict(sub)))
+    if not attempt_logs(store, sub["id"]):
+        if not follow or sub["status"] not in ("queued", "provisioning", "running", "stopping"):
+            raise click.ClickException(_no_log(name, dict(sub)))
+        click.echo(f"({_no_log(name, dict(sub))}; waiting for it to start)", err=True)
+    secrets = lambda: SecretStore(store).mask_values(sub["id"])
     try:
-        secrets = SecretStore(store).mask_values(sub["id"])
+        secrets()
+        for text in read_submission(lambda: store, sub["id"], secrets, follow=follow, tail=tail):
+            click.echo(text, nl=False, err=isinstance(text, Note))
     except SecretKeyError as exc:
         raise click.ClickException(f"{exc}; the log may hold secrets that cannot be masked, so it is not shown") from None
-    for index, path in enumerate(paths):
-        if len(paths) > 1:
-            click.echo(f"--- attempt {index + 1} ({path})")
-        try:
-            log_file = open(path, "rb")
-        except OSError as exc:
-            click.echo(f"(log not readable here: {exc.strerror})", err=True)
-            continue
-        with log_file:
-            for text in masked_chunks(log_file, secrets):
-                click.echo(text, nl=False)
+    if follow:
+        ended = store.submission(sub["id"])
+        click.echo(f"--- {name} submission {sub['number']} {ended['status']}"
+                   + (f" (exit code {ended['exit_code']})" if ended["exit_code"] is not None else ""), err=True)
 
 
 def _no_log(name: str, sub: dict) -> str:
