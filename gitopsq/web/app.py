@@ -21,6 +21,7 @@ from gitopsq.web import dashboard, queries
 from gitopsq.web.metrics import CONTENT_TYPE, Metrics
 from gitopsq.web.models import (INT64, Activity, Health, Problem, Report, ReportAccepted, RunDetail, RunRow, Status,
                                 Submission)
+from gitopsq.web.logs import logs_router
 from gitopsq.web.secrets import secrets_router
 from gitopsq.web.webhook import webhook_router
 
@@ -109,6 +110,7 @@ def create_app(db_path: Path, wake: Callable[[str], None], status: Callable[[], 
 
     app.include_router(webhook_router(webhook_secret, wake, metrics.webhook))
     app.include_router(secrets_router(pool.get, wake, clock))
+    app.include_router(logs_router(pool.get))
 
     @app.get("/healthz", response_model=Health, tags=["daemon"],
              responses={503: {"model": Health, "description": "Degraded: the last step failed or the provider does not answer."}})

@@ -64,7 +64,7 @@ def render_run(store: Store, name: str, now: float) -> str | None:
         name=name, run=run, history=list(reversed(history)), now=now, log_path=path, log_tail=tail,
         log_problem=log_problem, lines=queries.LOG_TAIL_LINES,
         invalid=store.invalid_file(run["file"]) if run["present"] else None,
-        active=bool(history) and history[-1]["status"] in ACTIVE)
+        active=bool(history) and history[-1]["status"] in ACTIVE, latest=history[-1]["submission"] if history else None)
 
 
 def render_missing(name: str) -> str:
