@@ -194,4 +194,4 @@ def test_the_run_page_follows_the_log_live_in_chromium(tmp_path):
     log_box = dom.one("pre", "log")
     assert log_box.text() == "before the page\nafter the page <b>x</b>\n" and log_box.find_all("b") == []
     assert dom.one(cls="live-state").attrs["data-state"] == "ended"
-    assert squash(dom.one(cls="live-state").text()) == "the submission ended; reload for its status"
+    assert squash(dom.one(cls="live-state").text()) == "The submission ended; reload for its status."
