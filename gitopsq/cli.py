@@ -204,12 +204,15 @@ def _byte_size(ctx, param, value):
 @click.option("--public-url", help="How cloud nodes reach this controller to report their exit code.")
 @click.option("--http", "http", default="127.0.0.1:8765", show_default=True, metavar="HOST:PORT",
               help="Where the JSON API, webhook, metrics and dashboard listen; 'off' for none.")
+@click.option("--public-host", metavar="HOST",
+              help="The host name people reach runs on this machine by, for services' URLs and ports "
+                   "(default: the --http host, this machine's name when that is every address, else localhost).")
 @click.option("--interval", default="60s", show_default=True, help="How often to fetch a remote repo, and to check everything anyway.")
 @click.option("--webhook-secret-file", type=click.Path(exists=True, dir_okay=False),
               help="File holding the shared secret that webhook signatures are checked against.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, local_gpus, max_log_size, keep_workdirs,
-          workdirs_max_size, max_nodes, public_url, http, interval, webhook_secret_file, log_format) -> None:
+          workdirs_max_size, max_nodes, public_url, http, public_host, interval, webhook_secret_file, log_format) -> None:
     """Reconcile the config repo: submit, update, restart and cancel runs, and run the queue.
 
     Runs until SIGTERM or Ctrl-C, reacting to commits at once (a local repo is watched; a URL
@@ -238,6 +241,7 @@ def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, 
                 controller = make_controller(repo_location, branch, Store(path), opts)
             except (ProviderConfigError, SourceError) as exc:  # bad --provider-opt or --repo, missing credentials
                 raise click.ClickException(str(exc)) from None
+            _record_reach(controller, public_host, http)
             if daemon_opts is None:
                 _step_once(controller)
                 return
@@ -246,6 +250,20 @@ def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, 
             run_daemon(controller, daemon_opts)
     except StateLocked as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _record_reach(controller, public_host: str | None, http: str) -> None:
+    """Where people reach this controller's runs, for `ps`, the API and the run page."""
+    from gitopsq.connect import Reach
+    from gitopsq.store import set_reach
+
+    import socket
+
+    host = public_host
+    if not host and http != "off":
+        bound = http.rpartition(":")[0].strip("[]")
+        host = socket.gethostname() if bound in ("", "0.0.0.0", "::") else bound  # all addresses: this machine's name
+    set_reach(controller.store, Reach(host or "localhost", controller.provider.name))
 
 
 def _daemon_options(http: str, interval: str, webhook_secret_file: str | None, log_format: str):

@@ -60,7 +60,8 @@ def render_run(store: Store, name: str, now: float) -> str | None:
     path = latest[0] if latest else None
     tail, log_problem = queries.masked_log_tail(store, *latest) if latest else (None, "no log yet")
     run = store.run(name)
-    return ENV.get_template("run.html").render(
+    detail = queries.run_detail(store, name, now)
+    return ENV.get_template("run.html").render(connect=detail["connect"] if detail else None,
         name=name, run=run, history=list(reversed(history)), now=now, log_path=path, log_tail=tail,
         log_problem=log_problem, lines=queries.LOG_TAIL_LINES,
         invalid=store.invalid_file(run["file"]) if run["present"] else None,
