@@ -172,3 +172,18 @@ def test_the_run_page_shows_how_to_reach_a_run_in_chromium(tmp_path):
     link = web.one("li", "connect-url").one("a")
     assert link.attrs["href"] == "http://gpu-box.lan:8000" and squash(link.text()) == "http://gpu-box.lan:8000"
     assert web.find_all("li", "connect-workdir") == [] and old.find_all("ul", "connect") == []  # a finished run: nothing to reach
+
+
+def test_a_run_recorded_before_a_field_existed_is_not_restarted_for_it():
+    """A spec stored by an older gitopsq lacks the fields added since (ports, shell...): they are
+    their defaults, so a priority bump of an active run stays an update in place."""
+    from gitopsq.plan import Desired, Known, plan
+
+    new = json.loads(json.dumps(parse("type: task\nname: x\ncommands: [x]\npriority: 5\n").to_dict()))
+    old = {k: v for k, v in new.items() if k not in ("ports", "shell", "volumes")} | {"priority": 1}
+    actions = plan({"x": Desired("x", "runs/x.yml", "b2", new)}, set(), {"x": Known("x", "runs/x.yml", old, True, "running")})
+    assert [(a.kind, a.changes) for a in actions] == [("update", {"priority": (1, 5)})]
+    # A field the new spec really sets is a change, and a restart.
+    new["ports"] = [{"container_port": 80, "local_port": 80}]
+    actions = plan({"x": Desired("x", "runs/x.yml", "b3", new)}, set(), {"x": Known("x", "runs/x.yml", old, True, "running")})
+    assert actions[0].kind == "restart" and set(actions[0].changes) == {"priority", "ports"}
