@@ -106,36 +106,47 @@ def init(directory: str) -> None:
     click.echo(f"Next: gitopsq validate {directory} && gitopsq serve --repo {directory}")
 
 
+branch_help = "The branch the controller watches (default: $GITOPSQ_BRANCH, else main)."
+
+
 @main.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@click.option("-Q", "--queue", is_flag=True, help="Queue until it fits: retry on no-capacity forever (overrides the file's retry).")
+@click.option("-Q", "--queue", is_flag=True, help="Queue until it fits: retry on no-capacity forever (sets the file's retry).")
 @click.option("--repo", "repo_dir", default=".", show_default=True, type=click.Path(file_okay=False), help="The config repository (a local git repo).")
+@click.option("--branch", envvar="GITOPSQ_BRANCH", default="main", help=branch_help + " It must be checked out.")
 @click.option("--push", is_flag=True, help="Push the commit to the branch's upstream.")
-def apply(file: str, queue: bool, repo_dir: str, push: bool) -> None:
-    """Validate FILE, write it into the config repo and commit it.
+@click.option("--provider", default="local", show_default=True, help="The controller's provider, which -Q asks whether the run can ever fit.")
+@click.option("--provider-opt", multiple=True, metavar="KEY=VALUE", help="As for serve: the cloud provider's options.")
+@click.option("--local-gpus", type=click.IntRange(min=0), help="As for serve: GPUs of the local provider (default: what nvidia-smi reports).")
+def apply(file: str, queue: bool, repo_dir: str, branch: str, push: bool, provider: str, provider_opt, local_gpus) -> None:
+    """Validate FILE, write it into the config repo and commit it on the watched branch.
 
-    It goes to the file that already defines the same run name, else to runs/<name>.yml.
-    Nothing is committed when the content is unchanged.
+    It goes to the file that already defines the same run name, else to runs/<name>.yml, as
+    written: comments, block scalars and key order stay, and only what apply sets changes (the
+    retry key with -Q; name, when the target's file name would name the run otherwise). It
+    prints the diff of the file's text. It refuses when another branch is checked out, and,
+    with -Q, a run the provider can never hold. Nothing is committed when the content is unchanged.
     """
     from pathlib import Path
 
-    from gitopsq.apply import apply_file
-    from gitopsq.output import short_json
+    from gitopsq.apply import ApplyRefused, ProviderCheck, apply_file
     from gitopsq.yamlload import SpecError
 
+    options = dict(_provider_options(provider, None, local_gpus, provider_opt, None, None, None).options)
+    check = ProviderCheck(provider, options, local_gpus=local_gpus)
     try:
-        applied = apply_file(Path(file), Path(repo_dir), queue, push)
+        applied = apply_file(Path(file), Path(repo_dir), queue, push, branch, unsatisfiable=check)
     except SpecError as exc:
         for problem in exc.problems:
             click.echo(str(problem), err=True)
         raise SystemExit(1)
+    except ApplyRefused as exc:
+        raise click.ClickException(str(exc)) from None
     if applied.commit is None:
         click.echo(f"{applied.path}: unchanged, nothing committed.")
         return
-    click.echo(f"Committed {applied.commit[:12]}: {applied.path} (run {applied.spec.name})")
-    for name, (old, new) in applied.changes.items():
-        click.echo(f"  {name}: {short_json(old)} -> {short_json(new)}")
-    click.echo(applied.content.decode(), nl=False)
+    click.echo(f"Committed {applied.commit[:12]} on {branch}: {applied.path} (run {applied.spec.name})")
+    click.echo(applied.diff, nl=False)
 
 # --- running runs -------------------------------------------------------------------------------
 
@@ -180,7 +191,7 @@ def _byte_size(ctx, param, value):
 
 @main.command()
 @click.option("--repo", "repo_location", required=True, help="The config repository: a local path, or a URL to clone and fetch.")
-@click.option("--branch", default="main", show_default=True, help="The branch whose tip is the desired state.")
+@click.option("--branch", envvar="GITOPSQ_BRANCH", default="main", help="The branch whose tip is the desired state (default: $GITOPSQ_BRANCH, else main).")
 @db_option
 @click.option("--once", is_flag=True, help="Run one controller step and exit.")
 @click.option("--provider", default="local", show_default=True, help="local (this machine), or a Libcloud compute provider such as ec2.")
@@ -209,6 +220,9 @@ def _byte_size(ctx, param, value):
               help="Serve HTTPS with this certificate (chain), with --tls-key.")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), metavar="PEM", help="The private key of --tls-cert.")
 @click.option("--metrics-open", is_flag=True, help="Let /metrics answer without a token (for a Prometheus that sends none).")
+@click.option("--public-host", metavar="HOST",
+              help="The host name people reach runs on this machine by, for services' URLs and ports "
+                   "(default: the --http host, this machine's name when that is every address, else localhost).")
 @click.option("--interval", default="60s", show_default=True, help="How often to fetch a remote repo, and to check everything anyway.")
 @click.option("--webhook-secret-file", type=click.Path(exists=True, dir_okay=False),
               help="File holding the shared secret that webhook signatures are checked against. Without one the "
@@ -221,7 +235,8 @@ def _byte_size(ctx, param, value):
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, local_gpus, max_log_size, keep_workdirs,
           workdirs_max_size, run_user, no_run_user, max_nodes, public_url, insecure_public_url, http, tls_cert, tls_key,
-          metrics_open, interval, webhook_secret_file, provider_key_file, provider_secret_file, log_format) -> None:
+          metrics_open, public_host, interval, webhook_secret_file, provider_key_file, provider_secret_file,
+          log_format) -> None:
     """Reconcile the config repo: submit, update, restart and cancel runs, and run the queue.
 
     Runs until SIGTERM or Ctrl-C, reacting to commits at once (a local repo is watched; a URL
@@ -273,6 +288,7 @@ def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, 
                 controller = make_controller(repo_location, branch, Store(path), opts)
             except (ProviderConfigError, SourceError) as exc:  # bad --provider-opt or --repo, missing credentials
                 raise click.ClickException(str(exc)) from None
+            _record_reach(controller, public_host, http)
             if daemon_opts is None:
                 _step_once(controller)
                 return
@@ -284,6 +300,20 @@ def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, 
             run_daemon(controller, daemon_opts)
     except StateLocked as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _record_reach(controller, public_host: str | None, http: str) -> None:
+    """Where people reach this controller's runs, for `ps`, the API and the run page."""
+    from gitopsq.connect import Reach
+    from gitopsq.store import set_reach
+
+    import socket
+
+    host = public_host
+    if not host and http != "off":
+        bound = http.rpartition(":")[0].strip("[]")
+        host = socket.gethostname() if bound in ("", "0.0.0.0", "::") else bound  # all addresses: this machine's name
+    set_reach(controller.store, Reach(host or "localhost", controller.provider.name))
 
 
 def _daemon_options(http: str, interval: str, webhook_secret_file: str | None, log_format: str, metrics_open: bool = False,
@@ -374,12 +404,16 @@ def history(name, db, as_json) -> None:
 @click.argument("name")
 @db_option
 @click.option("--submission", "number", type=int, help="Submission number (default: the latest).")
-def logs(name, db, number) -> None:
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new output until the submission ends (then exit 0).")
+@click.option("--tail", type=click.IntRange(min=0), metavar="N", help="Start with the last N lines of the latest attempt.")
+def logs(name, db, number, follow, tail) -> None:
     """Print the output of run NAME (every attempt of the submission, oldest first).
 
-    Every secret value the submission's attempts were given is shown as ***.
+    With -f, new output is printed as it comes, across retries, until the submission ends; a
+    submission still queued is waited for. Every secret value the submission's attempts were
+    given is shown as ***.
     """
-    from gitopsq.masking import masked_chunks
+    from gitopsq.logfollow import Note, read_submission
     from gitopsq.secretstore import SecretKeyError, SecretStore
     from gitopsq.store import attempt_logs
 
@@ -390,24 +424,21 @@ def logs(name, db, number) -> None:
     sub = rows[-1] if number is None else next((r for r in rows if r["number"] == number), None)
     if sub is None:
         raise click.ClickException(f"run {name!r} has no submission {number}")
-    paths = attempt_logs(store, sub["id"])
-    if not paths:
-        raise click.ClickException(_no_log(name, dict(sub)))
+    if not attempt_logs(store, sub["id"]):
+        if not follow or sub["status"] not in ("queued", "provisioning", "running", "stopping"):
+            raise click.ClickException(_no_log(name, dict(sub)))
+        click.echo(f"({_no_log(name, dict(sub))}; waiting for it to start)", err=True)
+    secrets = lambda: SecretStore(store).mask_values(sub["id"])
     try:
-        secrets = SecretStore(store).mask_values(sub["id"])
+        secrets()
+        for text in read_submission(lambda: store, sub["id"], secrets, follow=follow, tail=tail):
+            click.echo(text, nl=False, err=isinstance(text, Note))
     except SecretKeyError as exc:
         raise click.ClickException(f"{exc}; the log may hold secrets that cannot be masked, so it is not shown") from None
-    for index, path in enumerate(paths):
-        if len(paths) > 1:
-            click.echo(f"--- attempt {index + 1} ({path})")
-        try:
-            log_file = open(path, "rb")
-        except OSError as exc:
-            click.echo(f"(log not readable here: {exc.strerror})", err=True)
-            continue
-        with log_file:
-            for text in masked_chunks(log_file, secrets):
-                click.echo(text, nl=False)
+    if follow:
+        ended = store.submission(sub["id"])
+        click.echo(f"--- {name} submission {sub['number']} {ended['status']}"
+                   + (f" (exit code {ended['exit_code']})" if ended["exit_code"] is not None else ""), err=True)
 
 
 def _no_log(name: str, sub: dict) -> str:

@@ -13,6 +13,7 @@ Exactly the table of DESIGN.md section 3. No I/O: the controller and `gitopsq pl
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -60,10 +61,29 @@ class Action:
 
 
 def field_changes(old: Mapping | None, new: Mapping) -> dict[str, tuple[Any, Any]]:
-    """Top-level fields whose normalised value differs."""
-    old = old or {}
+    """Top-level fields whose normalised value differs.
+
+    A spec recorded by an older gitopsq lacks the fields added since: there they have their
+    default (no `ports`, shell bash), not a value that changed, which would restart the run."""
+    if old is None:
+        return {k: (None, new[k]) for k in sorted(new) if new[k] is not None}
     keys = sorted(set(old) | set(new))
-    return {k: (old.get(k), new.get(k)) for k in keys if old.get(k) != new.get(k)}
+    both = [(k, _field(old, k), _field(new, k)) for k in keys]
+    return {k: (was, now) for k, was, now in both if was != now}
+
+
+def _field(spec: Mapping, key: str) -> Any:
+    return spec[key] if key in spec else _defaults().get(key)
+
+
+@functools.cache
+def _defaults() -> dict[str, Any]:
+    """Every field's default, in the JSON form specs are stored and compared in."""
+    import json
+
+    from gitopsq.spec import RunSpec
+
+    return json.loads(json.dumps(RunSpec(name="", type="task").to_dict()))
 
 
 def plan(desired: Mapping[str, Desired], invalid_files: set[str], known: Mapping[str, Known]) -> list[Action]:

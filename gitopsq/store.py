@@ -20,6 +20,7 @@ from typing import Any, Iterator
 
 import sqlite_utils
 
+from gitopsq.connect import Reach, connection
 from gitopsq.plan import ACTIVE, Known
 from gitopsq.yamlload import Problem
 
@@ -538,7 +539,7 @@ def now() -> float:
 LISTING_SQL = """
 SELECT r.name, r.file, r.present, s.id AS submission_id, s.number AS submission, s.status, s.priority,
        s.reason, s.message, s.exit_code, s.attempts, s.queued_at, s.started_at, s.finished_at,
-       s.window_start, s.deadline, s.next_try_at, s.spec, s.log_path, s.node_id, s.demand, s.backoff_event
+       s.window_start, s.deadline, s.next_try_at, s.spec, s.log_path, s.node_id, s.demand, s.backoff_event, s.workdir
 FROM runs r JOIN submissions s ON s.id = r.last_submission
 {where}
 ORDER BY CASE WHEN s.status IN ('queued', 'provisioning', 'running', 'stopping') THEN 0 ELSE 1 END,
@@ -560,7 +561,8 @@ def listing(store: Store, include_all: bool = False, status: str | None = None, 
         clauses.append("s.status = ?")
         params.append(status)
     where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
-    rows = [describe(dict(row)) for row in store.conn.execute(LISTING_SQL.format(where=where), params)]
+    where_runs_are = reach(store)
+    rows = [describe_listed(dict(row), where_runs_are) for row in store.conn.execute(LISTING_SQL.format(where=where), params)]
     free = json.loads(store.meta("capacity_free") or "null")
     invalid = store.invalid_files()
     ahead = 0
@@ -573,6 +575,27 @@ def listing(store: Store, include_all: bool = False, status: str | None = None, 
             ahead += 1
         row["why"] = why(row, now)
     return rows
+
+
+def reach(store: Store) -> Reach:
+    """Where runs are reached, as the last `gitopsq serve` recorded it (this machine by default)."""
+    raw = store.meta("reach")
+    data = json.loads(raw) if raw else {}
+    return Reach(data.get("host") or Reach.host, data.get("provider") or Reach.provider)
+
+
+def set_reach(store: Store, where: Reach) -> None:
+    with store.transaction():
+        store.set_meta("reach", json.dumps({"host": where.host, "provider": where.provider}))
+
+
+def describe_listed(row: dict, where: Reach) -> dict:
+    """A row of LISTING_SQL as `ps` and the API show it: describe(), and how to reach the run."""
+    spec = json.loads(row["spec"]) if row.get("spec") else {}
+    workdir = row.pop("workdir", None)
+    row = describe(row)
+    row["connect"] = connection(spec, row["status"], workdir, where)
+    return row
 
 
 def describe(row: dict) -> dict:

@@ -32,23 +32,42 @@ def _retry_state(row: dict, now: float) -> str:
 
 
 def runs_table(rows: list[dict]) -> None:
+    """The runs, one line each; a CONNECT column (URL, host:port, IDE command) while one is running
+    and the terminal is wide enough (else a hint: --json has it)."""
     from rich.console import Console
-    from rich.table import Table
 
-    now = time.time()
-    table = Table(box=None, header_style="bold")
-    for column in ("NAME", "STATUS", "PRIORITY", "SUB", "TIME", "RETRY", "REASON"):
-        table.add_column(column, justify="right" if column in ("PRIORITY", "SUB") else "left")
-    for row in rows:
-        status = row["status"]
-        reason = why(row, now)
-        table.add_row(row["name"], f"[{STATUS_STYLE.get(status, '')}]{status}[/]", str(row["priority"]),
-                      str(row["submission"]), time_column(row, now)[1], _retry_state(row, now), reason)
+    from gitopsq.connect import connection_text
+
     console = Console()
     if not rows:
         console.print("No runs. Commit a run file to the config repo, then run gitopsq serve.")
         return
+    now = time.time()
+    reachable = any(connection_text(row.get("connect")) for row in rows)
+    table = _runs(rows, now, reachable)
+    if reachable and console.measure(table, options=console.options.update_width(10_000)).maximum > console.width:
+        console.print(_runs(rows, now, False))
+        console.print("how to reach running runs: gitopsq ps --json (connect)", style="dim")
+        return
     console.print(table)
+
+
+def _runs(rows: list[dict], now: float, connect: bool):
+    from rich.markup import escape
+    from rich.table import Table
+
+    from gitopsq.connect import connection_text
+
+    table = Table(box=None, header_style="bold")
+    for column in ("NAME", "STATUS", "PRIORITY", "SUB", "TIME", "RETRY", "REASON", *(("CONNECT",) if connect else ())):
+        table.add_column(column, justify="right" if column in ("PRIORITY", "SUB") else "left",
+                         no_wrap=column == "CONNECT")
+    for row in rows:
+        status = row["status"]
+        cells = [row["name"], f"[{STATUS_STYLE.get(status, '')}]{status}[/]", str(row["priority"]), str(row["submission"]),
+                 time_column(row, now)[1], _retry_state(row, now), why(row, now)]
+        table.add_row(*cells, *((escape(connection_text(row.get("connect"))),) if connect else ()))
+    return table
 
 
 def history_table(rows: list[dict]) -> None:

@@ -28,7 +28,7 @@ ACCESS = {
     ("GET", "/docs"): "read", ("GET", "/"): "read", ("GET", "/runs/{name}"): "read",
     ("POST", "/login"): "login", ("POST", "/logout"): "read",
     ("GET", "/api/runs"): "read", ("GET", "/api/runs/{name}"): "read", ("GET", "/api/runs/{name}/history"): "read",
-    ("GET", "/api/submissions"): "read", ("GET", "/api/secrets"): "read",
+    ("GET", "/api/submissions"): "read", ("GET", "/api/secrets"): "read", ("GET", "/api/runs/{name}/logs"): "read",
     ("POST", "/api/runs/{name}/activity"): "write", ("PUT", "/api/secrets/{name}"): "write",
     ("DELETE", "/api/secrets/{name}"): "write",
     ("POST", "/api/submissions/{submission_id}/report"): "node",
@@ -41,7 +41,9 @@ def state(tmp_path):
     db = tmp_path / "state" / "gitopsq.db"
     db.parent.mkdir()
     store = Store(db)
-    add_run(store, "train", NOW - 100, status="running", run_type="dev-environment")
+    log = tmp_path / "state" / "node-1.log"
+    log.write_text("output\n")
+    add_run(store, "train", NOW - 100, status="running", run_type="dev-environment", log=str(log))
     yield db, store
     store.close()
 

@@ -24,6 +24,7 @@ from gitopsq.web import dashboard, queries
 from gitopsq.web.auth import (CHALLENGE, COOKIE, Auth, Login, LoginRequired, check_every_route_declares_access, public,
                               safe_next)
 from gitopsq.web.metrics import CONTENT_TYPE, Metrics
+from gitopsq.web.logs import logs_router
 from gitopsq.web.models import Activity, Health, Problem, RunDetail, RunRow, Status, Submission
 from gitopsq.web.nodes import node_router
 from gitopsq.web.secrets import secrets_router
@@ -189,6 +190,7 @@ def create_app(db_path: Path, wake: Callable[[str], None], status: Callable[[], 
     app.include_router(node_router(auth, pool.get, wake, clock, db_path))
     app.include_router(webhook_router(webhook_secret, wake, metrics.webhook, accept_unsigned_webhooks))
     app.include_router(secrets_router(pool.get, wake, clock, auth.reader, auth.writer))
+    app.include_router(logs_router(pool.get, auth.reader))
     check_every_route_declares_access(app)
     return app
 

@@ -60,11 +60,13 @@ def render_run(store: Store, name: str, now: float, user: str | None = None) -> 
     path = latest[0] if latest else None
     tail, log_problem = queries.masked_log_tail(store, *latest) if latest else (None, "no log yet")
     run = store.run(name)
+    detail = queries.run_detail(store, name, now)
     return ENV.get_template("run.html").render(
         name=name, run=run, history=list(reversed(history)), now=now, log_path=path, log_tail=tail, user=user,
+        connect=detail["connect"] if detail else None,
         log_problem=log_problem, lines=queries.LOG_TAIL_LINES,
         invalid=store.invalid_file(run["file"]) if run["present"] else None,
-        active=bool(history) and history[-1]["status"] in ACTIVE)
+        active=bool(history) and history[-1]["status"] in ACTIVE, latest=history[-1]["submission"] if history else None)
 
 
 def render_missing(name: str, user: str | None = None) -> str:

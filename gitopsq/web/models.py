@@ -23,6 +23,29 @@ class FileInvalid(BaseModel):
     problem: str = Field(description="Its first problem, as `gitopsq validate` prints it.")
 
 
+class PortReach(BaseModel):
+    port: int = Field(description="The port the run listens on.")
+    local_port: int | None = Field(description="Where an ssh forward puts it on your machine (dstack's local side).")
+    address: str | None = Field(description="host:port; null on a cloud provider (the node's address is not recorded).")
+    forward: str | None = Field(description="The ssh command that forwards local_port, when it differs from port.")
+
+
+class IdeHint(BaseModel):
+    name: str = Field(description="vscode, cursor or windsurf.")
+    command: str = Field(description="The command that opens the working directory, e.g. code /path.")
+    url: str = Field(description="The link that opens it, e.g. vscode://file/path.")
+
+
+class Connection(BaseModel):
+    """How to reach a running run (null for any other status)."""
+
+    host: str | None = Field(description="Where its runs are reached: serve --public-host, else the HTTP host (local provider).")
+    url: str | None = Field(description="A service's URL.")
+    ports: list[PortReach] = Field(description="Its ports (tasks and dev environments).")
+    workdir: str | None = Field(description="A dev environment's working directory (local provider).")
+    ide: IdeHint | None = Field(description="How the dev environment's IDE opens it (local provider).")
+
+
 class RunRow(BaseModel):
     """A run with its current submission, as `gitopsq ps --json` prints it."""
 
@@ -53,6 +76,7 @@ class RunRow(BaseModel):
     ahead: int | None = Field(description="Queued submissions ahead of this one (queued runs only).")
     file_invalid: FileInvalid | None = Field(description="Set while the run's file does not validate: the run keeps its last valid spec.")
     why: str = Field(description="What a queued run waits for, else why its submission ended, in words (as `gitopsq ps` shows it).")
+    connect: Connection | None = Field(None, description="How to reach the run while it is running.")
 
 
 class RunDetail(RunRow):
