@@ -5,6 +5,7 @@ import re
 import click
 
 from gitopsq import __version__
+from gitopsq.cliopts import db_option, json_option, server_option, token_option
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -150,9 +151,6 @@ def apply(file: str, queue: bool, repo_dir: str, branch: str, push: bool, provid
 
 # --- running runs -------------------------------------------------------------------------------
 
-db_option = click.option("--db", envvar="GITOPSQ_DB", type=click.Path(dir_okay=False),
-                         help="State database (default: $GITOPSQ_DB, else ~/.local/state/gitopsq/gitopsq.db).")
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 
 
 def _provider_options(provider, local_slots, local_gpus, provider_opt, max_nodes, public_url, max_log_size,
@@ -658,3 +656,14 @@ def token_revoke(name, db) -> None:
     if not revoke(_state(db, readonly=False), name):
         raise click.ClickException(f"no token named {name!r}")
     click.echo(f"Token {name} revoked.")
+
+
+def _add_run_commands() -> None:
+    """stop and rerun live in gitopsq.cli_runs (this module has enough jobs)."""
+    from gitopsq.cli_runs import rerun, stop
+
+    main.add_command(stop)
+    main.add_command(rerun)
+
+
+_add_run_commands()

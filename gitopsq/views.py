@@ -7,7 +7,7 @@ import time
 
 import click
 
-from gitopsq.explain import ago, time_column, why
+from gitopsq.explain import BY_HAND, ago, time_column, why
 
 STATUS_STYLE = {"queued": "yellow", "provisioning": "cyan", "running": "green", "stopping": "magenta",
                 "done": "bold green", "failed": "bold red", "cancelled": "dim"}
@@ -101,10 +101,13 @@ def _history(rows: list[dict], now: float, paths: tuple[str, ...]):
         table.add_column(column, no_wrap=column != "REASON", overflow="fold" if column == "REASON" else "ellipsis")
     for row in rows:
         reason = row.get("reason") or ""
+        if reason in BY_HAND and row.get("stopped_by"):
+            reason = f"{BY_HAND[reason]} {row['stopped_by']}"
         if row.get("exit_code") is not None:
             reason = f"{reason} exit {row['exit_code']}".strip()
+        submitted = f"{ago(now - row['queued_at'])} ago" + (f", rerun by {row['submitted_by']}" if row.get("submitted_by") else "")
         cells = [str(row["submission"]), f"[{STATUS_STYLE.get(row['status'], '')}]{row['status']}[/]",
-                 str(row["priority"]), f"{ago(now - row['queued_at'])} ago", time_column(row, now)[1], reason,
+                 str(row["priority"]), submitted, time_column(row, now)[1], reason,
                  (row.get("commit_sha") or "")[:7 if narrow else 10]]
         shown = {"LOG": row.get("log_path") or "", "WORKDIR": _workdir_cell(row)}
         table.add_row(*cells, *(shown[column] for column in paths))

@@ -77,6 +77,9 @@ class RunRow(BaseModel):
     file_invalid: FileInvalid | None = Field(description="Set while the run's file does not validate: the run keeps its last valid spec.")
     why: str = Field(description="What a queued run waits for, else why its submission ended, in words (as `gitopsq ps` shows it).")
     connect: Connection | None = Field(None, description="How to reach the run while it is running.")
+    submitted_by: str | None = Field(None, description="Who made this submission by hand (`gitopsq rerun`: a token's "
+                                                       "name or an OS user); null for a commit.")
+    stopped_by: str | None = Field(None, description="Who stopped it by hand (`gitopsq stop`, or a rerun); null otherwise.")
 
 
 class RunDetail(RunRow):
@@ -114,6 +117,22 @@ class Submission(BaseModel):
     workdir_pruned: bool = Field(description="True once the retention policy has deleted that working directory.")
     node_id: str | None
     commit_sha: str | None
+    submitted_by: str | None = Field(None, description="Who made it by hand (`gitopsq rerun`); null for a commit.")
+    stopped_by: str | None = Field(None, description="Who stopped it by hand (`gitopsq stop`, or a rerun).")
+
+
+class IntentAccepted(BaseModel):
+    """A stop or rerun, recorded: the controller applies it at its next step (woken at once)."""
+
+    id: int
+    run: str
+    kind: Literal["stop", "rerun"]
+    submission_id: int | None = Field(description="The submission a stop stops (a rerun: the latest one when asked).")
+    actor: str = Field(description="Who asked: the token's name.")
+    via: str = Field(description="api, dashboard or cli.")
+    at: float
+    done_at: float | None = Field(description="When the controller applied it (null: not yet).")
+    outcome: str | None = Field(description="What it did, in words.")
 
 
 class Report(BaseModel):
