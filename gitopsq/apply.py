@@ -19,6 +19,7 @@ from pathlib import Path
 from gitopsq.config import CONFIG_FILE, parse_config
 from gitopsq.localfiles import collect, read_config_file
 from gitopsq.plan import field_changes
+from gitopsq.providercheck import ProviderCheck, ProviderUnavailable
 from gitopsq.spec import RunSpec, default_name, parse_run
 from gitopsq.yamledit import EditError, edit_mapping, flow_list, set_key, text_diff
 from gitopsq.yamlload import MAX_FILE_BYTES, Problem, SpecError
@@ -28,6 +29,13 @@ DEFAULT_BRANCH = "main"  # the branch `gitopsq serve` watches unless told otherw
 
 class ApplyRefused(Exception):
     """apply will not commit: the checked-out branch is not the watched one, or the run can never fit."""
+
+
+def _unsatisfiable(check: ProviderCheck, spec: RunSpec) -> str | None:
+    try:
+        return check(spec)
+    except ProviderUnavailable as exc:
+        raise ApplyRefused(f"cannot check {spec.name} against the {check.name} provider: {exc}") from None
 
 
 @dataclass
@@ -115,7 +123,7 @@ def apply_file(file: Path, repo_dir: Path, queue: bool, push: bool, branch: str 
     raw = _edited(raw, file, queue, unnamed)
     spec = parse_run(raw, str(file), config.defaults, repo_path=relative)
     if queue and unsatisfiable is not None:
-        why = unsatisfiable(spec)
+        why = _unsatisfiable(unsatisfiable, spec)
         if why:
             raise ApplyRefused(f"not committing: {spec.name} can never run on the {unsatisfiable.name} provider: {why}. "
                                "Queueing does not help a run that no machine can hold (-Q waits for capacity to free).")
@@ -181,33 +189,3 @@ def _write_no_follow(repo_dir: Path, relative: str, raw: bytes) -> None:
         raise SpecError([Problem(relative, None, "", f"cannot write: {exc.strerror}")]) from None
     with open(fd, "wb") as handle:
         handle.write(raw)
-
-
-class ProviderCheck:
-    """The provider's own unsatisfiable() (the one the controller asks before queueing), built for
-    one question: the local one over this machine (GPUs from --local-gpus, else nvidia-smi), a
-    cloud one from its options and the environment's credentials."""
-
-    def __init__(self, name: str = "local", options: dict | None = None, local_gpus: int | None = None,
-                 local_slots: int | None = None):
-        self.name, self.options = name, dict(options or {})
-        self.local_gpus, self.local_slots = local_gpus, local_slots
-
-    def __call__(self, spec: RunSpec) -> str | None:
-        import tempfile
-
-        from gitopsq.providers.base import ProviderConfigError
-
-        with tempfile.TemporaryDirectory(prefix="gitopsq-apply-") as scratch:  # the driver keeps state: none is wanted
-            if self.name == "local":
-                from gitopsq.providers.local_adapter import make_local_provider
-
-                provider = make_local_provider(Path(scratch), "apply-check", self.local_slots, self.local_gpus)
-            else:
-                from gitopsq.providers.cloud import make_cloud_provider
-
-                try:  # the callback URL is never used: nothing is launched
-                    provider = make_cloud_provider(self.name, self.options, "apply-check", public_url="http://127.0.0.1")
-                except ProviderConfigError as exc:
-                    raise ApplyRefused(f"cannot check {spec.name} against the {self.name} provider: {exc}") from None
-            return provider.unsatisfiable(spec)

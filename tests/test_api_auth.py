@@ -29,6 +29,7 @@ ACCESS = {
     ("POST", "/login"): "login", ("POST", "/logout"): "read",
     ("GET", "/api/runs"): "read", ("GET", "/api/runs/{name}"): "read", ("GET", "/api/runs/{name}/history"): "read",
     ("GET", "/api/submissions"): "read", ("GET", "/api/secrets"): "read", ("GET", "/api/runs/{name}/logs"): "read",
+    ("POST", "/api/state"): "read",
     ("POST", "/api/runs/{name}/activity"): "write", ("PUT", "/api/secrets/{name}"): "write",
     ("DELETE", "/api/secrets/{name}"): "write", ("POST", "/api/runs/{name}/stop"): "write",
     ("POST", "/api/runs/{name}/rerun"): "write", ("POST", "/runs/{name}/stop"): "write", ("POST", "/runs/{name}/rerun"): "write",

@@ -192,7 +192,7 @@ def test_openapi_lists_every_endpoint_with_models(server):
         "/api/secrets": {"get"}, "/api/secrets/{name}": {"put", "delete"}, "/login": {"post"}, "/logout": {"post"},
         "/api/submissions/{submission_id}/inputs/env": {"get"}, "/api/submissions/{submission_id}/inputs/tree": {"get"},
         "/api/runs/{name}/stop": {"post"}, "/api/runs/{name}/rerun": {"post"}, "/runs/{name}/stop": {"post"},
-        "/runs/{name}/rerun": {"post"},
+        "/runs/{name}/rerun": {"post"}, "/api/state": {"post"},
     }
     schemas = doc["components"]["schemas"]
     assert {"RunRow", "RunDetail", "Submission", "Health", "WebhookAccepted"} <= set(schemas)

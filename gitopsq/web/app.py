@@ -17,30 +17,36 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from gitopsq.controller import touch
 from gitopsq.intents import IntentRefused, request_rerun, request_stop
+from gitopsq.livestate import state_json
 from gitopsq.store import listing
 from gitopsq.store import submissions as submission_rows  # the route below is named submissions
 from gitopsq.tokens import Token
 from gitopsq.web import dashboard, queries
-from gitopsq.web.auth import (CHALLENGE, COOKIE, Auth, Login, LoginRequired, check_every_route_declares_access, public,
-                              safe_next)
+from gitopsq.web.auth import (CHALLENGE, COOKIE, Auth, Login, LoginRequired, capped_body,
+                              check_every_route_declares_access, public, safe_next)
 from gitopsq.web.metrics import CONTENT_TYPE, Metrics
 from gitopsq.web.logs import logs_router
-from gitopsq.web.models import Activity, Health, IntentAccepted, Problem, RunDetail, RunRow, Status, Submission
+from gitopsq.web.models import (Activity, Health, IntentAccepted, LiveStateAnswer, Problem, RunDetail, RunRow,
+                                StateQuery, Status, Submission)
 from gitopsq.web.nodes import node_router
-from gitopsq.web.secrets import secrets_router
+from gitopsq.web.secrets import redacted_errors, secrets_router
 from gitopsq.web.webhook import webhook_router
 
 NOT_FOUND = {404: {"model": Problem, "description": "No run of that name."}}
 NEEDS_TOKEN = {401: {"model": Problem, "description": "No token, or not a valid one."}}
 NEEDS_WRITE = {**NEEDS_TOKEN, 403: {"model": Problem, "description": "The token is read-only."}}
+STATE_MAX_BODY = 8 * 1024 * 1024  # a plan's specs: ~1 KiB each
+STATE_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": StateQuery.model_json_schema()}}}}
 
 
 def create_app(db_path: Path, wake: Callable[[str], None], status: Callable[[], dict], webhook_secret: bytes | None,
                metrics: Metrics | None = None, *, clock: Callable[[], float] = time.time, metrics_open: bool = False,
-               accept_unsigned_webhooks: bool = False) -> FastAPI:
+               accept_unsigned_webhooks: bool = False, judge: Callable[[dict], dict] | None = None) -> FastAPI:
     """The web app over the state database at `db_path`.
 
     wake(reason): wakes the controller loop ("webhook", "report", "secrets"); must return at once.
@@ -51,6 +57,8 @@ def create_app(db_path: Path, wake: Callable[[str], None], status: Callable[[], 
     daemon listens on loopback), else closes the webhook (see gitopsq.web.webhook).
     metrics: the daemon's Metrics (it records reconcile durations and provider errors there).
     metrics_open: /metrics without a token (for a Prometheus that cannot send one).
+    judge(spec): what the controller's provider says of a spec, {"needs", "unsatisfiable"}, for
+    `gitopsq plan --server` (None: specs are not judged, and the answer says so).
     Every other route needs a token of the state's (gitopsq.tokens), see gitopsq.web.auth.
     """
     pool = queries.StorePool(db_path)
@@ -143,6 +151,24 @@ def create_app(db_path: Path, wake: Callable[[str], None], status: Callable[[], 
         """A new submission of the run's current spec (a write token); an active submission is stopped first.
         An event names the token."""
         return intend(request_rerun, name, user)
+
+    @read.post("/api/state", response_model=LiveStateAnswer, tags=["runs"], openapi_extra=STATE_BODY,
+               responses={413: {"model": Problem, "description": "The body is larger than 8 MiB."}})
+    async def live_state(request: Request):
+        """What `gitopsq plan --server` plans against (a read token; nothing changes): the runs asked
+        about as recorded, the queue, what holds capacity, secret names, free capacity, and each new
+        spec as the controller's provider judges it. POST, because the body names runs and specs."""
+        try:
+            query = StateQuery.model_validate_json(await capped_body(request, STATE_MAX_BODY))
+        except ValidationError as exc:
+            return JSONResponse({"detail": redacted_errors(exc)}, status_code=422)
+        info = status()
+
+        def read_state():
+            return state_json(pool.get(), query.runs, query.specs, judge, clock(),
+                              unjudged=None if judge else "this controller does not judge specs",
+                              branch=info.get("branch"), commit=info.get("commit"))
+        return await run_in_threadpool(read_state)
 
     @read.get("/api/submissions", response_model=list[Submission], tags=["submissions"])
     def submissions(status: Status | None = Query(None, description="Default: the active submissions.")):

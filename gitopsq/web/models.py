@@ -204,3 +204,73 @@ class SecretSet(BaseModel):
     created: bool = Field(description="True when the name was new, false when its value was replaced.")
     created_at: float
     updated_at: float
+
+
+# --- the live state a plan reads (POST /api/state; gitopsq.livestate) ------------------------------
+
+class StateQuery(BaseModel):
+    """What a plan asks about: the runs its change touches, and their new specs to judge."""
+
+    model_config = ConfigDict(extra="forbid")
+    runs: list[str] = Field(default_factory=list, max_length=10_000, description="Runs whose record to include.")
+    specs: dict[str, dict] = Field(default_factory=dict, max_length=10_000,
+                                   description="Run name -> its new spec (as `gitopsq plan` normalises it), to judge "
+                                               "with the controller's provider.")
+
+
+class RunState(BaseModel):
+    name: str
+    file: str | None
+    spec: dict | None = Field(description="The spec as recorded (the branch's, as last reconciled).")
+    present: bool
+    status: Status | None = Field(description="The latest submission's status (null: never submitted).")
+    submission: int | None = Field(description="The latest submission's number.")
+    submission_id: int | None
+    priority: int | None
+    queued_at: float | None
+    started_at: float | None
+    finished_at: float | None
+    reason: str | None
+    stopped_by: str | None
+    needs: dict[str, int] | None = Field(description="What its submission takes or asks from the provider.")
+
+
+class QueuedState(BaseModel):
+    """A submission waiting for capacity, as the controller's admission sees it (gitopsq.queue.Waiting)."""
+
+    submission_id: int
+    run: str
+    priority: int
+    queued_at: float
+    demand: dict[str, int]
+    retry_on_no_capacity: bool
+    deadline: float | None
+    next_try_at: float | None
+    last_attempt_at: float | None
+    wakes_on_free: bool
+
+
+class RunningState(BaseModel):
+    run: str
+    priority: int
+
+
+class JudgedSpec(BaseModel):
+    needs: dict[str, int] | None = Field(description="What it needs from the provider (null: not asked).")
+    unsatisfiable: str | None = Field(description="Why the provider can never run it; null when it can.")
+
+
+class LiveStateAnswer(BaseModel):
+    """The controller's state for `gitopsq plan --server`: read only, nothing changes."""
+
+    at: float = Field(description="The controller's clock when it answered.")
+    branch: str | None
+    commit: str | None = Field(description="The last commit the controller reconciled.")
+    provider: str | None
+    runs: dict[str, RunState] = Field(description="The runs asked about that the controller knows.")
+    queue: list[QueuedState] = Field(description="Submissions waiting for capacity, in queue order.")
+    running: list[RunningState] = Field(description="Submissions holding capacity (provisioning or running).")
+    secrets: list[str] = Field(description="The names of the secrets that are set (never values).")
+    free: dict[str, int] | None = Field(description="What the provider had free after the last step.")
+    judged: dict[str, JudgedSpec]
+    unjudged: str | None = Field(description="Why specs could not be judged (null: they were).")
