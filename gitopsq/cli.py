@@ -56,29 +56,58 @@ def validate(paths: tuple[str, ...], fmt: str) -> None:
 @click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text", show_default=True,
               help="markdown is made for a pull-request comment.")
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 0 with no changes, 2 with changes, 1 on errors.")
-def plan(repo_dir: str, base: str, head: str, fmt: str, detailed_exitcode: bool) -> None:
+@server_option
+@token_option
+@click.option("--db", "state_db", type=click.Path(dir_okay=False),
+              help="Plan against this state database on this machine (read only), instead of --server.")
+def plan(repo_dir: str, base: str, head: str, fmt: str, detailed_exitcode: bool, server: str | None, token: str | None,
+         state_db: str | None) -> None:
     """Show what the controller would do if HEAD replaced BASE.
 
-    Every run valid at BASE is taken as running: an edit of priority, retry, max_duration or
-    inactivity_duration updates it in place, any other edit restarts it, a deleted file
-    cancels it, a new file submits it, and an invalid file changes nothing (its errors are
-    listed). Without --detailed-exitcode the exit code is 1 on errors, else 0.
+    With --server URL (a read token: --token or $GITOPSQ_TOKEN) or --db FILE, against what the
+    controller holds: an edited finished run is a new submission, an edit of an active run says
+    how long it has been running and what a restart discards, a deleted one what it cancels; and
+    what the change does to the queue (the place each new or changed run takes, the runs it
+    passes, whether it starts at once), what the provider lacks for it (resources it can never
+    have, secrets that are not set). The controller does not preempt: a run that waits says which
+    lower-priority runs keep running.
+
+    Without them, from git alone: every run valid at BASE is taken as running, so an edit of
+    priority, retry, max_duration or inactivity_duration reads as an update in place, any other
+    edit as a restart, a deleted file as a cancel, and a new file as a submit. Invalid files
+    change nothing (their errors are listed). Without --detailed-exitcode the exit code is 1 on
+    errors, else 0.
     """
-    from gitopsq.desired import plan_refs
-    from gitopsq.output import plan_json, plan_markdown, plan_text
+    from gitopsq.desired import plan_refs, plan_refs_live
+    from gitopsq.output import LiveView, plan_json, plan_markdown, plan_text
     from gitopsq.source import ConfigRepo, SourceError
 
+    if server and state_db:
+        raise click.BadParameter("give --server or --db, not both", param_hint="--server/--db")
+    live = None
     try:
         with ConfigRepo(repo_dir) as repo:
-            base_sha, head_sha, actions, problems = plan_refs(repo, base, head)
+            if server or state_db:
+                from gitopsq.livestate import StateUnavailable, from_db, from_server
+                from gitopsq.plan import live_effects
+
+                try:
+                    read = from_server(server, token) if server else from_db(state_db)
+                    base_sha, head_sha, actions, problems, state, source = plan_refs_live(repo, base, head, read)
+                except StateUnavailable as exc:
+                    raise click.ClickException(str(exc)) from None
+                if state is not None:
+                    live = LiveView(source, state, live_effects(actions, state))
+            else:
+                base_sha, head_sha, actions, problems = plan_refs(repo, base, head)
     except SourceError as exc:
         raise click.ClickException(str(exc))
     if fmt == "markdown":
-        click.echo(plan_markdown(actions, problems, base_sha, head_sha), nl=False)
+        click.echo(plan_markdown(actions, problems, base_sha, head_sha, live), nl=False)
     elif fmt == "json":
-        click.echo(plan_json(actions, problems, base_sha, head_sha))
+        click.echo(plan_json(actions, problems, base_sha, head_sha, live))
     else:
-        click.echo(plan_text(actions, problems))
+        click.echo(plan_text(actions, problems, live))
     if problems:
         raise SystemExit(1)
     if detailed_exitcode and actions:
@@ -287,6 +316,7 @@ def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, 
             except (ProviderConfigError, SourceError) as exc:  # bad --provider-opt or --repo, missing credentials
                 raise click.ClickException(str(exc)) from None
             _record_reach(controller, public_host, http)
+            _record_provider(controller, opts)
             if daemon_opts is None:
                 _step_once(controller)
                 return
@@ -312,6 +342,14 @@ def _record_reach(controller, public_host: str | None, http: str) -> None:
         bound = http.rpartition(":")[0].strip("[]")
         host = socket.gethostname() if bound in ("", "0.0.0.0", "::") else bound  # all addresses: this machine's name
     set_reach(controller.store, Reach(host or "localhost", controller.provider.name))
+
+
+def _record_provider(controller, opts) -> None:
+    """The provider as it was configured (never its credentials), for `plan --db` to ask the same one."""
+    from gitopsq.livestate import record_provider
+    from gitopsq.providercheck import ProviderCheck
+
+    record_provider(controller.store, ProviderCheck(opts.name, dict(opts.options), opts.local_gpus, opts.local_slots))
 
 
 def _daemon_options(http: str, interval: str, webhook_secret_file: str | None, log_format: str, metrics_open: bool = False,
