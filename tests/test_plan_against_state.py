@@ -155,3 +155,49 @@ def test_the_state_route_reads_only_and_judges_what_it_can(tmp_path):
     assert body["judged"]["junk"] == {"needs": None, "unsatisfiable": None} and body["unjudged"].startswith("junk: ")
     assert store.conn.execute("SELECT COUNT(*) FROM events").fetchone()[0] == before  # nothing recorded
     store.close()
+
+
+def test_the_example_workflow_plans_live_with_its_secrets_and_edits_one_comment(served, tmp_path):
+    """The workflow's own shell steps, run as Actions runs them (bash -e), with `gh` recording its calls."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    repo, db, url, reader = served
+    steps = {step.get("name"): step for step in yaml.safe_load(
+        (Path(__file__).parent.parent / "examples-repo/.github/workflows/gitopsq.yml").read_text())["jobs"]["plan"]["steps"]}
+    checkout = tmp_path / "pr"
+    subprocess.run(["git", "clone", "-q", "-b", "bump", str(repo.path), str(checkout)], check=True)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "gh-calls"
+    existing = tmp_path / "existing-comment"
+    (bin_dir / "gh").write_text(f'#!/bin/sh\necho "$*" >> {calls}\n'
+                                f'case "$*" in *--paginate*) [ -f {existing} ] && cat {existing};; esac\nexit 0\n')
+    (bin_dir / "gh").chmod(0o755)
+
+    def run(step: str, **env) -> subprocess.CompletedProcess:
+        base = {"PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}", "HOME": str(tmp_path),
+                "GITHUB_STEP_SUMMARY": str(tmp_path / "summary"), "GITHUB_OUTPUT": str(tmp_path / "output")}
+        return subprocess.run(["bash", "-e", "-c", steps[step]["run"]], cwd=checkout, env={**base, **env},
+                              capture_output=True, text=True)
+
+    planned = run("Plan", BASE_REF="main", GITOPSQ_URL=url, GITOPSQ_TOKEN=reader)
+    assert planned.returncode == 0, planned.stderr
+    text = (checkout / "plan.md").read_text()
+    assert f"Planned against the controller at `{url}`" in text and "submit (new submission 2)" in text
+    assert (tmp_path / "output").read_text() == "code=2\n"
+    comment = {"REPO": "team/runs", "PR": "7", "CODE": "2", "GH_TOKEN": "x"}
+    assert run("Comment the plan", **comment).returncode == 0
+    assert calls.read_text().splitlines()[-1] == "api -X POST repos/team/runs/issues/7/comments -F body=@plan.md"
+    existing.write_text("4242\n")  # the next push: the comment made before is found by its marker
+    assert run("Comment the plan", **comment).returncode == 0
+    assert calls.read_text().splitlines()[-1] == "api -X PATCH repos/team/runs/issues/comments/4242 -F body=@plan.md"
+
+    alone = run("Plan", BASE_REF="main", GITOPSQ_URL="", GITOPSQ_TOKEN="")  # no secrets (a fork): git alone
+    assert alone.returncode == 0 and "Planned from git alone" in (checkout / "plan.md").read_text()
+    wrong = run("Plan", BASE_REF="main", GITOPSQ_URL=url, GITOPSQ_TOKEN="gq_wrong")
+    assert wrong.returncode != 0 and "refused the token: 401 Unauthorized" in wrong.stderr
