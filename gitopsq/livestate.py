@@ -97,6 +97,9 @@ def from_server(url: str, token: str | None) -> Callable[[Iterable[str], Mapping
             data = api.post("/api/state", {"runs": sorted(names), "specs": dict(specs)})
             return live_state(data), _source(data, "server", api.shown)
         except ApiError as exc:
+            if exc.status in (404, 405):  # a controller from before plans read its state
+                raise StateUnavailable(f"{api.shown} has no /api/state ({exc}): is --server a gitopsq controller "
+                                       "of this version?") from None
             raise StateUnavailable(str(exc)) from None
         except (KeyError, TypeError, ValueError, AttributeError):
             raise StateUnavailable(f"{api.shown}/api/state did not answer a gitopsq state: is --server a gitopsq "

@@ -119,6 +119,8 @@ def test_a_wrong_token_fails_clearly(served):
             "--token or $GITOPSQ_TOKEN") in result.output
     unreachable = plan(repo, "bump", "--server", f"http://127.0.0.1:{free_port()}", "--token", reader)
     assert unreachable.exit_code == 1 and "cannot reach the controller at http://127.0.0.1:" in unreachable.output
+    elsewhere = plan(repo, "bump", "--server", f"{url}/not-gitopsq", "--token", reader)
+    assert elsewhere.exit_code == 1 and f"{url}/not-gitopsq has no /api/state (Not Found)" in elsewhere.output
 
 
 def test_the_state_route_reads_only_and_judges_what_it_can(tmp_path):
