@@ -1,9 +1,12 @@
-"""`gitopsq apply`: put one run file into the config repo and commit it.
+"""`gitopsq apply`: put one run file into the config repo and commit it on the watched branch.
 
-The file is validated with the repo's defaults first; `-Q` (queue until it fits) overrides
-`retry` whatever the file says. It goes to the file that already defines that run name, else
-to runs/<name>.yml. No commit when the content is unchanged. Nothing is written through a
-symlink: a committed `runs/train.yml -> /some/file` (or a linked folder) is refused, not followed.
+The file is validated with the repo's defaults first. It goes to the file that already defines
+that run name, else to runs/<name>.yml, as the author wrote it: `-Q` (queue until it fits) sets
+`retry` and nothing else, and `name` is added only where the target's file name would name the
+run otherwise (see gitopsq.yamledit for how the rest of the text is kept). The commit goes only
+to the branch the controller watches, and no commit is made when the content is unchanged.
+Nothing is written through a symlink: a committed `runs/train.yml -> /some/file` (or a linked
+folder) is refused, not followed.
 """
 
 from __future__ import annotations
@@ -13,15 +16,26 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from gitopsq.config import CONFIG_FILE, parse_config
 from gitopsq.localfiles import collect, read_config_file
 from gitopsq.plan import field_changes
-from gitopsq.spec import RunSpec, parse_run
+from gitopsq.providercheck import ProviderCheck, ProviderUnavailable
+from gitopsq.spec import RunSpec, default_name, parse_run
+from gitopsq.yamledit import EditError, edit_mapping, flow_list, set_key, text_diff
 from gitopsq.yamlload import MAX_FILE_BYTES, Problem, SpecError
 
-QUEUE_RETRY = {"on_events": ["no-capacity"], "duration": "off"}
+DEFAULT_BRANCH = "main"  # the branch `gitopsq serve` watches unless told otherwise
+
+
+class ApplyRefused(Exception):
+    """apply will not commit: the checked-out branch is not the watched one, or the run can never fit."""
+
+
+def _unsatisfiable(check: ProviderCheck, spec: RunSpec) -> str | None:
+    try:
+        return check(spec)
+    except ProviderUnavailable as exc:
+        raise ApplyRefused(f"cannot check {spec.name} against the {check.name} provider: {exc}") from None
 
 
 @dataclass
@@ -29,8 +43,24 @@ class Applied:
     path: str  # relative to the repo
     spec: RunSpec
     content: bytes
-    changes: dict
+    changes: dict  # normalised fields that changed (for the commit message)
+    diff: str  # unified diff of the file's text
     commit: str | None  # None when nothing changed
+
+
+def queue_until_it_fits(data) -> None:
+    """The edit `-Q` makes: retry on no-capacity, forever, over whatever retry said."""
+    retry = data.get("retry")
+    if isinstance(retry, dict):  # edited where it is: its comments and style stay
+        retry["on_events"] = flow_list(["no-capacity"], like=retry.get("on_events"))
+        retry["duration"] = "off"
+    else:  # absent, or true/false
+        from ruamel.yaml.comments import CommentedMap
+
+        new = CommentedMap()
+        new["on_events"] = flow_list(["no-capacity"])
+        new["duration"] = "off"
+        data["retry"] = new
 
 
 def _target(repo_dir: Path, name: str) -> tuple[str, RunSpec | None]:
@@ -47,39 +77,72 @@ def _target(repo_dir: Path, name: str) -> tuple[str, RunSpec | None]:
     return f"runs/{name}.yml", None
 
 
-def apply_file(file: Path, repo_dir: Path, queue: bool, push: bool) -> Applied:
+def check_branch(repo, watched: str) -> None:
+    """Refuse unless `watched` is checked out: a commit elsewhere is one the controller never sees."""
+    current = repo.git.symbolic_ref("--short", "-q", "HEAD", with_exceptions=False) or None
+    if current == watched:
+        return
+    where = f"the checked-out branch is {current!r}" if current else "HEAD is detached"
+    raise ApplyRefused(f"not committing: {where}, but the controller watches {watched!r}. "
+                       f"Check out {watched!r} (git switch {watched}), or pass --branch with the branch "
+                       f"`gitopsq serve --branch` watches.")
+
+
+def _edited(raw: bytes, file: Path, queue: bool, name: str | None) -> bytes:
+    """The file's bytes with the keys apply sets; the bytes as they are when it sets none."""
+    edits = ([queue_until_it_fits] if queue else []) + ([set_key("name", name, after="type")] if name else [])
+    if not edits:
+        return raw
+    try:
+        return edit_mapping(raw.decode("utf-8"), *edits).encode("utf-8")
+    except (UnicodeDecodeError, EditError) as exc:
+        raise SpecError([Problem(str(file), None, "", str(exc))]) from None
+
+
+def apply_file(file: Path, repo_dir: Path, queue: bool, push: bool, branch: str = DEFAULT_BRANCH,
+               unsatisfiable: "ProviderCheck | None" = None) -> Applied:
+    """Validate `file`, write it into the repo and commit it on `branch`.
+
+    unsatisfiable(spec): why the provider can never run it, or None; asked with `queue` only:
+    a run that can never fit fails at once whatever its retry says, so -Q would promise a wait
+    that never happens."""
     import git  # lazily: GitPython is slow to import
 
-    raw = _read_input(file)
-    config = parse_config(read_config_file(repo_dir / CONFIG_FILE))
-    spec = parse_run(raw, str(file), config.defaults)  # raises SpecError, naming the file
-    if queue:
-        data = yaml.load(raw, Loader=yaml.CSafeLoader)
-        data["retry"] = dict(QUEUE_RETRY)
-        data.setdefault("name", spec.name)
-        raw = yaml.safe_dump(data, sort_keys=False, allow_unicode=True).encode()
-        spec = parse_run(raw, str(file), config.defaults)
     try:
         repo = git.Repo(repo_dir)
     except (git.InvalidGitRepositoryError, git.NoSuchPathError):
         raise SpecError([Problem(str(repo_dir), None, "", "is not a git repository (create one with gitopsq init)")]) from None
+    check_branch(repo, branch)
+    raw = _read_input(file)
+    config = parse_config(read_config_file(repo_dir / CONFIG_FILE))
+    spec = parse_run(raw, str(file), config.defaults)  # raises SpecError, naming the file
     relative, old = _target(repo_dir, spec.name)
     if not config.is_run_path(relative):
         raise SpecError([Problem(relative, None, "", f"is outside the run paths of {CONFIG_FILE} ({', '.join(config.paths)})")])
-    changes = field_changes(old.to_dict() if old else None, spec.to_dict())
+    unnamed = spec.name if default_name(relative) != spec.name else None
+    raw = _edited(raw, file, queue, unnamed)
+    spec = parse_run(raw, str(file), config.defaults, repo_path=relative)
+    if queue and unsatisfiable is not None:
+        why = _unsatisfiable(unsatisfiable, spec)
+        if why:
+            raise ApplyRefused(f"not committing: {spec.name} can never run on the {unsatisfiable.name} provider: {why}. "
+                               "Queueing does not help a run that no machine can hold (-Q waits for capacity to free).")
     current = _current(repo_dir, relative)
+    before = current if current is not None else b""
+    diff = text_diff(before.decode("utf-8", "replace"), raw.decode("utf-8", "replace"), relative)
+    changes = field_changes(old.to_dict() if old else None, spec.to_dict())
     if current == raw:
-        return Applied(relative, spec, raw, {}, None)
+        return Applied(relative, spec, raw, {}, "", None)
     _write_no_follow(repo_dir, relative, raw)
     repo.git.add("--", relative)
     if not repo.git.diff("--cached", "--name-only", "--", relative):
-        return Applied(relative, spec, raw, {}, None)
+        return Applied(relative, spec, raw, {}, "", None)
     what = "new run" if old is None else (", ".join(sorted(changes)) + " changed" if changes else "file rewritten")
     repo.git.commit("-m", f"gitopsq apply {spec.name}: {what}", "--", relative)
     sha = repo.head.commit.hexsha
     if push:
         repo.git.push()
-    return Applied(relative, spec, raw, changes, sha)
+    return Applied(relative, spec, raw, changes, diff, sha)
 
 
 def _read_input(file: Path) -> bytes:

@@ -5,6 +5,7 @@ import re
 import click
 
 from gitopsq import __version__
+from gitopsq.cliopts import db_option, json_option, server_option, token_option
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -55,29 +56,58 @@ def validate(paths: tuple[str, ...], fmt: str) -> None:
 @click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text", show_default=True,
               help="markdown is made for a pull-request comment.")
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 0 with no changes, 2 with changes, 1 on errors.")
-def plan(repo_dir: str, base: str, head: str, fmt: str, detailed_exitcode: bool) -> None:
+@server_option
+@token_option
+@click.option("--db", "state_db", type=click.Path(dir_okay=False),
+              help="Plan against this state database on this machine (read only), instead of --server.")
+def plan(repo_dir: str, base: str, head: str, fmt: str, detailed_exitcode: bool, server: str | None, token: str | None,
+         state_db: str | None) -> None:
     """Show what the controller would do if HEAD replaced BASE.
 
-    Every run valid at BASE is taken as running: an edit of priority, retry, max_duration or
-    inactivity_duration updates it in place, any other edit restarts it, a deleted file
-    cancels it, a new file submits it, and an invalid file changes nothing (its errors are
-    listed). Without --detailed-exitcode the exit code is 1 on errors, else 0.
+    With --server URL (a read token: --token or $GITOPSQ_TOKEN) or --db FILE, against what the
+    controller holds: an edited finished run is a new submission, an edit of an active run says
+    how long it has been running and what a restart discards, a deleted one what it cancels; and
+    what the change does to the queue (the place each new or changed run takes, the runs it
+    passes, whether it starts at once), what the provider lacks for it (resources it can never
+    have, secrets that are not set). The controller does not preempt: a run that waits says which
+    lower-priority runs keep running.
+
+    Without them, from git alone: every run valid at BASE is taken as running, so an edit of
+    priority, retry, max_duration or inactivity_duration reads as an update in place, any other
+    edit as a restart, a deleted file as a cancel, and a new file as a submit. Invalid files
+    change nothing (their errors are listed). Without --detailed-exitcode the exit code is 1 on
+    errors, else 0.
     """
-    from gitopsq.desired import plan_refs
-    from gitopsq.output import plan_json, plan_markdown, plan_text
+    from gitopsq.desired import plan_refs, plan_refs_live
+    from gitopsq.output import LiveView, plan_json, plan_markdown, plan_text
     from gitopsq.source import ConfigRepo, SourceError
 
+    if server and state_db:
+        raise click.BadParameter("give --server or --db, not both", param_hint="--server/--db")
+    live = None
     try:
         with ConfigRepo(repo_dir) as repo:
-            base_sha, head_sha, actions, problems = plan_refs(repo, base, head)
+            if server or state_db:
+                from gitopsq.livestate import StateUnavailable, from_db, from_server
+                from gitopsq.plan import live_effects
+
+                try:
+                    read = from_server(server, token) if server else from_db(state_db)
+                    base_sha, head_sha, actions, problems, state, source = plan_refs_live(repo, base, head, read)
+                except StateUnavailable as exc:
+                    raise click.ClickException(str(exc)) from None
+                if state is not None:
+                    live = LiveView(source, state, live_effects(actions, state))
+            else:
+                base_sha, head_sha, actions, problems = plan_refs(repo, base, head)
     except SourceError as exc:
         raise click.ClickException(str(exc))
     if fmt == "markdown":
-        click.echo(plan_markdown(actions, problems, base_sha, head_sha), nl=False)
+        click.echo(plan_markdown(actions, problems, base_sha, head_sha, live), nl=False)
     elif fmt == "json":
-        click.echo(plan_json(actions, problems, base_sha, head_sha))
+        click.echo(plan_json(actions, problems, base_sha, head_sha, live))
     else:
-        click.echo(plan_text(actions, problems))
+        click.echo(plan_text(actions, problems, live))
     if problems:
         raise SystemExit(1)
     if detailed_exitcode and actions:
@@ -106,42 +136,50 @@ def init(directory: str) -> None:
     click.echo(f"Next: gitopsq validate {directory} && gitopsq serve --repo {directory}")
 
 
+branch_help = "The branch the controller watches (default: $GITOPSQ_BRANCH, else main)."
+
+
 @main.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@click.option("-Q", "--queue", is_flag=True, help="Queue until it fits: retry on no-capacity forever (overrides the file's retry).")
+@click.option("-Q", "--queue", is_flag=True, help="Queue until it fits: retry on no-capacity forever (sets the file's retry).")
 @click.option("--repo", "repo_dir", default=".", show_default=True, type=click.Path(file_okay=False), help="The config repository (a local git repo).")
+@click.option("--branch", envvar="GITOPSQ_BRANCH", default="main", help=branch_help + " It must be checked out.")
 @click.option("--push", is_flag=True, help="Push the commit to the branch's upstream.")
-def apply(file: str, queue: bool, repo_dir: str, push: bool) -> None:
-    """Validate FILE, write it into the config repo and commit it.
+@click.option("--provider", default="local", show_default=True, help="The controller's provider, which -Q asks whether the run can ever fit.")
+@click.option("--provider-opt", multiple=True, metavar="KEY=VALUE", help="As for serve: the cloud provider's options.")
+@click.option("--local-gpus", type=click.IntRange(min=0), help="As for serve: GPUs of the local provider (default: what nvidia-smi reports).")
+def apply(file: str, queue: bool, repo_dir: str, branch: str, push: bool, provider: str, provider_opt, local_gpus) -> None:
+    """Validate FILE, write it into the config repo and commit it on the watched branch.
 
-    It goes to the file that already defines the same run name, else to runs/<name>.yml.
-    Nothing is committed when the content is unchanged.
+    It goes to the file that already defines the same run name, else to runs/<name>.yml, as
+    written: comments, block scalars and key order stay, and only what apply sets changes (the
+    retry key with -Q; name, when the target's file name would name the run otherwise). It
+    prints the diff of the file's text. It refuses when another branch is checked out, and,
+    with -Q, a run the provider can never hold. Nothing is committed when the content is unchanged.
     """
     from pathlib import Path
 
-    from gitopsq.apply import apply_file
-    from gitopsq.output import short_json
+    from gitopsq.apply import ApplyRefused, ProviderCheck, apply_file
     from gitopsq.yamlload import SpecError
 
+    options = dict(_provider_options(provider, None, local_gpus, provider_opt, None, None, None).options)
+    check = ProviderCheck(provider, options, local_gpus=local_gpus)
     try:
-        applied = apply_file(Path(file), Path(repo_dir), queue, push)
+        applied = apply_file(Path(file), Path(repo_dir), queue, push, branch, unsatisfiable=check)
     except SpecError as exc:
         for problem in exc.problems:
             click.echo(str(problem), err=True)
         raise SystemExit(1)
+    except ApplyRefused as exc:
+        raise click.ClickException(str(exc)) from None
     if applied.commit is None:
         click.echo(f"{applied.path}: unchanged, nothing committed.")
         return
-    click.echo(f"Committed {applied.commit[:12]}: {applied.path} (run {applied.spec.name})")
-    for name, (old, new) in applied.changes.items():
-        click.echo(f"  {name}: {short_json(old)} -> {short_json(new)}")
-    click.echo(applied.content.decode(), nl=False)
+    click.echo(f"Committed {applied.commit[:12]} on {branch}: {applied.path} (run {applied.spec.name})")
+    click.echo(applied.diff, nl=False)
 
 # --- running runs -------------------------------------------------------------------------------
 
-db_option = click.option("--db", envvar="GITOPSQ_DB", type=click.Path(dir_okay=False),
-                         help="State database (default: $GITOPSQ_DB, else ~/.local/state/gitopsq/gitopsq.db).")
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 
 
 def _provider_options(provider, local_slots, local_gpus, provider_opt, max_nodes, public_url, max_log_size,
@@ -180,7 +218,7 @@ def _byte_size(ctx, param, value):
 
 @main.command()
 @click.option("--repo", "repo_location", required=True, help="The config repository: a local path, or a URL to clone and fetch.")
-@click.option("--branch", default="main", show_default=True, help="The branch whose tip is the desired state.")
+@click.option("--branch", envvar="GITOPSQ_BRANCH", default="main", help="The branch whose tip is the desired state (default: $GITOPSQ_BRANCH, else main).")
 @db_option
 @click.option("--once", is_flag=True, help="Run one controller step and exit.")
 @click.option("--provider", default="local", show_default=True, help="local (this machine), or a Libcloud compute provider such as ec2.")
@@ -209,6 +247,9 @@ def _byte_size(ctx, param, value):
               help="Serve HTTPS with this certificate (chain), with --tls-key.")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), metavar="PEM", help="The private key of --tls-cert.")
 @click.option("--metrics-open", is_flag=True, help="Let /metrics answer without a token (for a Prometheus that sends none).")
+@click.option("--public-host", metavar="HOST",
+              help="The host name people reach runs on this machine by, for services' URLs and ports "
+                   "(default: the --http host, this machine's name when that is every address, else localhost).")
 @click.option("--interval", default="60s", show_default=True, help="How often to fetch a remote repo, and to check everything anyway.")
 @click.option("--webhook-secret-file", type=click.Path(exists=True, dir_okay=False),
               help="File holding the shared secret that webhook signatures are checked against. Without one the "
@@ -221,7 +262,8 @@ def _byte_size(ctx, param, value):
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, local_gpus, max_log_size, keep_workdirs,
           workdirs_max_size, run_user, no_run_user, max_nodes, public_url, insecure_public_url, http, tls_cert, tls_key,
-          metrics_open, interval, webhook_secret_file, provider_key_file, provider_secret_file, log_format) -> None:
+          metrics_open, public_host, interval, webhook_secret_file, provider_key_file, provider_secret_file,
+          log_format) -> None:
     """Reconcile the config repo: submit, update, restart and cancel runs, and run the queue.
 
     Runs until SIGTERM or Ctrl-C, reacting to commits at once (a local repo is watched; a URL
@@ -273,6 +315,8 @@ def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, 
                 controller = make_controller(repo_location, branch, Store(path), opts)
             except (ProviderConfigError, SourceError) as exc:  # bad --provider-opt or --repo, missing credentials
                 raise click.ClickException(str(exc)) from None
+            _record_reach(controller, public_host, http)
+            _record_provider(controller, opts)
             if daemon_opts is None:
                 _step_once(controller)
                 return
@@ -284,6 +328,28 @@ def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, 
             run_daemon(controller, daemon_opts)
     except StateLocked as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _record_reach(controller, public_host: str | None, http: str) -> None:
+    """Where people reach this controller's runs, for `ps`, the API and the run page."""
+    from gitopsq.connect import Reach
+    from gitopsq.store import set_reach
+
+    import socket
+
+    host = public_host
+    if not host and http != "off":
+        bound = http.rpartition(":")[0].strip("[]")
+        host = socket.gethostname() if bound in ("", "0.0.0.0", "::") else bound  # all addresses: this machine's name
+    set_reach(controller.store, Reach(host or "localhost", controller.provider.name))
+
+
+def _record_provider(controller, opts) -> None:
+    """The provider as it was configured (never its credentials), for `plan --db` to ask the same one."""
+    from gitopsq.livestate import record_provider
+    from gitopsq.providercheck import ProviderCheck
+
+    record_provider(controller.store, ProviderCheck(opts.name, dict(opts.options), opts.local_gpus, opts.local_slots))
 
 
 def _daemon_options(http: str, interval: str, webhook_secret_file: str | None, log_format: str, metrics_open: bool = False,
@@ -374,12 +440,16 @@ def history(name, db, as_json) -> None:
 @click.argument("name")
 @db_option
 @click.option("--submission", "number", type=int, help="Submission number (default: the latest).")
-def logs(name, db, number) -> None:
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new output until the submission ends (then exit 0).")
+@click.option("--tail", type=click.IntRange(min=0), metavar="N", help="Start with the last N lines of the latest attempt.")
+def logs(name, db, number, follow, tail) -> None:
     """Print the output of run NAME (every attempt of the submission, oldest first).
 
-    Every secret value the submission's attempts were given is shown as ***.
+    With -f, new output is printed as it comes, across retries, until the submission ends; a
+    submission still queued is waited for. Every secret value the submission's attempts were
+    given is shown as ***.
     """
-    from gitopsq.masking import masked_chunks
+    from gitopsq.logfollow import Note, read_submission
     from gitopsq.secretstore import SecretKeyError, SecretStore
     from gitopsq.store import attempt_logs
 
@@ -390,24 +460,21 @@ def logs(name, db, number) -> None:
     sub = rows[-1] if number is None else next((r for r in rows if r["number"] == number), None)
     if sub is None:
         raise click.ClickException(f"run {name!r} has no submission {number}")
-    paths = attempt_logs(store, sub["id"])
-    if not paths:
-        raise click.ClickException(_no_log(name, dict(sub)))
+    if not attempt_logs(store, sub["id"]):
+        if not follow or sub["status"] not in ("queued", "provisioning", "running", "stopping"):
+            raise click.ClickException(_no_log(name, dict(sub)))
+        click.echo(f"({_no_log(name, dict(sub))}; waiting for it to start)", err=True)
+    secrets = lambda: SecretStore(store).mask_values(sub["id"])
     try:
-        secrets = SecretStore(store).mask_values(sub["id"])
+        secrets()
+        for text in read_submission(lambda: store, sub["id"], secrets, follow=follow, tail=tail):
+            click.echo(text, nl=False, err=isinstance(text, Note))
     except SecretKeyError as exc:
         raise click.ClickException(f"{exc}; the log may hold secrets that cannot be masked, so it is not shown") from None
-    for index, path in enumerate(paths):
-        if len(paths) > 1:
-            click.echo(f"--- attempt {index + 1} ({path})")
-        try:
-            log_file = open(path, "rb")
-        except OSError as exc:
-            click.echo(f"(log not readable here: {exc.strerror})", err=True)
-            continue
-        with log_file:
-            for text in masked_chunks(log_file, secrets):
-                click.echo(text, nl=False)
+    if follow:
+        ended = store.submission(sub["id"])
+        click.echo(f"--- {name} submission {sub['number']} {ended['status']}"
+                   + (f" (exit code {ended['exit_code']})" if ended["exit_code"] is not None else ""), err=True)
 
 
 def _no_log(name: str, sub: dict) -> str:
@@ -627,3 +694,14 @@ def token_revoke(name, db) -> None:
     if not revoke(_state(db, readonly=False), name):
         raise click.ClickException(f"no token named {name!r}")
     click.echo(f"Token {name} revoked.")
+
+
+def _add_run_commands() -> None:
+    """stop and rerun live in gitopsq.cli_runs (this module has enough jobs)."""
+    from gitopsq.cli_runs import rerun, stop
+
+    main.add_command(stop)
+    main.add_command(rerun)
+
+
+_add_run_commands()

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from gitopsq import intents
 from gitopsq import queue as q
 from gitopsq.config import CONFIG_FILE
 from gitopsq.desired import AppliedConfig, FileRow, read_tree
@@ -37,6 +38,8 @@ STOP_OUTCOME = {
     "replaced": "cancelled",
     "max-duration-exceeded": "failed",
     "inactivity-duration-exceeded": "done",
+    "stopped": "cancelled",  # gitopsq stop (gitopsq.intents)
+    "rerun": "cancelled",  # gitopsq rerun of an active run: replaced by its new submission
 }
 
 
@@ -104,6 +107,7 @@ class Controller:
             if synced is not None:
                 result.commit, result.actions = synced
                 self.last_commit = result.commit or self.last_commit
+        attempt("intents", self.apply_intents)  # after git: a commit that restarted a run makes its stop moot
         attempt("stops", self.finish_stops)
         attempt("nodes", self.poll_nodes)
         attempt("deadlines", self.enforce_deadlines)
@@ -233,15 +237,51 @@ class Controller:
         elif action.kind == "cancel":
             self._stop(action.run, "deleted", commit, now)
 
-    def _stop(self, run: str, reason: str, commit: str | None, now: float) -> None:
-        """Record the intent to stop a run's active submission; the node is stopped in finish_stops."""
+    def _stop(self, run: str, reason: str, commit: str | None, now: float, by: str | None = None) -> None:
+        """Record the intent to stop a run's active submission; the node is stopped in finish_stops.
+
+        by: who stopped it by hand (gitopsq stop or rerun), None for a commit or a deadline."""
         current = self.store.current_submission(run)
         if current is None or current["status"] not in ("queued", "provisioning", "running"):
             return
+        who = {"stopped_by": by} if by else {}
+        detail = {"by": by} if by else None
         if current["status"] == "queued":
-            self.store.set_status(current["id"], STOP_OUTCOME[reason], now, reason=reason, commit=commit)
+            self.store.set_status(current["id"], STOP_OUTCOME[reason], now, reason=reason, commit=commit, detail=detail, **who)
         else:
-            self.store.set_status(current["id"], "stopping", now, reason=reason, commit=commit, stop_reason=reason)
+            self.store.set_status(current["id"], "stopping", now, reason=reason, commit=commit, stop_reason=reason,
+                                  detail=detail, **who)
+
+    # --- stop and rerun, as asked by hand -----------------------------------------------------
+
+    def apply_intents(self) -> None:
+        """Apply `gitopsq stop` and `rerun` in the order asked, each in a transaction with its outcome."""
+        for intent in intents.pending(self.store):
+            now = self.clock()
+            with self.store.transaction():
+                outcome = self._apply_intent(intent, now)
+                intents.finish(self.store, intent, outcome, now)
+            log.info("%s %s, asked by %s (%s): %s", intent.kind, intent.run, intent.actor, intent.via, outcome)
+
+    def _apply_intent(self, intent: intents.Intent, now: float) -> str:
+        current = self.store.current_submission(intent.run)
+        active = current is not None and current["status"] in ("queued", "provisioning", "running")
+        if intent.kind == intents.STOP:
+            if not active or current["id"] != intent.submission_id:
+                return "nothing to stop: that submission has ended or was replaced since"
+            self._stop(intent.run, "stopped", None, now, by=intent.actor)
+            return f"stopped submission {current['number']}"
+        run = self.store.run(intent.run)
+        if run is None or not run["present"] or not run["spec"]:
+            return "not rerun: its file is gone from the branch"
+        if active:
+            self._stop(intent.run, "rerun", None, now, by=intent.actor)
+        commit = self.store.cursor(self.branch)  # the commit the current spec was read at
+        sub_id = self.store.add_submission(intent.run, json.loads(run["spec"]), commit, now, submitted_by=intent.actor)
+        number = self.store.submission(sub_id)["number"]
+        replaced = {"replaces": current["number"]} if active else {}
+        self.store.event(intent.run, sub_id, "rerun", {"by": intent.actor, "via": intent.via, **replaced}, commit, now)
+        return f"submitted submission {number}" + (f" (submission {current['number']} stopped)" if active else "")
 
     # --- recovery -----------------------------------------------------------------------------
 

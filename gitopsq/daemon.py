@@ -206,8 +206,10 @@ def _start_http(loop: Loop, controller: Controller, opts: DaemonOptions):
     host = host or "127.0.0.1"
     local = is_loopback(host)
     _announce_access(controller.store, host, local, opts)
+    from gitopsq.providercheck import judgment
+
     app = create_app(controller.store.path, loop.wake, status, opts.webhook_secret, metrics, metrics_open=opts.metrics_open,
-                     accept_unsigned_webhooks=local)
+                     accept_unsigned_webhooks=local, judge=lambda spec: judgment(controller.provider, spec))
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=int(port), log_level="warning", access_log=False,
                                            timeout_graceful_shutdown=HTTP_STOP_TIMEOUT, ssl_certfile=opts.tls_cert,
                                            ssl_keyfile=opts.tls_key))

@@ -313,12 +313,8 @@ def _settle(state: TreeState, name: str, paths: tuple[str, ...]) -> None:
             state.problems[path] = [duplicate_problem(path, name, paths)]
 
 
-def plan_refs(repo: ConfigRepo, base_ref: str, head_ref: str):
-    """What replacing base with head would do, taking every valid run at base as running.
-
-    Returns (base sha, head sha, actions, problems at head).
-    """
-    from gitopsq.plan import Known, held, plan
+def _trees(repo: ConfigRepo, base_ref: str, head_ref: str) -> tuple[str, str, TreeState, TreeState]:
+    """(base sha, head sha, the tree at base, the tree at head read as a change of base)."""
     from gitopsq.source import SourceError
 
     base, head = repo.resolve(base_ref), repo.resolve(head_ref)
@@ -331,10 +327,46 @@ def plan_refs(repo: ConfigRepo, base_ref: str, head_ref: str):
         head_config = read_config(repo, repo.entry(head, CONFIG_FILE))
         before = read_tree(repo, base, last_good=head_config if isinstance(head_config, AppliedConfig) else None)
     after = read_tree(repo, head, base=base, previous=before) if not before.blocked else read_tree(repo, head)
+    return base, head, before, after
+
+
+def _planned(after: TreeState, desired: dict, known: dict):
+    from gitopsq.plan import held, plan
+
+    stuck = held(desired, after.invalid_files, known)
+    problems = after.all_problems() + [Problem(desired[n].file, 1, "name", why) for n, why in sorted(stuck.items())]
+    return plan(desired, after.invalid_files, known), problems
+
+
+def plan_refs(repo: ConfigRepo, base_ref: str, head_ref: str):
+    """What replacing base with head would do, taking every valid run at base as running.
+
+    Returns (base sha, head sha, actions, problems at head).
+    """
+    from gitopsq.plan import Known
+
+    base, head, before, after = _trees(repo, base_ref, head_ref)
     if after.blocked:
         return base, head, [], after.all_problems()
     known = {name: Known(name, d.file, d.spec, True, "running") for name, d in before.desired.items()}
-    desired = after.desired
-    stuck = held(desired, after.invalid_files, known)
-    problems = after.all_problems() + [Problem(desired[n].file, 1, "name", why) for n, why in sorted(stuck.items())]
-    return base, head, plan(desired, after.invalid_files, known), problems
+    return (base, head, *_planned(after, after.desired, known))
+
+
+def plan_refs_live(repo: ConfigRepo, base_ref: str, head_ref: str, read_state):
+    """What merging head does to the controller's live state. As the controller plans only the runs
+    whose files a commit touches, so does this: the runs whose files differ between base and head,
+    against what the controller holds of them.
+
+    read_state(names, specs): (plan.LiveState of those runs with their new specs judged, where it
+    came from), from the API or the state file (gitopsq.livestate). Returns (base sha, head sha,
+    actions, problems at head, the state, where it came from); the state is None when nothing was
+    planned (no valid .gitopsq.yml at head).
+    """
+    base, head, before, after = _trees(repo, base_ref, head_ref)
+    if after.blocked:
+        return base, head, [], after.all_problems(), None, None
+    names = after.touched_names(before.files)
+    desired = after.desired_of(names)
+    state, source = read_state(names, {name: dict(want.spec) for name, want in desired.items()})
+    known = {name: run.known for name, run in state.runs.items() if name in names}
+    return (base, head, *_planned(after, desired, known), state, source)

@@ -7,6 +7,7 @@ and the dashboard say the same thing because they all say it through here.
 from __future__ import annotations
 
 UNITS = {"slots": ("slot", "slots"), "gpus": ("GPU", "GPUs"), "nodes": ("node", "nodes")}
+BY_HAND = {"stopped": "stopped by", "rerun": "replaced by a rerun by"}  # reasons of gitopsq stop and rerun
 AFTER = {"error": "failed", "interruption": "interrupted", "no-capacity": "no capacity",
          "throttle": "the provider is busy", "auth": "the provider refused its credentials"}
 
@@ -80,6 +81,8 @@ def wait_reason(row: dict, now: float) -> str:
 def end_reason(row: dict) -> str:
     """Why a submission ended (or was requeued), with its exit code and the provider's message."""
     reason = row.get("reason") or ""
+    if reason in BY_HAND and row.get("stopped_by"):
+        reason = f"{BY_HAND[reason]} {row['stopped_by']}"
     if row.get("exit_code") not in (None, 0):
         reason = f"{reason} (exit {row['exit_code']})".strip()
     if row.get("message") and row.get("status") != "done":

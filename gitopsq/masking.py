@@ -44,11 +44,14 @@ def mask(text: str, values: Iterable[str]) -> str:
 class StreamMasker:
     """mask() over text that arrives in pieces, where a value may straddle two of them.
 
-    feed() returns what is final: it holds back the last len(longest value) - 1 characters,
-    except inside a match. The output is exactly mask() of the whole text."""
+    feed() returns what is final: everything but the end of the text that may be the start of a
+    value (at most len(longest value) - 1 characters, and none when no value starts that way,
+    so a follower sees each line as soon as it is written). The output is exactly mask() of the
+    whole text."""
 
     def __init__(self, values: Iterable[str]):
         terms = mask_terms(values)
+        self._terms = terms
         self._pattern = _pattern(terms)
         self._hold = max((len(t) for t in terms), default=1) - 1
         self._pending = ""
@@ -57,7 +60,7 @@ class StreamMasker:
         if self._pattern is None:
             return text
         buffer = self._pending + text
-        safe = len(buffer) - self._hold  # a match starting before this is wholly in the buffer
+        safe = len(buffer) - self._started(buffer)  # a match starting before this is wholly in the buffer
         out, at = [], 0
         for match in self._pattern.finditer(buffer):
             if match.start() >= safe:
@@ -68,6 +71,16 @@ class StreamMasker:
         out.append(buffer[at:cut])
         self._pending = buffer[cut:]
         return "".join(out)
+
+    def _started(self, buffer: str) -> int:
+        """Length of the longest end of `buffer` that is the start of a value, but not all of it.
+
+        Only there can a match (or a longer one than now) still grow with the next piece."""
+        for size in range(min(self._hold, len(buffer)), 0, -1):
+            end = buffer[-size:]
+            if any(len(term) > size and term.startswith(end) for term in self._terms):
+                return size
+        return 0
 
     def finish(self) -> str:
         rest, self._pending = self._pending, ""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
+from gitopsq.explain import ago, amounts
 from gitopsq.yamlload import Problem
 
 
@@ -48,30 +50,57 @@ def plan_summary(actions, problems) -> str:
     return text
 
 
-def plan_text(actions, problems) -> str:
-    lines = []
+@dataclass(frozen=True)
+class LiveView:
+    """A plan against the controller's state: where that state came from (livestate._source), the
+    state, and each action's effect on it (plan.live_effects)."""
+
+    source: dict
+    state: object  # plan.LiveState
+    effects: dict  # run name -> plan.Effect
+
+
+GIT_ALONE = ("Planned from git alone: every run valid at the base is taken as running, and the queue is not "
+             "known. Plan with --server URL (or --db FILE on the controller's machine) to plan against what the "
+             "controller holds.")
+MARKER = "<!-- gitopsq-plan -->"  # the pull-request comment a workflow finds and edits (one per pull request)
+
+
+def plan_text(actions, problems, live: LiveView | None = None) -> str:
+    lines = [_planned_against(live)]
     for action in actions:
         priority = (action.spec or {}).get("priority")
-        lines.append(f"{_SYMBOL[action.kind]:>3} {action.run} ({_VERB[action.kind]}) {action.file or ''}"
+        words = f": {_action_words(action, live)}" if live else f" ({_VERB[action.kind]})"
+        lines.append(f"{_SYMBOL[action.kind]:>3} {action.run}{words} {action.file or ''}"
                      + (f" priority {priority}" if priority is not None else ""))
         if action.kind in ("update", "restart"):
             for name, (old, new) in action.changes.items():
                 lines.append(f"      {name}: {short_json(old)} -> {short_json(new)}")
+        lines += [f"      {note}" for note in _notes(action, live)]
     for problem in problems:
         lines.append(f"error: {problem}")
     lines.append(f"Plan: {plan_summary(actions, problems)}.")
     return "\n".join(lines)
 
 
-def plan_markdown(actions, problems, base: str = "", head: str = "") -> str:
+def plan_markdown(actions, problems, base: str = "", head: str = "", live: LiveView | None = None) -> str:
     out = [f"### gitopsq plan: {plan_summary(actions, problems)}"]
     if base and head:
         out.append(f"`{base[:12]}` → `{head[:12]}`")
+    out += ["", f"_{_planned_against(live, markdown=True)}_"]
     if actions:
-        out += ["", "| | run | action | priority | file |", "|---|---|---|---|---|"]
+        queue = live is not None
+        out += ["", "| | run | action | priority |" + (" queue |" if queue else "") + " file |",
+                "|---|---|---|---|" + ("---|" if queue else "") + "---|"]
         for a in actions:
             priority = (a.spec or {}).get("priority", "")
-            out.append(f"| `{_SYMBOL[a.kind]}` | **{a.run}** | {_VERB[a.kind]} | {priority} | `{a.file or ''}` |")
+            cell = f" {_queue_cell(a, live)} |" if queue else ""
+            out.append(f"| `{_SYMBOL[a.kind]}` | **{a.run}** | {_action_words(a, live)} | {priority} |{cell} `{a.file or ''}` |")
+        noted = [(a.run, _notes(a, live)) for a in actions]
+        if any(notes for _, notes in noted):
+            out.append("")
+            for run, notes in noted:
+                out += [f"- **{run}**: {notes[0]}"] if len(notes) == 1 else [f"- **{run}**"] + [f"  - {n}" for n in notes] if notes else []
         for a in actions:
             if a.kind in ("update", "restart") and a.changes:
                 out += ["", f"<details><summary>{a.run}: {len(a.changes)} field(s) changed ({_VERB[a.kind]})</summary>", "",
@@ -82,9 +111,127 @@ def plan_markdown(actions, problems, base: str = "", head: str = "") -> str:
         out += ["", f"#### Validation errors ({len(problems)})", ""]
         out += [f"- `{p.file}:{p.line or ''}` **{p.field or '(file)'}**: {p.message}" for p in problems]
         out += ["", "Runs whose file is invalid keep their last valid spec."]
+    out += ["", MARKER]
     return "\n".join(out) + "\n"
 
 
-def plan_json(actions, problems, base: str = "", head: str = "") -> str:
-    return json.dumps({"base": base, "head": head, "actions": [a.as_dict() for a in actions],
+def plan_json(actions, problems, base: str = "", head: str = "", live: LiveView | None = None) -> str:
+    state = {"source": "git"} if live is None else {**live.source, "free": live.state.free,
+                                                    "queued": len(live.state.queue)}
+    rows = []
+    for action in actions:
+        effect = live.effects.get(action.run) if live else None
+        rows.append({**action.as_dict(), "live": effect.as_dict() if effect else None})
+    return json.dumps({"base": base, "head": head, "state": state, "actions": rows,
                        "errors": [p.as_dict() for p in problems]}, indent=2)
+
+
+# --- words for the live facts --------------------------------------------------------------------
+
+def _planned_against(live: LiveView | None, markdown: bool = False) -> str:
+    if live is None:
+        return GIT_ALONE
+    source = live.source
+    where = f"`{source['where']}`" if markdown else source["where"]
+    what = "the controller at" if source["source"] == "server" else "the state file"
+    facts = [f"branch {source['branch']}" if source.get("branch") else "",
+             f"commit {source['commit'][:12]}" if source.get("commit") else "",
+             f"provider {source['provider']}" if source.get("provider") else ""]
+    text = f"Planned against {what} {where} ({', '.join(f for f in facts if f)})."
+    if source.get("unjudged"):
+        text += f" Specs not checked against the provider: {source['unjudged']}."
+    return text
+
+
+def _for(status: str | None, seconds: float | None) -> str:
+    """running for 2h10m, queued for 3m05s, done 1h00m ago."""
+    if status is None:
+        return ""
+    if seconds is None:
+        return status
+    if status in ("queued", "provisioning", "running", "stopping"):
+        return f"{status} for {ago(seconds)}"
+    return f"{status} {ago(seconds)} ago"
+
+
+def _action_words(action, live: LiveView | None) -> str:
+    effect = live.effects.get(action.run) if live else None
+    if effect is None:
+        return _VERB[action.kind]
+    if action.kind == "submit":
+        return f"submit (new submission {effect.submission})"
+    return f"{_VERB[action.kind]} ({_for(effect.status, effect.seconds)})"
+
+
+def _notes(action, live: LiveView | None) -> list[str]:
+    """Sentences on what the action does to the live state: what it discards, what it lacks, the queue."""
+    effect = live.effects.get(action.run) if live else None
+    if effect is None:
+        return []
+    notes = []
+    if action.kind == "submit" and effect.latest is not None:
+        by = f" (stopped by {effect.stopped_by})" if effect.stopped_by else ""
+        notes.append(f"submission {effect.latest} {_for(effect.status, effect.seconds)}{by}: a change to a finished "
+                     "run is a new submission")
+    if effect.discards:
+        notes.append(_discards(action, effect))
+    if effect.unsatisfiable:
+        provider = live.source.get("provider") or "controller's"
+        notes.append(f"can never run on the {provider} provider: {effect.unsatisfiable} (it fails at once)")
+    if effect.missing_secrets:
+        names = ", ".join(effect.missing_secrets)
+        notes.append(f"waits for secrets that are not set on the controller: {names} (gitopsq secret set NAME)")
+    if effect.placement is not None:
+        notes.append("queue: " + _placement_words(action, effect, live))
+    return notes
+
+
+def _discards(action, effect) -> str:
+    status, seconds = effect.discards["status"], effect.discards["seconds"]
+    took = f" after {ago(seconds)}" if seconds is not None else ""
+    if status == "queued":
+        text = f"submission {effect.latest} leaves the queue{took} of waiting"
+        return text + (f"; submission {effect.submission} queues anew, behind the runs of its priority"
+                       if action.kind == "restart" else "")
+    text = f"stops submission {effect.latest}{took} of {status}: what it has not saved is lost"
+    return text + (f"; submission {effect.submission} starts from the beginning" if action.kind == "restart" else "")
+
+
+def _placement_words(action, effect, live: LiveView) -> str:
+    placed = effect.placement
+    text = f"position {placed.position} of {placed.of}"
+    if placed.overtakes:
+        text += f", ahead of {', '.join(placed.overtakes)}"
+    needs = (live.state.judged.get(action.run).needs if action.run in live.state.judged else None) or {}
+    free = live.state.free or {}
+    wanted = [k for k, v in needs.items() if v] or list(needs)
+    room = f"needs {amounts(needs, wanted)}; free: {amounts(free, [k for k in wanted if k in free])}" if wanted else ""
+    if placed.outcome == "starts":
+        return text + "; starts at once"
+    if placed.outcome == "fails":
+        return text + f"; fails at once: {placed.reason} ({room}; its retry does not cover no-capacity)"
+    if placed.outcome == "unknown":
+        return text + "; whether it starts at once is not known (the provider did not judge it)"
+    waits = text + f"; waits for capacity ({room})" if room else text + "; waits for capacity"
+    if effect.not_preempted:
+        waits += f"; {', '.join(effect.not_preempted)} keep running at a lower priority (gitopsq does not preempt)"
+    return waits
+
+
+def _queue_cell(action, live: LiveView) -> str:
+    """The markdown table's queue column: the place and what happens, in a few words."""
+    effect = live.effects.get(action.run)
+    if effect is None:
+        return ""
+    if effect.unsatisfiable:
+        return "never runs: unsatisfiable"
+    if effect.missing_secrets:
+        return f"waits for secrets: {', '.join(effect.missing_secrets)}"
+    placed = effect.placement
+    if placed is None:
+        return ""
+    text = f"position {placed.position} of {placed.of}"
+    if placed.overtakes:
+        text += ", ahead of " + ", ".join(f"**{run}**" for run in placed.overtakes)
+    short = {"starts": "starts at once", "waits": "waits", "fails": f"fails: {placed.reason}", "unknown": "?"}
+    return f"{text}; {short[placed.outcome]}"

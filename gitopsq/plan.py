@@ -13,7 +13,8 @@ Exactly the table of DESIGN.md section 3. No I/O: the controller and `gitopsq pl
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import functools
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 IN_PLACE_FIELDS = frozenset({"priority", "inactivity_duration", "max_duration", "retry"})
@@ -60,10 +61,29 @@ class Action:
 
 
 def field_changes(old: Mapping | None, new: Mapping) -> dict[str, tuple[Any, Any]]:
-    """Top-level fields whose normalised value differs."""
-    old = old or {}
+    """Top-level fields whose normalised value differs.
+
+    A spec recorded by an older gitopsq lacks the fields added since: there they have their
+    default (no `ports`, shell bash), not a value that changed, which would restart the run."""
+    if old is None:
+        return {k: (None, new[k]) for k in sorted(new) if new[k] is not None}
     keys = sorted(set(old) | set(new))
-    return {k: (old.get(k), new.get(k)) for k in keys if old.get(k) != new.get(k)}
+    both = [(k, _field(old, k), _field(new, k)) for k in keys]
+    return {k: (was, now) for k, was, now in both if was != now}
+
+
+def _field(spec: Mapping, key: str) -> Any:
+    return spec[key] if key in spec else _defaults().get(key)
+
+
+@functools.cache
+def _defaults() -> dict[str, Any]:
+    """Every field's default, in the JSON form specs are stored and compared in."""
+    import json
+
+    from gitopsq.spec import RunSpec
+
+    return json.loads(json.dumps(RunSpec(name="", type="task").to_dict()))
 
 
 def plan(desired: Mapping[str, Desired], invalid_files: set[str], known: Mapping[str, Known]) -> list[Action]:
@@ -118,3 +138,167 @@ def absent(desired: Mapping[str, Desired], invalid_files: set[str], known: Mappi
     """Runs whose file is gone from head (to be marked absent, whatever their status)."""
     return sorted(name for name, have in known.items()
                   if name not in desired and have.present and have.file not in invalid_files)
+
+
+# --- the same plan against the live state (`gitopsq plan --server/--db`) --------------------------
+
+PROVISIONAL_ID = 1 << 62  # ids for submissions a plan would make: after every real one, in the order made
+
+
+@dataclass(frozen=True)
+class LiveRun:
+    """What the controller holds of a run: its recorded spec and its latest submission."""
+
+    name: str
+    file: str | None
+    spec: Mapping[str, Any] | None
+    present: bool
+    status: str | None = None  # the latest submission's (None: never submitted)
+    submission: int | None = None  # its number
+    submission_id: int | None = None
+    priority: int | None = None
+    queued_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    reason: str | None = None
+    stopped_by: str | None = None
+    needs: Mapping[str, int] | None = None  # what its active submission takes (or asks) from the provider
+
+    @property
+    def known(self) -> Known:
+        return Known(self.name, self.file, self.spec, self.present, self.status)
+
+
+@dataclass(frozen=True)
+class Judgment:
+    """What the controller's provider says of a spec: what it needs, and why it can never run (None: it can)."""
+
+    needs: Mapping[str, int] | None = None  # None: not known (the provider was not asked)
+    unsatisfiable: str | None = None
+
+
+@dataclass(frozen=True)
+class LiveState:
+    """The controller's state as a plan needs it (gitopsq.livestate reads it from the store or the API)."""
+
+    runs: Mapping[str, LiveRun]  # the runs the change touches
+    queue: tuple  # queue.Waiting of every submission waiting for capacity
+    running: tuple[tuple[str, int], ...]  # (run, priority) of each submission holding capacity
+    secrets: frozenset[str]  # the names of the secrets that are set
+    free: Mapping[str, int] | None  # what the provider had free after the last step (None: not known)
+    judged: Mapping[str, Judgment]  # run name -> its new spec, as the provider judges it
+    now: float
+
+
+@dataclass(frozen=True)
+class Effect:
+    """What an action does to the live state, beyond the action itself."""
+
+    run: str
+    submission: int | None  # the submission it makes (submit, restart), else the one it acts on
+    latest: int | None  # the run's latest submission now (None: never submitted)
+    status: str | None  # its status now
+    seconds: float | None  # for how long: running (or provisioning, stopping), queued, or ended ago
+    stopped_by: str | None = None
+    discards: Mapping[str, Any] | None = None  # restart/cancel: {"status", "seconds"} of the submission it stops
+    placement: Any = None  # queue.Placement of the submission it makes or reorders
+    missing_secrets: tuple[str, ...] = ()  # it waits for these, outside the queue
+    unsatisfiable: str | None = None  # the provider can never run it: it fails at once
+    not_preempted: tuple[str, ...] = ()  # lower-priority runs that keep their capacity while it waits
+
+    def as_dict(self) -> dict:
+        return {"submission": self.submission, "latest": self.latest, "status": self.status, "seconds": self.seconds,
+                "stopped_by": self.stopped_by, "discards": dict(self.discards) if self.discards else None,
+                "queue": self.placement.as_dict() if self.placement else None,
+                "missing_secrets": list(self.missing_secrets), "unsatisfiable": self.unsatisfiable,
+                "not_preempted": list(self.not_preempted)}
+
+
+HOLDING = ("provisioning", "running")  # statuses of a submission that holds provider capacity
+
+
+def live_effects(actions: list[Action], state: LiveState) -> dict[str, Effect]:
+    """Each action's effect on the live state: the submission it makes, how long what it stops has been
+    running, and what it does to the queue (position, runs passed, whether it starts, no preemption)."""
+    from gitopsq import queue as q
+
+    queue = {w.run: w for w in state.queue}
+    entering: dict[str, int] = {}  # run -> the id of the queue entry this change makes or moves
+    freed = False
+    free = dict(state.free) if state.free is not None else None
+    facts: dict[str, dict] = {}
+    for action in actions:
+        have = state.runs.get(action.run)
+        fact = facts[action.run] = _now_facts(have, state.now)
+        stops = action.kind in ("restart", "cancel") and have is not None and have.known.active
+        if stops:
+            fact["discards"] = {"status": have.status, "seconds": fact["seconds"]}
+            queue.pop(action.run, None)
+            if have.status in HOLDING and free is not None:
+                freed = True
+                for key, amount in (have.needs or {}).items():
+                    free[key] = free.get(key, 0) + amount
+        if action.kind in ("submit", "restart"):
+            fact["submission"] = (have.submission or 0) + 1 if have else 1
+            judged = state.judged.get(action.run, Judgment())
+            fact["missing_secrets"] = _missing_secrets(action.spec, state.secrets)
+            fact["unsatisfiable"] = judged.unsatisfiable
+            if judged.unsatisfiable or fact["missing_secrets"]:
+                continue  # not a capacity question: it takes no place in the queue
+            entry = _entering(action, judged, PROVISIONAL_ID + len(entering), state.now)
+        elif action.kind == "update" and have is not None and have.status == "queued" and action.run in queue:
+            fact["submission"] = have.submission
+            if "priority" not in action.changes:
+                continue
+            entry = replace(queue[action.run], priority=action.spec["priority"])
+        else:
+            fact["submission"] = have.submission if have else None
+            continue
+        queue[action.run] = entry
+        entering[action.run] = entry.submission_id
+        if free is not None and entry.demand is None:
+            free = None  # what it needs is not known: whether it starts is not either
+    placed = q.placements(state.queue, [replace(w, demand=w.demand or {}) for w in queue.values()],
+                          entering.values(), free, state.now, freed)
+    out = {}
+    for action in actions:
+        fact = facts[action.run]
+        placement = placed.get(entering.get(action.run))
+        waits = placement is not None and placement.outcome == "waits"
+        priority = (action.spec or {}).get("priority", 0)
+        held_by = tuple(sorted(run for run, p in state.running if p < priority and run != action.run)) if waits else ()
+        out[action.run] = Effect(action.run, fact.get("submission"), fact["latest"], fact["status"], fact["seconds"],
+                                 fact["stopped_by"], fact.get("discards"), placement, tuple(fact.get("missing_secrets", ())),
+                                 fact.get("unsatisfiable"), held_by)
+    return out
+
+
+def _now_facts(have: LiveRun | None, now: float) -> dict:
+    """The run's latest submission: its number, status, and for how long it has been in it."""
+    if have is None or have.status is None:
+        return {"latest": None, "status": None, "seconds": None, "stopped_by": None}
+    if have.status in ("provisioning", "running", "stopping"):
+        since = have.started_at or have.queued_at
+    elif have.status == "queued":
+        since = have.queued_at
+    else:
+        since = have.finished_at
+    return {"latest": have.submission, "status": have.status, "seconds": now - since if since is not None else None,
+            "stopped_by": have.stopped_by}
+
+
+def _missing_secrets(spec: Mapping[str, Any] | None, known: frozenset[str]) -> tuple[str, ...]:
+    from gitopsq.spec import RunSpec
+
+    return tuple(sorted(RunSpec.from_dict(spec).secrets - known)) if spec else ()
+
+
+def _entering(action: Action, judged: Judgment, submission_id: int, now: float):
+    """The queue entry of a submission the plan makes: queued now, its retry window not open yet."""
+    from gitopsq import queue as q
+    from gitopsq.spec import RunSpec
+
+    retry = RunSpec.from_dict(action.spec).retry
+    return q.Waiting(submission_id, action.run, action.spec["priority"], now,
+                     dict(judged.needs) if judged.needs is not None else None,
+                     bool(retry and retry.covers("no-capacity")))

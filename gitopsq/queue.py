@@ -160,3 +160,49 @@ def retry_after_end(
     if not on_events or event not in on_events:
         return False
     return duration_s is None or now - window_start < duration_s
+
+
+# --- what a change does to the queue (for `gitopsq plan` against the live state) -----------------
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a submission stands once a change is merged: its place in the queue, the runs it passes,
+    and what the next admission does with it."""
+
+    position: int  # 1-based, in queue order after the change
+    of: int  # submissions queued after the change
+    overtakes: tuple[str, ...]  # runs queued ahead of it before the change that are behind it after
+    outcome: str  # starts | waits | fails | unknown (what it needs from the provider is not known)
+    reason: str | None = None  # why it fails: no-capacity, retry-limit-exceeded
+
+    def as_dict(self) -> dict:
+        return {"position": self.position, "of": self.of, "overtakes": list(self.overtakes), "outcome": self.outcome,
+                "reason": self.reason}
+
+
+def placements(before: Iterable[Waiting], after: Iterable[Waiting], subjects: Iterable[int],
+               free: Mapping[str, int] | None, now: float, capacity_freed: bool = False) -> dict[int, Placement]:
+    """Where each of `subjects` (submission ids of `after`) stands when the queue `after` replaces `before`.
+
+    The next admission is `admit` itself over `after` with `free` (None: unknown, every outcome is
+    then `unknown`); capacity_freed: the change stops runs, which wakes runs backed off for capacity."""
+    old, new = queue_order(before), queue_order(after)
+    rank_old = {w.submission_id: i for i, w in enumerate(old)}
+    rank_new = {w.submission_id: i for i, w in enumerate(new)}
+    decision = admit(new, free, now, now if capacity_freed else None) if free is not None else None
+    failed = dict(decision.fail) if decision else {}
+    out = {}
+    for subject in subjects:
+        place = rank_new[subject]
+        ahead_before = {w.submission_id for w in old[:rank_old.get(subject, len(old))]}
+        passed = tuple(w.run for w in new[place + 1:] if w.submission_id in ahead_before)
+        if decision is None:
+            outcome = "unknown"
+        elif subject in decision.launch:
+            outcome = "starts"
+        elif subject in failed:
+            outcome = "fails"
+        else:
+            outcome = "waits"
+        out[subject] = Placement(place + 1, len(new), passed, outcome, failed.get(subject))
+    return out

@@ -229,6 +229,15 @@ class Retry:
 
 
 @dataclass(frozen=True)
+class PortMap:
+    """A port the run listens on (container_port) and, as dstack has it, where a forward puts it
+    on the user's machine (local_port: the same port unless written `9000:80`; None for `*:80`)."""
+
+    container_port: int
+    local_port: int | None = None
+
+
+@dataclass(frozen=True)
 class RunSpec:
     name: str
     type: str
@@ -236,6 +245,7 @@ class RunSpec:
     init: tuple[str, ...] = ()
     ide: str | None = None
     port: int | None = None
+    ports: tuple[PortMap, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     image: str | None = None
     python: str | None = None
@@ -283,6 +293,7 @@ class RunSpec:
         values["files"] = tuple(FileSpec(**f) for f in data.get("files", ()))
         values["volumes"] = tuple(VolumeSpec(**v) for v in data.get("volumes", ()))
         values["registry_auth"] = RegistryAuth(**data["registry_auth"]) if data.get("registry_auth") else None
+        values["ports"] = tuple(PortMap(**p) for p in data.get("ports", ()))
         return cls(**values)
 
     def env_dict(self) -> dict[str, str]:
@@ -401,6 +412,28 @@ def _range_problems(res: Resources) -> list[tuple[tuple, str]]:
     return out
 
 
+def _ports(items: list) -> tuple[tuple[PortMap, ...], list[tuple[tuple, str]]]:
+    """The schema has checked the forms (8080, '8080', '9000:80', '*:80', a mapping); not the
+    numbers inside a string, nor that a port is listed once."""
+    ports, problems, seen = [], [], set()
+    for index, item in enumerate(items):
+        if isinstance(item, dict):
+            port = PortMap(item["container_port"], item.get("local_port"))
+        elif isinstance(item, int):
+            port = PortMap(item, item)
+        else:
+            local, _, container = item.rpartition(":")
+            port = PortMap(int(container), int(container) if not local else None if local == "*" else int(local))
+        bad = next((n for n in (port.container_port, port.local_port) if n is not None and not 1 <= n <= 65535), None)
+        if bad is not None:
+            problems.append((("ports", index), f"{bad} is not a port (use a number from 1 to 65535)"))
+        elif port.container_port in seen:
+            problems.append((("ports", index), f"port {port.container_port} is listed twice"))
+        seen.add(port.container_port)
+        ports.append(port)
+    return tuple(ports), problems
+
+
 # --- the entry point -------------------------------------------------------------------------
 
 
@@ -448,6 +481,8 @@ def _parse_run(raw: bytes, file: str, defaults: Mapping, defaults_file: str, rep
         name = stem
     resources = _resources(data.get("resources"))
     range_errors = _range_problems(resources)
+    ports, port_errors = _ports(data.get("ports", ()))
+    range_errors += port_errors
     if range_errors:
         raise SpecError([Problem(file, loaded.line_of(path), field_name(path), msg) for path, msg in range_errors])
     try:
@@ -468,6 +503,7 @@ def _parse_run(raw: bytes, file: str, defaults: Mapping, defaults_file: str, rep
         init=tuple(data.get("init", ())),
         ide=data.get("ide"),
         port=data.get("port"),
+        ports=ports,
         env=env,
         image=data.get("image"),
         python=str(python) if python is not None else None,

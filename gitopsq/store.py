@@ -20,12 +20,13 @@ from typing import Any, Iterator
 
 import sqlite_utils
 
+from gitopsq.connect import Reach, connection
 from gitopsq.plan import ACTIVE, Known
 from gitopsq.yamlload import Problem
 
 log = logging.getLogger("gitopsq.store")
 
-SCHEMA_VERSION = 7  # the last of MIGRATIONS
+SCHEMA_VERSION = 8  # the last of MIGRATIONS
 FINISHED = ("done", "failed", "cancelled")
 
 
@@ -102,7 +103,20 @@ def _migrate_7(db: sqlite_utils.Database) -> None:
                "created_at REAL NOT NULL, last_used_at REAL)")
 
 
-MIGRATIONS = {1: _migrate_1, 2: _migrate_2, 3: _migrate_3, 4: _migrate_4, 5: _migrate_5, 6: _migrate_6, 7: _migrate_7}
+def _migrate_8(db: sqlite_utils.Database) -> None:
+    # Stop and rerun as people ask for them (gitopsq.intents): recorded with who asked, applied by
+    # the controller's next step in the order asked. A stop names the submission it stops.
+    db.execute("CREATE TABLE intents (id INTEGER PRIMARY KEY, run TEXT NOT NULL, kind TEXT NOT NULL, "
+               "submission_id INTEGER, actor TEXT NOT NULL, via TEXT NOT NULL, at REAL NOT NULL, done_at REAL, "
+               "outcome TEXT)")
+    db.execute("CREATE INDEX intents_pending ON intents(done_at, id)")
+    # Who made a submission by hand (a rerun; NULL: a commit), and who stopped one.
+    db.execute("ALTER TABLE submissions ADD COLUMN submitted_by TEXT")
+    db.execute("ALTER TABLE submissions ADD COLUMN stopped_by TEXT")
+
+
+MIGRATIONS = {1: _migrate_1, 2: _migrate_2, 3: _migrate_3, 4: _migrate_4, 5: _migrate_5, 6: _migrate_6, 7: _migrate_7,
+              8: _migrate_8}
 
 
 # The database holds env values and report tokens: only its owner may read it, whatever the umask
@@ -291,13 +305,15 @@ class Store:
 
     # --- submissions --------------------------------------------------------------------------
 
-    def add_submission(self, run: str, spec: dict, commit: str | None, now: float) -> int:
-        """Append submission N+1 of a run, queued."""
+    def add_submission(self, run: str, spec: dict, commit: str | None, now: float, submitted_by: str | None = None) -> int:
+        """Append submission N+1 of a run, queued (submitted_by: who asked for it by hand, None for a commit)."""
         number = self.conn.execute("SELECT COALESCE(MAX(number), 0) + 1 FROM submissions WHERE run = ?", (run,)).fetchone()[0]
         cur = self.conn.execute(
-            """INSERT INTO submissions(run, number, spec, priority, status, commit_sha, submitted_at, queued_at, attempts, token)
-               VALUES(?, ?, ?, ?, 'queued', ?, ?, ?, 0, ?)""",
-            (run, number, json.dumps(spec, sort_keys=True), spec["priority"], commit, now, now, secrets.token_urlsafe(24)),
+            """INSERT INTO submissions(run, number, spec, priority, status, commit_sha, submitted_at, queued_at, attempts, token,
+                                       submitted_by)
+               VALUES(?, ?, ?, ?, 'queued', ?, ?, ?, 0, ?, ?)""",
+            (run, number, json.dumps(spec, sort_keys=True), spec["priority"], commit, now, now, secrets.token_urlsafe(24),
+             submitted_by),
         )
         sub_id = cur.lastrowid
         self.conn.execute("UPDATE runs SET last_submission = ? WHERE name = ?", (sub_id, run))
@@ -543,7 +559,8 @@ def now() -> float:
 LISTING_SQL = """
 SELECT r.name, r.file, r.present, s.id AS submission_id, s.number AS submission, s.status, s.priority,
        s.reason, s.message, s.exit_code, s.attempts, s.queued_at, s.started_at, s.finished_at,
-       s.window_start, s.deadline, s.next_try_at, s.spec, s.log_path, s.node_id, s.demand, s.backoff_event
+       s.window_start, s.deadline, s.next_try_at, s.spec, s.log_path, s.node_id, s.demand, s.backoff_event, s.workdir,
+       s.submitted_by, s.stopped_by
 FROM runs r JOIN submissions s ON s.id = r.last_submission
 {where}
 ORDER BY CASE WHEN s.status IN ('queued', 'provisioning', 'running', 'stopping') THEN 0 ELSE 1 END,
@@ -565,7 +582,8 @@ def listing(store: Store, include_all: bool = False, status: str | None = None, 
         clauses.append("s.status = ?")
         params.append(status)
     where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
-    rows = [describe(dict(row)) for row in store.conn.execute(LISTING_SQL.format(where=where), params)]
+    where_runs_are = reach(store)
+    rows = [describe_listed(dict(row), where_runs_are) for row in store.conn.execute(LISTING_SQL.format(where=where), params)]
     free = json.loads(store.meta("capacity_free") or "null")
     invalid = store.invalid_files()
     ahead = 0
@@ -578,6 +596,27 @@ def listing(store: Store, include_all: bool = False, status: str | None = None, 
             ahead += 1
         row["why"] = why(row, now)
     return rows
+
+
+def reach(store: Store) -> Reach:
+    """Where runs are reached, as the last `gitopsq serve` recorded it (this machine by default)."""
+    raw = store.meta("reach")
+    data = json.loads(raw) if raw else {}
+    return Reach(data.get("host") or Reach.host, data.get("provider") or Reach.provider)
+
+
+def set_reach(store: Store, where: Reach) -> None:
+    with store.transaction():
+        store.set_meta("reach", json.dumps({"host": where.host, "provider": where.provider}))
+
+
+def describe_listed(row: dict, where: Reach) -> dict:
+    """A row of LISTING_SQL as `ps` and the API show it: describe(), and how to reach the run."""
+    spec = json.loads(row["spec"]) if row.get("spec") else {}
+    workdir = row.pop("workdir", None)
+    row = describe(row)
+    row["connect"] = connection(spec, row["status"], workdir, where)
+    return row
 
 
 def describe(row: dict) -> dict:
@@ -595,7 +634,7 @@ def describe(row: dict) -> dict:
 _SUBMISSION_SQL = """
 SELECT run AS name, id AS submission_id, number AS submission, status, priority, reason, message, exit_code,
        attempts, submitted_at, queued_at, started_at, finished_at, window_start, deadline, next_try_at, last_activity_at,
-       reported_at, stop_reason, spec, log_path, workdir, node_id, commit_sha
+       reported_at, stop_reason, spec, log_path, workdir, node_id, commit_sha, submitted_by, stopped_by
 FROM submissions {where}
 """
 

@@ -7,7 +7,7 @@ import time
 
 import click
 
-from gitopsq.explain import ago, time_column, why
+from gitopsq.explain import BY_HAND, ago, time_column, why
 
 STATUS_STYLE = {"queued": "yellow", "provisioning": "cyan", "running": "green", "stopping": "magenta",
                 "done": "bold green", "failed": "bold red", "cancelled": "dim"}
@@ -32,23 +32,42 @@ def _retry_state(row: dict, now: float) -> str:
 
 
 def runs_table(rows: list[dict]) -> None:
+    """The runs, one line each; a CONNECT column (URL, host:port, IDE command) while one is running
+    and the terminal is wide enough (else a hint: --json has it)."""
     from rich.console import Console
-    from rich.table import Table
 
-    now = time.time()
-    table = Table(box=None, header_style="bold")
-    for column in ("NAME", "STATUS", "PRIORITY", "SUB", "TIME", "RETRY", "REASON"):
-        table.add_column(column, justify="right" if column in ("PRIORITY", "SUB") else "left")
-    for row in rows:
-        status = row["status"]
-        reason = why(row, now)
-        table.add_row(row["name"], f"[{STATUS_STYLE.get(status, '')}]{status}[/]", str(row["priority"]),
-                      str(row["submission"]), time_column(row, now)[1], _retry_state(row, now), reason)
+    from gitopsq.connect import connection_text
+
     console = Console()
     if not rows:
         console.print("No runs. Commit a run file to the config repo, then run gitopsq serve.")
         return
+    now = time.time()
+    reachable = any(connection_text(row.get("connect")) for row in rows)
+    table = _runs(rows, now, reachable)
+    if reachable and console.measure(table, options=console.options.update_width(10_000)).maximum > console.width:
+        console.print(_runs(rows, now, False))
+        console.print("how to reach running runs: gitopsq ps --json (connect)", style="dim")
+        return
     console.print(table)
+
+
+def _runs(rows: list[dict], now: float, connect: bool):
+    from rich.markup import escape
+    from rich.table import Table
+
+    from gitopsq.connect import connection_text
+
+    table = Table(box=None, header_style="bold")
+    for column in ("NAME", "STATUS", "PRIORITY", "SUB", "TIME", "RETRY", "REASON", *(("CONNECT",) if connect else ())):
+        table.add_column(column, justify="right" if column in ("PRIORITY", "SUB") else "left",
+                         no_wrap=column == "CONNECT")
+    for row in rows:
+        status = row["status"]
+        cells = [row["name"], f"[{STATUS_STYLE.get(status, '')}]{status}[/]", str(row["priority"]), str(row["submission"]),
+                 time_column(row, now)[1], _retry_state(row, now), why(row, now)]
+        table.add_row(*cells, *((escape(connection_text(row.get("connect"))),) if connect else ()))
+    return table
 
 
 def history_table(rows: list[dict]) -> None:
@@ -82,10 +101,13 @@ def _history(rows: list[dict], now: float, paths: tuple[str, ...]):
         table.add_column(column, no_wrap=column != "REASON", overflow="fold" if column == "REASON" else "ellipsis")
     for row in rows:
         reason = row.get("reason") or ""
+        if reason in BY_HAND and row.get("stopped_by"):
+            reason = f"{BY_HAND[reason]} {row['stopped_by']}"
         if row.get("exit_code") is not None:
             reason = f"{reason} exit {row['exit_code']}".strip()
+        submitted = f"{ago(now - row['queued_at'])} ago" + (f", rerun by {row['submitted_by']}" if row.get("submitted_by") else "")
         cells = [str(row["submission"]), f"[{STATUS_STYLE.get(row['status'], '')}]{row['status']}[/]",
-                 str(row["priority"]), f"{ago(now - row['queued_at'])} ago", time_column(row, now)[1], reason,
+                 str(row["priority"]), submitted, time_column(row, now)[1], reason,
                  (row.get("commit_sha") or "")[:7 if narrow else 10]]
         shown = {"LOG": row.get("log_path") or "", "WORKDIR": _workdir_cell(row)}
         table.add_row(*cells, *(shown[column] for column in paths))

@@ -28,9 +28,11 @@ ACCESS = {
     ("GET", "/docs"): "read", ("GET", "/"): "read", ("GET", "/runs/{name}"): "read",
     ("POST", "/login"): "login", ("POST", "/logout"): "read",
     ("GET", "/api/runs"): "read", ("GET", "/api/runs/{name}"): "read", ("GET", "/api/runs/{name}/history"): "read",
-    ("GET", "/api/submissions"): "read", ("GET", "/api/secrets"): "read",
+    ("GET", "/api/submissions"): "read", ("GET", "/api/secrets"): "read", ("GET", "/api/runs/{name}/logs"): "read",
+    ("POST", "/api/state"): "read",
     ("POST", "/api/runs/{name}/activity"): "write", ("PUT", "/api/secrets/{name}"): "write",
-    ("DELETE", "/api/secrets/{name}"): "write",
+    ("DELETE", "/api/secrets/{name}"): "write", ("POST", "/api/runs/{name}/stop"): "write",
+    ("POST", "/api/runs/{name}/rerun"): "write", ("POST", "/runs/{name}/stop"): "write", ("POST", "/runs/{name}/rerun"): "write",
     ("POST", "/api/submissions/{submission_id}/report"): "node",
     ("GET", "/api/submissions/{submission_id}/inputs/env"): "node", ("GET", "/api/submissions/{submission_id}/inputs/tree"): "node", ("POST", "/api/webhook"): "webhook",
 }
@@ -41,7 +43,9 @@ def state(tmp_path):
     db = tmp_path / "state" / "gitopsq.db"
     db.parent.mkdir()
     store = Store(db)
-    add_run(store, "train", NOW - 100, status="running", run_type="dev-environment")
+    log = tmp_path / "state" / "node-1.log"
+    log.write_text("output\n")
+    add_run(store, "train", NOW - 100, status="running", run_type="dev-environment", log=str(log))
     yield db, store
     store.close()
 

@@ -55,5 +55,6 @@ def test_no_server_errors(served_schema):
 
 
 # Routes that take a credential of their own (a node's attempt token, the webhook's signature, the
-# login form's token), not the API token sent with every call.
-OWN_CREDENTIAL = {"/api/submissions/{submission_id}/report", "/api/webhook", "/login"}
+# login form's token, the dashboard's cookie with its CSRF token), not the API token sent with every call.
+OWN_CREDENTIAL = {"/api/submissions/{submission_id}/report", "/api/webhook", "/login", "/runs/{name}/stop",
+                  "/runs/{name}/rerun"}

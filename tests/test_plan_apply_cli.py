@@ -90,7 +90,7 @@ def test_apply_queue_overrides_retry_and_commits(tmp_path):
     assert result.exit_code == 0, result.output
     assert "Committed" in result.output and "runs/train.yml (run train)" in result.output
     committed = yaml.safe_load(repo.git("show", "HEAD:runs/train.yml"))
-    assert committed["retry"] == {"on_events": ["no-capacity"], "duration": "off"}
+    assert committed["retry"] == {"on_events": ["no-capacity"], "duration": False}  # `off`, as YAML 1.1 reads it
     assert "gitopsq apply train: new run" == repo.git("log", "-1", "--format=%s")
     # Applying the same again commits nothing.
     head = repo.head()
@@ -107,7 +107,7 @@ def test_apply_updates_the_file_that_defines_the_name(tmp_path):
     source.write_text(task("mine", priority=42))
     result = run_cli("apply", "--repo", str(repo.path), str(source))
     assert result.exit_code == 0, result.output
-    assert "jobs/mine.yml" in result.output and "priority: 0 -> 42" in result.output
+    assert "jobs/mine.yml" in result.output and "+priority: 42\n" in result.output
     assert repo.git("log", "-1", "--format=%s") == "gitopsq apply mine: priority changed"
     assert not (repo.path / "runs").exists()
 

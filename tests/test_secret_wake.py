@@ -102,7 +102,7 @@ def test_a_run_waits_for_its_missing_secret_runs_once_it_is_set_and_never_shows_
 
         logs = run_cli("logs", "train", "--db", str(db))
         assert "token=*** wandb=***" in logs.output, logs.output
-        auth = daemon.token_header()  # the API and the pages need a token (the daemon made the admin one)
+        auth = daemon.token_header()
         shown = [httpx.get(url + path, timeout=5, headers=auth).text for path in
                  ("/api/runs", "/api/runs/train", "/api/runs/train/history", "/api/submissions", "/runs/train", "/")]
         shown += [run_cli("ps", "--db", str(db), "--json").output, run_cli("history", "train", "--db", str(db)).output,

@@ -186,11 +186,13 @@ def test_openapi_lists_every_endpoint_with_models(server):
     paths = {path: set(ops) for path, ops in doc["paths"].items()}
     assert paths == {
         "/api/runs": {"get"}, "/api/runs/{name}": {"get"}, "/api/runs/{name}/history": {"get"},
-        "/api/runs/{name}/activity": {"post"}, "/api/submissions": {"get"},
+        "/api/runs/{name}/activity": {"post"}, "/api/runs/{name}/logs": {"get"}, "/api/submissions": {"get"},
         "/api/submissions/{submission_id}/report": {"post"}, "/api/webhook": {"post"}, "/healthz": {"get"},
         "/metrics": {"get"}, "/": {"get"}, "/runs/{name}": {"get"},
         "/api/secrets": {"get"}, "/api/secrets/{name}": {"put", "delete"}, "/login": {"post"}, "/logout": {"post"},
         "/api/submissions/{submission_id}/inputs/env": {"get"}, "/api/submissions/{submission_id}/inputs/tree": {"get"},
+        "/api/runs/{name}/stop": {"post"}, "/api/runs/{name}/rerun": {"post"}, "/runs/{name}/stop": {"post"},
+        "/runs/{name}/rerun": {"post"}, "/api/state": {"post"},
     }
     schemas = doc["components"]["schemas"]
     assert {"RunRow", "RunDetail", "Submission", "Health", "WebhookAccepted"} <= set(schemas)

@@ -101,13 +101,18 @@ FIELD_SUPPORT: dict[str, dict[str, str]] = {
         EC2: "honoured: `docker login` on the node, with the credentials downloaded from the controller",
     },
     "port": {
-        LOCAL_PROCESS: "honoured: the service listens on this machine",
-        LOCAL_CONTAINER: "honoured: the container shares this machine's network",
-        EC2: "honoured: the service listens on the node (reachable through `--provider-opt security_groups`)",
+        LOCAL_PROCESS: "honoured: the service listens on this machine; `ps`, the API and the run page show its URL (host: `serve --public-host`)",
+        LOCAL_CONTAINER: "honoured: the container shares this machine's network (`--network host`); its URL is shown as for a process",
+        EC2: "honoured: the service listens on the node (reachable through `--provider-opt security_groups`); shown without an address (the node's is not recorded yet)",
+    },
+    "ports": {
+        LOCAL_PROCESS: "honoured: the run listens on this machine; `ps`, the API and the run page show host:port, and for `9000:80` the `ssh -L` command that puts port 80 at 9000 on your machine",
+        LOCAL_CONTAINER: "honoured: the container shares this machine's network (`--network host`); shown as for a process",
+        EC2: "honoured: the run listens on the node (reachable through `--provider-opt security_groups`); listed without an address (the node's is not recorded yet)",
     },
     "ide": {
-        LOCAL_PROCESS: "honoured: names the IDE that attaches to the run's working directory",
-        LOCAL_CONTAINER: "honoured: names the IDE that attaches to the run's working directory",
+        LOCAL_PROCESS: "honoured: `ps`, the API and the run page give the working directory, `code DIR` and a `vscode://file/DIR` link (likewise `cursor`, `windsurf`)",
+        LOCAL_CONTAINER: "honoured: as for a process: the IDE opens the working directory, which the container mounts as /work",
         EC2: "honoured: names the IDE that attaches over SSH (`--provider-opt key_name`)",
     },
 }

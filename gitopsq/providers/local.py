@@ -746,7 +746,9 @@ class LocalNodeDriver(NodeDriver):
             stdbuf = shutil.which("stdbuf", path=env["PATH"])
             prefix = [stdbuf, "-oL"] if stdbuf else []
             return [*prefix, shutil.which("bash") or "/bin/bash", str(script)]
-        cmd = [tool, "run", "--rm", "--name", f"gitopsq-{node_id}",
+        # The host's network, as for a process run and on a cloud node: a service's port and a
+        # run's ports are this machine's, where `ps` says they are.
+        cmd = [tool, "run", "--rm", "--name", f"gitopsq-{node_id}", "--network", "host",
                "-v", f"{workdir}:/work", "-v", f"{script}:/gitopsq/script.sh:ro", "-w", "/work"]
         # Values come from the CLI's env; CUDA_VISIBLE_DEVICES is the runtime's business
         # inside the container, where the assigned GPUs are renumbered from 0.

@@ -1,7 +1,8 @@
 """The HTTP face of the daemon: JSON API, webhook, metrics and the dashboard.
 
-The app never reconciles: it reads the store, records the two things nodes tell it (activity
-and exit codes, through the controller's functions) and wakes the controller loop.
+The app never reconciles: it reads the store, records what nodes tell it (activity and exit
+codes, through the controller's functions) and what people ask by hand (stop, rerun: intents
+the controller applies), and wakes the controller loop.
 """
 
 from __future__ import annotations
@@ -10,33 +11,42 @@ import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Callable
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from gitopsq.controller import touch
+from gitopsq.intents import IntentRefused, request_rerun, request_stop
+from gitopsq.livestate import state_json
 from gitopsq.store import listing
 from gitopsq.store import submissions as submission_rows  # the route below is named submissions
 from gitopsq.tokens import Token
 from gitopsq.web import dashboard, queries
-from gitopsq.web.auth import (CHALLENGE, COOKIE, Auth, Login, LoginRequired, check_every_route_declares_access, public,
-                              safe_next)
+from gitopsq.web.auth import (CHALLENGE, COOKIE, Auth, Login, LoginRequired, capped_body,
+                              check_every_route_declares_access, public, safe_next)
 from gitopsq.web.metrics import CONTENT_TYPE, Metrics
-from gitopsq.web.models import Activity, Health, Problem, RunDetail, RunRow, Status, Submission
+from gitopsq.web.logs import logs_router
+from gitopsq.web.models import (Activity, Health, IntentAccepted, LiveStateAnswer, Problem, RunDetail, RunRow,
+                                StateQuery, Status, Submission)
 from gitopsq.web.nodes import node_router
-from gitopsq.web.secrets import secrets_router
+from gitopsq.web.secrets import redacted_errors, secrets_router
 from gitopsq.web.webhook import webhook_router
 
 NOT_FOUND = {404: {"model": Problem, "description": "No run of that name."}}
 NEEDS_TOKEN = {401: {"model": Problem, "description": "No token, or not a valid one."}}
 NEEDS_WRITE = {**NEEDS_TOKEN, 403: {"model": Problem, "description": "The token is read-only."}}
+STATE_MAX_BODY = 8 * 1024 * 1024  # a plan's specs: ~1 KiB each
+STATE_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": StateQuery.model_json_schema()}}}}
 
 
 def create_app(db_path: Path, wake: Callable[[str], None], status: Callable[[], dict], webhook_secret: bytes | None,
                metrics: Metrics | None = None, *, clock: Callable[[], float] = time.time, metrics_open: bool = False,
-               accept_unsigned_webhooks: bool = False) -> FastAPI:
+               accept_unsigned_webhooks: bool = False, judge: Callable[[dict], dict] | None = None) -> FastAPI:
     """The web app over the state database at `db_path`.
 
     wake(reason): wakes the controller loop ("webhook", "report", "secrets"); must return at once.
@@ -47,6 +57,8 @@ def create_app(db_path: Path, wake: Callable[[str], None], status: Callable[[], 
     daemon listens on loopback), else closes the webhook (see gitopsq.web.webhook).
     metrics: the daemon's Metrics (it records reconcile durations and provider errors there).
     metrics_open: /metrics without a token (for a Prometheus that cannot send one).
+    judge(spec): what the controller's provider says of a spec, {"needs", "unsatisfiable"}, for
+    `gitopsq plan --server` (None: specs are not judged, and the answer says so).
     Every other route needs a token of the state's (gitopsq.tokens), see gitopsq.web.auth.
     """
     pool = queries.StorePool(db_path)
@@ -81,6 +93,7 @@ def create_app(db_path: Path, wake: Callable[[str], None], status: Callable[[], 
     write = APIRouter(dependencies=[Depends(auth.writer)], responses=NEEDS_WRITE)
     pages = APIRouter(dependencies=[Depends(auth.viewer)], tags=["dashboard"], default_response_class=HTMLResponse)
     open_routes = APIRouter(dependencies=[Depends(public)], tags=["daemon"])
+    forms = APIRouter(dependencies=[Depends(auth.form_writer)], tags=["dashboard"])
 
     def missing(name: str) -> JSONResponse:
         return JSONResponse({"detail": f"no run named {name!r}"}, status_code=404)
@@ -115,6 +128,47 @@ def create_app(db_path: Path, wake: Callable[[str], None], status: Callable[[], 
         if not touch(store, name, now):
             return JSONResponse({"detail": f"run {name!r} is not active"}, status_code=409)
         return {"name": name, "last_activity_at": now}
+
+    def intend(request_intent, name: str, user: Token, via: str = "api"):
+        """Record a stop or rerun asked by `user` and wake the controller (which applies it)."""
+        try:
+            intent = request_intent(pool.get(), name, user.name, via, clock())
+        except IntentRefused as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+        wake("intents")
+        return JSONResponse(intent.as_dict(), status_code=202)
+
+    @write.post("/api/runs/{name}/stop", response_model=IntentAccepted, status_code=202, tags=["runs"],
+                responses={**NOT_FOUND, 409: {"model": Problem, "description": "The run is not active."}})
+    def stop(name: str, user: Token = Depends(auth.writer)):
+        """Stop the run's active submission (a write token). The run stays stopped until its file changes
+        (then it reconciles as usual); the stop is an event naming the token."""
+        return intend(request_stop, name, user)
+
+    @write.post("/api/runs/{name}/rerun", response_model=IntentAccepted, status_code=202, tags=["runs"],
+                responses={**NOT_FOUND, 409: {"model": Problem, "description": "The run's file is gone from the branch."}})
+    def rerun(name: str, user: Token = Depends(auth.writer)):
+        """A new submission of the run's current spec (a write token); an active submission is stopped first.
+        An event names the token."""
+        return intend(request_rerun, name, user)
+
+    @read.post("/api/state", response_model=LiveStateAnswer, tags=["runs"], openapi_extra=STATE_BODY,
+               responses={413: {"model": Problem, "description": "The body is larger than 8 MiB."}})
+    async def live_state(request: Request):
+        """What `gitopsq plan --server` plans against (a read token; nothing changes): the runs asked
+        about as recorded, the queue, what holds capacity, secret names, free capacity, and each new
+        spec as the controller's provider judges it. POST, because the body names runs and specs."""
+        try:
+            query = StateQuery.model_validate_json(await capped_body(request, STATE_MAX_BODY))
+        except ValidationError as exc:
+            return JSONResponse({"detail": redacted_errors(exc)}, status_code=422)
+        info = status()
+
+        def read_state():
+            return state_json(pool.get(), query.runs, query.specs, judge, clock(),
+                              unjudged=None if judge else "this controller does not judge specs",
+                              branch=info.get("branch"), commit=info.get("commit"))
+        return await run_in_threadpool(read_state)
 
     @read.get("/api/submissions", response_model=list[Submission], tags=["submissions"])
     def submissions(status: Status | None = Query(None, description="Default: the active submissions.")):
@@ -157,12 +211,41 @@ def create_app(db_path: Path, wake: Callable[[str], None], status: Callable[[], 
         return dashboard.render_index(pool.get(), status(), clock(), user.name)
 
     @pages.get("/runs/{name}", responses={404: {"content": {"text/html": {}}, "description": "No run of that name."}})
-    def run_page(name: str, user: Token = Depends(auth.viewer)):
-        """A run's history and the tail of its latest log."""
-        page = dashboard.render_run(pool.get(), name, clock(), user.name)
+    def run_page(request: Request, name: str, user: Token = Depends(auth.viewer)):
+        """A run's history and the tail of its latest log; with a write token's session, stop and rerun buttons."""
+        page = dashboard.render_run(pool.get(), name, clock(), user.name, csrf=auth.page_csrf(request, user))
         if page is None:
             return HTMLResponse(dashboard.render_missing(name, user.name), status_code=404)
         return page
+
+    def form_intent(request: Request, request_intent, name: str, user: Token):
+        """A run page's button: record the intent and go back to the page, which shows it; a refusal is the
+        page again with the reason."""
+        try:
+            request_intent(pool.get(), name, user.name, "dashboard", clock())
+        except IntentRefused as exc:
+            page = dashboard.render_run(pool.get(), name, clock(), user.name, csrf=auth.page_csrf(request, user),
+                                        notice=str(exc))
+            return HTMLResponse(page or dashboard.render_missing(name, user.name), status_code=exc.status)
+        wake("intents")
+        return RedirectResponse(f"/runs/{quote(name, safe='')}", status_code=303)
+
+    form_doc = {"responses": {303: {"description": "Recorded: back to the run page."},
+                              403: {"model": Problem, "description": "A read-only token, or no valid CSRF token."},
+                              409: {"content": {"text/html": {}}, "description": "The run page, with why not."}},
+                "response_class": RedirectResponse, "status_code": 303,
+                "openapi_extra": {"requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {
+                    "schema": {"type": "object", "properties": {"csrf": {"type": "string"}}, "required": ["csrf"]}}}}}}
+
+    @forms.post("/runs/{name}/stop", **form_doc)
+    def stop_button(request: Request, name: str, user: Token = Depends(auth.form_writer)):
+        """The run page's stop button (form: csrf)."""
+        return form_intent(request, request_stop, name, user)
+
+    @forms.post("/runs/{name}/rerun", **form_doc)
+    def rerun_button(request: Request, name: str, user: Token = Depends(auth.form_writer)):
+        """The run page's rerun button (form: csrf)."""
+        return form_intent(request, request_rerun, name, user)
 
     @app.post("/login", tags=["dashboard"], response_class=RedirectResponse, status_code=303,
               responses={401: {"content": {"text/html": {}}, "description": "Not a valid token: the login form again."},
@@ -184,11 +267,12 @@ def create_app(db_path: Path, wake: Callable[[str], None], status: Callable[[], 
         response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
         return response
 
-    for router in (read, write, pages, open_routes):
+    for router in (read, write, pages, open_routes, forms):
         app.include_router(router)
     app.include_router(node_router(auth, pool.get, wake, clock, db_path))
     app.include_router(webhook_router(webhook_secret, wake, metrics.webhook, accept_unsigned_webhooks))
     app.include_router(secrets_router(pool.get, wake, clock, auth.reader, auth.writer))
+    app.include_router(logs_router(pool.get, auth.reader))
     check_every_route_declares_access(app)
     return app
 

@@ -7,6 +7,11 @@ a route that declares none, so a new route cannot be open by omission:
 - `Auth.writer`: a write token (403 for a read-only one), from the header only: a cookie alone
   never changes anything, so no other site can make a logged-in browser write.
 - `Auth.viewer`: a dashboard page: as `reader`, but a 401 shows the login form.
+- `Auth.form_writer`: a dashboard form that changes something (the run page's stop and rerun
+  buttons): the login cookie of a *write* token, plus the form's CSRF token, which only a page
+  rendered for that cookie carries (`csrf_token`). The cookie is SameSite=Strict already; the
+  CSRF token keeps a form posted from elsewhere out even where a browser sends it anyway, and a
+  read-only token's session can never write.
 - `Auth.node`: the token of the submission's current attempt (gitopsq.nodetoken), for the routes
   under /api/submissions/{submission_id}/ that a node calls; the body is capped before it is read.
 - `signed` (gitopsq.web.webhook): the webhook's HMAC.
@@ -17,6 +22,8 @@ Every 401 carries `WWW-Authenticate: Bearer`.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from dataclasses import dataclass
 from typing import Callable
@@ -35,6 +42,7 @@ from gitopsq.web.models import INT64
 COOKIE = "gitopsq_token"
 NODE_MAX_BODY = 4 * 1024  # a node's report is a token and an exit code: ~100 bytes
 LOGIN_MAX_BODY = 4 * 1024
+FORM_MAX_BODY = 4 * 1024
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
 _bearer = HTTPBearer(auto_error=False, description="An API token: `gitopsq token create NAME`, or the admin token "
                                                    "`serve` writes beside its state database.")
@@ -133,6 +141,30 @@ class Auth:
             raise LoginRequired("That token is not valid (unknown or revoked)." if presented else "Enter a token.", next_path)
         return Login(found, presented, next_path)
 
+    @access("write")
+    async def form_writer(self, request: Request) -> tokens.Token:
+        """A dashboard form's session: the cookie of a write token and the form's `csrf` field."""
+        try:
+            form = parse_qs((await capped_body(request, FORM_MAX_BODY)).decode("utf-8"), max_num_fields=4)
+        except (UnicodeDecodeError, ValueError):
+            form = {}
+        presented = request.cookies.get(COOKIE)
+        found = await run_in_threadpool(self.token, presented) if presented else None
+        if found is None:
+            raise LoginRequired("That token is not valid (unknown or revoked)." if presented else None, "/")
+        if found.read_only:
+            raise HTTPException(403, f"token {found.name!r} is read-only: log in with a write token to stop or rerun runs")
+        if not hmac.compare_digest((form.get("csrf") or [""])[0].encode(), csrf_token(presented).encode()):
+            raise HTTPException(403, "the form's CSRF token is missing or wrong: reload the page and try again")
+        return found
+
+    def page_csrf(self, request: Request, user: tokens.Token) -> str | None:
+        """The CSRF token for a page's forms: only for a cookie session of a write token (else no forms)."""
+        presented = request.cookies.get(COOKIE)
+        if user.read_only or not presented or request.headers.get("authorization"):
+            return None
+        return csrf_token(presented)
+
     @access("node")
     async def node(self, request: Request, header: HTTPAuthorizationCredentials | None = Depends(_bearer),
                    submission_id: int = PathParam(ge=1, le=INT64)) -> NodeCall:
@@ -145,6 +177,12 @@ class Auth:
         if not is_current_attempt(submission, presented):
             raise HTTPException(403, "refused: unknown submission, or not the token of its current attempt")
         return NodeCall(submission_id, presented, body)
+
+
+def csrf_token(session: str) -> str:
+    """The CSRF token of a dashboard session: an HMAC keyed by the session's token. Only who holds the
+    token (the HttpOnly cookie) or a page rendered for it knows it; no server-side state."""
+    return hmac.new(session.encode("utf-8", errors="surrogatepass"), b"gitopsq dashboard form", hashlib.sha256).hexdigest()
 
 
 def unauthorized(detail: str) -> HTTPException:

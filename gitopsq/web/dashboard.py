@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from gitopsq import intents
 from gitopsq.plan import ACTIVE
 from gitopsq.store import Store, listing, submissions
 from gitopsq.explain import ago, time_column, why
@@ -52,7 +53,9 @@ def render_index(store: Store, status: dict, now: float, user: str | None = None
         since_step=(now - status["last_step_at"]) if status.get("last_step_at") else None)
 
 
-def render_run(store: Store, name: str, now: float, user: str | None = None) -> str | None:
+def render_run(store: Store, name: str, now: float, user: str | None = None, csrf: str | None = None,
+               notice: str | None = None) -> str | None:
+    """A run's page; csrf (a write token's session) adds the stop and rerun buttons, notice says why one was refused."""
     if not queries.run_exists(store, name):
         return None
     history = [_shown(row, now) for row in submissions(store, run=name)]
@@ -60,11 +63,13 @@ def render_run(store: Store, name: str, now: float, user: str | None = None) -> 
     path = latest[0] if latest else None
     tail, log_problem = queries.masked_log_tail(store, *latest) if latest else (None, "no log yet")
     run = store.run(name)
+    detail = queries.run_detail(store, name, now)
     return ENV.get_template("run.html").render(
         name=name, run=run, history=list(reversed(history)), now=now, log_path=path, log_tail=tail, user=user,
+        connect=detail["connect"] if detail else None, csrf=csrf, notice=notice, pending=intents.pending(store, name),
         log_problem=log_problem, lines=queries.LOG_TAIL_LINES,
         invalid=store.invalid_file(run["file"]) if run["present"] else None,
-        active=bool(history) and history[-1]["status"] in ACTIVE)
+        active=bool(history) and history[-1]["status"] in ACTIVE, latest=history[-1]["submission"] if history else None)
 
 
 def render_missing(name: str, user: str | None = None) -> str:

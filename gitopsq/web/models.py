@@ -23,6 +23,29 @@ class FileInvalid(BaseModel):
     problem: str = Field(description="Its first problem, as `gitopsq validate` prints it.")
 
 
+class PortReach(BaseModel):
+    port: int = Field(description="The port the run listens on.")
+    local_port: int | None = Field(description="Where an ssh forward puts it on your machine (dstack's local side).")
+    address: str | None = Field(description="host:port; null on a cloud provider (the node's address is not recorded).")
+    forward: str | None = Field(description="The ssh command that forwards local_port, when it differs from port.")
+
+
+class IdeHint(BaseModel):
+    name: str = Field(description="vscode, cursor or windsurf.")
+    command: str = Field(description="The command that opens the working directory, e.g. code /path.")
+    url: str = Field(description="The link that opens it, e.g. vscode://file/path.")
+
+
+class Connection(BaseModel):
+    """How to reach a running run (null for any other status)."""
+
+    host: str | None = Field(description="Where its runs are reached: serve --public-host, else the HTTP host (local provider).")
+    url: str | None = Field(description="A service's URL.")
+    ports: list[PortReach] = Field(description="Its ports (tasks and dev environments).")
+    workdir: str | None = Field(description="A dev environment's working directory (local provider).")
+    ide: IdeHint | None = Field(description="How the dev environment's IDE opens it (local provider).")
+
+
 class RunRow(BaseModel):
     """A run with its current submission, as `gitopsq ps --json` prints it."""
 
@@ -53,6 +76,10 @@ class RunRow(BaseModel):
     ahead: int | None = Field(description="Queued submissions ahead of this one (queued runs only).")
     file_invalid: FileInvalid | None = Field(description="Set while the run's file does not validate: the run keeps its last valid spec.")
     why: str = Field(description="What a queued run waits for, else why its submission ended, in words (as `gitopsq ps` shows it).")
+    connect: Connection | None = Field(None, description="How to reach the run while it is running.")
+    submitted_by: str | None = Field(None, description="Who made this submission by hand (`gitopsq rerun`: a token's "
+                                                       "name or an OS user); null for a commit.")
+    stopped_by: str | None = Field(None, description="Who stopped it by hand (`gitopsq stop`, or a rerun); null otherwise.")
 
 
 class RunDetail(RunRow):
@@ -90,6 +117,22 @@ class Submission(BaseModel):
     workdir_pruned: bool = Field(description="True once the retention policy has deleted that working directory.")
     node_id: str | None
     commit_sha: str | None
+    submitted_by: str | None = Field(None, description="Who made it by hand (`gitopsq rerun`); null for a commit.")
+    stopped_by: str | None = Field(None, description="Who stopped it by hand (`gitopsq stop`, or a rerun).")
+
+
+class IntentAccepted(BaseModel):
+    """A stop or rerun, recorded: the controller applies it at its next step (woken at once)."""
+
+    id: int
+    run: str
+    kind: Literal["stop", "rerun"]
+    submission_id: int | None = Field(description="The submission a stop stops (a rerun: the latest one when asked).")
+    actor: str = Field(description="Who asked: the token's name.")
+    via: str = Field(description="api, dashboard or cli.")
+    at: float
+    done_at: float | None = Field(description="When the controller applied it (null: not yet).")
+    outcome: str | None = Field(description="What it did, in words.")
 
 
 class Report(BaseModel):
@@ -161,3 +204,73 @@ class SecretSet(BaseModel):
     created: bool = Field(description="True when the name was new, false when its value was replaced.")
     created_at: float
     updated_at: float
+
+
+# --- the live state a plan reads (POST /api/state; gitopsq.livestate) ------------------------------
+
+class StateQuery(BaseModel):
+    """What a plan asks about: the runs its change touches, and their new specs to judge."""
+
+    model_config = ConfigDict(extra="forbid")
+    runs: list[str] = Field(default_factory=list, max_length=10_000, description="Runs whose record to include.")
+    specs: dict[str, dict] = Field(default_factory=dict, max_length=10_000,
+                                   description="Run name -> its new spec (as `gitopsq plan` normalises it), to judge "
+                                               "with the controller's provider.")
+
+
+class RunState(BaseModel):
+    name: str
+    file: str | None
+    spec: dict | None = Field(description="The spec as recorded (the branch's, as last reconciled).")
+    present: bool
+    status: Status | None = Field(description="The latest submission's status (null: never submitted).")
+    submission: int | None = Field(description="The latest submission's number.")
+    submission_id: int | None
+    priority: int | None
+    queued_at: float | None
+    started_at: float | None
+    finished_at: float | None
+    reason: str | None
+    stopped_by: str | None
+    needs: dict[str, int] | None = Field(description="What its submission takes or asks from the provider.")
+
+
+class QueuedState(BaseModel):
+    """A submission waiting for capacity, as the controller's admission sees it (gitopsq.queue.Waiting)."""
+
+    submission_id: int
+    run: str
+    priority: int
+    queued_at: float
+    demand: dict[str, int]
+    retry_on_no_capacity: bool
+    deadline: float | None
+    next_try_at: float | None
+    last_attempt_at: float | None
+    wakes_on_free: bool
+
+
+class RunningState(BaseModel):
+    run: str
+    priority: int
+
+
+class JudgedSpec(BaseModel):
+    needs: dict[str, int] | None = Field(description="What it needs from the provider (null: not asked).")
+    unsatisfiable: str | None = Field(description="Why the provider can never run it; null when it can.")
+
+
+class LiveStateAnswer(BaseModel):
+    """The controller's state for `gitopsq plan --server`: read only, nothing changes."""
+
+    at: float = Field(description="The controller's clock when it answered.")
+    branch: str | None
+    commit: str | None = Field(description="The last commit the controller reconciled.")
+    provider: str | None
+    runs: dict[str, RunState] = Field(description="The runs asked about that the controller knows.")
+    queue: list[QueuedState] = Field(description="Submissions waiting for capacity, in queue order.")
+    running: list[RunningState] = Field(description="Submissions holding capacity (provisioning or running).")
+    secrets: list[str] = Field(description="The names of the secrets that are set (never values).")
+    free: dict[str, int] | None = Field(description="What the provider had free after the last step.")
+    judged: dict[str, JudgedSpec]
+    unjudged: str | None = Field(description="Why specs could not be judged (null: they were).")

@@ -15,7 +15,7 @@ from typing import Iterable
 from gitopsq.explain import why
 from gitopsq.masking import mask, mask_terms
 
-from gitopsq.store import LISTING_SQL, Store, describe
+from gitopsq.store import LISTING_SQL, Store, describe_listed, reach
 
 STATUSES = ("queued", "provisioning", "running", "stopping", "done", "failed", "cancelled")
 LOG_TAIL_LINES = 100
@@ -54,7 +54,7 @@ def run_detail(store: Store, name: str, now: float) -> dict | None:
     row = store.conn.execute(LISTING_SQL.format(where="WHERE r.name = ?"), (name,)).fetchone()
     if row is None:
         return None
-    detail = describe(dict(row))
+    detail = describe_listed(dict(row), reach(store))
     extra = store.conn.execute(
         "SELECT commit_sha, submitted_at, last_activity_at, reported_at, stop_reason FROM submissions WHERE id = ?",
         (detail["submission_id"],)).fetchone()

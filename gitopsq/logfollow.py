@@ -1,0 +1,147 @@
+"""Reading a submission's output as it is written: `logs -f`, the streaming API route, the run page.
+
+A submission's output is the log of each of its attempts, oldest first (a retry runs on a new
+node). The reader yields masked text as it arrives and, when following, ends once the
+submission has ended and its last bytes are out. A local log is capped by keeping its tail
+under a line `[gitopsq: N bytes of output cut here]`; that line says where the kept bytes sit
+in the whole output, so the reader goes on from where it was, not from the top again.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from gitopsq.masking import StreamMasker, mask
+from gitopsq.store import FINISHED, Store, attempt_logs
+
+POLL = 0.5  # seconds between looks at the log and the submission's status
+READ_BYTES = 64 * 1024
+TAIL_BYTES = 256 * 1024  # --tail N reads at most this much from the end of the log
+_CUT_LINE = re.compile(rb"\[gitopsq: (\d+) bytes of output cut here\]\n")
+
+
+class Note(str):
+    """Something said about the output rather than part of it (the CLI prints it on stderr)."""
+
+
+# Yielded instead of sleeping when the caller sleeps itself (a web server between two looks).
+IDLE = Note("")
+
+
+@dataclass
+class AttemptLog:
+    """One attempt's log file, read from where the reader got to (`shown`: bytes of the whole
+    output read so far, counting what a cap cut from the file)."""
+
+    path: str
+    shown: int = 0
+    decoder: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
+
+    def read_new(self) -> tuple[bytes, int]:
+        """(the bytes written since the last read, bytes cut before they could be read)."""
+        with open(self.path, "rb") as f:
+            for _ in range(3):  # the writer may cut the file between our reads: read again
+                head, cut = _cut_of(f)
+                position = head + self.shown - cut
+                missed = max(0, head - position)
+                f.seek(max(position, head))
+                data = f.read()
+                if _cut_of(f) == (head, cut):
+                    self.shown += missed + len(data)
+                    return data, missed
+        return b"", 0
+
+    def decode(self, data: bytes, final: bool = False) -> str:
+        return self.decoder.decode(data, final=final)
+
+
+def _cut_of(f) -> tuple[int, int]:
+    """(length of the cut line at the top of the file, bytes it says were cut); (0, 0) when none."""
+    f.seek(0)
+    match = _CUT_LINE.match(f.read(64))
+    return (len(match[0]), int(match[1])) if match else (0, 0)
+
+
+def tail_start(path: str, lines: int, secrets) -> tuple[str, int]:
+    """(the last `lines` whole lines of the log, masked; the output's byte count they end at).
+
+    The text ends at the log's last newline: the reader goes on from there. Masking at a line
+    boundary hides as much as masking the whole, since each line of a value is masked alone."""
+    with open(path, "rb") as f:
+        head, cut = _cut_of(f)
+        size = f.seek(0, os.SEEK_END)
+        start = max(head, size - TAIL_BYTES)
+        f.seek(start)
+        data = f.read()
+    end = data.rfind(b"\n") + 1
+    text = mask(data[:end].decode("utf-8", errors="replace"), secrets)
+    kept = text.splitlines(True)
+    if start > head and len(kept) <= lines:
+        kept = kept[1:]  # the first line was cut by the byte limit
+    return "".join(kept[-lines:] if lines else []), cut + (start - head) + end
+
+
+def read_submission(store: Callable[[], Store], submission_id: int, mask_values: Callable[[], list[str]], *,
+                    follow: bool = False, tail: int | None = None, poll: float = POLL,
+                    sleep: Callable[[float], None] | None = time.sleep) -> Iterator[str]:
+    """The output of a submission, masked: what is there, then (follow) what comes, until it ends.
+
+    store(): the state to read (called at each look: a web app's thread may change between
+    them). mask_values(): the secret values to hide, asked again at each new attempt. tail:
+    start with the last N lines of the latest attempt instead of every attempt from the top.
+    Yields text, and Note for what is said about it (attempt headers are text, as `logs` shows them).
+    sleep=None: yields IDLE where it would sleep, so that a server can wait without a thread and
+    notice a client that went away.
+    """
+    paths = attempt_logs(store(), submission_id)
+    index, reader, masker = 0, None, None
+    if tail is not None and paths:
+        index = len(paths) - 1
+        reader, masker = AttemptLog(paths[index]), StreamMasker(mask_values())
+        try:
+            text, reader.shown = tail_start(reader.path, tail, mask_values())
+        except OSError as exc:
+            yield Note(f"(log not readable here: {exc.strerror})\n")
+            reader = None
+            index += 1
+        else:
+            yield text
+    many = len(paths) > 1 and tail is None
+    while True:
+        row = store().submission(submission_id)
+        ended = row is None or row["status"] in FINISHED
+        paths = attempt_logs(store(), submission_id)
+        while index < len(paths):
+            if reader is None:
+                reader, masker = AttemptLog(paths[index]), StreamMasker(mask_values())
+                if many or index > 0:
+                    yield f"--- attempt {index + 1} ({reader.path})\n"
+            last = index == len(paths) - 1
+            try:
+                data, missed = reader.read_new()
+            except OSError as exc:
+                yield Note(f"(log not readable here: {exc.strerror})\n")
+                reader, index = None, index + 1
+                continue
+            if missed:
+                yield masker.finish() + f"[gitopsq: {missed} bytes of output were cut before they could be shown]\n"
+            text = masker.feed(reader.decode(data))
+            if text:
+                yield text
+            if last and not ended and follow:
+                break  # the attempt may write more
+            rest = masker.feed(reader.decode(b"", final=True)) + masker.finish()
+            if rest:
+                yield rest
+            reader, index = None, index + 1
+        if ended or not follow:
+            return
+        if sleep is None:
+            yield IDLE
+        else:
+            sleep(poll)

@@ -1,0 +1,128 @@
+"""The plan against the live state, pure: what each action does to what the controller holds, and
+to the queue (queue.placements, plan.live_effects). No git, no store."""
+
+from __future__ import annotations
+
+import json
+
+from gitopsq.plan import Desired, Judgment, LiveRun, LiveState, live_effects, plan
+from gitopsq.queue import Waiting, placements
+from gitopsq.spec import parse_run
+
+NOW = 10_000.0
+
+
+def spec(text: str) -> dict:
+    return json.loads(json.dumps(parse_run(text.encode(), "x.yml").to_dict()))
+
+
+def task(name: str, command: str = "echo hi", **fields) -> dict:
+    extra = "".join(f"{k}: {v}\n" for k, v in fields.items())
+    return spec(f"type: task\nname: {name}\ncommands: [{command!r}]\n{extra}")
+
+
+def waiting(sub_id: int, run: str, priority: int, queued_at: float, gpus: int = 0, retry: bool = True) -> Waiting:
+    return Waiting(sub_id, run, priority, queued_at, {"slots": 1, "gpus": gpus}, retry)
+
+
+def state(runs=(), queue=(), running=(), secrets=(), free=None, judged=None) -> LiveState:
+    return LiveState({r.name: r for r in runs}, tuple(queue), tuple(running), frozenset(secrets), free,
+                     judged or {}, NOW)
+
+
+def effects_of(desired: dict[str, dict], live: LiveState):
+    wanted = {name: Desired(name, f"runs/{name}.yml", "b", s) for name, s in desired.items()}
+    actions = plan(wanted, set(), {name: run.known for name, run in live.runs.items()})
+    return actions, live_effects(actions, live)
+
+
+# --- queue.placements --------------------------------------------------------------------------------
+
+def test_a_new_submission_goes_behind_its_priority_and_passes_the_lower_ones():
+    before = [waiting(1, "low", 1, 100.0), waiting(2, "mid", 5, 200.0), waiting(3, "top", 9, 300.0)]
+    new = waiting(99, "new", 5, NOW)
+    placed = placements(before, [*before, new], [99], {"slots": 0, "gpus": 0}, NOW)[99]
+    assert (placed.position, placed.of, placed.overtakes, placed.outcome) == (3, 4, ("low",), "waits")
+
+
+def test_a_priority_raise_passes_the_runs_between():
+    before = [waiting(1, "a", 5, 100.0), waiting(2, "b", 5, 200.0), waiting(3, "c", 1, 50.0)]
+    raised = waiting(3, "c", 7, 50.0)
+    placed = placements(before, [before[0], before[1], raised], [3], {"slots": 0, "gpus": 0}, NOW)[3]
+    assert (placed.position, placed.overtakes) == (1, ("a", "b"))
+
+
+def test_the_outcome_is_the_admission_itself():
+    before = [waiting(1, "gpu", 9, 100.0, gpus=1)]
+    fits = waiting(98, "small", 0, NOW)
+    no_retry = waiting(99, "big", 0, NOW, gpus=1, retry=False)
+    placed = placements(before, [*before, fits, no_retry], [98, 99], {"slots": 3, "gpus": 0}, NOW)
+    assert placed[98].outcome == "starts"  # best effort: the GPU run ahead of it does not block it
+    assert (placed[99].outcome, placed[99].reason) == ("fails", "no-capacity")
+    unknown = placements(before, [*before, fits], [98], None, NOW)[98]
+    assert (unknown.outcome, unknown.position) == ("unknown", 2)
+
+
+# --- plan.live_effects --------------------------------------------------------------------------------
+
+def test_an_edit_of_a_finished_run_is_a_new_submission():
+    old = task("hello", priority=1)
+    live = state([LiveRun("hello", "runs/hello.yml", old, True, "done", 2, 7, 1, 100.0, 200.0, NOW - 3600)],
+                 free={"slots": 2, "gpus": 0}, judged={"hello": Judgment({"slots": 1, "gpus": 0})})
+    actions, effects = effects_of({"hello": task("hello", priority=5)}, live)
+    assert [(a.kind, a.run) for a in actions] == [("submit", "hello")]
+    effect = effects["hello"]
+    assert (effect.submission, effect.latest, effect.status, effect.seconds) == (3, 2, "done", 3600)
+    assert (effect.placement.position, effect.placement.outcome) == (1, "starts")
+
+
+def test_an_edit_of_a_running_run_says_how_long_it_ran_and_what_a_restart_discards():
+    old = task("train", "python train.py")
+    live = state([LiveRun("train", "runs/train.yml", old, True, "running", 1, 5, 0, NOW - 7300, NOW - 7200,
+                          needs={"slots": 1, "gpus": 0})],
+                 running=[("train", 0)], free={"slots": 0, "gpus": 0},
+                 judged={"train": Judgment({"slots": 1, "gpus": 0})})
+    actions, effects = effects_of({"train": task("train", "python train.py --lr 3e-4")}, live)
+    assert [a.kind for a in actions] == ["restart"]
+    effect = effects["train"]
+    assert effect.discards == {"status": "running", "seconds": 7200} and effect.submission == 2
+    assert effect.placement.outcome == "starts"  # the slot it frees is its own again
+
+
+def test_an_update_in_place_and_a_deletion_of_active_runs():
+    live = state([LiveRun("keep", "runs/keep.yml", task("keep"), True, "running", 1, 1, 0, NOW - 100, NOW - 90),
+                  LiveRun("gone", "runs/gone.yml", task("gone"), True, "queued", 4, 2, 0, NOW - 50)],
+                 queue=[waiting(2, "gone", 0, NOW - 50)])
+    actions, effects = effects_of({"keep": task("keep", priority=9)}, live)
+    assert [(a.kind, a.run) for a in actions] == [("cancel", "gone"), ("update", "keep")]
+    assert (effects["keep"].status, effects["keep"].seconds, effects["keep"].placement) == ("running", 90, None)
+    assert effects["gone"].discards == {"status": "queued", "seconds": 50} and effects["gone"].submission == 4
+
+
+def test_a_deleted_finished_run_is_no_action():
+    live = state([LiveRun("old", "runs/old.yml", task("old"), True, "done", 1, 1, 0, 0.0, 1.0, 2.0)])
+    actions, _ = effects_of({}, live)
+    assert actions == []
+
+
+def test_what_the_provider_lacks_and_no_preemption():
+    live = state([], queue=[waiting(1, "queued-low", 1, 100.0)], running=[("busy", 0), ("vip", 90)],
+                 secrets={"HF_TOKEN"}, free={"slots": 0, "gpus": 0},
+                 judged={"big": Judgment({"slots": 1, "gpus": 8}, "resources.gpu: this machine has 0 GPUs"),
+                         "hot": Judgment({"slots": 1, "gpus": 0}),
+                         "needy": Judgment({"slots": 1, "gpus": 0})})
+    hot = spec("type: task\nname: hot\ncommands: [x]\npriority: 50\nretry: {on_events: [no-capacity], duration: off}\n")
+    needy = spec("type: task\nname: needy\ncommands: [x]\nenv: [HF_TOKEN, WANDB_KEY]\n")
+    _, effects = effects_of({"big": task("big"), "hot": hot, "needy": needy}, live)
+    assert effects["big"].unsatisfiable == "resources.gpu: this machine has 0 GPUs" and effects["big"].placement is None
+    assert effects["needy"].missing_secrets == ("WANDB_KEY",) and effects["needy"].placement is None
+    placed = effects["hot"].placement
+    assert (placed.position, placed.of, placed.overtakes, placed.outcome) == (1, 2, ("queued-low",), "waits")
+    assert effects["hot"].not_preempted == ("busy",)  # a lower-priority run keeps running: no preemption
+
+
+def test_without_the_providers_judgment_the_place_is_known_and_the_outcome_is_not():
+    live = state([], queue=[waiting(1, "a", 3, 100.0)], free={"slots": 1, "gpus": 0})
+    _, effects = effects_of({"b": task("b", priority=4)}, live)
+    placed = effects["b"].placement
+    assert (placed.position, placed.overtakes, placed.outcome) == (1, ("a",), "unknown")
