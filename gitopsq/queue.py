@@ -7,6 +7,7 @@ every scheduling rule testable without a database, a provider or a sleep.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
@@ -160,3 +161,76 @@ def retry_after_end(
     if not on_events or event not in on_events:
         return False
     return duration_s is None or now - window_start < duration_s
+
+
+# --- schedules -----------------------------------------------------------------------------------
+# A scheduled run (`schedule: {cron: ...}`) gets a new submission at each tick, in UTC (as dstack's;
+# it has no timezone field). Cron expressions are read by cronsim, a small maintained library with
+# cron's own rules (day-of-month and day-of-week OR'ed, names, ranges, steps), never by hand.
+
+CRON_FIELDS = "minute hour day-of-month month day-of-week"
+
+
+def cron_problem(expr: str) -> str | None:
+    """Why `expr` is not a five-field cron expression, or None when it is one."""
+    from cronsim import CronSim, CronSimError
+
+    count = len(expr.split())
+    if count != 5:
+        return f"{expr!r} is not a cron expression: it has {count} field(s), cron has 5 ({CRON_FIELDS})"
+    try:
+        CronSim(expr, _utc(0.0))
+    except CronSimError as exc:
+        return f"{expr!r} is not a cron expression: {str(exc).lower()} ({CRON_FIELDS})"
+    return None
+
+
+def next_tick(crons: Iterable[str], after: float) -> float | None:
+    """The first tick of any of the expressions strictly after `after` (epoch seconds, UTC)."""
+    from cronsim import CronSim
+
+    ticks = [next(CronSim(expr, _utc(after))).timestamp() for expr in crons]
+    return min(ticks, default=None)
+
+
+def last_tick(crons: Iterable[str], at_or_before: float) -> float | None:
+    """The latest tick of any of the expressions at or before `at_or_before`."""
+    from cronsim import CronSim
+
+    # cronsim walks backwards from strictly before its start, and ticks fall on whole seconds:
+    # start at the next whole second to include a tick at `at_or_before` itself.
+    start = math.floor(at_or_before) + 1
+    return max((next(CronSim(expr, _utc(start), reverse=True)).timestamp() for expr in crons), default=None)
+
+
+@dataclass(frozen=True)
+class Tick:
+    """What a scheduled run does at a step: the tick that is due, what to do with it, the next one."""
+
+    at: float  # the tick acted on: the latest one due
+    action: str  # "submit", or "skip" (its previous submission is still active)
+    missed_since: float | None  # the first tick passed over when several went by (the controller was down)
+    next_at: float | None
+
+
+def due_tick(crons: Iterable[str], next_at: float, now: float, active: bool) -> Tick | None:
+    """The scheduled run's decision at `now`, given the tick it was waiting for (`next_at`).
+
+    None before that tick. Otherwise one decision for every tick that passed: ticks missed
+    while the controller was down are not replayed one by one; the latest is acted on once (a
+    single catch-up submission), and `missed_since` says from when. A tick that comes while
+    the run's previous submission is still active is skipped.
+    """
+    crons = tuple(crons)
+    if now < next_at:
+        return None
+    latest = last_tick(crons, now)
+    at = latest if latest is not None and latest >= next_at else next_at
+    missed = next_at if at > next_at else None
+    return Tick(at, "skip" if active else "submit", missed, next_tick(crons, now))
+
+
+def _utc(epoch: float):
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc)
