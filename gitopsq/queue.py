@@ -3,12 +3,26 @@
 Pure functions only: the controller passes in the clock (`now`), the free
 capacity and any jitter, and applies the returned decision itself. That keeps
 every scheduling rule testable without a database, a provider or a sleep.
+
+The rule, in queue order (priority descending, then first queued):
+
+- A run that fits in what is free (and not set aside, below) launches and takes its share.
+- A single-node run that does not fit is passed over: best effort, smaller runs behind it may
+  still launch.
+- A cluster run (`nodes: N`, a gang) is admitted whole or not at all: its demand is that of
+  all N nodes together, and it never holds part of them while it waits. When it does not fit,
+  the free capacity it needs (up to its whole demand) is set aside for it: runs behind it may
+  launch only in what is free beyond that, so a stream of smaller, lower-priority runs can never
+  take the slots it waits for. It starts as soon as the runs that held its capacity when it began
+  to wait have released enough (the property tests show that bound). Runs ahead of it in the
+  queue are not affected, and a gang backing off after a provider error sets nothing aside until
+  it tries again.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 NO_CAPACITY = "no-capacity"
@@ -35,6 +49,11 @@ class Waiting:
     # A backoff after no capacity ends when capacity frees; one after an error or interruption
     # does not (the failing run frees its own slot: waking it would relaunch it at once).
     wakes_on_free: bool = True
+    nodes: int = 1  # a gang when > 1: `demand` is that of all its nodes together
+
+    @property
+    def gang(self) -> bool:
+        return self.nodes > 1
 
 
 @dataclass(frozen=True)
@@ -43,6 +62,7 @@ class Decision:
     fail: tuple[tuple[int, str], ...]  # (submission id, reason), in queue order
     wait: tuple[int, ...]  # still waiting, in queue order
     next_check_at: float | None
+    reserved: Mapping[str, int] = field(default_factory=dict)  # free capacity set aside for waiting gangs
 
 
 def _order_key(w: Waiting) -> tuple[int, float, int]:
@@ -81,8 +101,9 @@ def admit(
 ) -> Decision:
     """Decide which waiting submissions launch, fail or keep waiting right now.
 
-    Best effort: a submission that does not fit is passed over, and smaller
-    ones behind it may still launch with the capacity that is left.
+    Best effort: a submission that does not fit is passed over, and smaller ones behind it
+    may still launch with the capacity that is left, except what is set aside for a waiting
+    gang ahead of them (see the module's docstring).
     """
     ordered = queue_order(waiting)
     ids = [w.submission_id for w in ordered]
@@ -90,6 +111,7 @@ def admit(
         raise ValueError("duplicate submission ids in the queue")
 
     free = dict(capacity)
+    reserved: dict[str, int] = {}  # what waiting gangs ahead have set aside of `free`
     launch: list[int] = []
     fail: list[tuple[int, str]] = []
     still_waiting: list[Waiting] = []
@@ -102,7 +124,7 @@ def admit(
         elif _in_backoff(w, now, capacity_freed_at):
             # Skipped entirely: it consumes no capacity this round.
             still_waiting.append(w)
-        elif fits(w.demand, free):
+        elif fits(w.demand, unreserved(free, reserved)):
             for name, amount in w.demand.items():
                 if name in free:
                     free[name] -= amount
@@ -111,13 +133,29 @@ def admit(
             fail.append((w.submission_id, NO_CAPACITY))
         else:
             still_waiting.append(w)
+            if w.gang:
+                _set_aside(w.demand, free, reserved)
 
     return Decision(
         launch=tuple(launch),
         fail=tuple(fail),
         wait=tuple(w.submission_id for w in still_waiting),
         next_check_at=_next_check_at(still_waiting, now),
+        reserved={name: amount for name, amount in reserved.items() if amount > 0},
     )
+
+
+def unreserved(free: Mapping[str, int], reserved: Mapping[str, int]) -> dict[str, int]:
+    """What runs behind the waiting gangs may use: the free capacity less what is set aside."""
+    return {name: amount - reserved.get(name, 0) for name, amount in free.items()}
+
+
+def _set_aside(demand: Mapping[str, int], free: Mapping[str, int], reserved: dict[str, int]) -> None:
+    """Set aside for a waiting gang what is free of its demand (not what earlier gangs hold)."""
+    for name, amount in demand.items():
+        if name in free:
+            available = max(0, free[name] - reserved.get(name, 0))
+            reserved[name] = reserved.get(name, 0) + min(amount, available)
 
 
 def _next_check_at(still_waiting: Iterable[Waiting], now: float) -> float | None:
