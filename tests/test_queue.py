@@ -488,3 +488,64 @@ def test_a_gang_at_the_head_starts_once_the_capacity_it_needs_is_freed(data, slo
         if started is not None:
             break
     assert started == bound
+
+
+# --- schedules -----------------------------------------------------------------------------------
+
+import datetime as _dt  # noqa: E402
+
+from gitopsq.queue import Tick, cron_problem, due_tick, last_tick, next_tick  # noqa: E402
+
+
+def utc(*args) -> float:
+    return _dt.datetime(*args, tzinfo=_dt.timezone.utc).timestamp()
+
+
+@pytest.mark.parametrize("crons, after, expected", [
+    (["0 3 * * *"], utc(2024, 1, 1, 2, 59), utc(2024, 1, 1, 3, 0)),
+    (["0 3 * * *"], utc(2024, 1, 1, 3, 0), utc(2024, 1, 2, 3, 0)),  # strictly after
+    (["0 3 * * *", "30 1 * * *"], utc(2024, 1, 1, 0, 0), utc(2024, 1, 1, 1, 30)),  # the earliest of a list
+    (["0 8 * * mon-fri"], utc(2024, 1, 5, 9, 0), utc(2024, 1, 8, 8, 0)),  # Friday 9:00 -> Monday
+    (["* * * * *"], utc(2024, 1, 1, 0, 0) + 0.5, utc(2024, 1, 1, 0, 1)),
+])
+def test_next_tick(crons, after, expected):
+    assert next_tick(crons, after) == expected
+
+
+@pytest.mark.parametrize("now, active, expected", [
+    (utc(2024, 1, 1, 2, 59, 59), False, None),  # not yet
+    (utc(2024, 1, 1, 3, 0), False, Tick(utc(2024, 1, 1, 3, 0), "submit", None, utc(2024, 1, 2, 3, 0))),
+    (utc(2024, 1, 1, 3, 0, 2), True, Tick(utc(2024, 1, 1, 3, 0), "skip", None, utc(2024, 1, 2, 3, 0))),
+    # down for three days: one decision for the latest tick, saying since when ticks were missed
+    (utc(2024, 1, 4, 4, 0), False, Tick(utc(2024, 1, 4, 3, 0), "submit", utc(2024, 1, 1, 3, 0), utc(2024, 1, 5, 3, 0))),
+])
+def test_due_tick(now, active, expected):
+    assert due_tick(["0 3 * * *"], utc(2024, 1, 1, 3, 0), now, active) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(start=st.floats(utc(2020, 1, 1), utc(2030, 1, 1)), late=st.floats(0, 10 * 86400),
+       crons=st.lists(st.sampled_from(["* * * * *", "*/7 * * * *", "0 3 * * *", "15 23 * * mon-fri", "0 0 1 * *"]),
+                      min_size=1, max_size=3))
+def test_ticks_are_ordered_and_one_decision_covers_every_missed_tick(start, late, crons):
+    first = next_tick(crons, start)
+    assert first > start and last_tick(crons, first) == first
+    now = first + late
+    tick = due_tick(crons, first, now, active=False)
+    assert tick.action == "submit" and first <= tick.at <= now < tick.next_at
+    assert last_tick(crons, now) == tick.at  # the latest due tick, never a later or an earlier one
+    assert (tick.missed_since is None) == (tick.at == first)
+
+
+@pytest.mark.parametrize("expr", ["0 3 * * *", "*/15 8-18 * * mon-fri", "0 0 1,15 * *", "0 12 * jan,jul sun", "0 0 L * *"])
+def test_cron_expressions_cron_accepts(expr):
+    assert cron_problem(expr) is None
+
+
+@pytest.mark.parametrize("expr, says", [
+    ("61 * * * *", "bad minute"), ("* 24 * * *", "bad hour"), ("* * 32 * *", "bad day-of-month"),
+    ("* * * 13 *", "bad month"), ("* * * * funday", "bad day-of-week"), ("@daily", "1 field(s)"),
+    ("0 0 3 * * *", "6 field(s)"),
+])
+def test_cron_expressions_cron_refuses(expr, says):
+    assert says in cron_problem(expr)
