@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -379,3 +380,60 @@ def test_a_home_path_in_a_container_is_refused(provider):
     why = provider.unsatisfiable(task(extra="image: ubuntu\nfiles: ['a.txt:~/a.txt']\n"))
     assert why == "files[0]: '~/a.txt': the home of the image's user is not known to the ec2 provider; use an absolute path"
     assert provider.unsatisfiable(task(extra="image: ubuntu\nfiles: ['a.txt:/etc/a.txt']\n")) is None
+
+
+# --- cluster runs (nodes: N) -----------------------------------------------------------------------
+
+NS = 'xmlns="http://ec2.amazonaws.com/doc/2016-11-15/"'
+NO_GROUPS = f"<DescribePlacementGroupsResponse {NS}><requestId>r</requestId><placementGroupSet/></DescribePlacementGroupsResponse>"
+MADE = f"<CreatePlacementGroupResponse {NS}><requestId>r</requestId><return>true</return></CreatePlacementGroupResponse>"
+
+
+def test_a_cluster_run_makes_its_instances_together_in_a_placement_group(server, provider):
+    server.answer("DescribePlacementGroups", NO_GROUPS)  # moto has no placement groups
+    server.answer("CreatePlacementGroup", MADE)
+    spec = task("{gpu: T4}", "nodes: 2")  # g4dn.xlarge: can be in a cluster placement group
+    nodes = provider.launch_gang(Launch(12, "train", 3, spec, "tok-12", attempt=1))
+    assert [n.rank for n in nodes] == [0, 1] and all(n.running and n.ip for n in nodes)
+    assert server.calls["RunInstances"] == 2 and server.calls["CreatePlacementGroup"] == 1
+    assert server.params["CreatePlacementGroup"][0]["GroupName"] == "gq-ctl-test-cluster"
+    assert {p["Placement.GroupName"] for p in server.params["RunInstances"]} == {"gq-ctl-test-cluster"}
+    listed = {n.rank: n for n in provider.nodes()}
+    assert sorted(listed) == [0, 1]
+    for rank, node in sorted(listed.items()):
+        [instance] = [i for i in ec2.list_nodes_by_tag(provider.driver, TAG_CONTROLLER, "ctl-test") if i.id == node.node_id]
+        assert instance.extra["tags"]["gitopsq-rank"] == str(rank) and instance.extra["tags"]["Name"] == f"gq-train-12-{rank}"
+        assert instance.extra["client_token"] == f"gq-ctl-test-12-1-r{rank}"
+        script = ec2.get_user_data(provider.driver, instance)
+        script += "".join(base64.b64decode(b).decode() for b in re.findall(r"echo (\S+) \| base64 -d", script))
+        assert f"export DSTACK_NODE_RANK={rank}\n" in script and "export DSTACK_NODES_NUM=2\n" in script
+        assert "export DSTACK_GPUS_PER_NODE=1\n" in script and "export DSTACK_GPUS_NUM=2\n" in script
+        assert "fetch cluster" in script and f'"rank": {rank}, "exit_code": ' in script
+    # the group is made once for every cluster run of this controller
+    provider.launch_gang(Launch(13, "other", 1, spec, "tok-13"))
+    assert server.calls["CreatePlacementGroup"] == 1 and server.calls["RunInstances"] == 4
+
+
+def test_a_burstable_cluster_run_goes_without_a_placement_group(server, provider):
+    provider.launch_gang(Launch(12, "train", 3, task("{cpu: 2, memory: 8GB}", "nodes: 2"), "tok-12"))
+    assert server.calls["RunInstances"] == 2 and server.calls["DescribePlacementGroups"] == 0
+    assert all("Placement.GroupName" not in p for p in server.params["RunInstances"])
+
+
+def test_when_one_instance_of_a_cluster_cannot_be_made_the_others_are_destroyed(server, provider):
+    provider.adapter.image()
+    server.inject("RunInstances", "InsufficientInstanceCapacity", status=500, after=1)
+    with pytest.raises(ProviderError) as info:
+        provider.launch_gang(Launch(12, "train", 3, task("{cpu: 2, memory: 8GB}", "nodes: 2"), "tok-12"))
+    assert (info.value.kind, info.value.code) == (CAPACITY, "InsufficientInstanceCapacity")
+    assert server.calls["RunInstances"] == 2 and server.calls["TerminateInstances"] == 1
+    assert provider.nodes() == []
+
+
+def test_a_cluster_run_counts_all_its_nodes_against_max_nodes(server, creds):
+    capped = make_cloud_provider("ec2", {"endpoint": server.endpoint}, "ctl-cap", 3, PUBLIC_URL)
+    assert capped.demand(task(extra="nodes: 3")) == {"nodes": 3}
+    assert capped.unsatisfiable(task(extra="nodes: 3")) is None
+    assert capped.unsatisfiable(task(extra="nodes: 4")) == "nodes: needs 4 nodes at once; this controller runs at most 3 (--max-nodes)"
+    capped.launch_gang(Launch(1, "a", 1, task(extra="nodes: 2"), "t"))
+    assert capped.capacity() == {"nodes": 1}
