@@ -381,7 +381,7 @@ def logs(name, db, number) -> None:
     """
     from gitopsq.masking import masked_chunks
     from gitopsq.secretstore import SecretKeyError, SecretStore
-    from gitopsq.store import attempt_logs
+    from gitopsq.store import labelled_logs
 
     store = _state(db)
     rows = store.history(name)
@@ -390,16 +390,16 @@ def logs(name, db, number) -> None:
     sub = rows[-1] if number is None else next((r for r in rows if r["number"] == number), None)
     if sub is None:
         raise click.ClickException(f"run {name!r} has no submission {number}")
-    paths = attempt_logs(store, sub["id"])
+    paths = labelled_logs(store, sub["id"])
     if not paths:
         raise click.ClickException(_no_log(name, dict(sub)))
     try:
         secrets = SecretStore(store).mask_values(sub["id"])
     except SecretKeyError as exc:
         raise click.ClickException(f"{exc}; the log may hold secrets that cannot be masked, so it is not shown") from None
-    for index, path in enumerate(paths):
+    for label, path in paths:
         if len(paths) > 1:
-            click.echo(f"--- attempt {index + 1} ({path})")
+            click.echo(f"--- {label} ({path})")
         try:
             log_file = open(path, "rb")
         except OSError as exc:

@@ -107,6 +107,7 @@ class Controller:
         attempt("stops", self.finish_stops)
         attempt("nodes", self.poll_nodes)
         attempt("deadlines", self.enforce_deadlines)
+        attempt("schedules", self.fire_schedules)
         result.launched = attempt("admission", self.admit_and_launch) or []
         attempt("stops", self.finish_stops)  # stops requested by this step's deadlines
         result.next_wake = attempt("timers", self.next_wake)
@@ -168,6 +169,7 @@ class Controller:
                     self.store.upsert_run(name, want.file, want.blob, dict(want.spec), True, now)
             for name in gone:
                 self.store.mark_absent(name, now)
+            self._sync_schedules(desired, known, gone, now)
             removed = [p for p in tree.touched if p not in tree.files]
             changed = [tree.files[p].as_dict() for p in tree.touched if p in tree.files]
             self.store.replace_files(changed, removed)
@@ -218,7 +220,9 @@ class Controller:
     def _apply_action(self, action, commit: str, now: float) -> None:
         store = self.store
         detail = {"file": action.file, "changes": {k: [o, n] for k, (o, n) in action.changes.items()}}
-        if action.kind in ("submit", "restart"):
+        if action.kind in ("submit", "restart") and action.spec.get("schedule"):
+            self._apply_scheduled(action, detail, commit, now)
+        elif action.kind in ("submit", "restart"):
             if action.kind == "restart":
                 self._stop(action.run, "replaced", commit, now)
             store.upsert_run(action.run, action.file, None, dict(action.spec), True, now)
@@ -232,6 +236,58 @@ class Controller:
             store.event(action.run, current["id"], "updated", detail, commit, now)
         elif action.kind == "cancel":
             self._stop(action.run, "deleted", commit, now)
+
+    # --- schedules ------------------------------------------------------------------------------
+
+    def _apply_scheduled(self, action, detail: dict, commit: str, now: float) -> None:
+        """A scheduled run's file is new or changed: a commit never starts it, its ticks do (with
+        the spec current at each tick). A restart still stops the submission that is active."""
+        if action.kind == "restart":
+            self._stop(action.run, "replaced", commit, now)
+        self.store.upsert_run(action.run, action.file, None, dict(action.spec), True, now)
+        nxt = q.next_tick(action.spec["schedule"], now)
+        self.store.event(action.run, None, "scheduled", {**detail, "next_tick_at": nxt}, commit, now)
+
+    def _sync_schedules(self, desired: dict, known: dict, gone: list[str], now: float) -> None:
+        """Keep each run's next tick in step with its file: a new or changed schedule starts
+        counting from now, a schedule removed or a file deleted ends it."""
+        for name, want in desired.items():
+            crons = tuple(want.spec.get("schedule") or ())
+            have = known.get(name)
+            before = tuple((have.spec or {}).get("schedule") or ()) if have else ()
+            if not crons:
+                if before:
+                    self.store.set_next_tick(name, None)
+            elif crons != before or not (have and have.present) or self.store.run(name)["next_tick_at"] is None:
+                self.store.set_next_tick(name, q.next_tick(crons, now))
+        for name in gone:
+            self.store.set_next_tick(name, None)
+
+    def fire_schedules(self) -> None:
+        """Each scheduled run whose tick has come: a new submission of its current spec, or, while
+        its previous one is still active, a skipped tick (an event). Ticks missed while the
+        controller was down make one catch-up submission, not one each (queue.due_tick)."""
+        now = self.clock()
+        for run in self.store.due_schedules(now):
+            spec = json.loads(run["spec"])
+            crons = spec.get("schedule") or ()
+            current = self.store.current_submission(run["name"])
+            active = current is not None and current["status"] in ACTIVE
+            tick = q.due_tick(crons, run["next_tick_at"], now, active) if crons else None
+            with self.store.transaction():
+                self.store.set_next_tick(run["name"], tick.next_at if tick else None)
+                if tick is None:
+                    continue
+                detail = {"tick": tick.at, "next_tick_at": tick.next_at}
+                if tick.missed_since is not None:
+                    detail["missed_since"] = tick.missed_since  # down meanwhile: one submission for them all
+                if tick.action == "skip":
+                    detail["active"] = {"number": current["number"], "status": current["status"]}
+                    self.store.event(run["name"], current["id"], "tick-skipped", detail, None, now)
+                    log.info("%s: tick skipped, submission #%s is still %s", run["name"], current["number"], current["status"])
+                    continue
+                sub_id = self.store.add_submission(run["name"], spec, self.store.cursor(self.branch), now)
+                self.store.event(run["name"], sub_id, "tick", detail, None, now)
 
     def _stop(self, run: str, reason: str, commit: str | None, now: float) -> None:
         """Record the intent to stop a run's active submission; the node is stopped in finish_stops."""
@@ -598,7 +654,7 @@ class Controller:
     def next_wake(self) -> float | None:
         """When the next step is due without any trigger (None: only a trigger can change anything)."""
         now = self.clock()
-        times = [t for t in self.store.queue_timers(now) if t is not None]
+        times = [t for t in (*self.store.queue_timers(now), self.store.next_schedule_tick()) if t is not None]
         if self.store.has_active_nodes():
             times.append(now + POLL_INTERVAL)
         return min(times) if times else None
