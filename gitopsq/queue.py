@@ -170,6 +170,13 @@ def _next_check_at(still_waiting: Iterable[Waiting], now: float) -> float | None
     return min(times, default=None)
 
 
+def within(moment: float | None, not_before: float | None, now: float) -> float:
+    """A time a node reported, kept between `not_before` and now (its clock may differ from ours)."""
+    if moment is None:
+        return now
+    return min(max(moment, not_before if not_before is not None else moment), now)
+
+
 def backoff_delay(attempts: int, jitter: float) -> float:
     """Seconds to wait after the `attempts`-th failed attempt (no capacity, error, interruption).
 

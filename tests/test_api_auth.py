@@ -32,7 +32,8 @@ ACCESS = {
     ("POST", "/api/runs/{name}/activity"): "write", ("PUT", "/api/secrets/{name}"): "write",
     ("DELETE", "/api/secrets/{name}"): "write",
     ("POST", "/api/submissions/{submission_id}/report"): "node",
-    ("GET", "/api/submissions/{submission_id}/inputs/env"): "node", ("GET", "/api/submissions/{submission_id}/inputs/tree"): "node", ("POST", "/api/webhook"): "webhook",
+    ("GET", "/api/submissions/{submission_id}/inputs/env"): "node", ("GET", "/api/submissions/{submission_id}/inputs/tree"): "node",
+    ("GET", "/api/submissions/{submission_id}/inputs/cluster"): "node", ("POST", "/api/webhook"): "webhook",
 }
 
 

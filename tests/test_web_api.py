@@ -190,7 +190,8 @@ def test_openapi_lists_every_endpoint_with_models(server):
         "/api/submissions/{submission_id}/report": {"post"}, "/api/webhook": {"post"}, "/healthz": {"get"},
         "/metrics": {"get"}, "/": {"get"}, "/runs/{name}": {"get"},
         "/api/secrets": {"get"}, "/api/secrets/{name}": {"put", "delete"}, "/login": {"post"}, "/logout": {"post"},
-        "/api/submissions/{submission_id}/inputs/env": {"get"}, "/api/submissions/{submission_id}/inputs/tree": {"get"},
+        "/api/submissions/{submission_id}/inputs/env": {"get"}, "/api/submissions/{submission_id}/inputs/cluster": {"get"},
+        "/api/submissions/{submission_id}/inputs/tree": {"get"},
     }
     schemas = doc["components"]["schemas"]
     assert {"RunRow", "RunDetail", "Submission", "Health", "WebhookAccepted"} <= set(schemas)
