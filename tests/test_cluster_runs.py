@@ -197,3 +197,15 @@ def test_a_new_run_never_takes_a_freed_slot_before_a_waiting_higher_priority_run
         clock.advance(1)
         world.controller.step()
         assert (status(world, "high"), status(world, "low")) == ("running", "queued")
+
+
+def test_the_dashboard_shows_a_cluster_run_as_one_run_with_its_nodes(tmp_path):
+    from gitopsq.web import dashboard
+
+    clock = Clock()
+    with fake_world(tmp_path, {"runs/train.yml": task("train", nodes=2)}, slots=2, clock=clock) as world:
+        world.controller.step()
+        index = dashboard.render_index(world.store, {}, clock())
+        assert index.count('data-name="train"') <= 1 and "2 nodes running" in index
+        page = dashboard.render_run(world.store, "train", clock())
+        assert page.count('class="node"') == 2 and 'data-rank="1"' in page and "10.0.0.1" in page
