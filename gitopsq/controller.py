@@ -533,7 +533,8 @@ class Controller(ClusterRuns):
             else:
                 waiting.append(self._waiting(row, spec))
         decision = q.admit(waiting, capacity, now, freed_at)
-        return q.Decision(decision.launch, tuple(failed) + decision.fail, decision.wait, decision.next_check_at)
+        return q.Decision(decision.launch, tuple(failed) + decision.fail, decision.wait, decision.next_check_at,
+                          decision.reserved)
 
     def _missing_secrets(self, spec: RunSpec) -> list[str]:
         if not spec.secrets:

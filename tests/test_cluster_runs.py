@@ -209,3 +209,26 @@ def test_the_dashboard_shows_a_cluster_run_as_one_run_with_its_nodes(tmp_path):
         assert index.count('data-name="train"') <= 1 and "2 nodes running" in index
         page = dashboard.render_run(world.store, "train", clock())
         assert page.count('class="node"') == 2 and 'data-rank="1"' in page and "10.0.0.1" in page
+
+
+def test_while_a_gang_waits_admission_reads_only_the_head_of_the_queue(tmp_path):
+    """What a waiting gang sets aside counts as taken: the queue behind it is not read to the end
+    every step (the controller once lost the set-aside capacity between queue.admit and itself)."""
+    wait = "{on_events: [no-capacity], duration: off}"
+    files = {f"runs/small{i:02d}.yml": task(f"small{i:02d}", priority=10, retry=wait) for i in range(40)}
+    files.update({"runs/holder.yml": task("holder", priority=90, nodes=2), "runs/train.yml": gang(nodes=3)})
+    with fake_world(tmp_path, files, slots=3) as world:
+        world.controller.step()
+        assert world.provider.running_runs() == ["holder", "holder"] and status(world, "train") == "queued"
+        read = []
+        chunks = world.store.queued_in_order
+
+        def counted(*args, **kwargs):
+            for chunk in chunks(*args, **kwargs):
+                read.append(len(chunk))
+                yield chunk
+
+        world.store.queued_in_order = counted
+        world.controller.step()
+        assert world.provider.running_runs() == ["holder", "holder"]
+        assert read == [8], "only the head chunk: what is free is set aside for the gang"
