@@ -437,3 +437,53 @@ def test_a_cluster_run_counts_all_its_nodes_against_max_nodes(server, creds):
     assert capped.unsatisfiable(task(extra="nodes: 4")) == "nodes: needs 4 nodes at once; this controller runs at most 3 (--max-nodes)"
     capped.launch_gang(Launch(1, "a", 1, task(extra="nodes: 2"), "t"))
     assert capped.capacity() == {"nodes": 1}
+
+
+class ClusterServer(ReportServer):
+    """The controller's node endpoints for a cluster node: 409 on inputs/cluster until `ready` asks."""
+
+    def __init__(self, ready_after: int = 1):
+        super().__init__()
+        self.asked = 0
+        outer = self
+        handler = self.httpd.RequestHandlerClass
+
+        def do_GET(req):
+            outer.asked += 1
+            body = b"export DSTACK_MASTER_NODE_IP=10.0.0.7\nexport DSTACK_NODES_IPS='10.0.0.7\n10.0.0.8'\n"
+            ready = outer.asked > ready_after and req.path.endswith("/inputs/cluster")
+            req.send_response(200 if ready else 409)
+            req.send_header("Content-Length", str(len(body) if ready else 0))
+            req.end_headers()
+            if ready:
+                req.wfile.write(body)
+
+        handler.do_GET = do_GET
+
+
+@pytest.mark.parametrize("client", ["curl", "python3"])
+def test_a_cluster_node_waits_for_its_nodes_addresses_then_runs_and_reports_its_rank(tmp_path, client):
+    spec = spec_of("type: task\nnodes: 2\ncommands: ['env > env.txt']\n")
+    launch = Launch(41, "r", 2, spec, "tok-41", rank=1)
+    path = None if client == "curl" else _bin_without_curl(tmp_path)
+    with ClusterServer(ready_after=2) as server:
+        script = user_data(launch, server.url, gpus_per_node=4)
+        env = {"GITOPSQ_CLUSTER_BACKOFF": "0", "GITOPSQ_DOWNLOAD_BACKOFF": "0"}
+        done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60,
+                              env={"PATH": path or os.environ["PATH"], "HOME": str(tmp_path), "GITOPSQ_NO_POWEROFF": "1",
+                                   "GITOPSQ_WORKDIR": str(tmp_path / "node"), "GITOPSQ_REPORT_BACKOFF": "0", **env})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("waiting for the other nodes") == 2
+    seen = dict(line.split("=", 1) for line in (tmp_path / "node" / "work" / "env.txt").read_text().splitlines() if "=" in line)
+    assert (seen["DSTACK_NODE_RANK"], seen["DSTACK_NODES_NUM"], seen["DSTACK_MASTER_NODE_IP"]) == ("1", "2", "10.0.0.7")
+    assert (seen["DSTACK_GPUS_PER_NODE"], seen["DSTACK_GPUS_NUM"]) == ("4", "8")
+    assert server.posts == [("/api/submissions/41/report", "application/json", {"token": "tok-41", "rank": 1, "exit_code": 0})]
+
+
+def test_a_single_cloud_node_is_its_own_master(tmp_path):
+    spec = spec_of("type: task\ncommands: ['env > env.txt']\n")
+    with ReportServer() as server:
+        done = _run_user_data(user_data(Launch(5, "r", 1, spec, "tok"), server.url), tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    seen = (tmp_path / "node" / "work" / "env.txt").read_text()
+    assert "DSTACK_NODES_NUM=1\n" in seen and "DSTACK_NODE_RANK=0\n" in seen and "DSTACK_MASTER_NODE_IP=" in seen
