@@ -11,9 +11,6 @@ from gitopsq.store import listing
 from tests.fakes import Clock, fake_world
 from tests.helpers import task
 
-QUEUE = "retry: {on_events: [no-capacity, error], duration: off}"
-
-
 def gang(name="train", nodes=3, priority=50, extra=""):
     return task(name, "torchrun train.py", nodes=nodes, priority=priority, retry="{on_events: [no-capacity], duration: off}") + extra
 

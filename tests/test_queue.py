@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -10,10 +12,15 @@ from gitopsq.queue import (
     NO_CAPACITY,
     RETRY_LIMIT_EXCEEDED,
     Decision,
+    Tick,
     Waiting,
     admit,
     backoff_delay,
+    cron_problem,
+    due_tick,
     fits,
+    last_tick,
+    next_tick,
     queue_order,
     retry_after_end,
 )
@@ -492,13 +499,8 @@ def test_a_gang_at_the_head_starts_once_the_capacity_it_needs_is_freed(data, slo
 
 # --- schedules -----------------------------------------------------------------------------------
 
-import datetime as _dt  # noqa: E402
-
-from gitopsq.queue import Tick, cron_problem, due_tick, last_tick, next_tick  # noqa: E402
-
-
 def utc(*args) -> float:
-    return _dt.datetime(*args, tzinfo=_dt.timezone.utc).timestamp()
+    return dt.datetime(*args, tzinfo=dt.timezone.utc).timestamp()
 
 
 @pytest.mark.parametrize("crons, after, expected", [
