@@ -17,6 +17,7 @@ from typing import Callable
 
 from gitopsq import intents
 from gitopsq import queue as q
+from gitopsq.clusterruns import ClusterRuns
 from gitopsq.config import CONFIG_FILE
 from gitopsq.desired import AppliedConfig, FileRow, read_tree
 from gitopsq.launchinputs import LaunchInputs
@@ -59,7 +60,7 @@ class StepResult:
     next_wake: float | None = None
 
 
-class Controller:
+class Controller(ClusterRuns):
     def __init__(self, store: Store, provider: Provider, repo: ConfigRepo | None = None, branch: str = "main",
                  clock: Callable[[], float] = time.time, rng: random.Random | None = None,
                  inputs: LaunchInputs | None = None):
@@ -111,6 +112,7 @@ class Controller:
         attempt("stops", self.finish_stops)
         attempt("nodes", self.poll_nodes)
         attempt("deadlines", self.enforce_deadlines)
+        attempt("schedules", self.fire_schedules)
         result.launched = attempt("admission", self.admit_and_launch) or []
         attempt("stops", self.finish_stops)  # stops requested by this step's deadlines
         result.next_wake = attempt("timers", self.next_wake)
@@ -172,6 +174,7 @@ class Controller:
                     self.store.upsert_run(name, want.file, want.blob, dict(want.spec), True, now)
             for name in gone:
                 self.store.mark_absent(name, now)
+            self._sync_schedules(desired, known, gone, now)
             removed = [p for p in tree.touched if p not in tree.files]
             changed = [tree.files[p].as_dict() for p in tree.touched if p in tree.files]
             self.store.replace_files(changed, removed)
@@ -222,7 +225,9 @@ class Controller:
     def _apply_action(self, action, commit: str, now: float) -> None:
         store = self.store
         detail = {"file": action.file, "changes": {k: [o, n] for k, (o, n) in action.changes.items()}}
-        if action.kind in ("submit", "restart"):
+        if action.kind in ("submit", "restart") and action.spec.get("schedule"):
+            self._apply_scheduled(action, detail, commit, now)
+        elif action.kind in ("submit", "restart"):
             if action.kind == "restart":
                 self._stop(action.run, "replaced", commit, now)
             store.upsert_run(action.run, action.file, None, dict(action.spec), True, now)
@@ -236,6 +241,58 @@ class Controller:
             store.event(action.run, current["id"], "updated", detail, commit, now)
         elif action.kind == "cancel":
             self._stop(action.run, "deleted", commit, now)
+
+    # --- schedules ------------------------------------------------------------------------------
+
+    def _apply_scheduled(self, action, detail: dict, commit: str, now: float) -> None:
+        """A scheduled run's file is new or changed: a commit never starts it, its ticks do (with
+        the spec current at each tick). A restart still stops the submission that is active."""
+        if action.kind == "restart":
+            self._stop(action.run, "replaced", commit, now)
+        self.store.upsert_run(action.run, action.file, None, dict(action.spec), True, now)
+        nxt = q.next_tick(action.spec["schedule"], now)
+        self.store.event(action.run, None, "scheduled", {**detail, "next_tick_at": nxt}, commit, now)
+
+    def _sync_schedules(self, desired: dict, known: dict, gone: list[str], now: float) -> None:
+        """Keep each run's next tick in step with its file: a new or changed schedule starts
+        counting from now, a schedule removed or a file deleted ends it."""
+        for name, want in desired.items():
+            crons = tuple(want.spec.get("schedule") or ())
+            have = known.get(name)
+            before = tuple((have.spec or {}).get("schedule") or ()) if have else ()
+            if not crons:
+                if before:
+                    self.store.set_next_tick(name, None)
+            elif crons != before or not (have and have.present) or self.store.run(name)["next_tick_at"] is None:
+                self.store.set_next_tick(name, q.next_tick(crons, now))
+        for name in gone:
+            self.store.set_next_tick(name, None)
+
+    def fire_schedules(self) -> None:
+        """Each scheduled run whose tick has come: a new submission of its current spec, or, while
+        its previous one is still active, a skipped tick (an event). Ticks missed while the
+        controller was down make one catch-up submission, not one each (queue.due_tick)."""
+        now = self.clock()
+        for run in self.store.due_schedules(now):
+            spec = json.loads(run["spec"])
+            crons = spec.get("schedule") or ()
+            current = self.store.current_submission(run["name"])
+            active = current is not None and current["status"] in ACTIVE
+            tick = q.due_tick(crons, run["next_tick_at"], now, active) if crons else None
+            with self.store.transaction():
+                self.store.set_next_tick(run["name"], tick.next_at if tick else None)
+                if tick is None:
+                    continue
+                detail = {"tick": tick.at, "next_tick_at": tick.next_at}
+                if tick.missed_since is not None:
+                    detail["missed_since"] = tick.missed_since  # down meanwhile: one submission for them all
+                if tick.action == "skip":
+                    detail["active"] = {"number": current["number"], "status": current["status"]}
+                    self.store.event(run["name"], current["id"], "tick-skipped", detail, None, now)
+                    log.info("%s: tick skipped, submission #%s is still %s", run["name"], current["number"], current["status"])
+                    continue
+                sub_id = self.store.add_submission(run["name"], spec, self.store.cursor(self.branch), now)
+                self.store.event(run["name"], sub_id, "tick", detail, None, now)
 
     def _stop(self, run: str, reason: str, commit: str | None, now: float, by: str | None = None) -> None:
         """Record the intent to stop a run's active submission; the node is stopped in finish_stops.
@@ -296,6 +353,9 @@ class Controller:
         self.inputs.clear_staging()  # trees staged for launches the crash interrupted
         now = self.clock()
         for sub in self.store.submissions_with_status("provisioning"):
+            if self._spec(sub).nodes > 1:
+                self._recover_gang(sub, [n for n in nodes if n.submission_id == sub["id"]], now)
+                continue
             node = by_sub.get(sub["id"])
             with self.store.transaction():
                 if node is not None and not node.lost:
@@ -319,14 +379,28 @@ class Controller:
 
     def finish_stops(self) -> None:
         for sub in self.store.submissions_with_status("stopping"):
-            if sub["node_id"] and not self._destroy(sub["node_id"]):
+            if not self._destroy_nodes(sub):
                 continue  # provider trouble: try again next step
             now = self.clock()
             reason = sub["stop_reason"] or "deleted"
             with self.store.transaction():
+                self._nodes_ended(sub, "stopped", now)
                 self.store.set_status(sub["id"], STOP_OUTCOME.get(reason, "cancelled"), now, reason=reason)
             self.inputs.release(sub["id"])
             self._capacity_freed(now)
+
+    def _destroy_nodes(self, sub) -> bool:
+        """Stop every node of a submission: its one node, or all of a cluster run's (cancel, restart
+        and max_duration act on them all). False when the provider failed for one of them."""
+        if self._spec(sub).nodes == 1:
+            return not sub["node_id"] or self._destroy(sub["node_id"])
+        return all([self._destroy(row["node_id"]) for row in self.store.submission_nodes(sub["id"]) if row["node_id"]])
+
+    def _nodes_ended(self, sub, status: str, now: float) -> None:
+        """A cluster run's nodes that were still running are not any more (stopped with their run)."""
+        for row in self.store.submission_nodes(sub["id"]) if self._spec(sub).nodes > 1 else ():
+            if row["status"] == "running":
+                self.store.update_node(sub["id"], row["attempt"], row["rank"], status=status, finished_at=now)
 
     def _destroy(self, node_id: str) -> bool:
         try:
@@ -350,7 +424,10 @@ class Controller:
         self._provider_ok("list")
         nodes = self._match_nodes(listed)
         for sub in watched:
-            node = nodes.get(sub["id"])
+            if self._spec(sub).nodes > 1:
+                self._poll_gang(sub, nodes.get(sub["id"], {}))
+                continue
+            node = nodes.get(sub["id"], {}).get(0)
             reported = sub["reported_at"] is not None
             if node is not None and node.running and not reported:
                 continue
@@ -369,22 +446,34 @@ class Controller:
                 self._destroy(node.node_id)
             self._capacity_freed(now)
 
-    def _match_nodes(self, listed: list[NodeStatus]) -> dict[int, NodeStatus]:
-        """Each active submission's node; destroys nodes no active submission owns, and duplicates.
+    def _match_nodes(self, listed: list[NodeStatus]) -> dict[int, dict[int, NodeStatus]]:
+        """Each active submission's nodes by rank (one, rank 0, for a single-node run); destroys
+        nodes no active submission owns, and duplicates.
 
         A create that was in flight when a controller died can surface after the restart relaunched
-        its submission: that second node of one submission is not the recorded one, so it goes.
+        its submission: that second node of one submission (or of one rank of a cluster run) is not
+        the recorded one, so it goes.
         """
         active = {s["id"]: s for s in self.store.submissions_with_status("provisioning", "running", "stopping")}
-        by_sub: dict[int, NodeStatus] = {}
+        recorded: dict[int, dict[int, str]] = {}  # a cluster run's recorded node of each rank
+        by_sub: dict[int, dict[int, NodeStatus]] = {}
         for node in listed:
             sub = active.get(node.submission_id)
-            if sub is None or node.submission_id in by_sub or (sub["node_id"] and sub["node_id"] != node.node_id):
+            if sub is not None and self._spec(sub).nodes > 1 and sub["id"] not in recorded:
+                recorded[sub["id"]] = {row["rank"]: row["node_id"] for row in self.store.submission_nodes(sub["id"])}
+            if sub is None or node.rank in by_sub.get(node.submission_id, {}) or not self._owns(sub, node, recorded):
                 log.info("destroying node %s: not the node of an active submission (%s)", node.node_id, node.submission_id)
                 self._destroy(node.node_id)
                 continue
-            by_sub[node.submission_id] = node
+            by_sub.setdefault(node.submission_id, {})[node.rank] = node
         return by_sub
+
+    def _owns(self, sub, node: NodeStatus, recorded: dict[int, dict[int, str]]) -> bool:
+        """Whether `node` is (or, before it is recorded, may be) the node of its rank of `sub`."""
+        if self._spec(sub).nodes == 1:
+            return node.rank == 0 and (not sub["node_id"] or sub["node_id"] == node.node_id)
+        mine = recorded.get(sub["id"], {})
+        return node.rank < self._spec(sub).nodes and mine.get(node.rank, node.node_id) == node.node_id
 
     def _finish(self, sub, exit_code: int | None, event: str | None, now: float, ended: float) -> None:
         """A node ended (at `ended`): done, failed, or back to the queue when the retry policy says so."""
@@ -426,7 +515,7 @@ class Controller:
 
         With 100,000 queued runs and a full machine, only new submissions (a first decision:
         fail without retry, or start their retry window) and expired ones are read; the queue
-        itself is read in order only while there is room, and only as far as the room goes.
+        itself is read in order from its head, and only as far as the room goes.
         """
         now = self.clock()
         rows = {r["id"]: r for r in self.store.queued_needing_decision(now)}
@@ -441,7 +530,9 @@ class Controller:
         freed_at = self._freed_at()
         self._known_secrets = None  # read once per admission, only when a run references a secret
         decision = self._decide(rows, capacity, now, freed_at)
-        if has_head and not self._full(capacity, decision, rows):
+        if has_head:
+            # The head of the queue is always in the decision: a submission new in this step never
+            # takes freed room before one ahead of it that fits, or a cluster run that waits for it.
             for chunk in self.store.queued_in_order():
                 rows.update((r["id"], r) for r in chunk)
                 decision = self._decide(rows, capacity, now, freed_at)
@@ -482,7 +573,8 @@ class Controller:
             else:
                 waiting.append(self._waiting(row, spec))
         decision = q.admit(waiting, capacity, now, freed_at)
-        return q.Decision(decision.launch, tuple(failed) + decision.fail, decision.wait, decision.next_check_at)
+        return q.Decision(decision.launch, tuple(failed) + decision.fail, decision.wait, decision.next_check_at,
+                          decision.reserved)
 
     def _missing_secrets(self, spec: RunSpec) -> list[str]:
         if not spec.secrets:
@@ -519,8 +611,9 @@ class Controller:
             self._free_recorded = text
 
     def _full(self, capacity: dict[str, int], decision: q.Decision, rows: dict) -> bool:
-        """True when what is left after this decision's launches cannot fit even the smallest run."""
-        left = self._left(capacity, decision, rows)
+        """True when what is left after this decision's launches, less what waiting cluster runs have
+        set aside, cannot fit even the smallest run (reading further down the queue is then useless)."""
+        left = q.unreserved(self._left(capacity, decision, rows), decision.reserved)
         floor = self.provider.demand(RunSpec(name="floor", type="task"))
         return any(key in left and left[key] < amount for key, amount in floor.items() if amount > 0)
 
@@ -536,7 +629,7 @@ class Controller:
         on_capacity = bool(retry and retry.covers("no-capacity"))
         return q.Waiting(sub["id"], sub["run"], sub["priority"], sub["queued_at"], self.provider.demand(spec),
                          on_capacity, sub["deadline"] if on_capacity else None, sub["next_try_at"], sub["last_attempt_at"],
-                         wakes_on_free=sub["backoff_event"] in (None, "no-capacity"))
+                         wakes_on_free=sub["backoff_event"] in (None, "no-capacity"), nodes=spec.nodes)
 
     def _launch(self, sub, spec: RunSpec) -> bool:
         now = self.clock()
@@ -563,7 +656,7 @@ class Controller:
                         tree_env=tree.prepared.env if tree else {},
                         tree_outside=tuple((str(o.source), o.dst) for o in tree.prepared.outside) if tree else ())
         try:
-            node = self.provider.launch(launch)
+            nodes = self.provider.launch_gang(launch) if spec.nodes > 1 else [self.provider.launch(launch)]
         except ProviderError as exc:
             self._launch_failed(sub, spec, exc, self.clock())
             return False
@@ -571,6 +664,10 @@ class Controller:
             self.inputs.discard(launch.tree)  # what the provider did not take
         now = self.clock()
         self._provider_ok("launch")
+        if spec.nodes > 1:
+            self._gang_running(sub, nodes, now)
+            return True
+        node = nodes[0]
         with self.store.transaction():
             self.store.set_status(sub["id"], "running", now, node_id=node.node_id, started_at=now, window_start=now,
                                   deadline=None, log_path=node.log_path, workdir=node.workdir, next_try_at=None,
@@ -638,7 +735,7 @@ class Controller:
     def next_wake(self) -> float | None:
         """When the next step is due without any trigger (None: only a trigger can change anything)."""
         now = self.clock()
-        times = [t for t in self.store.queue_timers(now) if t is not None]
+        times = [t for t in (*self.store.queue_timers(now), self.store.next_schedule_tick()) if t is not None]
         if self.store.has_active_nodes():
             times.append(now + POLL_INTERVAL)
         return min(times) if times else None
@@ -646,9 +743,7 @@ class Controller:
 
 def _when(moment: float | None, not_before: float | None, now: float) -> float:
     """A time a node reported, kept between `not_before` and now (its clock may differ from ours)."""
-    if moment is None:
-        return now
-    return min(max(moment, not_before if not_before is not None else moment), now)
+    return q.within(moment, not_before, now)
 
 
 def _deadline(spec: RunSpec, window_start: float | None) -> float | None:
@@ -670,6 +765,16 @@ def _expired(spec: RunSpec, sub, now: float) -> str | None:
     return None
 
 
+def _record_node_report(store: Store, sub, rank: int | None, exit_code: int, now: float) -> bool:
+    node = next((row for row in store.submission_nodes(sub["id"], sub["attempts"]) if row["rank"] == rank), None)
+    if node is None or node["reported_at"] is not None or node["status"] != "running":
+        return False
+    with store.transaction():
+        store.update_node(sub["id"], sub["attempts"], rank, exit_code=exit_code, reported_at=now)
+        store.event(sub["run"], sub["id"], "reported", {"exit_code": exit_code, "rank": rank}, None, now)
+    return True
+
+
 def touch(store: Store, run: str, now: float) -> bool:
     """Record activity of a run's dev environment (resets its inactivity clock)."""
     current = store.current_submission(run)
@@ -680,14 +785,17 @@ def touch(store: Store, run: str, now: float) -> bool:
     return True
 
 
-def record_report(store: Store, submission_id: int, token: str, exit_code: int, now: float) -> bool:
+def record_report(store: Store, submission_id: int, token: str, exit_code: int, now: float, rank: int | None = None) -> bool:
     """A node's exit-code report: accepted only with the token of the submission's current attempt
-    (an earlier attempt's report, replayed, changes nothing), only while it runs."""
+    (an earlier attempt's report, replayed, changes nothing), only while it runs. A node of a
+    cluster run reports with its rank, once."""
     sub = store.submission(submission_id)
     if not is_current_attempt(sub, token):
         return False
     if sub["status"] not in ("provisioning", "running") or sub["reported_at"] is not None:
         return False
+    if json.loads(sub["spec"]).get("nodes", 1) > 1:
+        return _record_node_report(store, sub, rank, exit_code, now)
     with store.transaction():
         store.update_submission(submission_id, exit_code=exit_code, reported_at=now)
         store.event(sub["run"], submission_id, "reported", {"exit_code": exit_code}, None, now)

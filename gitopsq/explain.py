@@ -100,8 +100,32 @@ def file_reason(row: dict) -> str:
     return f"{keeps}file invalid since {since} ({invalid['problem']})"
 
 
+def schedule_reason(row: dict, now: float) -> str:
+    """When a scheduled run gets its next submission (UTC, as its cron says)."""
+    at = row.get("next_tick_at")
+    if not at:
+        return ""
+    import datetime as dt
+
+    stamp = dt.datetime.fromtimestamp(at, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return f"next tick {stamp} (in {ago(at - now)})"
+
+
+def nodes_reason(row: dict) -> str:
+    """A cluster run's nodes, by state: 2 nodes running, or 1 done, 1 failed (exit 3)."""
+    nodes = row.get("nodes") or []
+    if not nodes:
+        return f"{row['nodes_num']} nodes" if row.get("nodes_num", 1) > 1 else ""
+    states: dict[str, int] = {}
+    for node in nodes:
+        state = node["status"] + (f" (exit {node['exit_code']})" if node.get("exit_code") not in (None, 0) else "")
+        states[state] = states.get(state, 0) + 1
+    return ", ".join(f"{count} {'node' if count == 1 else 'nodes'} {state}" for state, count in states.items())
+
+
 def why(row: dict, now: float) -> str:
-    """The REASON column: what a queued run waits for, else why it ended; and a broken file."""
+    """The REASON column: what a queued run waits for, else why it ended; a cluster run's nodes;
+    a scheduled run's next tick; and a broken file."""
     text = wait_reason(row, now) if row.get("status") == "queued" else end_reason(row)
-    broken = file_reason(row)
-    return f"{text}; {broken}" if text and broken else text or broken
+    parts = [text, nodes_reason(row) if row.get("status") != "queued" else "", schedule_reason(row, now), file_reason(row)]
+    return "; ".join(p for p in parts if p)

@@ -89,7 +89,8 @@ class LaunchInputs:
         """Remove a staged tree the provider did not take (and its staged outside entries)."""
         if dest is None:
             return
-        for path in (Path(dest), outside_dir(Path(dest))):
+        copies = Path(dest).parent.glob(f"{Path(dest).name}-rank*")  # a cluster run's other nodes' copies
+        for path in (Path(dest), outside_dir(Path(dest)), *copies):
             shutil.rmtree(path, ignore_errors=True)
 
     def clear_staging(self) -> None:

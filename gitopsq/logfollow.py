@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from gitopsq.masking import StreamMasker, mask
-from gitopsq.store import FINISHED, Store, attempt_logs
+from gitopsq.store import FINISHED, Store, labelled_logs
 
 POLL = 0.5  # seconds between looks at the log and the submission's status
 READ_BYTES = 64 * 1024
@@ -98,11 +98,11 @@ def read_submission(store: Callable[[], Store], submission_id: int, mask_values:
     sleep=None: yields IDLE where it would sleep, so that a server can wait without a thread and
     notice a client that went away.
     """
-    paths = attempt_logs(store(), submission_id)
+    paths = labelled_logs(store(), submission_id)
     index, reader, masker = 0, None, None
     if tail is not None and paths:
         index = len(paths) - 1
-        reader, masker = AttemptLog(paths[index]), StreamMasker(mask_values())
+        reader, masker = AttemptLog(paths[index][1]), StreamMasker(mask_values())
         try:
             text, reader.shown = tail_start(reader.path, tail, mask_values())
         except OSError as exc:
@@ -115,12 +115,13 @@ def read_submission(store: Callable[[], Store], submission_id: int, mask_values:
     while True:
         row = store().submission(submission_id)
         ended = row is None or row["status"] in FINISHED
-        paths = attempt_logs(store(), submission_id)
+        paths = labelled_logs(store(), submission_id)
         while index < len(paths):
             if reader is None:
-                reader, masker = AttemptLog(paths[index]), StreamMasker(mask_values())
+                label, path = paths[index]
+                reader, masker = AttemptLog(path), StreamMasker(mask_values())
                 if many or index > 0:
-                    yield f"--- attempt {index + 1} ({reader.path})\n"
+                    yield f"--- {label} ({path})\n"
             last = index == len(paths) - 1
             try:
                 data, missed = reader.read_new()

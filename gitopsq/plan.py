@@ -17,7 +17,8 @@ import functools
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
-IN_PLACE_FIELDS = frozenset({"priority", "inactivity_duration", "max_duration", "retry"})
+# `schedule` changes when the next submissions come, not the one that is active.
+IN_PLACE_FIELDS = frozenset({"priority", "inactivity_duration", "max_duration", "retry", "schedule"})
 ACTIVE = ("queued", "provisioning", "running", "stopping")  # the statuses of a run that has a live submission
 
 

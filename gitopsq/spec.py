@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 from gitopsq.inputs import (FileSpec, InputError, RegistryAuth, RepoSpec, VolumeSpec, env_pairs, parse_files, parse_registry_auth,
                             parse_repos, parse_volumes, secret_names)
+from gitopsq.queue import cron_problem
 from gitopsq.resources import schema_path
 from gitopsq.yamlload import Loaded, Problem, SpecError, field_name, load_yaml
 
@@ -264,6 +265,8 @@ class RunSpec:
     files: tuple[FileSpec, ...] = ()
     volumes: tuple[VolumeSpec, ...] = ()
     registry_auth: RegistryAuth | None = None
+    nodes: int = 1  # a cluster run: this many nodes, admitted all together or not at all
+    schedule: tuple[str, ...] = ()  # cron expressions (UTC): a submission per tick; () = when committed
 
     def to_dict(self) -> dict:
         """A JSON-ready form, stable across runs: what is stored and diffed."""
@@ -286,7 +289,7 @@ class RunSpec:
             retry = Retry(on_events=tuple(retry["on_events"]), duration=retry["duration"])
         values = dict(data)
         values.update(resources=resources, retry=retry, env=tuple(tuple(kv) for kv in data.get("env", ())))
-        for key in ("commands", "init", "backends", "regions"):
+        for key in ("commands", "init", "backends", "regions", "schedule"):
             values[key] = tuple(data.get(key, ()))
         # Specs stored before these fields existed have none of them.
         values["repos"] = tuple(RepoSpec(**r) for r in data.get("repos", ()))
@@ -434,6 +437,20 @@ def _ports(items: list) -> tuple[tuple[PortMap, ...], list[tuple[tuple, str]]]:
     return tuple(ports), problems
 
 
+def _schedule(value: Mapping | None) -> tuple[tuple[str, ...], list[tuple[tuple, str]]]:
+    """The cron expressions of `schedule` (one or a list), and those the schema cannot judge."""
+    if value is None:
+        return (), []
+    cron = value["cron"]
+    if isinstance(cron, str):
+        found = [(("schedule", "cron"), cron_problem(cron))]
+        crons = (cron,)
+    else:
+        found = [(("schedule", "cron", i), cron_problem(expr)) for i, expr in enumerate(cron)]
+        crons = tuple(cron)
+    return tuple(" ".join(c.split()) for c in crons), [(path, why) for path, why in found if why]
+
+
 # --- the entry point -------------------------------------------------------------------------
 
 
@@ -485,6 +502,9 @@ def _parse_run(raw: bytes, file: str, defaults: Mapping, defaults_file: str, rep
     range_errors += port_errors
     if range_errors:
         raise SpecError([Problem(file, loaded.line_of(path), field_name(path), msg) for path, msg in range_errors])
+    schedule, cron_errors = _schedule(data.get("schedule"))
+    if cron_errors:
+        raise SpecError([Problem(file, loaded.line_of(path), field_name(path), msg) for path, msg in cron_errors])
     try:
         env = env_pairs(data.get("env"))
         inputs = dict(
@@ -518,6 +538,8 @@ def _parse_run(raw: bytes, file: str, defaults: Mapping, defaults_file: str, rep
         regions=tuple(data.get("regions", ())),
         spot_policy=data.get("spot_policy"),
         max_price=data.get("max_price"),
+        nodes=data.get("nodes", 1),
+        schedule=schedule,
         **inputs,
     )
 

@@ -26,7 +26,7 @@ from gitopsq.yamlload import Problem
 
 log = logging.getLogger("gitopsq.store")
 
-SCHEMA_VERSION = 8  # the last of MIGRATIONS
+SCHEMA_VERSION = 9  # the last of MIGRATIONS
 FINISHED = ("done", "failed", "cancelled")
 
 
@@ -115,8 +115,21 @@ def _migrate_8(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE submissions ADD COLUMN stopped_by TEXT")
 
 
+def _migrate_9_cluster_nodes_and_schedules(db: sqlite_utils.Database) -> None:
+    # The nodes of a cluster run (nodes: N), one row per node of each attempt: recovery adopts a
+    # gang only whole, and ps, the API and the dashboard show every node. Single-node runs keep
+    # theirs in submissions.node_id.
+    db.execute("""CREATE TABLE submission_nodes (
+        submission_id INTEGER NOT NULL, attempt INTEGER NOT NULL, rank INTEGER NOT NULL, node_id TEXT, ip TEXT,
+        log_path TEXT, workdir TEXT, status TEXT NOT NULL, exit_code INTEGER, reported_at REAL, started_at REAL,
+        finished_at REAL, PRIMARY KEY (submission_id, attempt, rank))""")
+    # When a scheduled run (schedule: {cron}) gets its next submission; NULL when it has no schedule.
+    db.execute("ALTER TABLE runs ADD COLUMN next_tick_at REAL")
+    db.execute("CREATE INDEX runs_next_tick ON runs(next_tick_at) WHERE next_tick_at IS NOT NULL")
+
+
 MIGRATIONS = {1: _migrate_1, 2: _migrate_2, 3: _migrate_3, 4: _migrate_4, 5: _migrate_5, 6: _migrate_6, 7: _migrate_7,
-              8: _migrate_8}
+              8: _migrate_8, 9: _migrate_9_cluster_nodes_and_schedules}
 
 
 # The database holds env values and report tokens: only its owner may read it, whatever the umask
@@ -358,6 +371,46 @@ class Store:
             log.info("%s #%s: %s -> %s%s", row["run"], row["number"], row["status"], status, f" ({reason})" if reason else "")
         return True
 
+    # --- the nodes of cluster runs ------------------------------------------------------------
+
+    def record_nodes(self, sub_id: int, attempt: int, nodes: list[dict], now: float) -> None:
+        """The nodes an attempt of a cluster run was given (rank, node_id, ip, log_path, workdir): running."""
+        self.conn.executemany(
+            """INSERT OR REPLACE INTO submission_nodes(submission_id, attempt, rank, node_id, ip, log_path, workdir, status,
+               started_at) VALUES(?, ?, ?, ?, ?, ?, ?, 'running', ?)""",
+            [(sub_id, attempt, n["rank"], n["node_id"], n.get("ip"), n.get("log_path"), n.get("workdir"), now) for n in nodes])
+
+    def submission_nodes(self, sub_id: int, attempt: int | None = None) -> list[sqlite3.Row]:
+        """The nodes of an attempt of a cluster run (its current attempt by default), by rank."""
+        if attempt is None:
+            return self.conn.execute(
+                """SELECT n.* FROM submission_nodes n JOIN submissions s ON s.id = n.submission_id AND n.attempt = s.attempts
+                   WHERE n.submission_id = ? ORDER BY n.rank""", (sub_id,)).fetchall()
+        return self.conn.execute("SELECT * FROM submission_nodes WHERE submission_id = ? AND attempt = ? ORDER BY rank",
+                                 (sub_id, attempt)).fetchall()
+
+    def update_node(self, sub_id: int, attempt: int, rank: int, **fields: Any) -> None:
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        self.conn.execute(f"UPDATE submission_nodes SET {sets} WHERE submission_id = ? AND attempt = ? AND rank = ?",
+                          (*fields.values(), sub_id, attempt, rank))
+
+    def forget_nodes(self, sub_id: int, attempt: int) -> None:
+        """An attempt whose gang was never made whole (rolled back): it had no nodes."""
+        self.conn.execute("DELETE FROM submission_nodes WHERE submission_id = ? AND attempt = ?", (sub_id, attempt))
+
+    # --- schedules ----------------------------------------------------------------------------
+
+    def set_next_tick(self, run: str, at: float | None) -> None:
+        self.conn.execute("UPDATE runs SET next_tick_at = ? WHERE name = ?", (at, run))
+
+    def due_schedules(self, now: float) -> list[sqlite3.Row]:
+        """Scheduled runs whose next tick has come (their file is in the tree)."""
+        return self.conn.execute("SELECT * FROM runs WHERE next_tick_at <= ? AND present = 1 ORDER BY next_tick_at, name",
+                                 (now,)).fetchall()
+
+    def next_schedule_tick(self) -> float | None:
+        return self.conn.execute("SELECT MIN(next_tick_at) FROM runs WHERE next_tick_at IS NOT NULL AND present = 1").fetchone()[0]
+
     # --- the queue, read by index (100,000 queued runs must not cost a full read per step) ----------
 
     def queued_needing_decision(self, now: float) -> list[sqlite3.Row]:
@@ -559,15 +612,17 @@ def now() -> float:
 LISTING_SQL = """
 SELECT r.name, r.file, r.present, s.id AS submission_id, s.number AS submission, s.status, s.priority,
        s.reason, s.message, s.exit_code, s.attempts, s.queued_at, s.started_at, s.finished_at,
-       s.window_start, s.deadline, s.next_try_at, s.spec, s.log_path, s.node_id, s.demand, s.backoff_event, s.workdir,
-       s.submitted_by, s.stopped_by
-FROM runs r JOIN submissions s ON s.id = r.last_submission
+       s.window_start, s.deadline, s.next_try_at, COALESCE(s.spec, r.spec) AS spec, s.log_path, s.node_id, s.demand,
+       s.backoff_event, s.workdir, s.submitted_by, s.stopped_by, r.next_tick_at
+FROM runs r LEFT JOIN submissions s ON s.id = r.last_submission
 {where}
 ORDER BY CASE WHEN s.status IN ('queued', 'provisioning', 'running', 'stopping') THEN 0 ELSE 1 END,
          CASE WHEN s.status IN ('queued', 'provisioning', 'running', 'stopping') THEN -s.priority ELSE 0 END,
          CASE WHEN s.status IN ('queued', 'provisioning', 'running', 'stopping') THEN s.queued_at ELSE -s.finished_at END,
          s.id
 """
+# A scheduled run that has had no tick yet has no submission: `ps` lists it as scheduled.
+SCHEDULED = "scheduled"
 
 
 def listing(store: Store, include_all: bool = False, status: str | None = None, now: float | None = None) -> list[dict]:
@@ -584,6 +639,7 @@ def listing(store: Store, include_all: bool = False, status: str | None = None, 
     where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
     where_runs_are = reach(store)
     rows = [describe_listed(dict(row), where_runs_are) for row in store.conn.execute(LISTING_SQL.format(where=where), params)]
+    add_nodes(store, rows)
     free = json.loads(store.meta("capacity_free") or "null")
     invalid = store.invalid_files()
     ahead = 0
@@ -624,6 +680,10 @@ def describe(row: dict) -> dict:
     spec = json.loads(row.pop("spec")) if row.get("spec") else {}
     row["retry"] = spec.get("retry")
     row["type"] = spec.get("type")
+    row["nodes_num"] = spec.get("nodes", 1)
+    row["schedule"] = spec.get("schedule") or None
+    if "status" in row and row["status"] is None:
+        row["status"] = SCHEDULED
     row["present"] = bool(row.get("present", True))
     if "demand" in row:
         raw = row.pop("demand")
@@ -657,10 +717,31 @@ def submissions(store: Store, status: str | None = None, run: str | None = None)
 
 
 def attempt_logs(store: Store, submission_id: int) -> list[str]:
-    """Log files of every node a submission ran on, oldest first (retries run on new nodes)."""
-    logs = []
+    """Log files of every node a submission ran on, oldest first (retries run on new nodes); a
+    cluster run's, every node's of each attempt, by rank."""
+    return [path for _, path in labelled_logs(store, submission_id)]
+
+
+def labelled_logs(store: Store, submission_id: int) -> list[tuple[str, str]]:
+    """(which attempt and node, log file) of every node a submission ran on, oldest first."""
+    logs: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    attempt = 0
     for row in store.conn.execute("SELECT detail FROM events WHERE submission_id = ? AND kind = 'running' ORDER BY id", (submission_id,)):
-        path = json.loads(row["detail"]).get("log")
-        if path and path not in logs:
-            logs.append(path)
+        detail = json.loads(row["detail"])
+        nodes = [n for n in detail.get("nodes") or [{"log": detail.get("log")}] if n.get("log") and n["log"] not in seen]
+        attempt += bool(nodes)  # an adoption after a restart names the same files again
+        for node in nodes:
+            seen.add(node["log"])
+            logs.append((f"attempt {attempt}" + (f", node {node['rank']}" if "rank" in node else ""), node["log"]))
     return logs
+
+
+def add_nodes(store: Store, rows: list[dict]) -> None:
+    """Each cluster run's nodes (of its current attempt) into its row: rank, node, address, status."""
+    for row in rows:
+        if row.get("nodes_num", 1) == 1 or not row.get("submission_id"):
+            row["nodes"] = None
+            continue
+        row["nodes"] = [{k: node[k] for k in ("rank", "node_id", "ip", "status", "exit_code", "log_path", "workdir")}
+                        for node in store.submission_nodes(row["submission_id"])]

@@ -29,7 +29,7 @@ class FakeProvider:
         self.fail_next: ProviderError | None = None
 
     def demand(self, spec):
-        return {"slots": 1}
+        return {"slots": spec.nodes}
 
     def capacity(self):
         return {"slots": self.slots - sum(1 for n in self.nodes_by_id.values() if n.running)}
@@ -43,16 +43,25 @@ class FakeProvider:
             raise error
         if self.capacity()["slots"] < 1:
             raise ProviderError(CAPACITY, "full", "no slot")
-        node = NodeStatus(f"node-{len(self.launched)}", launch.submission_id, launch.run, True, None)
+        node = NodeStatus(f"node-{len(self.launched)}", launch.submission_id, launch.run, True, None, rank=launch.rank,
+                          ip=f"10.0.0.{len(self.launched)}")
         self.launched.append(launch)
         self.nodes_by_id[node.node_id] = node
         return node
+
+    def launch_gang(self, launch: Launch) -> list[NodeStatus]:
+        if self.fail_next:
+            error, self.fail_next = self.fail_next, None
+            raise error
+        if self.capacity()["slots"] < launch.spec.nodes:
+            raise ProviderError(CAPACITY, "full", "no room for every node")
+        return [self.launch(launch.for_rank(rank)) for rank in range(launch.spec.nodes)]
 
     def finish(self, node_id: str, exit_code: int | None = 0, lost: bool = False,
                started_at: float | None = None, finished_at: float | None = None) -> None:
         node = self.nodes_by_id[node_id]
         self.nodes_by_id[node_id] = NodeStatus(node.node_id, node.submission_id, node.run, False, exit_code, lost,
-                                               started_at=started_at, finished_at=finished_at)
+                                               started_at=started_at, finished_at=finished_at, rank=node.rank, ip=node.ip)
 
     def nodes(self):
         return list(self.nodes_by_id.values())
@@ -60,6 +69,9 @@ class FakeProvider:
     def stop(self, node_id: str) -> None:
         self.stopped.append(node_id)
         self.nodes_by_id.pop(node_id, None)
+
+    def nodes_of(self, submission_id: int) -> list[NodeStatus]:
+        return sorted((n for n in self.nodes_by_id.values() if n.submission_id == submission_id), key=lambda n: n.rank)
 
     def running_runs(self) -> list[str]:
         return sorted(n.run for n in self.nodes_by_id.values() if n.running)

@@ -62,6 +62,8 @@ class Fault:
     code: str | None = None  # AWS error code; None means a plain HTTP body
     message: str = ""
     delay: float = 0.0  # stall first; with no code and status 0 the request then reaches moto
+    after: int = 0  # let this many matching requests through first
+    content_type: str = "text/plain"
 
 
 def _error_xml(code: str, message: str) -> bytes:
@@ -79,6 +81,7 @@ class FaultInjector:
         self.app = app
         self.calls: Counter[str] = Counter()
         self.access_keys: Counter[str] = Counter()  # the key id each signed request was made with
+        self.params: dict[str, list[dict[str, str]]] = {}  # the form parameters of each request, by action
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
         self.stopping = threading.Event()
@@ -91,6 +94,7 @@ class FaultInjector:
     def _action(environ) -> str | None:
         query = parse_qs(environ.get("QUERY_STRING", ""))
         if "Action" in query:
+            environ["gitopsq.params"] = {k: v[0] for k, v in query.items()}
             return query["Action"][0]
         if environ.get("CONTENT_TYPE", "").startswith("application/x-www-form-urlencoded"):
             length = int(environ.get("CONTENT_LENGTH") or 0)
@@ -98,6 +102,7 @@ class FaultInjector:
             # Put the body back for moto.
             environ["wsgi.input"] = io.BytesIO(body)
             form = parse_qs(body.decode("utf-8", "replace"))
+            environ["gitopsq.params"] = {k: v[0] for k, v in form.items()}
             if "Action" in form:
                 return form["Action"][0]
         return None
@@ -105,6 +110,9 @@ class FaultInjector:
     def _take(self, action: str) -> Fault | None:
         with self._lock:
             for fault in self._faults:
+                if fault.action in ("*", action) and fault.after > 0:
+                    fault.after -= 1
+                    return None
                 if fault.action in ("*", action):
                     fault.times -= 1
                     if fault.times <= 0:
@@ -119,6 +127,7 @@ class FaultInjector:
         signed = re.search(r"Credential=([^/,\s]+)/", environ.get("HTTP_AUTHORIZATION", ""))
         with self._lock:
             self.calls[action] += 1
+            self.params.setdefault(action, []).append(environ.get("gitopsq.params", {}))
             if signed:
                 self.access_keys[signed.group(1)] += 1
         fault = self._take(action)
@@ -131,7 +140,7 @@ class FaultInjector:
             content_type = "text/xml"
         elif fault.status:
             body = (fault.message or "Service Unavailable").encode()
-            content_type = "text/plain"
+            content_type = fault.content_type
         else:
             # Pure delay: the client has likely given up; moto still answers.
             return self.app(environ, start_response)
@@ -166,6 +175,11 @@ class MotoEC2Server:
         return self.injector.calls
 
     @property
+    def params(self) -> dict[str, list[dict[str, str]]]:
+        """The form parameters of each request seen, by EC2 action."""
+        return self.injector.params
+
+    @property
     def access_keys(self) -> Counter[str]:
         """Requests seen per access key id they were signed with."""
         return self.injector.access_keys
@@ -187,6 +201,7 @@ class MotoEC2Server:
         requests.post(self.endpoint + "/moto-api/reset", timeout=10).raise_for_status()
         self.injector.calls.clear()
         self.injector.access_keys.clear()
+        self.injector.params.clear()
 
     def stop(self) -> None:
         if self._server is None:
@@ -210,9 +225,10 @@ class MotoEC2Server:
         status: int = 500,
         times: int = 1,
         message: str | None = None,
+        after: int = 0,
     ) -> None:
-        """Answer the next `times` `action` requests with an AWS XML error."""
-        self.injector.add(Fault(action, times, status, code, message or "Injected %s" % code))
+        """Answer the next `times` `action` requests (after letting `after` through) with an AWS XML error."""
+        self.injector.add(Fault(action, times, status, code, message or "Injected %s" % code, after=after))
 
     def inject_http(
         self,
@@ -223,6 +239,10 @@ class MotoEC2Server:
     ) -> None:
         """Answer with a bare HTTP error (no XML), as a proxy or LB would."""
         self.injector.add(Fault(action, times, status, None, body))
+
+    def answer(self, action: str, xml: str, times: int = 1) -> None:
+        """Answer `action` with this (successful) EC2 response: for what moto does not implement."""
+        self.injector.add(Fault(action, times, 200, None, xml, content_type="text/xml"))
 
     def inject_delay(self, action: str = "*", seconds: float = 2.0, times: int = 1) -> None:
         """Stall requests before passing them to moto, to provoke client timeouts."""

@@ -34,7 +34,8 @@ ACCESS = {
     ("DELETE", "/api/secrets/{name}"): "write", ("POST", "/api/runs/{name}/stop"): "write",
     ("POST", "/api/runs/{name}/rerun"): "write", ("POST", "/runs/{name}/stop"): "write", ("POST", "/runs/{name}/rerun"): "write",
     ("POST", "/api/submissions/{submission_id}/report"): "node",
-    ("GET", "/api/submissions/{submission_id}/inputs/env"): "node", ("GET", "/api/submissions/{submission_id}/inputs/tree"): "node", ("POST", "/api/webhook"): "webhook",
+    ("GET", "/api/submissions/{submission_id}/inputs/env"): "node", ("GET", "/api/submissions/{submission_id}/inputs/tree"): "node",
+    ("GET", "/api/submissions/{submission_id}/inputs/cluster"): "node", ("POST", "/api/webhook"): "webhook",
 }
 
 

@@ -470,3 +470,46 @@ def test_serve_once_launches_on_ec2(tmp_path, server):
         assert (sub["status"], sub["node_id"]) == ("running", node.id)
     finally:
         store.close()
+
+
+# --- cluster runs (nodes: N) -------------------------------------------------------------------------
+
+
+def test_a_two_node_task_makes_two_instances_and_a_fault_on_the_second_queues_it(world):
+    import httpx
+
+    from gitopsq.web import create_app
+    from tests.helpers import Recorder
+    from tests.webserver import running
+
+    world.commit({"runs/dist.yml": run_file("torchrun train.py", "nodes: 2\nretry: {on_events: [no-capacity]}\n")})
+    world.provider.adapter.image()
+    world.server.inject("RunInstances", "InsufficientInstanceCapacity", status=500, after=1)
+    world.step()
+    sub = world.sub("dist")
+    assert (sub["status"], sub["attempts"], sub["backoff_event"]) == ("queued", 1, "no-capacity")
+    assert world.server.calls["RunInstances"] == 2 and world.instances() == [], "the first instance was destroyed"
+
+    world.step(sub["next_try_at"] - world.clock.now + 0.1)
+    sub = world.sub("dist")
+    assert sub["status"] == "running"
+    instances = sorted(world.instances(), key=lambda n: n.extra["tags"]["gitopsq-rank"])
+    assert [n.extra["tags"]["gitopsq-rank"] for n in instances] == ["0", "1"]
+    recorded = world.store.submission_nodes(sub["id"])
+    assert [(n["rank"], n["node_id"]) for n in recorded] == [(0, instances[0].id), (1, instances[1].id)]
+
+    app = create_app(world.store.path, Recorder(), lambda: {}, None, clock=lambda: world.clock.now)
+    with running(app) as url:
+        base = f"{url}/api/submissions/{sub['id']}"
+        token = _token_in_user_data(world, instances[1])
+        cluster = httpx.get(f"{base}/inputs/cluster", headers={"Authorization": f"Bearer {token}"})
+        assert cluster.status_code == 200
+        ips = [n["ip"] for n in recorded]
+        assert cluster.text == f"export DSTACK_MASTER_NODE_IP={ips[0]}\nexport DSTACK_NODES_IPS='{ips[0]}\n{ips[1]}'\n"
+        assert httpx.get(f"{base}/inputs/cluster", headers={"Authorization": "Bearer nope"}).status_code in (401, 403)
+        for rank in (0, 1):
+            reply = httpx.post(f"{base}/report", json={"token": token, "exit_code": 0, "rank": rank})
+            assert reply.status_code == 200, reply.text
+        assert httpx.post(f"{base}/report", json={"token": token, "exit_code": 0, "rank": 1}).status_code == 403
+    world.step(1)
+    assert world.sub("dist")["status"] == "done" and world.instances() == []

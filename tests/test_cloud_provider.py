@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -379,3 +380,110 @@ def test_a_home_path_in_a_container_is_refused(provider):
     why = provider.unsatisfiable(task(extra="image: ubuntu\nfiles: ['a.txt:~/a.txt']\n"))
     assert why == "files[0]: '~/a.txt': the home of the image's user is not known to the ec2 provider; use an absolute path"
     assert provider.unsatisfiable(task(extra="image: ubuntu\nfiles: ['a.txt:/etc/a.txt']\n")) is None
+
+
+# --- cluster runs (nodes: N) -----------------------------------------------------------------------
+
+NS = 'xmlns="http://ec2.amazonaws.com/doc/2016-11-15/"'
+NO_GROUPS = f"<DescribePlacementGroupsResponse {NS}><requestId>r</requestId><placementGroupSet/></DescribePlacementGroupsResponse>"
+MADE = f"<CreatePlacementGroupResponse {NS}><requestId>r</requestId><return>true</return></CreatePlacementGroupResponse>"
+
+
+def test_a_cluster_run_makes_its_instances_together_in_a_placement_group(server, provider):
+    server.answer("DescribePlacementGroups", NO_GROUPS)  # moto has no placement groups
+    server.answer("CreatePlacementGroup", MADE)
+    spec = task("{gpu: T4}", "nodes: 2")  # g4dn.xlarge: can be in a cluster placement group
+    nodes = provider.launch_gang(Launch(12, "train", 3, spec, "tok-12", attempt=1))
+    assert [n.rank for n in nodes] == [0, 1] and all(n.running and n.ip for n in nodes)
+    assert server.calls["RunInstances"] == 2 and server.calls["CreatePlacementGroup"] == 1
+    assert server.params["CreatePlacementGroup"][0]["GroupName"] == "gq-ctl-test-cluster"
+    assert {p["Placement.GroupName"] for p in server.params["RunInstances"]} == {"gq-ctl-test-cluster"}
+    listed = {n.rank: n for n in provider.nodes()}
+    assert sorted(listed) == [0, 1]
+    for rank, node in sorted(listed.items()):
+        [instance] = [i for i in ec2.list_nodes_by_tag(provider.driver, TAG_CONTROLLER, "ctl-test") if i.id == node.node_id]
+        assert instance.extra["tags"]["gitopsq-rank"] == str(rank) and instance.extra["tags"]["Name"] == f"gq-train-12-{rank}"
+        assert instance.extra["client_token"] == f"gq-ctl-test-12-1-r{rank}"
+        script = ec2.get_user_data(provider.driver, instance)
+        script += "".join(base64.b64decode(b).decode() for b in re.findall(r"echo (\S+) \| base64 -d", script))
+        assert f"export DSTACK_NODE_RANK={rank}\n" in script and "export DSTACK_NODES_NUM=2\n" in script
+        assert "export DSTACK_GPUS_PER_NODE=1\n" in script and "export DSTACK_GPUS_NUM=2\n" in script
+        assert "fetch cluster" in script and f'"rank": {rank}, "exit_code": ' in script
+    # the group is made once for every cluster run of this controller
+    provider.launch_gang(Launch(13, "other", 1, spec, "tok-13"))
+    assert server.calls["CreatePlacementGroup"] == 1 and server.calls["RunInstances"] == 4
+
+
+def test_a_burstable_cluster_run_goes_without_a_placement_group(server, provider):
+    provider.launch_gang(Launch(12, "train", 3, task("{cpu: 2, memory: 8GB}", "nodes: 2"), "tok-12"))
+    assert server.calls["RunInstances"] == 2 and server.calls["DescribePlacementGroups"] == 0
+    assert all("Placement.GroupName" not in p for p in server.params["RunInstances"])
+
+
+def test_when_one_instance_of_a_cluster_cannot_be_made_the_others_are_destroyed(server, provider):
+    provider.adapter.image()
+    server.inject("RunInstances", "InsufficientInstanceCapacity", status=500, after=1)
+    with pytest.raises(ProviderError) as info:
+        provider.launch_gang(Launch(12, "train", 3, task("{cpu: 2, memory: 8GB}", "nodes: 2"), "tok-12"))
+    assert (info.value.kind, info.value.code) == (CAPACITY, "InsufficientInstanceCapacity")
+    assert server.calls["RunInstances"] == 2 and server.calls["TerminateInstances"] == 1
+    assert provider.nodes() == []
+
+
+def test_a_cluster_run_counts_all_its_nodes_against_max_nodes(server, creds):
+    capped = make_cloud_provider("ec2", {"endpoint": server.endpoint}, "ctl-cap", 3, PUBLIC_URL)
+    assert capped.demand(task(extra="nodes: 3")) == {"nodes": 3}
+    assert capped.unsatisfiable(task(extra="nodes: 3")) is None
+    assert capped.unsatisfiable(task(extra="nodes: 4")) == "nodes: needs 4 nodes at once; this controller runs at most 3 (--max-nodes)"
+    capped.launch_gang(Launch(1, "a", 1, task(extra="nodes: 2"), "t"))
+    assert capped.capacity() == {"nodes": 1}
+
+
+class ClusterServer(ReportServer):
+    """The controller's node endpoints for a cluster node: 409 on inputs/cluster until `ready` asks."""
+
+    def __init__(self, ready_after: int = 1):
+        super().__init__()
+        self.asked = 0
+        outer = self
+        handler = self.httpd.RequestHandlerClass
+
+        def do_GET(req):
+            outer.asked += 1
+            body = b"export DSTACK_MASTER_NODE_IP=10.0.0.7\nexport DSTACK_NODES_IPS='10.0.0.7\n10.0.0.8'\n"
+            ready = outer.asked > ready_after and req.path.endswith("/inputs/cluster")
+            req.send_response(200 if ready else 409)
+            req.send_header("Content-Length", str(len(body) if ready else 0))
+            req.end_headers()
+            if ready:
+                req.wfile.write(body)
+
+        handler.do_GET = do_GET
+
+
+@pytest.mark.parametrize("client", ["curl", "python3"])
+def test_a_cluster_node_waits_for_its_nodes_addresses_then_runs_and_reports_its_rank(tmp_path, client):
+    spec = spec_of("type: task\nnodes: 2\ncommands: ['env > env.txt']\n")
+    launch = Launch(41, "r", 2, spec, "tok-41", rank=1)
+    path = None if client == "curl" else _bin_without_curl(tmp_path)
+    with ClusterServer(ready_after=2) as server:
+        script = user_data(launch, server.url, gpus_per_node=4)
+        env = {"GITOPSQ_CLUSTER_BACKOFF": "0", "GITOPSQ_DOWNLOAD_BACKOFF": "0"}
+        done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60,
+                              env={"PATH": path or os.environ["PATH"], "HOME": str(tmp_path), "GITOPSQ_NO_POWEROFF": "1",
+                                   "GITOPSQ_WORKDIR": str(tmp_path / "node"), "GITOPSQ_REPORT_BACKOFF": "0", **env})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("waiting for the other nodes") == 2
+    seen = dict(line.split("=", 1) for line in (tmp_path / "node" / "work" / "env.txt").read_text().splitlines() if "=" in line)
+    assert (seen["DSTACK_NODE_RANK"], seen["DSTACK_NODES_NUM"], seen["DSTACK_MASTER_NODE_IP"]) == ("1", "2", "10.0.0.7")
+    assert (seen["DSTACK_GPUS_PER_NODE"], seen["DSTACK_GPUS_NUM"]) == ("4", "8")
+    assert server.posts == [("/api/submissions/41/report", "application/json", {"token": "tok-41", "rank": 1, "exit_code": 0})]
+
+
+def test_a_single_cloud_node_is_its_own_master(tmp_path):
+    spec = spec_of("type: task\ncommands: ['env > env.txt']\n")
+    with ReportServer() as server:
+        done = _run_user_data(user_data(Launch(5, "r", 1, spec, "tok"), server.url), tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    seen = (tmp_path / "node" / "work" / "env.txt").read_text()
+    assert "DSTACK_NODES_NUM=1\n" in seen and "DSTACK_NODE_RANK=0\n" in seen and "DSTACK_MASTER_NODE_IP=" in seen

@@ -38,6 +38,7 @@ SAMPLES = {
     "spot_policy": ("spot_policy: auto", "spot_policy: spot"),
     "max_price": ("max_price: 5", None),
     "volumes": ("volumes: [{instance_path: /tmp/gitopsq-probe, path: data}]", "volumes: ['/tmp/gitopsq-probe:/data']"),
+    "nodes": ("nodes: 2", "nodes: 3"),  # the local fixture has 2 slots
 }
 
 
@@ -116,6 +117,8 @@ def test_ec2_runs_do_what_the_table_says(cloud, field):
         refused = None
     if field in ("resources.disk",):
         refused = None  # any root volume size can be asked for
+    if field == "nodes":
+        refused = None  # without --max-nodes: as many as the cloud gives (see test_cloud_provider)
     assert verdict(field, EC2) in ("honoured", "checked")
     if fits is not None:
         assert cloud.unsatisfiable(spec_of(fits)) is None, field

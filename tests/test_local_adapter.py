@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 from gitopsq.providers.base import Launch, run_env, run_script
 from gitopsq.providers.local import LocalNodeDriver
@@ -35,7 +36,8 @@ def test_env_carries_run_and_submission():
     s = spec("type: task\ncommands: [x]\nenv: {A: '1'}\n")
     env = run_env(s, Launch(7, "x", 2, s, "tok"))
     assert env == {"A": "1", "GITOPSQ_RUN": "x", "GITOPSQ_SUBMISSION": "2", "GITOPSQ_SUBMISSION_ID": "7",
-                   "DSTACK_RUN_NAME": "x"}
+                   "DSTACK_RUN_NAME": "x", "DSTACK_NODES_NUM": "1", "DSTACK_NODE_RANK": "0",
+                   "DSTACK_GPUS_PER_NODE": "0", "DSTACK_GPUS_NUM": "0"}
     assert "tok" not in env.values()
 
 
@@ -72,3 +74,32 @@ def test_image_without_commands_runs_the_images_own_command(tmp_path):
     script.write_text("set -e\necho hi\n")
     cmd = LocalNodeDriver._command("n1", script, tmp_path, {"PATH": "/usr/bin"}, {}, "nginx", "docker", [])
     assert cmd[-3:] == ["nginx", "bash", "/gitopsq/script.sh"]
+
+
+def test_each_node_of_a_cluster_run_gets_dstacks_variables(tmp_path):
+    adapter = LocalAdapter(LocalNodeDriver(tmp_path / "nodes", slots=4, gpus=4))
+    s = spec("type: task\ncommands: [x]\nnodes: 2\nresources: {gpu: 2}\n")
+    tree = tmp_path / "staging" / "t1"
+    (tree / "src").mkdir(parents=True)
+    (tree / "src" / "train.py").write_text("print(1)\n")
+    launch = Launch(7, "x", 2, s, "tok", tree=tree)
+    args = {rank: adapter.create_args(launch.for_rank(rank), {}) for rank in (1, 0)}
+    for rank, made in args.items():
+        assert made["ex_env"]["DSTACK_NODE_RANK"] == str(rank) and made["ex_gpus"] == 2
+        assert {k: v for k, v in made["ex_env"].items() if k.startswith("DSTACK_") and k != "DSTACK_NODE_RANK"} == {
+            "DSTACK_RUN_NAME": "x", "DSTACK_NODES_NUM": "2", "DSTACK_GPUS_PER_NODE": "2", "DSTACK_GPUS_NUM": "4",
+            "DSTACK_MASTER_NODE_IP": "127.0.0.1", "DSTACK_NODES_IPS": "127.0.0.1\n127.0.0.1"}
+        assert made["name"] == f"gq-x-7-{rank}"
+    # the master takes the staged tree; the other node a copy of its own
+    assert args[0]["ex_tree"] == str(tree) and args[1]["ex_tree"] != str(tree)
+    assert (Path(args[1]["ex_tree"]) / "src" / "train.py").read_text() == "print(1)\n"
+
+
+def test_a_cluster_run_must_fit_on_this_machine_all_at_once(tmp_path):
+    adapter = LocalAdapter(LocalNodeDriver(tmp_path / "nodes", slots=3, gpus=4))
+    assert adapter.demand(spec("type: task\ncommands: [x]\nnodes: 3\nresources: {gpu: 1}\n")) == {"slots": 3, "gpus": 3}
+    assert adapter.unsatisfiable(spec("type: task\ncommands: [x]\nnodes: 3\n")) is None
+    assert adapter.unsatisfiable(spec("type: task\ncommands: [x]\nnodes: 4\n")).startswith(
+        "nodes: needs 4 slots at once (one per node); this machine has 3")
+    assert adapter.unsatisfiable(spec("type: task\ncommands: [x]\nnodes: 3\nresources: {gpu: 2}\n")).startswith(
+        "nodes: needs 6 GPUs at once (2 on each of 3 nodes); this machine has 4")

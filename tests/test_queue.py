@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -10,10 +12,15 @@ from gitopsq.queue import (
     NO_CAPACITY,
     RETRY_LIMIT_EXCEEDED,
     Decision,
+    Tick,
     Waiting,
     admit,
     backoff_delay,
+    cron_problem,
+    due_tick,
     fits,
+    last_tick,
+    next_tick,
     queue_order,
     retry_after_end,
 )
@@ -357,3 +364,190 @@ def test_freed_capacity_does_not_cut_short_an_error_backoff():
     failing = w(1, priority=90, next_try_at=NOW + 15, last_attempt_at=NOW - 1, wakes_on_free=False)
     d = admit([failing], {"slots": 1}, NOW, capacity_freed_at=NOW - 0.5)
     assert d.launch == () and d.wait == (1,) and d.next_check_at == NOW + 15
+
+
+# --- gangs (nodes: N): all or nothing, freed capacity set aside for them ------------------------
+
+
+def gang(sid, nodes, priority=50, demand=None, **kw):
+    return w(sid, priority=priority, demand=demand or {"slots": nodes}, nodes=nodes, **kw)
+
+
+def test_a_gang_that_fits_launches_whole():
+    d = admit([gang(1, 3), w(2, priority=10)], {"slots": 4}, NOW)
+    assert d.launch == (1, 2) and d.reserved == {}
+
+
+def test_a_waiting_gang_keeps_freed_slots_from_smaller_runs_behind_it():
+    runs = [gang(1, 3, priority=50), w(2, priority=10), w(3, priority=10, queued_at=1)]
+    d = admit(runs, {"slots": 2}, NOW)
+    assert d == Decision(launch=(), fail=(), wait=(1, 2, 3), next_check_at=None, reserved={"slots": 2})
+    assert admit(runs, {"slots": 3}, NOW).launch == (1,)
+
+
+def test_runs_ahead_of_a_waiting_gang_are_not_held_back():
+    d = admit([w(1, priority=90), gang(2, 3, priority=50), w(3, priority=10)], {"slots": 2}, NOW)
+    assert d.launch == (1,) and d.wait == (2, 3) and d.reserved == {"slots": 1}
+
+
+def test_runs_behind_a_gang_backfill_what_it_does_not_need():
+    # It waits for GPUs; its slots are set aside, the third is free for a CPU-only run.
+    waiting = gang(1, 2, demand={"slots": 2, "gpus": 4})
+    d = admit([waiting, w(2, priority=10, demand={"slots": 1, "gpus": 0}),
+               w(3, priority=5, demand={"slots": 1, "gpus": 1})], {"slots": 3, "gpus": 2}, NOW)
+    assert d.launch == (2,) and d.wait == (1, 3) and d.reserved == {"slots": 2, "gpus": 2}
+
+
+def test_a_second_gang_uses_only_what_the_first_leaves():
+    first, second = gang(1, 4, priority=50), gang(2, 2, priority=40)
+    assert admit([first, second, w(3, priority=10)], {"slots": 3}, NOW).launch == ()
+    d = admit([first, second], {"slots": 6}, NOW)
+    assert d.launch == (1, 2)
+    d = admit([gang(1, 4, demand={"slots": 4, "gpus": 1}), second], {"slots": 6, "gpus": 0}, NOW)
+    assert d.launch == (2,) and d.reserved == {"slots": 4}  # the first waits for a GPU, the second fits beside it
+
+
+@pytest.mark.parametrize("kw, outcome", [
+    ({"retry": False}, "fail"),  # no retry on no-capacity: fails, sets nothing aside
+    ({"next_try_at": NOW + 30, "last_attempt_at": NOW - 1}, "wait"),  # backing off: sets nothing aside
+    ({"deadline": NOW}, "fail"),
+])
+def test_a_gang_sets_capacity_aside_only_while_it_really_waits(kw, outcome):
+    d = admit([gang(1, 3, **kw), w(2, priority=10)], {"slots": 2}, NOW)
+    assert d.launch == (2,) and d.reserved == {}
+    assert (1 in d.wait) == (outcome == "wait")
+
+
+def test_unknown_resources_are_never_set_aside():
+    d = admit([gang(1, 3, demand={"nodes": 3}), w(2, priority=10, demand={"nodes": 1})], {}, NOW)
+    assert d.launch == (1, 2)
+
+
+RESOURCES_G = ("slots", "gpus")
+
+
+@st.composite
+def mixed_queues(draw):
+    n = draw(st.integers(0, 10))
+    ids = draw(st.lists(st.integers(1, 10_000), min_size=n, max_size=n, unique=True))
+    out = []
+    for sid in ids:
+        nodes = draw(st.sampled_from([1, 1, 2, 3, 4]))
+        per = draw(st.dictionaries(st.sampled_from(RESOURCES_G), st.integers(0, 2), max_size=2))
+        out.append(Waiting(sid, f"run-{sid}", draw(st.integers(0, 100)), draw(st.floats(0, NOW)),
+                           {k: v * nodes for k, v in per.items()}, draw(st.booleans()),
+                           deadline=draw(maybe_time), next_try_at=draw(st.one_of(st.none(), st.just(NOW + 10))),
+                           nodes=nodes))
+    return out
+
+
+@settings(max_examples=400)
+@given(items=mixed_queues(), capacity=st.dictionaries(st.sampled_from(RESOURCES_G), st.integers(0, 8), max_size=2))
+def test_with_gangs_every_id_once_and_capacity_never_exceeded(items, capacity):
+    d = admit(items, capacity, NOW)
+    out = list(d.launch) + [sid for sid, _ in d.fail] + list(d.wait)
+    assert sorted(out) == sorted(x.submission_id for x in items)
+    for resource, free in capacity.items():
+        assert _used(items, set(d.launch), resource) + d.reserved.get(resource, 0) <= free
+
+
+@settings(max_examples=400)
+@given(items=mixed_queues(), capacity=st.dictionaries(st.sampled_from(RESOURCES_G), st.integers(0, 8), max_size=2))
+def test_nothing_behind_a_waiting_gang_takes_what_it_needs(items, capacity):
+    # The first gang that waits for room: whatever launched behind it fits in what was free at
+    # its turn less its whole demand, so nothing behind it can delay it.
+    d = admit(items, capacity, NOW)
+    ordered = queue_order(items)
+    launched = set(d.launch)
+    for i, g in enumerate(ordered):
+        if g.gang and g.submission_id in d.wait and g.next_try_at is None:
+            ahead = {y.submission_id for y in ordered[:i]} & launched
+            behind = {y.submission_id for y in ordered[i + 1:]} & launched
+            for r, total in capacity.items():
+                at_its_turn = total - _used(items, ahead, r)
+                assert _used(items, behind, r) <= at_its_turn - min(at_its_turn, g.demand.get(r, 0))
+            break
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), slots=st.integers(2, 6))
+def test_a_gang_at_the_head_starts_once_the_capacity_it_needs_is_freed(data, slots):
+    """Under any arrival of smaller, lower-priority runs, a gang at the head of the queue starts at
+    the first step at which the runs that held the machine when it began to wait have freed what
+    it needs: no run started after it began to wait ever delays it."""
+    size = data.draw(st.integers(2, slots), label="gang nodes")
+    holding = data.draw(st.lists(st.integers(1, 20), max_size=slots), label="end times of the runs already running")
+    running = {1000 + i: end for i, end in enumerate(holding)}  # submission id -> step at which it ends
+    bound = next(t for t in range(0, 22) if slots - sum(1 for end in running.values() if end > t) >= size)
+    waiting = [gang(1, size, priority=50, queued_at=0.0)]
+    next_id, started = 2, None
+    for t in range(0, 25):
+        running = {sid: end for sid, end in running.items() if end > t}
+        for _ in range(data.draw(st.integers(0, 3), label=f"arrivals at {t}")):
+            waiting.append(w(next_id, priority=data.draw(st.integers(0, 49)), queued_at=float(t)))
+            next_id += 1
+        d = admit(waiting, {"slots": slots - len(running)}, float(t))
+        for sid in d.launch:
+            if sid == 1:
+                started = t
+            running[sid] = t + data.draw(st.integers(1, 5), label="duration")
+        waiting = [x for x in waiting if x.submission_id in d.wait]
+        if started is not None:
+            break
+    assert started == bound
+
+
+# --- schedules -----------------------------------------------------------------------------------
+
+def utc(*args) -> float:
+    return dt.datetime(*args, tzinfo=dt.timezone.utc).timestamp()
+
+
+@pytest.mark.parametrize("crons, after, expected", [
+    (["0 3 * * *"], utc(2024, 1, 1, 2, 59), utc(2024, 1, 1, 3, 0)),
+    (["0 3 * * *"], utc(2024, 1, 1, 3, 0), utc(2024, 1, 2, 3, 0)),  # strictly after
+    (["0 3 * * *", "30 1 * * *"], utc(2024, 1, 1, 0, 0), utc(2024, 1, 1, 1, 30)),  # the earliest of a list
+    (["0 8 * * mon-fri"], utc(2024, 1, 5, 9, 0), utc(2024, 1, 8, 8, 0)),  # Friday 9:00 -> Monday
+    (["* * * * *"], utc(2024, 1, 1, 0, 0) + 0.5, utc(2024, 1, 1, 0, 1)),
+])
+def test_next_tick(crons, after, expected):
+    assert next_tick(crons, after) == expected
+
+
+@pytest.mark.parametrize("now, active, expected", [
+    (utc(2024, 1, 1, 2, 59, 59), False, None),  # not yet
+    (utc(2024, 1, 1, 3, 0), False, Tick(utc(2024, 1, 1, 3, 0), "submit", None, utc(2024, 1, 2, 3, 0))),
+    (utc(2024, 1, 1, 3, 0, 2), True, Tick(utc(2024, 1, 1, 3, 0), "skip", None, utc(2024, 1, 2, 3, 0))),
+    # down for three days: one decision for the latest tick, saying since when ticks were missed
+    (utc(2024, 1, 4, 4, 0), False, Tick(utc(2024, 1, 4, 3, 0), "submit", utc(2024, 1, 1, 3, 0), utc(2024, 1, 5, 3, 0))),
+])
+def test_due_tick(now, active, expected):
+    assert due_tick(["0 3 * * *"], utc(2024, 1, 1, 3, 0), now, active) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(start=st.floats(utc(2020, 1, 1), utc(2030, 1, 1)), late=st.floats(0, 10 * 86400),
+       crons=st.lists(st.sampled_from(["* * * * *", "*/7 * * * *", "0 3 * * *", "15 23 * * mon-fri", "0 0 1 * *"]),
+                      min_size=1, max_size=3))
+def test_ticks_are_ordered_and_one_decision_covers_every_missed_tick(start, late, crons):
+    first = next_tick(crons, start)
+    assert first > start and last_tick(crons, first) == first
+    now = first + late
+    tick = due_tick(crons, first, now, active=False)
+    assert tick.action == "submit" and first <= tick.at <= now < tick.next_at
+    assert last_tick(crons, now) == tick.at  # the latest due tick, never a later or an earlier one
+    assert (tick.missed_since is None) == (tick.at == first)
+
+
+@pytest.mark.parametrize("expr", ["0 3 * * *", "*/15 8-18 * * mon-fri", "0 0 1,15 * *", "0 12 * jan,jul sun", "0 0 L * *"])
+def test_cron_expressions_cron_accepts(expr):
+    assert cron_problem(expr) is None
+
+
+@pytest.mark.parametrize("expr, says", [
+    ("61 * * * *", "bad minute"), ("* 24 * * *", "bad hour"), ("* * 32 * *", "bad day-of-month"),
+    ("* * * 13 *", "bad month"), ("* * * * funday", "bad day-of-week"), ("@daily", "1 field(s)"),
+    ("0 0 3 * * *", "6 field(s)"),
+])
+def test_cron_expressions_cron_refuses(expr, says):
+    assert says in cron_problem(expr)

@@ -151,3 +151,34 @@ def test_a_nul_byte_in_a_value_is_refused_at_validation(text, field, line):
     problem = caught.value.problems[0]
     assert (problem.field, problem.line) == (field, line)
     assert "NUL" in problem.message
+
+
+def test_nodes_and_schedule():
+    spec = parse("type: task\ncommands: [x]\nnodes: 3\nschedule:\n  cron: '0  3 * * *'\n")
+    assert (spec.nodes, spec.schedule) == (3, ("0 3 * * *",))
+    listed = parse("type: task\ncommands: [x]\nschedule: {cron: ['0 3 * * *', '*/15 8-18 * * mon-fri']}\n")
+    assert (listed.nodes, listed.schedule) == (1, ("0 3 * * *", "*/15 8-18 * * mon-fri"))
+    assert RunSpec.from_dict(listed.to_dict()) == listed
+    # specs stored before these fields existed read as one node, no schedule
+    old = {k: v for k, v in spec.to_dict().items() if k not in ("nodes", "schedule")}
+    assert (RunSpec.from_dict(old).nodes, RunSpec.from_dict(old).schedule) == (1, ())
+
+
+@pytest.mark.parametrize("kind", ["service", "dev-environment"])
+def test_schedule_applies_to_every_run_type(kind):
+    body = {"service": "port: 80\ncommands: [x]\n", "dev-environment": "ide: vscode\n"}[kind]
+    assert parse(f"type: {kind}\n{body}schedule: {{cron: '0 8 * * mon-fri'}}\n").schedule == ("0 8 * * mon-fri",)
+
+
+@pytest.mark.parametrize("cron, field, message", [
+    ("'61 * * * *'", "schedule.cron", "'61 * * * *' is not a cron expression: bad minute"),
+    ("'* * *'", "schedule.cron", "it has 3 field(s), cron has 5"),
+    ("['0 3 * * *', '0 3 * * 9']", "schedule.cron[1]", "bad day-of-week"),
+    ("[]", "schedule.cron", "must list at least one cron expression"),
+    ("5", "schedule.cron", "5 is not a cron expression or a list of them"),
+])
+def test_invalid_cron_names_the_field(cron, field, message):
+    with pytest.raises(SpecError) as caught:
+        parse(f"type: task\ncommands: [x]\nschedule:\n  cron: {cron}\n")
+    [problem] = caught.value.problems
+    assert (problem.line, problem.field) == (4, field) and message in problem.message, problem

@@ -190,7 +190,8 @@ def test_openapi_lists_every_endpoint_with_models(server):
         "/api/submissions/{submission_id}/report": {"post"}, "/api/webhook": {"post"}, "/healthz": {"get"},
         "/metrics": {"get"}, "/": {"get"}, "/runs/{name}": {"get"},
         "/api/secrets": {"get"}, "/api/secrets/{name}": {"put", "delete"}, "/login": {"post"}, "/logout": {"post"},
-        "/api/submissions/{submission_id}/inputs/env": {"get"}, "/api/submissions/{submission_id}/inputs/tree": {"get"},
+        "/api/submissions/{submission_id}/inputs/env": {"get"}, "/api/submissions/{submission_id}/inputs/cluster": {"get"},
+        "/api/submissions/{submission_id}/inputs/tree": {"get"},
         "/api/runs/{name}/stop": {"post"}, "/api/runs/{name}/rerun": {"post"}, "/runs/{name}/stop": {"post"},
         "/runs/{name}/rerun": {"post"}, "/api/state": {"post"},
     }

@@ -9,7 +9,9 @@ have one; neither is a second code path for the controller.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import logging
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +20,11 @@ from typing import Mapping, Protocol
 from gitopsq.inputs import secret_names, substitute
 from gitopsq.spec import RunSpec
 
+log = logging.getLogger("gitopsq.providers")
 TAG_CONTROLLER = "gitopsq-controller"
 TAG_RUN = "gitopsq-run"
 TAG_SUBMISSION = "gitopsq-submission"
+TAG_RANK = "gitopsq-rank"  # the node's rank in a cluster run (nodes: N); absent on a single node
 
 # Error kinds, each handled one way by the controller.
 CAPACITY = "capacity"  # no room now: queue per retry policy
@@ -75,6 +79,10 @@ class Launch:
     # (staged source, path as written) of what the tree puts outside the working directory
     # (/x, ~/x, ../x): for a provider whose runs have a filesystem of their own.
     tree_outside: tuple[tuple[str, str], ...] = ()
+    rank: int = 0  # which node of a cluster run (spec.nodes > 1) this is; the master is 0
+
+    def for_rank(self, rank: int) -> "Launch":
+        return dataclasses.replace(self, rank=rank)
 
 
 @dataclass(frozen=True)
@@ -89,6 +97,8 @@ class NodeStatus:
     started_at: float | None = None  # when the node started, if the provider knows (epoch seconds)
     finished_at: float | None = None  # when it ended, if the provider knows: the run's end, not when it was noticed
     workdir: str | None = None  # the run's working directory on this machine, where the provider keeps one
+    rank: int = 0  # its rank in a cluster run (0 for a single node)
+    ip: str | None = None  # the address the other nodes of its run reach it at, when known
 
 
 class Provider(Protocol):
@@ -99,6 +109,7 @@ class Provider(Protocol):
     def capacity(self) -> dict[str, int]: ...
     def unsatisfiable(self, spec: RunSpec) -> str | None: ...
     def launch(self, launch: Launch) -> NodeStatus: ...
+    def launch_gang(self, launch: Launch) -> list[NodeStatus]: ...  # every node of a cluster run, or none
     def nodes(self) -> list[NodeStatus]: ...
     def stop(self, node_id: str) -> None: ...
 
@@ -134,6 +145,21 @@ def run_env(spec: RunSpec, launch: Launch, with_secrets: bool = True) -> dict[st
         env.setdefault("GITOPSQ_COMMIT", launch.commit)
     env.update(GITOPSQ_RUN=launch.run, GITOPSQ_SUBMISSION=str(launch.number), GITOPSQ_SUBMISSION_ID=str(launch.submission_id),
                DSTACK_RUN_NAME=launch.run)
+    env.update(cluster_env(spec.nodes, launch.rank, spec.resources.gpu_count))
+    return env
+
+
+def cluster_env(nodes: int, rank: int, gpus_per_node: int, master_ip: str | None = None,
+                ips: list[str] | None = None) -> dict[str, str]:
+    """dstack's variables for a node of a run of `nodes` nodes (1 for a single node), so that
+    `torchrun --nnodes=$DSTACK_NODES_NUM --node-rank=$DSTACK_NODE_RANK --master-addr=$DSTACK_MASTER_NODE_IP`
+    works unchanged. The addresses when known (a cloud node downloads them once all exist)."""
+    env = {"DSTACK_NODES_NUM": str(nodes), "DSTACK_NODE_RANK": str(rank), "DSTACK_GPUS_PER_NODE": str(gpus_per_node),
+           "DSTACK_GPUS_NUM": str(gpus_per_node * nodes)}
+    if master_ip is not None:
+        env["DSTACK_MASTER_NODE_IP"] = master_ip
+    if ips is not None:
+        env["DSTACK_NODES_IPS"] = "\n".join(ips)
     return env
 
 
@@ -203,7 +229,10 @@ class LibcloudProvider:
         return self.adapter.unsatisfiable(spec)
 
     def tags(self, launch: Launch) -> dict[str, str]:
-        return {TAG_CONTROLLER: self.controller_id, TAG_RUN: launch.run, TAG_SUBMISSION: str(launch.submission_id)}
+        tags = {TAG_CONTROLLER: self.controller_id, TAG_RUN: launch.run, TAG_SUBMISSION: str(launch.submission_id)}
+        if launch.spec.nodes > 1:
+            tags[TAG_RANK] = str(launch.rank)
+        return tags
 
     def launch(self, launch: Launch) -> NodeStatus:
         try:
@@ -213,6 +242,30 @@ class LibcloudProvider:
         except Exception as exc:  # every driver failure becomes one of the kinds, in one place
             raise self.adapter.classify(exc) from exc
         return self._status(node)
+
+    def launch_gang(self, launch: Launch) -> list[NodeStatus]:
+        """Every node of a cluster run (spec.nodes > 1), or none: when one cannot be created, those
+        already made are destroyed before the error is raised. Created from the last rank to the
+        master, so that the master, made last, takes what is handed over once (the working tree)."""
+        made = []
+        try:
+            for rank in reversed(range(launch.spec.nodes)):
+                one = launch.for_rank(rank)
+                made.append(self.driver.create_node(**self.adapter.create_args(one, self.tags(one))))
+        except Exception as exc:
+            self._undo(made)
+            if isinstance(exc, ProviderError):
+                raise
+            raise self.adapter.classify(exc) from exc
+        return sorted((self._status(node) for node in made), key=lambda n: n.rank)
+
+    def _undo(self, made: list) -> None:
+        """Destroy the nodes of a gang that could not be made whole (never leave part of it)."""
+        for node in made:
+            try:
+                self.driver.destroy_node(node)
+            except Exception as exc:  # listed as a node of no active submission: the next step destroys it
+                log.warning("could not destroy node %s of an incomplete cluster run: %s", node.id, exc)
 
     def nodes(self) -> list[NodeStatus]:
         try:
@@ -237,11 +290,14 @@ class LibcloudProvider:
     def _status(self, node) -> NodeStatus:
         tags = _tags_of(node)
         sub = tags.get(TAG_SUBMISSION)
+        rank = tags.get(TAG_RANK, "0")
         running, exit_code, lost, log = self.adapter.exit_code(node)
         extra = node.extra or {}
+        ips = [*(node.private_ips or ()), *(node.public_ips or ())]
         return NodeStatus(node.id, int(sub) if sub and sub.isdigit() else None, tags.get(TAG_RUN), running, exit_code, lost, log,
                           started_at=_epoch(extra.get("started_at")), finished_at=_epoch(extra.get("finished_at")),
-                          workdir=extra.get("workdir") if isinstance(extra.get("workdir"), str) else None)
+                          workdir=extra.get("workdir") if isinstance(extra.get("workdir"), str) else None,
+                          rank=int(rank) if rank.isdigit() else 0, ip=ips[0] if ips else None)
 
 
 def _tags_of(node) -> dict[str, str]:

@@ -23,6 +23,7 @@ never from options, and they are never logged.
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 import os
 import re
@@ -50,6 +51,8 @@ from gitopsq.providers.base import (
 from gitopsq.providers.cloud_node import container_image, user_data
 from gitopsq.spec import Gpu, Range, Resources, RunSpec
 from gitopsq.workspace import WorkspaceError, archive
+
+log = logging.getLogger("gitopsq.providers.cloud")
 
 __all__ = [
     "CloudAdapter",
@@ -243,6 +246,8 @@ class CloudAdapter:
         self.location = location
         self._sizes: list[NodeSize] | None = None
         self._image: NodeImage | None = None
+        self._packed: tuple[int, int] | None = None  # the launch whose tree was packed last
+        self._group: str | None | bool = False  # the cluster placement group: False until asked for
         # Only arguments create_node names: a driver taking **kwargs may drop what it does not know.
         self._accepts = set(inspect.signature(driver.create_node).parameters)
 
@@ -256,7 +261,7 @@ class CloudAdapter:
     # --- what runs need -------------------------------------------------------------------------
 
     def demand(self, spec: RunSpec) -> dict[str, int]:
-        return {"nodes": 1}
+        return {"nodes": spec.nodes}
 
     def capacity(self, owned_running: int) -> dict[str, int]:
         return {"nodes": self.max_nodes - owned_running} if self.max_nodes else {}
@@ -288,6 +293,8 @@ class CloudAdapter:
                 if path.startswith("~"):
                     return (f"{field}: {path!r}: the home of the image's user is not known to the {self.name} provider; "
                             f"use an absolute path")
+        if self.max_nodes and spec.nodes > self.max_nodes:
+            return f"nodes: needs {spec.nodes} nodes at once; this controller runs at most {self.max_nodes} (--max-nodes)"
         if spec.spot_policy == "spot" and not self._takes("ex_spot"):
             return f"spot_policy: the {self.name} driver cannot request spot instances; use on-demand or auto"
         try:
@@ -321,10 +328,13 @@ class CloudAdapter:
         if size is None:
             raise ProviderError(UNSATISFIABLE, "no-size", why)
         image = self.image()
-        args = dict(self.create_extra, name=f"gq-{launch.run}-{launch.submission_id}", size=size, image=image)
-        if launch.tree is not None:
-            self.pack(launch)
-        script = user_data(launch, self.public_url)
+        gang = spec.nodes > 1
+        name = f"gq-{launch.run}-{launch.submission_id}" + (f"-{launch.rank}" if gang else "")
+        args = dict(self.create_extra, name=name, size=size, image=image)
+        if launch.tree is not None and self._packed != (launch.submission_id, launch.attempt):
+            self.pack(launch)  # once for all the nodes of a cluster run: they download the same tree
+            self._packed = (launch.submission_id, launch.attempt)
+        script = user_data(launch, self.public_url, gpus_per_node=size_info(size).gpu_count)
         if self._takes("ex_userdata"):
             args["ex_userdata"] = script
         elif self._takes("ex_user_data"):
@@ -335,7 +345,8 @@ class CloudAdapter:
             args["ex_metadata"] = dict(tags)
         if self._takes("ex_clienttoken"):
             # Idempotent create: after a crash the same attempt returns the instance already made.
-            args["ex_clienttoken"] = f"gq-{self.controller_id}-{launch.submission_id}-{launch.attempt}"
+            args["ex_clienttoken"] = f"gq-{self.controller_id}-{launch.submission_id}-{launch.attempt}" + (
+                f"-r{launch.rank}" if gang else "")
         if self._takes("ex_terminate_on_shutdown"):
             args["ex_terminate_on_shutdown"] = True  # the script's power-off ends the node's costs too
         if spec.spot_policy == "spot":
@@ -344,12 +355,32 @@ class CloudAdapter:
                 args["ex_spot_max_price"] = spec.max_price
         if self.location and self._takes("location"):
             args["location"] = next((loc for loc in self.driver.list_locations() if self.location in (loc.id, loc.name)), None)
+        group = self.placement_group(size) if gang else None
+        if group:
+            args["ex_placement_group"] = group
         if self.is_ec2:
             disk = spec.resources.disk or DEFAULT_DISK
             root = (image.extra or {}).get("root_device_name") or "/dev/xvda"
             args["ex_blockdevicemappings"] = [{"DeviceName": root, "Ebs": {
                 "VolumeSize": int(math.ceil(disk.min or DEFAULT_DISK.min)), "VolumeType": "gp3", "DeleteOnTermination": "true"}}]
         return args
+
+    def placement_group(self, size: NodeSize) -> str | None:
+        """The cluster placement group of this controller's cluster runs (EC2 packs their instances
+        close together on a low-latency network), made on first use; None for an instance type that
+        cannot be in one (burstable t*, mac), or when it cannot be made (then runs go without)."""
+        if not self.is_ec2 or str(size.id).split(".")[0].startswith(("t2", "t3", "t4", "mac")):
+            return None
+        if self._group is False:
+            name = f"gq-{self.controller_id}-cluster"
+            try:
+                if name not in {group.name for group in self.driver.ex_list_placement_groups()}:
+                    self.driver.ex_create_placement_group(name)
+                self._group = name
+            except Exception as exc:
+                log.warning("ec2: cluster runs go without a placement group: cannot make %s: %s", name, exc)
+                self._group = None
+        return self._group or None
 
     def pack(self, launch: Launch) -> Path:
         """The launch's tree as one private file its node downloads (GET .../inputs/tree); replaced

@@ -13,7 +13,7 @@ import math
 import shlex
 from pathlib import Path
 
-from gitopsq.providers.base import Launch, image_registry, run_env, run_script, secret_env_names
+from gitopsq.providers.base import Launch, cluster_env, image_registry, run_env, run_script, secret_env_names
 from gitopsq.providers.volumes import container_path
 from gitopsq.spec import RunSpec
 from gitopsq.workspace import outside_dir
@@ -32,7 +32,7 @@ def container_image(spec: RunSpec) -> str | None:
     return f"python:{spec.python}" if spec.python else None
 
 
-def user_data(launch: Launch, public_url: str) -> str:
+def user_data(launch: Launch, public_url: str, gpus_per_node: int | None = None) -> str:
     """The cloud-init script of one node: fetch the run's inputs, run the commands, report the
     exit code, power off.
 
@@ -56,22 +56,34 @@ def user_data(launch: Launch, public_url: str) -> str:
     python3, retried; then `shutdown -h now`, unless GITOPSQ_NO_POWEROFF=1. GITOPSQ_WORKDIR
     (default /var/lib/gitopsq), GITOPSQ_REPORT_BACKOFF (seconds, default 5) and
     GITOPSQ_DOWNLOAD_BACKOFF exist so the script can be exercised off a cloud node.
+
+    dstack's cluster variables (DSTACK_NODES_NUM, DSTACK_NODE_RANK, DSTACK_GPUS_PER_NODE: the
+    `gpus_per_node` of its size, ...) are in the env; a single node is its own master
+    (DSTACK_MASTER_NODE_IP: its first address). A node of a cluster run (`nodes: N`) cannot know
+    the others' addresses when it is created: it downloads them (GET .../inputs/cluster, export
+    lines of DSTACK_MASTER_NODE_IP and DSTACK_NODES_IPS), which the controller serves once every
+    node exists, waiting for them up to GITOPSQ_CLUSTER_TRIES times GITOPSQ_CLUSTER_BACKOFF seconds
+    (60 x 5 by default); and it reports with its rank.
     """
     spec = launch.spec
     env = run_env(spec, launch, with_secrets=False)
+    if gpus_per_node is not None:
+        env.update(cluster_env(spec.nodes, launch.rank, gpus_per_node))
     downloaded = secret_env_names(spec)
     login = bool(spec.registry_auth) and container_image(spec) is not None
     exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())  # names: the schema's pattern
     submission = f"{public_url.rstrip('/')}/api/submissions/{launch.submission_id}"
     url = f"{submission}/report"
-    body_head = json.dumps({"token": launch.token})[:-1] + ', "exit_code": '
+    report = {"token": launch.token, **({"rank": launch.rank} if spec.nodes > 1 else {})}
+    body_head = json.dumps(report)[:-1] + ', "exit_code": '
     image = container_image(spec)
     outside = _outside_entries(launch)
     if image:
         gpus = "--gpus all " if spec.resources.gpu_count else ""
         if spec.resources.shm_size is not None:
             gpus += f"--shm-size {int(math.ceil(spec.resources.shm_size * 1024))}m "
-        env_flags = " ".join(f"-e {k}" for k in dict.fromkeys(["PYTHONUNBUFFERED", *env, *downloaded]))
+        addresses = ["DSTACK_MASTER_NODE_IP", "DSTACK_NODES_IPS"]
+        env_flags = " ".join(f"-e {k}" for k in dict.fromkeys(["PYTHONUNBUFFERED", *env, *addresses, *downloaded]))
         mounts = "".join(f'-v "$GITOPSQ_DIR/bundle/"{shlex.quote(f"{member}:{container_path(dst)}:ro")} '
                          for member, dst in outside)
         mounts += "".join(f"-v {shlex.quote(f'{v.instance_path}:{container_path(v.path)}')} " for v in _volumes(spec))
@@ -83,6 +95,7 @@ def user_data(launch: Launch, public_url: str) -> str:
     else:
         run = _volume_links(spec) + 'exec bash "$GITOPSQ_DIR/script.sh"'
     fetch = _fetch_inputs(launch, bool(downloaded) or login, outside, in_container=bool(image))
+    fetch = _addresses(spec) + fetch
     return f"""#!/bin/bash
 # gitopsq node: run {launch.run}, submission {launch.number} (id {launch.submission_id})
 GITOPSQ_DIR="${{GITOPSQ_WORKDIR:-/var/lib/gitopsq}}"
@@ -91,7 +104,7 @@ echo {_b64(run_script(spec))} | base64 -d > "$GITOPSQ_DIR/script.sh"
 echo {_b64(exports)} | base64 -d > "$GITOPSQ_DIR/env.sh"
 token={shlex.quote(launch.token)}
 inputs={shlex.quote(submission + "/inputs")}
-{_FETCH if fetch else ""}(
+{_FETCH}(
   cd "$GITOPSQ_DIR/work" || exit 1
 {fetch}{_make_volumes(spec)}  export PYTHONUNBUFFERED=1
   . "$GITOPSQ_DIR/env.sh"
@@ -125,7 +138,7 @@ exit "$code"
 DOWNLOAD_TRIES = 5
 _FETCH = f"""fetch() {{
   local attempt
-  for attempt in {" ".join(str(n) for n in range(1, DOWNLOAD_TRIES + 1))}; do
+  for ((attempt = 1; attempt <= ${{GITOPSQ_DOWNLOAD_TRIES:-{DOWNLOAD_TRIES}}}; attempt++)); do
     if command -v curl >/dev/null 2>&1; then
       curl -fsS --connect-timeout 20 -m 900 -H "Authorization: Bearer $token" -o "$2" "$inputs/$1" && return 0
     elif command -v python3 >/dev/null 2>&1; then
@@ -139,12 +152,33 @@ except Exception as exc:
     else
       echo "gitopsq: neither curl nor python3 is on this node"
     fi
-    echo "gitopsq: downloading the run's $1 failed (try $attempt of {DOWNLOAD_TRIES})"
-    [ "$attempt" = {DOWNLOAD_TRIES} ] || sleep $((attempt * ${{GITOPSQ_DOWNLOAD_BACKOFF:-5}}))
+    echo "gitopsq: downloading the run's $1 failed (try $attempt of ${{GITOPSQ_DOWNLOAD_TRIES:-{DOWNLOAD_TRIES}}})"
+    [ "$attempt" -ge "${{GITOPSQ_DOWNLOAD_TRIES:-{DOWNLOAD_TRIES}}}" ] || sleep $((attempt * ${{GITOPSQ_DOWNLOAD_BACKOFF:-5}}))
   done
   return 1
 }}
 """
+
+
+def _addresses(spec: RunSpec) -> str:
+    """Lines that set DSTACK_MASTER_NODE_IP and DSTACK_NODES_IPS: a single node's own address, or
+    a cluster's, downloaded from the controller once all its nodes exist (a failure fails the run)."""
+    if spec.nodes == 1:
+        lines = ['read -r DSTACK_MASTER_NODE_IP _ < <(hostname -I 2>/dev/null)',
+                 'export DSTACK_MASTER_NODE_IP="${DSTACK_MASTER_NODE_IP:-127.0.0.1}"',
+                 'export DSTACK_NODES_IPS="$DSTACK_MASTER_NODE_IP"']
+    else:
+        lines = ['for ((wait = 1; wait <= ${GITOPSQ_CLUSTER_TRIES:-60}; wait++)); do',
+                 '  (umask 077 && GITOPSQ_DOWNLOAD_TRIES=1 fetch cluster "$GITOPSQ_DIR/cluster.env" 2>/dev/null) && break',
+                 '  echo "gitopsq: waiting for the other nodes of the cluster run"',
+                 '  rm -f "$GITOPSQ_DIR/cluster.env"; sleep "${GITOPSQ_CLUSTER_BACKOFF:-5}"',
+                 "done",
+                 'if [ ! -s "$GITOPSQ_DIR/cluster.env" ]; then',
+                 '  echo "gitopsq: the addresses of the cluster run\'s nodes never came from $inputs/cluster; the run did not start"',
+                 "  exit 1",
+                 "fi",
+                 '. "$GITOPSQ_DIR/cluster.env"']
+    return "".join(f"  {line}\n" for line in lines)
 
 
 def _volumes(spec: RunSpec):

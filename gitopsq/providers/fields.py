@@ -16,7 +16,7 @@ MODES = (LOCAL_PROCESS, LOCAL_CONTAINER, EC2)
 
 # Fields the controller itself honours, whatever the provider.
 CONTROLLER_FIELDS = ("type", "name", "commands", "init", "env", "shell", "priority", "retry", "max_duration",
-                     "inactivity_duration")
+                     "inactivity_duration", "schedule")
 
 # field -> mode -> "honoured: ...", "checked: ...", "refused: ..." or "-: why it does not apply".
 FIELD_SUPPORT: dict[str, dict[str, str]] = {
@@ -109,6 +109,11 @@ FIELD_SUPPORT: dict[str, dict[str, str]] = {
         LOCAL_PROCESS: "honoured: the run listens on this machine; `ps`, the API and the run page show host:port, and for `9000:80` the `ssh -L` command that puts port 80 at 9000 on your machine",
         LOCAL_CONTAINER: "honoured: the container shares this machine's network (`--network host`); shown as for a process",
         EC2: "honoured: the run listens on the node (reachable through `--provider-opt security_groups`); listed without an address (the node's is not recorded yet)",
+    },
+    "nodes": {
+        LOCAL_PROCESS: "honoured: that many process groups on this machine, admitted together or not at all, each with a slot, its GPUs and a working directory of its own; the master is 127.0.0.1; refused when the machine has fewer slots or GPUs than all of them need",
+        LOCAL_CONTAINER: "honoured: that many containers on this machine's network (`--network host`), as for processes",
+        EC2: "honoured: that many instances created together (in a cluster placement group where the instance type allows one); when one cannot be created the others are destroyed; refused above `--max-nodes`",
     },
     "ide": {
         LOCAL_PROCESS: "honoured: `ps`, the API and the run page give the working directory, `code DIR` and a `vscode://file/DIR` link (likewise `cursor`, `windsurf`)",

@@ -46,7 +46,8 @@ class LocalAdapter:
                                 f"by their container")
 
     def demand(self, spec) -> dict[str, int]:
-        return {"slots": 1, "gpus": spec.resources.gpu_count}
+        """A slot and its GPUs per node; a cluster run's nodes are admitted together."""
+        return {"slots": spec.nodes, "gpus": spec.resources.gpu_count * spec.nodes}
 
     def capacity(self, owned_running: int) -> dict[str, int]:
         return self.driver.ex_capacity()
@@ -56,7 +57,7 @@ class LocalAdapter:
 
         Each field is honoured, checked or refused as gitopsq.providers.fields says.
         """
-        for check in (self._placement, self._runtime, self._inputs, self._volumes, self._sizes, self._gpus):
+        for check in (self._placement, self._runtime, self._inputs, self._volumes, self._sizes, self._gpus, self._nodes):
             why = check(spec)
             if why:
                 return why
@@ -155,30 +156,59 @@ class LocalAdapter:
             return f"resources.gpu: needs {count} GPU(s) matching it; this machine has {have} (local provider)"
         return None
 
+    def _nodes(self, spec) -> str | None:
+        """A cluster run's nodes all run at once: this machine must hold them together."""
+        if spec.nodes > self.driver.slots:
+            return (f"nodes: needs {spec.nodes} slots at once (one per node); this machine has {self.driver.slots} "
+                    f"(--local-slots) (local provider)")
+        gpus = spec.resources.gpu_count * spec.nodes
+        if spec.nodes > 1 and gpus > self.driver.gpus:
+            return (f"nodes: needs {gpus} GPUs at once ({spec.resources.gpu_count} on each of {spec.nodes} nodes); "
+                    f"this machine has {self.driver.gpus} (--local-gpus) (local provider)")
+        return None
+
     @functools.cache
     def _ram_gb(self) -> float:
         return self.driver.list_sizes()[0].ram / 1024  # the machine's memory does not change while we run
 
     def create_args(self, launch, tags: dict[str, str]) -> dict:
-        from gitopsq.providers.base import registry_login, run_env, run_script
+        from gitopsq.providers.base import cluster_env, registry_login, run_env, run_script
 
         spec = launch.spec
         script = run_script(spec) if spec.commands or spec.type == "dev-environment" else ""
         env = run_env(spec, launch)
+        # A cluster run's nodes are process groups (or containers on the host's network) on this
+        # machine: they reach each other, and the master, at 127.0.0.1.
+        env.update(cluster_env(spec.nodes, launch.rank, spec.resources.gpu_count, "127.0.0.1", ["127.0.0.1"] * spec.nodes))
         if "PATH" not in env and spec.nvcc and not spec.image and find_nvcc():
             env["PATH"] = f"{os.path.dirname(find_nvcc())}:{os.environ.get('PATH', '/usr/local/bin:/usr/bin:/bin')}"
         container_args = ()
         if spec.image and spec.resources.shm_size is not None:
             container_args = ("--shm-size", f"{int(math.ceil(spec.resources.shm_size * 1024))}m")
-        return dict(name=f"gq-{launch.run}-{launch.submission_id}", ex_script=script,
+        if spec.image and spec.nodes > 1:
+            container_args = (*container_args, "--network", "host")
+        name = f"gq-{launch.run}-{launch.submission_id}" + (f"-{launch.rank}" if spec.nodes > 1 else "")
+        return dict(name=name, ex_script=script,
                     ex_env=env, ex_gpus=spec.resources.gpu_count,
                     ex_image=spec.image, ex_tags=tags, ex_container_args=container_args,
                     ex_python=None if spec.image else self._interpreter(spec.python),
                     ex_volumes=tuple((v.instance_path, v.path, v.optional) for v in spec.volumes),
                     ex_retention_key=(launch.run, str(launch.submission_id)),
-                    ex_tree=str(launch.tree) if launch.tree else None,
+                    ex_tree=self._tree_of(launch),
                     ex_outside=tuple((source, container_path(path)) for source, path in launch.tree_outside),
                     ex_registry_auth=registry_login(spec, launch.secrets) if spec.image else None)
+
+    @staticmethod
+    def _tree_of(launch) -> str | None:
+        """The working tree a node takes over (moves into place): the master takes the staged one,
+        every other node of a cluster run a copy of it (the master is created last)."""
+        if launch.tree is None:
+            return None
+        if launch.rank == 0:
+            return str(launch.tree)
+        copy = launch.tree.with_name(f"{launch.tree.name}-rank{launch.rank}")
+        shutil.copytree(launch.tree, copy, symlinks=True)
+        return str(copy)
 
     def _interpreter(self, version: str | None) -> str | None:
         """The interpreter whose venv a process run gets: of its `python`, else the machine's python3

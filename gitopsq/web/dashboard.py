@@ -7,7 +7,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from gitopsq import intents
 from gitopsq.plan import ACTIVE
 from gitopsq.store import Store, listing, submissions
-from gitopsq.explain import ago, time_column, why
+from gitopsq.explain import ago, schedule_reason, time_column, why
 from gitopsq.web import queries
 
 ENV = Environment(loader=PackageLoader("gitopsq.web", "templates"), autoescape=select_autoescape(["html"]))
@@ -69,7 +69,9 @@ def render_run(store: Store, name: str, now: float, user: str | None = None, csr
         connect=detail["connect"] if detail else None, csrf=csrf, notice=notice, pending=intents.pending(store, name),
         log_problem=log_problem, lines=queries.LOG_TAIL_LINES,
         invalid=store.invalid_file(run["file"]) if run["present"] else None,
-        active=bool(history) and history[-1]["status"] in ACTIVE, latest=history[-1]["submission"] if history else None)
+        active=bool(history) and history[-1]["status"] in ACTIVE, latest=history[-1]["submission"] if history else None,
+        nodes=store.submission_nodes(history[-1]["submission_id"]) if history and history[-1]["nodes_num"] > 1 else [],
+        schedule=schedule_reason(dict(run), now))
 
 
 def render_missing(name: str, user: str | None = None) -> str:

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Status = Literal["queued", "provisioning", "running", "stopping", "done", "failed", "cancelled"]
+RunStatus = Literal["scheduled", "queued", "provisioning", "running", "stopping", "done", "failed", "cancelled"]
 
 # SQLite integers are 64-bit; exit codes and ids outside these bounds are refused with a 422.
 INT32 = 2**31 - 1
@@ -46,15 +47,27 @@ class Connection(BaseModel):
     ide: IdeHint | None = Field(description="How the dev environment's IDE opens it (local provider).")
 
 
+class NodeRow(BaseModel):
+    """One node of a cluster run (nodes: N), of its current attempt."""
+
+    rank: int = Field(description="DSTACK_NODE_RANK: 0 is the master.")
+    node_id: str | None
+    ip: str | None = Field(description="Its address, as DSTACK_NODES_IPS lists it.")
+    status: str = Field(description="running, done, failed, lost or stopped.")
+    exit_code: int | None
+    log_path: str | None
+    workdir: str | None
+
+
 class RunRow(BaseModel):
     """A run with its current submission, as `gitopsq ps --json` prints it."""
 
     name: str
     file: str | None = Field(description="The run file in the config repo.")
     present: bool = Field(description="False once the file is gone from the branch.")
-    submission_id: int
-    submission: int = Field(description="The submission number of this run (1, 2, ... on restarts).")
-    status: Status
+    submission_id: int | None = Field(description="null for a scheduled run before its first tick.")
+    submission: int | None = Field(description="The submission number of this run (1, 2, ... on restarts).")
+    status: RunStatus = Field(description="Its current submission's status; scheduled before its first tick.")
     priority: int
     reason: str | None = Field(description="Why the submission ended or was requeued.")
     message: str | None
@@ -80,6 +93,10 @@ class RunRow(BaseModel):
     submitted_by: str | None = Field(None, description="Who made this submission by hand (`gitopsq rerun`: a token's "
                                                        "name or an OS user); null for a commit.")
     stopped_by: str | None = Field(None, description="Who stopped it by hand (`gitopsq stop`, or a rerun); null otherwise.")
+    nodes_num: int = Field(1, description="How many nodes the run runs on at once (nodes: N).")
+    nodes: list[NodeRow] | None = Field(None, description="A cluster run's nodes, of its current attempt.")
+    schedule: list[str] | None = Field(None, description="Its cron expressions (UTC), when it runs on a schedule.")
+    next_tick_at: float | None = Field(None, description="When a scheduled run gets its next submission.")
 
 
 class RunDetail(RunRow):
@@ -119,6 +136,8 @@ class Submission(BaseModel):
     commit_sha: str | None
     submitted_by: str | None = Field(None, description="Who made it by hand (`gitopsq rerun`); null for a commit.")
     stopped_by: str | None = Field(None, description="Who stopped it by hand (`gitopsq stop`, or a rerun).")
+    nodes_num: int = Field(1, description="How many nodes it runs on at once (nodes: N).")
+    schedule: list[str] | None = Field(None, description="Its cron expressions, when its run is scheduled.")
 
 
 class IntentAccepted(BaseModel):
@@ -140,6 +159,7 @@ class Report(BaseModel):
 
     token: str = Field(max_length=512)
     exit_code: int = Field(ge=-INT32, le=INT32)
+    rank: int | None = Field(None, ge=0, le=INT32, description="The node's rank, for a node of a cluster run.")
 
 
 class ReportAccepted(BaseModel):

@@ -3,6 +3,7 @@ submission's current attempt (`Auth.node`, declared once for the router), never 
 and its body is capped (4 KiB) before it is read.
 
 - POST report: the exit code of the node's run.
+- GET inputs/cluster: for a node of a cluster run, its nodes' addresses once they all exist.
 - GET inputs/env and inputs/tree: what a cloud node downloads before it runs anything, since its
   user-data holds no secret value and no git credential (gitopsq.providers.cloud_node). `env`
   is `export NAME=value` lines for the run's variables that hold secrets, resolved now from the
@@ -57,11 +58,11 @@ def node_router(auth: Auth, stores: Callable[[], Store], wake: Callable[[str], N
         except ValidationError as exc:
             return JSONResponse({"detail": redacted_errors(exc)}, status_code=422)
         store = stores()
-        if not record_report(store, call.submission_id, call.token, body.exit_code, clock()):
+        now = clock()
+        if not record_report(store, call.submission_id, call.token, body.exit_code, now, body.rank):
             return JSONResponse({"detail": "report refused: not running, or reported already"}, status_code=403)
         wake("report")
-        sub = store.submission(call.submission_id)
-        return {"submission_id": call.submission_id, "exit_code": sub["exit_code"], "reported_at": sub["reported_at"]}
+        return {"submission_id": call.submission_id, "exit_code": body.exit_code, "reported_at": now}
 
     def active(call: NodeCall):
         sub = stores().submission(call.submission_id)
@@ -92,6 +93,23 @@ def node_router(auth: Auth, stores: Callable[[], Store], wake: Callable[[str], N
         except SecretKeyError:
             return JSONResponse({"detail": "the controller cannot read its secrets"}, status_code=500)
         body = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in env.items())
+        return PlainTextResponse(body, headers=_PRIVATE)
+
+    @router.get("/inputs/cluster", response_class=Response,
+                responses={200: {"content": {"text/plain": {}}, "description": "`export NAME=value` lines."},
+                           401: {"model": Problem, "description": "No token."}, 403: _NOT_NOW,
+                           409: {"model": Problem, "description": "Not every node of the cluster run exists yet."}})
+    def inputs_cluster(call: NodeCall = Depends(auth.node)):
+        """A node of a cluster run: the addresses of its run's nodes (DSTACK_MASTER_NODE_IP, rank 0's,
+        and DSTACK_NODES_IPS, by rank), once every node exists; a node asks until then."""
+        sub = active(call)
+        if sub is None:
+            return JSONResponse({"detail": "refused"}, status_code=403)
+        rows = stores().submission_nodes(sub["id"])
+        if len(rows) < json.loads(sub["spec"]).get("nodes", 1) or not all(row["ip"] for row in rows):
+            return JSONResponse({"detail": "not every node of the cluster run exists yet"}, status_code=409)
+        ips = [row["ip"] for row in rows]
+        body = f"export DSTACK_MASTER_NODE_IP={shlex.quote(ips[0])}\nexport DSTACK_NODES_IPS={shlex.quote(chr(10).join(ips))}\n"
         return PlainTextResponse(body, headers=_PRIVATE)
 
     @router.get("/inputs/tree", response_class=Response,

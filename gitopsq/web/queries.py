@@ -15,7 +15,7 @@ from typing import Iterable
 from gitopsq.explain import why
 from gitopsq.masking import mask, mask_terms
 
-from gitopsq.store import LISTING_SQL, Store, describe_listed, reach
+from gitopsq.store import LISTING_SQL, Store, add_nodes, describe_listed, reach
 
 STATUSES = ("queued", "provisioning", "running", "stopping", "done", "failed", "cancelled")
 LOG_TAIL_LINES = 100
@@ -55,10 +55,12 @@ def run_detail(store: Store, name: str, now: float) -> dict | None:
     if row is None:
         return None
     detail = describe_listed(dict(row), reach(store))
+    add_nodes(store, [detail])
     extra = store.conn.execute(
         "SELECT commit_sha, submitted_at, last_activity_at, reported_at, stop_reason FROM submissions WHERE id = ?",
         (detail["submission_id"],)).fetchone()
-    detail.update(dict(extra))
+    detail.update(dict(extra) if extra else dict.fromkeys(("commit_sha", "submitted_at", "last_activity_at", "reported_at",
+                                                          "stop_reason")))  # scheduled, no tick yet
     detail["ahead"] = detail["free"] = None
     if detail["status"] == "queued":
         detail["ahead"] = queued_ahead(store, detail)
