@@ -191,5 +191,6 @@ def _queue(store: Store, judge: Judge | None) -> tuple[list[dict], bool]:
                         "queued_at": row["queued_at"], "demand": needs or {}, "retry_on_no_capacity": on_capacity,
                         "deadline": row["deadline"] if on_capacity else None, "next_try_at": row["next_try_at"],
                         "last_attempt_at": row["last_attempt_at"],
-                        "wakes_on_free": row["backoff_event"] in (None, "no-capacity")})
+                        "wakes_on_free": row["backoff_event"] in (None, "no-capacity"),
+                        "nodes": spec.get("nodes", 1)})  # a gang: admission sets free room aside for it
     return entries, unknown

@@ -302,4 +302,4 @@ def _entering(action: Action, judged: Judgment, submission_id: int, now: float):
     retry = RunSpec.from_dict(action.spec).retry
     return q.Waiting(submission_id, action.run, action.spec["priority"], now,
                      dict(judged.needs) if judged.needs is not None else None,
-                     bool(retry and retry.covers("no-capacity")))
+                     bool(retry and retry.covers("no-capacity")), nodes=action.spec.get("nodes", 1))

@@ -203,3 +203,20 @@ def test_the_example_workflow_plans_live_with_its_secrets_and_edits_one_comment(
     assert alone.returncode == 0 and "Planned from git alone" in (checkout / "plan.md").read_text()
     wrong = run("Plan", BASE_REF="main", GITOPSQ_URL=url, GITOPSQ_TOKEN="gq_wrong")
     assert wrong.returncode != 0 and "refused the token: 401 Unauthorized" in wrong.stderr
+
+
+def test_the_state_carries_a_waiting_cluster_runs_nodes(tmp_path):
+    """The queue in the state says which entries are gangs, so the plan's admission reserves for them."""
+    from gitopsq.livestate import live_state, state_json
+    from gitopsq.spec import RunSpec
+    from gitopsq.store import Store
+
+    store = Store(tmp_path / "state.db")
+    spec = RunSpec(name="wide", type="task", commands=("x",), nodes=3).to_dict()
+    with store.transaction():
+        store.upsert_run("wide", "runs/wide.yml", None, spec, True, 100.0)
+        store.add_submission("wide", spec, "c0ffee", 100.0)
+    data = json.loads(json.dumps(state_json(store, [], {}, None, 200.0)))
+    assert [(entry["run"], entry["nodes"]) for entry in data["queue"]] == [("wide", 3)]
+    assert live_state(data).queue[0].gang
+    store.close()

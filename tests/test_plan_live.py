@@ -126,3 +126,22 @@ def test_without_the_providers_judgment_the_place_is_known_and_the_outcome_is_no
     _, effects = effects_of({"b": task("b", priority=4)}, live)
     placed = effects["b"].placement
     assert (placed.position, placed.overtakes, placed.outcome) == (1, ("a",), "unknown")
+
+
+# --- cluster runs ---------------------------------------------------------------------------------
+
+def test_a_waiting_gang_keeps_what_it_sets_aside_in_the_plan_as_in_admission():
+    """A gang at the head that does not fit reserves the free slots it needs: a lower-priority run
+    the change adds does not start in them (queue.admit's rule, so the plan says the same)."""
+    gang = Waiting(1, "gang", 50, 100.0, {"slots": 3, "gpus": 0}, True, nodes=3)
+    live = state([], queue=[gang], free={"slots": 2, "gpus": 0}, judged={"small": Judgment({"slots": 1, "gpus": 0})})
+    _, effects = effects_of({"small": task("small", priority=10, retry="true")}, live)
+    placed = effects["small"].placement
+    assert (placed.position, placed.outcome) == (2, "waits")
+    new_gang = spec("type: task\nname: wide\ncommands: [x]\nnodes: 2\npriority: 60\nretry: true\n")
+    live = state([], free={"slots": 1, "gpus": 0}, judged={"wide": Judgment({"slots": 2, "gpus": 0}),
+                                                           "small": Judgment({"slots": 1, "gpus": 0})})
+    _, effects = effects_of({"wide": new_gang, "small": task("small", priority=10, retry="true")}, live)
+    assert effects["wide"].placement.outcome == "waits"
+    assert effects["small"].placement.outcome == "waits"  # the slot that is free is set aside for wide
+
