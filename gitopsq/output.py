@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from gitopsq.explain import ago, amounts
+from gitopsq.explain import ago, amounts, schedule_reason
 from gitopsq.yamlload import Problem
 
 
@@ -158,9 +158,16 @@ def _action_words(action, live: LiveView | None) -> str:
     effect = live.effects.get(action.run) if live else None
     if effect is None:
         return _VERB[action.kind]
+    if action.kind == "submit" and effect.submission is None and effect.next_tick_at is not None:
+        return f"scheduled, {_tick(effect, live)}"  # a commit never submits a scheduled run
     if action.kind == "submit":
         return f"submit (new submission {effect.submission})"
     return f"{_VERB[action.kind]} ({_for(effect.status, effect.seconds)})"
+
+
+def _tick(effect, live: LiveView) -> str:
+    """next tick 2025-06-01 03:00 UTC (in 5h10m)"""
+    return schedule_reason({"next_tick_at": effect.next_tick_at}, live.state.now)
 
 
 def _notes(action, live: LiveView | None) -> list[str]:
@@ -169,12 +176,15 @@ def _notes(action, live: LiveView | None) -> list[str]:
     if effect is None:
         return []
     notes = []
+    scheduled = effect.submission is None and effect.next_tick_at is not None
     if action.kind == "submit" and effect.latest is not None:
         by = f" (stopped by {effect.stopped_by})" if effect.stopped_by else ""
-        notes.append(f"submission {effect.latest} {_for(effect.status, effect.seconds)}{by}: a change to a finished "
-                     "run is a new submission")
+        then = "its schedule makes the next submission" if scheduled else "a change to a finished run is a new submission"
+        notes.append(f"submission {effect.latest} {_for(effect.status, effect.seconds)}{by}: {then}")
     if effect.discards:
         notes.append(_discards(action, effect))
+    if effect.next_tick_at is not None and action.kind != "submit":
+        notes.append(f"schedule: {_tick(effect, live)}" + (", which submits anew" if scheduled else ""))
     if effect.unsatisfiable:
         provider = live.source.get("provider") or "controller's"
         notes.append(f"can never run on the {provider} provider: {effect.unsatisfiable} (it fails at once)")
@@ -189,12 +199,12 @@ def _notes(action, live: LiveView | None) -> list[str]:
 def _discards(action, effect) -> str:
     status, seconds = effect.discards["status"], effect.discards["seconds"]
     took = f" after {ago(seconds)}" if seconds is not None else ""
+    anew = action.kind == "restart" and effect.submission is not None  # a scheduled run's next comes at its tick
     if status == "queued":
         text = f"submission {effect.latest} leaves the queue{took} of waiting"
-        return text + (f"; submission {effect.submission} queues anew, behind the runs of its priority"
-                       if action.kind == "restart" else "")
+        return text + (f"; submission {effect.submission} queues anew, behind the runs of its priority" if anew else "")
     text = f"stops submission {effect.latest}{took} of {status}: what it has not saved is lost"
-    return text + (f"; submission {effect.submission} starts from the beginning" if action.kind == "restart" else "")
+    return text + (f"; submission {effect.submission} starts from the beginning" if anew else "")
 
 
 def _placement_words(action, effect, live: LiveView) -> str:
@@ -229,7 +239,7 @@ def _queue_cell(action, live: LiveView) -> str:
         return f"waits for secrets: {', '.join(effect.missing_secrets)}"
     placed = effect.placement
     if placed is None:
-        return ""
+        return "queued at its next tick" if effect.submission is None and effect.next_tick_at is not None else ""
     text = f"position {placed.position} of {placed.of}"
     if placed.overtakes:
         text += ", ahead of " + ", ".join(f"**{run}**" for run in placed.overtakes)

@@ -206,13 +206,14 @@ class Effect:
     missing_secrets: tuple[str, ...] = ()  # it waits for these, outside the queue
     unsatisfiable: str | None = None  # the provider can never run it: it fails at once
     not_preempted: tuple[str, ...] = ()  # lower-priority runs that keep their capacity while it waits
+    next_tick_at: float | None = None  # a scheduled run: when its next submission comes (a commit makes none)
 
     def as_dict(self) -> dict:
         return {"submission": self.submission, "latest": self.latest, "status": self.status, "seconds": self.seconds,
                 "stopped_by": self.stopped_by, "discards": dict(self.discards) if self.discards else None,
                 "queue": self.placement.as_dict() if self.placement else None,
                 "missing_secrets": list(self.missing_secrets), "unsatisfiable": self.unsatisfiable,
-                "not_preempted": list(self.not_preempted)}
+                "not_preempted": list(self.not_preempted), "next_tick_at": self.next_tick_at}
 
 
 HOLDING = ("provisioning", "running")  # statuses of a submission that holds provider capacity
@@ -239,6 +240,12 @@ def live_effects(actions: list[Action], state: LiveState) -> dict[str, Effect]:
                 freed = True
                 for key, amount in (have.needs or {}).items():
                     free[key] = free.get(key, 0) + amount
+        schedule = (action.spec or {}).get("schedule")
+        if schedule and (action.kind in ("submit", "restart") or "schedule" in action.changes):
+            fact["next_tick_at"] = q.next_tick(schedule, state.now)  # counted from the merge, as the controller does
+        if action.kind in ("submit", "restart") and schedule:
+            fact["submission"] = None  # a commit never submits a scheduled run: its next tick does
+            continue
         if action.kind in ("submit", "restart"):
             fact["submission"] = (have.submission or 0) + 1 if have else 1
             judged = state.judged.get(action.run, Judgment())
@@ -270,7 +277,7 @@ def live_effects(actions: list[Action], state: LiveState) -> dict[str, Effect]:
         held_by = tuple(sorted(run for run, p in state.running if p < priority and run != action.run)) if waits else ()
         out[action.run] = Effect(action.run, fact.get("submission"), fact["latest"], fact["status"], fact["seconds"],
                                  fact["stopped_by"], fact.get("discards"), placement, tuple(fact.get("missing_secrets", ())),
-                                 fact.get("unsatisfiable"), held_by)
+                                 fact.get("unsatisfiable"), held_by, fact.get("next_tick_at"))
     return out
 
 

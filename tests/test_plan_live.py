@@ -128,7 +128,7 @@ def test_without_the_providers_judgment_the_place_is_known_and_the_outcome_is_no
     assert (placed.position, placed.overtakes, placed.outcome) == (1, ("a",), "unknown")
 
 
-# --- cluster runs ---------------------------------------------------------------------------------
+# --- cluster runs and schedules --------------------------------------------------------------------
 
 def test_a_waiting_gang_keeps_what_it_sets_aside_in_the_plan_as_in_admission():
     """A gang at the head that does not fit reserves the free slots it needs: a lower-priority run
@@ -145,3 +145,46 @@ def test_a_waiting_gang_keeps_what_it_sets_aside_in_the_plan_as_in_admission():
     assert effects["wide"].placement.outcome == "waits"
     assert effects["small"].placement.outcome == "waits"  # the slot that is free is set aside for wide
 
+
+def test_a_new_scheduled_run_plans_its_next_tick_not_a_submission():
+    nightly = spec("type: task\nname: nightly\ncommands: [x]\nschedule: {cron: '0 3 * * *'}\n")
+    live = state([], free={"slots": 1, "gpus": 0}, judged={"nightly": Judgment({"slots": 1, "gpus": 0})})
+    actions, effects = effects_of({"nightly": nightly}, live)
+    assert [a.kind for a in actions] == ["submit"]
+    effect = effects["nightly"]
+    assert effect.next_tick_at == 3 * 3600  # NOW is 10,000 s after the epoch: 03:00 UTC that day
+    assert (effect.submission, effect.placement) == (None, None)
+    assert effect.as_dict()["next_tick_at"] == 3 * 3600
+
+
+def test_a_restart_of_a_running_scheduled_run_stops_it_and_waits_for_the_tick():
+    old = spec("type: task\nname: nightly\ncommands: [x]\nschedule: {cron: '0 3 * * *'}\n")
+    new = spec("type: task\nname: nightly\ncommands: [y]\nschedule: {cron: '0 3 * * *'}\n")
+    live = state([LiveRun("nightly", "runs/nightly.yml", old, True, "running", 4, 9, 0, NOW - 600, NOW - 500,
+                          needs={"slots": 1, "gpus": 0})], running=[("nightly", 0)], free={"slots": 0, "gpus": 0})
+    actions, effects = effects_of({"nightly": new}, live)
+    assert [a.kind for a in actions] == ["restart"]
+    effect = effects["nightly"]
+    assert effect.discards == {"status": "running", "seconds": 500}
+    assert (effect.submission, effect.placement, effect.next_tick_at) == (None, None, 3 * 3600)
+
+
+def test_the_plan_says_a_scheduled_run_waits_for_its_tick():
+    from gitopsq.output import LiveView, plan_json, plan_markdown, plan_text
+
+    nightly = spec("type: task\nname: nightly\ncommands: [x]\nschedule: {cron: '0 3 * * *'}\n")
+    old = spec("type: task\nname: hourly\ncommands: [x]\nschedule: {cron: '0 * * * *'}\n")
+    new = spec("type: task\nname: hourly\ncommands: [y]\nschedule: {cron: '0 * * * *'}\n")
+    live = state([LiveRun("hourly", "runs/hourly.yml", old, True, "running", 2, 5, 0, NOW - 100, NOW - 90)],
+                 running=[("hourly", 0)], free={"slots": 0, "gpus": 0})
+    actions, effects = effects_of({"nightly": nightly, "hourly": new}, live)
+    view = LiveView({"source": "db", "where": "state.db", "branch": "main", "commit": "c0ffee", "provider": "local"},
+                    live, effects)
+    text = plan_text(actions, [], view)
+    assert "+ nightly: scheduled, next tick 1970-01-01 03:00 UTC (in 13m20s) runs/nightly.yml" in text
+    assert "new submission" not in text and "queue:" not in text
+    assert "stops submission 2 after 1m30s of running: what it has not saved is lost\n" in text
+    assert "schedule: next tick 1970-01-01 03:00 UTC (in 13m20s), which submits anew" in text
+    assert "| queued at its next tick |" in plan_markdown(actions, [], live=view)
+    rows = {row["run"]: row["live"] for row in json.loads(plan_json(actions, [], live=view))["actions"]}
+    assert (rows["nightly"]["submission"], rows["nightly"]["next_tick_at"], rows["nightly"]["queue"]) == (None, 10800, None)
