@@ -95,51 +95,71 @@ def read_submission(store: Callable[[], Store], submission_id: int, mask_values:
     them). mask_values(): the secret values to hide, asked again at each new attempt. tail:
     start with the last N lines of the latest attempt instead of every attempt from the top.
     Yields text, and Note for what is said about it (attempt headers are text, as `logs` shows them).
+    A cluster run's nodes write at once: each node's log of the latest attempt is followed, its
+    header repeated when the output moves from one node to another.
     sleep=None: yields IDLE where it would sleep, so that a server can wait without a thread and
     notice a client that went away.
     """
-    paths = labelled_logs(store(), submission_id)
-    index, reader, masker = 0, None, None
-    if tail is not None and paths:
-        index = len(paths) - 1
-        reader, masker = AttemptLog(paths[index][1]), StreamMasker(mask_values())
-        try:
-            text, reader.shown = tail_start(reader.path, tail, mask_values())
-        except OSError as exc:
-            yield Note(f"(log not readable here: {exc.strerror})\n")
-            reader = None
-            index += 1
-        else:
+    logs = labelled_logs(store(), submission_id)
+    open_logs: dict[int, tuple[AttemptLog, StreamMasker]] = {}  # index in `logs` -> its reader
+    finished: set[int] = set()
+    shown: list[int | None] = [None]  # the log whose header or output was yielded last
+
+    def header(i: int) -> str:
+        shown[0] = i
+        return f"--- {logs[i].label} ({logs[i].path})\n"
+
+    def out(i: int, text: str) -> Iterator[str]:
+        if text:
+            if shown[0] is not None and shown[0] != i:
+                yield header(i)
+            shown[0] = i
             yield text
-    many = len(paths) > 1 and tail is None
+
+    if tail is not None and logs:
+        latest = [i for i, log in enumerate(logs) if log.attempt == logs[-1].attempt]
+        finished.update(range(latest[0]))
+        for i in latest:
+            reader = AttemptLog(logs[i].path)
+            try:
+                text, reader.shown = tail_start(reader.path, tail, mask_values())
+            except OSError as exc:
+                yield Note(f"(log not readable here: {exc.strerror})\n")
+                finished.add(i)
+                continue
+            if len(latest) > 1:
+                yield header(i)
+            yield text
+            shown[0] = i
+            open_logs[i] = reader, StreamMasker(mask_values())
+    many = len(logs) > 1 and tail is None
     while True:
         row = store().submission(submission_id)
         ended = row is None or row["status"] in FINISHED
-        paths = labelled_logs(store(), submission_id)
-        while index < len(paths):
-            if reader is None:
-                label, path = paths[index]
-                reader, masker = AttemptLog(path), StreamMasker(mask_values())
-                if many or index > 0:
-                    yield f"--- {label} ({path})\n"
-            last = index == len(paths) - 1
+        logs = labelled_logs(store(), submission_id)
+        writing = logs[-1].attempt if logs and follow and not ended else None  # its nodes may write more
+        for i in range(len(logs)):
+            if i in finished:
+                continue
+            if i not in open_logs:
+                open_logs[i] = AttemptLog(logs[i].path), StreamMasker(mask_values())
+                if many or i > 0:
+                    yield header(i)
+            reader, masker = open_logs[i]
             try:
                 data, missed = reader.read_new()
             except OSError as exc:
                 yield Note(f"(log not readable here: {exc.strerror})\n")
-                reader, index = None, index + 1
+                finished.add(i)
                 continue
             if missed:
-                yield masker.finish() + f"[gitopsq: {missed} bytes of output were cut before they could be shown]\n"
-            text = masker.feed(reader.decode(data))
-            if text:
-                yield text
-            if last and not ended and follow:
-                break  # the attempt may write more
-            rest = masker.feed(reader.decode(b"", final=True)) + masker.finish()
-            if rest:
-                yield rest
-            reader, index = None, index + 1
+                yield from out(i, masker.finish() + f"[gitopsq: {missed} bytes of output were cut before they could be shown]\n")
+            yield from out(i, masker.feed(reader.decode(data)))
+            if logs[i].attempt == writing:
+                continue
+            yield from out(i, masker.feed(reader.decode(b"", final=True)) + masker.finish())
+            finished.add(i)
+            del open_logs[i]
         if ended or not follow:
             return
         if sleep is None:

@@ -16,7 +16,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import sqlite_utils
 
@@ -719,12 +719,18 @@ def submissions(store: Store, status: str | None = None, run: str | None = None)
 def attempt_logs(store: Store, submission_id: int) -> list[str]:
     """Log files of every node a submission ran on, oldest first (retries run on new nodes); a
     cluster run's, every node's of each attempt, by rank."""
-    return [path for _, path in labelled_logs(store, submission_id)]
+    return [log.path for log in labelled_logs(store, submission_id)]
 
 
-def labelled_logs(store: Store, submission_id: int) -> list[tuple[str, str]]:
-    """(which attempt and node, log file) of every node a submission ran on, oldest first."""
-    logs: list[tuple[str, str]] = []
+class NodeLog(NamedTuple):
+    attempt: int  # 1, 2, ... counting the attempts that had a log
+    label: str  # "attempt 2", or "attempt 2, node 1" for a node of a cluster run
+    path: str
+
+
+def labelled_logs(store: Store, submission_id: int) -> list[NodeLog]:
+    """The log of every node a submission ran on, with which attempt and node it was, oldest first."""
+    logs: list[NodeLog] = []
     seen: set[str] = set()
     attempt = 0
     for row in store.conn.execute("SELECT detail FROM events WHERE submission_id = ? AND kind = 'running' ORDER BY id", (submission_id,)):
@@ -733,7 +739,8 @@ def labelled_logs(store: Store, submission_id: int) -> list[tuple[str, str]]:
         attempt += bool(nodes)  # an adoption after a restart names the same files again
         for node in nodes:
             seen.add(node["log"])
-            logs.append((f"attempt {attempt}" + (f", node {node['rank']}" if "rank" in node else ""), node["log"]))
+            logs.append(NodeLog(attempt, f"attempt {attempt}" + (f", node {node['rank']}" if "rank" in node else ""),
+                                node["log"]))
     return logs
 
 

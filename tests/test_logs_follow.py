@@ -205,3 +205,33 @@ def test_the_run_page_follows_the_log_live_in_chromium(tmp_path):
     assert log_box.text() == "before the page\nafter the page <b>x</b>\n" and log_box.find_all("b") == []
     assert dom.one(cls="live-state").attrs["data-state"] == "ended"
     assert squash(dom.one(cls="live-state").text()) == "The submission ended; reload for its status."
+
+
+def test_follow_reads_every_node_of_a_cluster_run_until_it_ends(tmp_path):
+    """A cluster run's nodes all write at once: following reads each of them, not only the last."""
+    store = Store(tmp_path / "state.db")
+    logs = [tmp_path / "rank0.log", tmp_path / "rank1.log"]
+    logs[0].write_text("zero starts\n")
+    logs[1].write_text("one starts\n")
+    sub = add_run(store, "train", 1000.0, status="running")  # its nodes are in the event below
+    store.event("train", sub, "running", {"log": str(logs[0]), "nodes": [{"rank": r, "log": str(p)} for r, p in enumerate(logs)]},
+                None, 1001.0)
+    looks = []
+
+    def sleep(_):
+        looks.append(1)
+        if len(looks) == 1:
+            with open(logs[0], "a") as f:
+                f.write("zero ends\n")
+            with open(logs[1], "a") as f:
+                f.write("one ends\n")
+        elif len(looks) == 2:
+            with store.transaction():
+                store.set_status(sub, "done", 1010.0, exit_code=0)
+
+    text = "".join(read_submission(lambda: store, sub, lambda: [], follow=True, sleep=sleep))
+    assert text == (f"--- attempt 1, node 0 ({logs[0]})\nzero starts\n--- attempt 1, node 1 ({logs[1]})\none starts\n"
+                    f"--- attempt 1, node 0 ({logs[0]})\nzero ends\n--- attempt 1, node 1 ({logs[1]})\none ends\n")
+    tailed = "".join(read_submission(lambda: store, sub, lambda: [], tail=1))
+    assert tailed == f"--- attempt 1, node 0 ({logs[0]})\nzero ends\n--- attempt 1, node 1 ({logs[1]})\none ends\n"
+    store.close()
