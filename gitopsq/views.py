@@ -9,7 +9,7 @@ import click
 
 from gitopsq.explain import BY_HAND, ago, time_column, why
 
-STATUS_STYLE = {"queued": "yellow", "provisioning": "cyan", "running": "green", "stopping": "magenta",
+STATUS_STYLE = {"scheduled": "blue", "queued": "yellow", "provisioning": "cyan", "running": "green", "stopping": "magenta",
                 "done": "bold green", "failed": "bold red", "cancelled": "dim"}
 
 
@@ -53,7 +53,6 @@ def runs_table(rows: list[dict]) -> None:
 
 
 def _runs(rows: list[dict], now: float, connect: bool):
-    from rich.markup import escape
     from rich.table import Table
 
     from gitopsq.connect import connection_text
@@ -64,9 +63,10 @@ def _runs(rows: list[dict], now: float, connect: bool):
                          no_wrap=column == "CONNECT")
     for row in rows:
         status = row["status"]
-        cells = [row["name"], f"[{STATUS_STYLE.get(status, '')}]{status}[/]", str(row["priority"]), str(row["submission"]),
-                 time_column(row, now)[1], _retry_state(row, now), why(row, now)]
-        table.add_row(*cells, *((escape(connection_text(row.get("connect"))),) if connect else ()))
+        cells = [row["name"], _status(status), _shown(row["priority"]), _shown(row["submission"]), time_column(row, now)[1], _retry_state(row, now), why(row, now)]
+        if connect:
+            cells.append(connection_text(row.get("connect")))
+        _add_row(table, cells)
     return table
 
 
@@ -106,12 +106,30 @@ def _history(rows: list[dict], now: float, paths: tuple[str, ...]):
         if row.get("exit_code") is not None:
             reason = f"{reason} exit {row['exit_code']}".strip()
         submitted = f"{ago(now - row['queued_at'])} ago" + (f", rerun by {row['submitted_by']}" if row.get("submitted_by") else "")
-        cells = [str(row["submission"]), f"[{STATUS_STYLE.get(row['status'], '')}]{row['status']}[/]",
+        cells = [str(row["submission"]), _status(row["status"]),
                  str(row["priority"]), submitted, time_column(row, now)[1], reason,
                  (row.get("commit_sha") or "")[:7 if narrow else 10]]
         shown = {"LOG": row.get("log_path") or "", "WORKDIR": _workdir_cell(row)}
-        table.add_row(*cells, *(shown[column] for column in paths))
+        _add_row(table, [*cells, *(shown[column] for column in paths)])
     return table
+
+
+def _shown(value) -> str:
+    """A number, or '-' where there is none yet (a scheduled run before its first tick)."""
+    return "-" if value is None else str(value)
+
+
+def _status(status: str):
+    from rich.text import Text
+
+    return Text(status, style=STATUS_STYLE.get(status, ""))
+
+
+def _add_row(table, cells: list) -> None:
+    """Cells as Text, never markup: names, reasons, actors and providers' messages may hold brackets."""
+    from rich.text import Text
+
+    table.add_row(*(cell if isinstance(cell, Text) else Text(cell) for cell in cells))
 
 
 def secrets_table(rows: list[dict]) -> None:

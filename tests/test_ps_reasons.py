@@ -91,3 +91,27 @@ def test_a_run_whose_secret_is_set_then_says_it_waits_for_room(tmp_path):
         world.provider.finish(world.store.current_submission("holder")["node_id"])
         world.controller.step()
         assert world.provider.running_runs() == ["train"]
+
+
+def test_ps_prints_a_scheduled_run_and_text_with_brackets_as_written(capsys):
+    """Observed: `ps` with a scheduled run (a status without a style) crashed with rich's
+    MarkupError; text from a run or a provider (an error's '[Errno 13]') is not markup either."""
+    from gitopsq.views import runs_table
+
+    now = time.time()
+    rows = [{"name": "nightly", "status": "scheduled", "priority": 0, "submission": None, "retry": None,
+             "schedule": ["0 3 * * *"], "next_tick_at": now + 3600},
+            {"name": "copy[/]", "status": "failed", "priority": 0, "submission": 1, "retry": None,
+             "reason": "provider-error", "message": "[Errno 13] Permission denied: '[/]x'", "finished_at": now - 5}]
+    runs_table(rows)
+    out = capsys.readouterr().out
+    assert "scheduled" in out and "None" not in out and "copy[/]" in out and "[Errno 13] Permission denied: '[/]x'" in out.replace("\n", " ")
+
+
+def test_history_prints_actors_and_paths_with_brackets_as_written(capsys):
+    from gitopsq.views import history_table
+
+    now = time.time()
+    history_table([{"name": "t", "submission": 1, "status": "cancelled", "priority": 0, "queued_at": now - 60,
+                    "submitted_by": "ci[/]bot", "reason": "deleted", "commit_sha": "abc", "log_path": "/x/[/]y.log"}])
+    assert "ci[/]bot" in capsys.readouterr().out
