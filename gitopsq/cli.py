@@ -328,6 +328,10 @@ def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, 
             run_daemon(controller, daemon_opts)
     except StateLocked as exc:
         raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:  # a stop signal before the loop took them over: as clean as a stop later
+        if daemon_opts is None:
+            raise
+        click.echo("gitopsq: stopped during start-up; nothing was left half-done (the next start goes on)", err=True)
 
 
 def _record_reach(controller, public_host: str | None, http: str) -> None:

@@ -118,3 +118,17 @@ def test_a_run_waits_for_its_missing_secret_runs_once_it_is_set_and_never_shows_
                     if p.is_file() and p not in log_files and p.suffix != ".key")
     assert SECRET.encode() not in kept and b"wandb-0123456789" not in kept
     assert SECRET.encode() not in daemon.log.read_bytes()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_during_start_up_ends_the_daemon_cleanly(tmp_path, hanging_remote, sig, cleanup_nodes):
+    """Observed on a loaded CI machine: SIGINT while the daemon was still starting ended it with
+    exit code 1 ('Aborted!'); a stop at any moment is a clean stop."""
+    db = tmp_path / "state" / "gitopsq.db"
+    daemon = Daemon(hanging_remote.url, db, "--http", "off")
+    try:
+        assert hanging_remote.held.wait(20), "the first clone never reached the server"
+    finally:
+        code = daemon.stop(sig)
+    assert code == 0, daemon.log.read_text()
+    assert "stopped during start-up" in daemon.log.read_text()
