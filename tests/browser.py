@@ -8,23 +8,13 @@ there a missing browser is a failure, so CI can never pass by skipping them.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 from html.parser import HTMLParser
 
 import pytest
 
-
-def require(tool: str, why: str, install: str) -> str:
-    """The path of `tool`; skips the test when it is missing, or fails it where GITOPSQ_REQUIRE lists it."""
-    path = shutil.which(tool)
-    if path is not None:
-        return path
-    message = f"{tool} is not installed: {why} (install it with {install})"
-    if tool in {t.strip() for t in os.environ.get("GITOPSQ_REQUIRE", "").split(",")}:
-        pytest.fail(f"{message}; GITOPSQ_REQUIRE says this run must have it")
-    pytest.skip(message)
+from tests.requirements import require
 
 
 def chromium(tmp_path, *args: str, timeout: float = 60) -> str:
