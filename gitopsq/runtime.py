@@ -28,9 +28,18 @@ def make_provider(store: Store, opts: ProviderOptions):
         from gitopsq.providers.local import make_local_provider
 
         return make_local_provider(log_dir_for(store.path), store.controller_id, opts.local_slots, opts.local_gpus)
+    if opts.name == "slurm":
+        from gitopsq.providers.slurm_adapter import make_slurm_provider
+
+        return make_slurm_provider(slurm_dir_for(store.path), dict(opts.options), store.controller_id)
     from gitopsq.providers.cloud import make_cloud_provider
 
     return make_cloud_provider(opts.name, dict(opts.options), store.controller_id, opts.max_nodes, opts.public_url)
+
+
+def slurm_dir_for(db_path: Path) -> Path:
+    """Where the slurm provider keeps jobs' working directories and logs unless workdir_root says."""
+    return db_path.parent / f"{db_path.stem}-slurm"
 
 
 def make_controller(repo_location: str | None, branch: str, store: Store, opts: ProviderOptions):
