@@ -159,8 +159,10 @@ def _provider_options(provider, local_slots, local_gpus, provider_opt, max_nodes
 @click.option("--branch", default="main", show_default=True, help="The branch whose tip is the desired state.")
 @db_option
 @click.option("--once", is_flag=True, help="Run one controller step and exit.")
-@click.option("--provider", default="local", show_default=True, help="local (this machine), or a Libcloud compute provider such as ec2.")
-@click.option("--provider-opt", multiple=True, metavar="KEY=VALUE", help="Passed to the provider's driver: region=..., endpoint=URL, image=...")
+@click.option("--provider", default="local", show_default=True,
+              help="local (this machine), slurm (a Slurm partition), or a Libcloud compute provider such as ec2.")
+@click.option("--provider-opt", multiple=True, metavar="KEY=VALUE",
+              help="Passed to the provider: for ec2 region=..., endpoint=URL, image=...; for slurm see below.")
 @click.option("--local-slots", type=click.IntRange(min=1), help="Runs at once on this machine (default: CPU count).")
 @click.option("--local-gpus", type=click.IntRange(min=0), help="GPUs on this machine (default: what nvidia-smi reports, else 0).")
 @click.option("--max-nodes", type=click.IntRange(min=1), help="Cap on nodes a cloud provider runs at once.")
@@ -181,6 +183,22 @@ def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, 
 
     With --once: one step (read the branch tip, apply the plan, watch nodes, admit from the
     queue), then exit.
+
+    \b
+    --provider slurm runs each run as a batch job; its --provider-opt keys:
+      partition=NAME      the partition (default: the cluster's default one)
+      account=NAME        sbatch --account
+      qos=NAME            sbatch --qos
+      bin_dir=PATH        where sbatch, squeue, scontrol, scancel, sinfo are (default: PATH)
+      login=USER@HOST     run those commands on a login host over ssh
+      ssh=COMMAND         the ssh command for login (default: ssh -o BatchMode=yes)
+      slurm_conf=PATH     SLURM_CONF for the commands (default: the environment's)
+      sbatch_args='ARGS'  extra sbatch arguments, e.g. '--constraint=ib --exclusive'
+      pending_grace=SECS  how long a new job may stay pending before it goes back
+                          to gitopsq's queue (default 10)
+      workdir_root=PATH   working directories and logs, on a filesystem the nodes
+                          (and with login, this machine) mount at the same path
+                          (default: beside the state database)
     """
     from gitopsq.providers.base import ProviderConfigError
     from gitopsq.runtime import make_controller, open_store

@@ -10,6 +10,7 @@ import json
 import math
 import random
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -242,6 +243,19 @@ def test_gpus_by_model_are_slurm_gres(world):
                               "resources: {gpu: T4:2}\n"))
     world.drive(lambda: world.sub("gpu")["status"] == "done")
     assert Path(world.sub("gpu")["log_path"]).read_text() == "gpus=2 per-node=2\n"
+
+
+def test_python_is_the_nodes_interpreter_of_that_version(world):
+    here = "%d.%d" % sys.version_info[:2]
+    world.commit(py=run_file("py", ["python --version", "python3 -c 'import sys; print(sys.version_info[:2])'"], 0,
+                             f"python: '{here}'\n"),
+                 missing=run_file("missing", ["python --version"], 0, "python: '3.19'\n"))
+    world.drive(lambda: world.idle())
+    major, minor = here.split(".")
+    assert world.sub("py")["status"] == "done" and f"({major}, {minor})" in Path(world.sub("py")["log_path"]).read_text()
+    missing = world.sub("missing")
+    assert (missing["status"], missing["reason"], missing["exit_code"]) == ("failed", "exit-code", 127)
+    assert "gitopsq: no python3.19 on " in Path(missing["log_path"]).read_text()
 
 
 # --- kill -9 of `gitopsq serve` while jobs are submitted and running ------------------------------

@@ -12,11 +12,16 @@ from __future__ import annotations
 LOCAL_PROCESS = "local process"
 LOCAL_CONTAINER = "local container (`image`)"
 EC2 = "ec2"
-MODES = (LOCAL_PROCESS, LOCAL_CONTAINER, EC2)
+SLURM = "slurm"
+MODES = (LOCAL_PROCESS, LOCAL_CONTAINER, EC2, SLURM)
 
 # Fields the controller itself honours, whatever the provider.
 CONTROLLER_FIELDS = ("type", "name", "commands", "init", "env", "shell", "priority", "retry", "max_duration",
                      "inactivity_duration")
+
+# How a provider backs up the controller (which alone decides how a run ends).
+CONTROLLER_NOTE = {SLURM: "honoured: by the controller; `max_duration` is also `--time` (whole minutes, rounded up), "
+                          "so Slurm ends the job when the controller is down, and a TIMEOUT ends as `max-duration-exceeded`"}
 
 # field -> mode -> "honoured: ...", "checked: ...", "refused: ..." or "-: why it does not apply".
 FIELD_SUPPORT: dict[str, dict[str, str]] = {
@@ -24,66 +29,79 @@ FIELD_SUPPORT: dict[str, dict[str, str]] = {
         LOCAL_PROCESS: "-: a run with `image` is a container run",
         LOCAL_CONTAINER: "honoured: `docker run` or `podman run`; refused when neither answers",
         EC2: "honoured: `docker run` on the node",
+        SLURM: "refused: jobs run on the cluster's nodes themselves; container images are not supported there",
     },
     "python": {
         LOCAL_PROCESS: "honoured: that version's interpreter (pyenv, uv or the system's) is `python` for the run; refused when it is not installed",
         LOCAL_CONTAINER: "-: `python` and `image` exclude each other (the image brings its Python)",
         EC2: "honoured: runs in the `python:X.Y` image",
+        SLURM: "honoured: the node's `pythonX.Y` (from its PATH) is `python` for the run; the run fails saying so when the node has none",
     },
     "resources.cpu": {
         LOCAL_PROCESS: "checked: this machine must have that many CPUs",
         LOCAL_CONTAINER: "checked: this machine must have that many CPUs",
         EC2: "honoured: picks an instance type with that many vCPUs",
+        SLURM: "honoured: `--cpus-per-task` (the range's minimum); refused when no node of the partition has that many",
     },
     "resources.memory": {
         LOCAL_PROCESS: "checked: this machine must have that much memory",
         LOCAL_CONTAINER: "checked: this machine must have that much memory",
         EC2: "honoured: picks an instance type with that much memory",
+        SLURM: "honoured: `--mem` per node; refused above the partition's largest node or MaxMemPerNode",
     },
     "resources.gpu": {
         LOCAL_PROCESS: "honoured: GPUs by index in `CUDA_VISIBLE_DEVICES`; model and memory checked against `nvidia-smi`, refused when it cannot tell",
         LOCAL_CONTAINER: "honoured: `--gpus device=...`; model and memory checked as for a process",
         EC2: "honoured: picks an instance type with those GPUs",
+        SLURM: "honoured: `--gres=gpu[:type]:N`, the type matched from the names among the partition's GPU types; refused when no node has them, or for GPU memory (gres does not say it)",
     },
     "resources.disk": {
         LOCAL_PROCESS: "checked: the state directory's disk must be that large",
         LOCAL_CONTAINER: "checked: the state directory's disk must be that large",
         EC2: "honoured: the root volume's size",
+        SLURM: "honoured: `--tmp` (node-local disk); refused above every node's TmpDisk",
     },
     "resources.shm_size": {
         LOCAL_PROCESS: "refused: a process shares this machine's /dev/shm; set `image` to get a container with its own",
         LOCAL_CONTAINER: "honoured: `--shm-size`",
         EC2: "honoured with `image` or `python` (`--shm-size`); refused for a run on the node itself",
+        SLURM: "refused: a job shares the node's /dev/shm",
     },
     "backends": {
         LOCAL_PROCESS: "honoured: must list `local`, else refused",
         LOCAL_CONTAINER: "honoured: must list `local`, else refused",
         EC2: "honoured: must list `aws` (or `ec2`), else refused",
+        SLURM: "honoured: must list `slurm`, else refused",
     },
     "regions": {
         LOCAL_PROCESS: "refused: this machine has no regions",
         LOCAL_CONTAINER: "refused: this machine has no regions",
         EC2: "honoured: must list the controller's region, else refused",
+        SLURM: "refused: a partition has no regions",
     },
     "spot_policy": {
         LOCAL_PROCESS: "honoured: `on-demand` and `auto` run here; `spot` is refused",
         LOCAL_CONTAINER: "honoured: `on-demand` and `auto` run here; `spot` is refused",
         EC2: "honoured: `spot` asks for a spot instance; `auto` and `on-demand` get on-demand ones",
+        SLURM: "honoured: `on-demand` and `auto` run; `spot` is refused",
     },
     "max_price": {
         LOCAL_PROCESS: "honoured: this machine costs nothing per hour",
         LOCAL_CONTAINER: "honoured: this machine costs nothing per hour",
         EC2: "honoured: the cheapest fitting instance type must cost at most that",
+        SLURM: "honoured: the cluster costs nothing per hour",
     },
     "port": {
         LOCAL_PROCESS: "honoured: the service listens on this machine",
         LOCAL_CONTAINER: "honoured: the container shares this machine's network",
         EC2: "honoured: the service listens on the node (reachable through `--provider-opt security_groups`)",
+        SLURM: "honoured: the service listens on its node, reachable on the cluster's network",
     },
     "ide": {
         LOCAL_PROCESS: "honoured: names the IDE that attaches to the run's working directory",
         LOCAL_CONTAINER: "honoured: names the IDE that attaches to the run's working directory",
         EC2: "honoured: names the IDE that attaches over SSH (`--provider-opt key_name`)",
+        SLURM: "honoured: names the IDE that attaches to the node over SSH",
     },
 }
 
@@ -99,5 +117,5 @@ def render_markdown() -> str:
     for field, by_mode in FIELD_SUPPORT.items():
         lines.append(f"| `{field}` | " + " | ".join(by_mode[mode] for mode in MODES) + " |")
     lines.append(f"| {', '.join(f'`{f}`' for f in CONTROLLER_FIELDS)} | "
-                 + " | ".join("honoured: by the controller" for _ in MODES) + " |")
+                 + " | ".join(CONTROLLER_NOTE.get(mode, "honoured: by the controller") for mode in MODES) + " |")
     return "\n".join(lines) + "\n"
