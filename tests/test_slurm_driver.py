@@ -222,3 +222,12 @@ def test_commands_on_a_login_host_over_ssh(tmp_path, slurm):
     assert f"SLURM_CONF={slurm.conf} sbatch --parsable" in remote and "squeue -h --states=all" in remote
     with pytest.raises(SlurmError):
         SlurmNodeDriver(tmp_path / "j2", partition=slurm.partition, login="elsewhere", ssh=str(fake_ssh)).list_nodes()
+
+
+def test_job_files_are_the_users_alone(driver):
+    node = driver.create_node("gq-a-1", ex_script="env\n", ex_env={"TOKEN": "s3cret"}, ex_tags={"gitopsq-controller": "c"})
+    ended = _wait_ended(driver, node.id)
+    for folder in (driver.nodes_dir, driver.logs_dir, driver.ended_dir, Path(ended.extra["workdir"]).parent):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+    env = dict(line.split("=", 1) for line in Path(ended.extra["log"]).read_text().splitlines() if "=" in line)
+    assert env["TOKEN"] == "s3cret" and "SLURM_TIME_FORMAT" not in env

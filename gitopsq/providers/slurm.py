@@ -120,6 +120,7 @@ def register() -> None:
 # for more than one node) with dstack's variables for that node, so torchrun works unchanged.
 _BATCH = r"""#!/bin/bash
 # gitopsq: {name} ({key}); the commands are in run.sh beside this script, the output in the -o file.
+unset SLURM_TIME_FORMAT  # gitopsq's, for reading the commands' output: not the run's
 GITOPSQ_NODE_DIR={node_dir}
 printf '%s\n' "$SLURM_JOB_ID" > "$GITOPSQ_NODE_DIR/job_id"
 {exports}export PYTHONUNBUFFERED=1
@@ -198,9 +199,9 @@ class SlurmNodeDriver(NodeDriver):
         self.command_timeout = command_timeout
         self.nodes_dir, self.ended_dir, self.logs_dir = self.root / "nodes", self.root / "ended", self.root / "logs"
         for folder in (self.nodes_dir, self.ended_dir, self.logs_dir):
-            folder.mkdir(parents=True, exist_ok=True)
+            # The user's alone: scripts hold the run's env, logs its output.
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._partition: str | None = partition
-        self._config: dict[str, str] | None = None
 
     # ---- running the commands --------------------------------------------------------------
 
@@ -214,8 +215,8 @@ class SlurmNodeDriver(NodeDriver):
     def _env(self) -> dict[str, str]:
         # Only what the commands need: the controller's own variables (tokens, credentials, a
         # SLURM_JOB_ID of its own) stay out of the commands and so out of the jobs they submit.
-        env = {k: os.environ[k] for k in ("PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ", "SSH_AUTH_SOCK")
-               if k in os.environ}
+        names = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ") + (("SSH_AUTH_SOCK",) if self.login else ())
+        env = {k: os.environ[k] for k in names if k in os.environ}
         env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
         env["SLURM_TIME_FORMAT"] = "%s"
         if self.slurm_conf and not self.login:
@@ -262,10 +263,8 @@ class SlurmNodeDriver(NodeDriver):
         raise SlurmError(f"partition {self.partition}: not found", driver=self)
 
     def ex_config(self) -> dict[str, str]:
-        """The cluster's configuration (read once: it changes with a reconfiguration only)."""
-        if self._config is None:
-            self._config = parse_config(self.ex_run("scontrol", "show", "config"))
-        return self._config
+        """The cluster's configuration (`scontrol show config`)."""
+        return parse_config(self.ex_run("scontrol", "show", "config"))
 
     def ex_partition_nodes(self) -> list[PartitionNode]:
         fmt = ",".join(f"{f}:|" for f in NODE_FIELDS)
@@ -317,7 +316,8 @@ class SlurmNodeDriver(NodeDriver):
         key = uuid.uuid4().hex[:12]
         node_dir = self.nodes_dir / key
         work = node_dir / "work"
-        work.mkdir(parents=True)
+        node_dir.mkdir(mode=0o700)
+        work.mkdir()
         tags = {**(ex_tags or {}), "key": key}
         meta = {"key": key, "name": name, "tags": tags, "nodes": ex_nodes, "created_at": time.time()}
         try:

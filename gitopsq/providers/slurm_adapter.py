@@ -68,6 +68,7 @@ SLURM_OPTIONS = {
     "pending_grace": "seconds a new job may stay pending before it goes back to gitopsq's queue (default 10)",
     "workdir_root": "where jobs' working directories and logs go, on a filesystem the nodes mount (default: beside the state database)",
 }
+CONFIG_TTL = 30.0  # seconds the partition's nodes and limits are taken as known (they change rarely)
 TIMEOUT_HOLD = 60.0  # seconds a TIMEOUT job is shown as running, for the controller's deadline to end it
 
 
@@ -82,7 +83,7 @@ class SlurmAdapter:
         self.clock = clock
         self._timed_out_since: dict[str, float] = {}  # job id -> when this process first saw it TIMEOUT
         self._nodes_cache: tuple[float, list[PartitionNode]] | None = None
-        self._defaults_cache: dict[str, str] | None = None
+        self._defaults_cache: tuple[float, dict[str, str]] | None = None
 
     # --- what runs need -------------------------------------------------------------------------
 
@@ -224,20 +225,21 @@ class SlurmAdapter:
     def _partition_nodes(self) -> list[PartitionNode]:
         """The partition's nodes for sizing (they change rarely: re-read every half minute)."""
         now = self.clock()
-        if self._nodes_cache is None or now - self._nodes_cache[0] > 30:
+        if self._nodes_cache is None or now - self._nodes_cache[0] > CONFIG_TTL:
             self._nodes_cache = (now, self.driver.ex_partition_nodes())
         return self._nodes_cache[1]
 
     def _partition_defaults(self) -> dict[str, str]:
         """MaxTime and memory defaults and limits: the partition's own, else the cluster's."""
-        if self._defaults_cache is None:
+        now = self.clock()
+        if self._defaults_cache is None or now - self._defaults_cache[0] > CONFIG_TTL:
             info = self.driver.ex_partition_info()
             config = self.driver.ex_config()
             for key in ("DefMemPerCPU", "DefMemPerNode", "MaxMemPerNode"):
                 if not _mb(info.get(key)) and _mb(config.get(key)):
                     info[key] = config[key]
-            self._defaults_cache = info
-        return self._defaults_cache
+            self._defaults_cache = (now, info)
+        return self._defaults_cache[1]
 
     def create_args(self, launch: Launch, tags: dict[str, str]) -> dict:
         spec = launch.spec
