@@ -231,3 +231,17 @@ def test_job_files_are_the_users_alone(driver):
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
     env = dict(line.split("=", 1) for line in Path(ended.extra["log"]).read_text().splitlines() if "=" in line)
     assert env["TOKEN"] == "s3cret" and "SLURM_TIME_FORMAT" not in env
+
+
+def test_a_submitted_job_is_kept_when_slurm_stops_answering_right_after(driver, monkeypatch):
+    """sbatch got through, then squeue timed out: the job is the run's, not an error to launch again."""
+    def no_answer(*args):
+        raise SlurmUnavailableError("squeue: Socket timed out on send/recv operation")
+
+    original = driver._squeue
+    monkeypatch.setattr(driver, "_squeue", no_answer)
+    node = driver.create_node("gq-a-1", ex_script="echo kept\n", ex_tags={"gitopsq-controller": "c"})
+    assert node.state == NodeState.PENDING and node.id.isdigit()
+    monkeypatch.setattr(driver, "_squeue", original)
+    ended = _wait_ended(driver, node.id)
+    assert ended.extra["exit_code"] == 0 and Path(ended.extra["log"]).read_text() == "kept\n"

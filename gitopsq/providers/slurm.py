@@ -338,7 +338,12 @@ class SlurmNodeDriver(NodeDriver):
         job_id = out.strip().split(";", 1)[0]
         meta["job_id"] = job_id
         _write_atomic(node_dir / "meta.json", json.dumps(meta, indent=2))
-        job = self._wait_started(job_id)
+        try:
+            job = self._wait_started(job_id)
+        except SlurmUnavailableError:
+            # Submitted, but Slurm does not say more now: the job is ours; the next listing tells how it goes.
+            job = Job(job_id, "PENDING", "NotYetKnown", 0, "", None, None, None, "", 1, self.partition, "")
+            return self._node(node_dir, meta, job)
         if job is not None and job.state == "PENDING":
             self._cancel(job_id)
             self._retire(node_dir)
