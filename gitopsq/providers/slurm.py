@@ -144,7 +144,8 @@ exit "$code"
 """
 
 # `python: X.Y`: the node's pythonX.Y (from its PATH) is python and python3 for the run.
-_PYTHON = r"""gitopsq_python=$(command -v python{version}) || {{ echo "gitopsq: no python{version} on $(hostname)'s PATH" >&2; exit 127; }}
+_PYTHON = r"""gitopsq_python=$(command -v python{version}) || {{
+  echo "gitopsq: no python{version} on $(hostname)'s PATH" >&2; exit 127; }}
 gitopsq_bin="${{TMPDIR:-/tmp}}/gitopsq-$SLURM_JOB_ID/bin"
 mkdir -p "$gitopsq_bin" && ln -sf "$gitopsq_python" "$gitopsq_bin/python" && ln -sf "$gitopsq_python" "$gitopsq_bin/python3"
 export PATH="$gitopsq_bin:$PATH"
@@ -190,7 +191,6 @@ class SlurmNodeDriver(NodeDriver):
         self.root = Path(key).expanduser().resolve()
         self.key, self.secret, self.secure = str(self.root), None, False
         self.api_version = self.region = self.connection = None
-        self.partition_option = partition
         self.account, self.qos = account, qos
         self.bin_dir, self.login, self.ssh = bin_dir, login, shlex.split(ssh)
         self.slurm_conf = slurm_conf if slurm_conf is not None else os.environ.get("SLURM_CONF")
@@ -304,8 +304,7 @@ class SlurmNodeDriver(NodeDriver):
                     ex_tags: dict[str, str] | None = None, ex_cpus: int | None = None,
                     ex_memory_mb: int | None = None, ex_gpus: int = 0, ex_gpu_type: str | None = None,
                     ex_tmp_mb: int | None = None, ex_time_minutes: int | None = None, ex_nodes: int = 1,
-                    ex_python: str | None = None, ex_prepare_workdir: Callable[[Path], None] | None = None,
-                    **_ignored) -> Node:
+                    ex_python: str | None = None, ex_prepare_workdir: Callable[[Path], None] | None = None) -> Node:
         """Submit one batch job and wait up to the pending grace for Slurm to start it.
 
         ex_cpus, ex_memory_mb and ex_gpus are per node; ex_nodes nodes get one task each.
@@ -407,7 +406,7 @@ class SlurmNodeDriver(NodeDriver):
             nodes.append(self._node(node_dir, meta, job))
         return nodes
 
-    def destroy_node(self, node: Node, ex_timeout: float | None = None) -> bool:
+    def destroy_node(self, node: Node) -> bool:
         """Cancel the job if Slurm still runs it; its directory moves to ended/, its log stays."""
         job_id = node.extra.get("job_id") or node.id
         if node.extra.get("slurm_state") in WORKING:

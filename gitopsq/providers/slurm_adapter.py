@@ -5,14 +5,20 @@
   types), `disk` -> `--tmp`, `max_duration` -> `--time` in whole minutes rounded up.
 - Capacity: the partition's idle CPUs, unallocated memory and free GPUs (`sinfo`), so gitopsq's
   queue keeps deciding the order among its runs; what Slurm leaves pending past the grace comes
-  back to gitopsq's queue as a capacity error. A request no node of the partition could ever
-  hold is `unsatisfiable` at once, with the reason.
+  back to gitopsq's queue as a capacity error (a job a restarted controller finds still
+  pending is left to Slurm: it is the submission's, already queued there). A request no node
+  of the partition could ever hold is `unsatisfiable` at once, with the reason.
 - Ends, from Slurm's job states: COMPLETED -> exit 0; FAILED / OUT_OF_MEMORY -> the exit code;
   CANCELLED (by anyone but gitopsq), NODE_FAIL, PREEMPTED -> lost (an interruption). A TIMEOUT
   is reported as still running for a short hold, so the controller's own max_duration deadline
   (which Slurm's `--time`, rounded up to minutes, never precedes) ends it as
   `max-duration-exceeded`; past the hold (max_duration raised or turned off in place after
   the job was submitted) it is lost.
+
+`nodes: N` runs and code prepared in the working directory (`repos`, `files`) plug in through
+the driver's `ex_nodes` (`--nodes N`, one task per node, dstack's DSTACK_* variables from
+Slurm's) and `ex_prepare_workdir` (fills the fresh working directory before the job is
+submitted); demand and the size checks then count per node.
 """
 
 from __future__ import annotations
@@ -66,7 +72,8 @@ SLURM_OPTIONS = {
     "slurm_conf": "SLURM_CONF for the commands (default: the environment's)",
     "sbatch_args": "extra sbatch arguments, shell-quoted, e.g. '--constraint=ib --exclusive'",
     "pending_grace": "seconds a new job may stay pending before it goes back to gitopsq's queue (default 10)",
-    "workdir_root": "where jobs' working directories and logs go, on a filesystem the nodes mount (default: beside the state database)",
+    "workdir_root": "where jobs' working directories and logs go, on a filesystem the nodes mount "
+                    "(default: beside the state database)",
 }
 CONFIG_TTL = 30.0  # seconds the partition's nodes and limits are taken as known (they change rarely)
 TIMEOUT_HOLD = 60.0  # seconds a TIMEOUT job is shown as running, for the controller's deadline to end it
@@ -89,7 +96,8 @@ class SlurmAdapter:
 
     def demand(self, spec: RunSpec) -> dict[str, int]:
         cpus = self._cpus(spec) or 1
-        demand = {"cpus": cpus, "memory_mb": self._memory_mb(spec) or self._default_memory_mb(cpus), "gpus": spec.resources.gpu_count}
+        memory = self._memory_mb(spec) or self._default_memory_mb(cpus)
+        demand = {"cpus": cpus, "memory_mb": memory, "gpus": spec.resources.gpu_count}
         gpu_type = self._gpu_type(spec)
         if gpu_type:
             demand[f"gpus:{gpu_type}"] = spec.resources.gpu_count
@@ -155,7 +163,8 @@ class SlurmAdapter:
             return None
         where = f"partition {self.driver.partition}"
         if gpu.memory or gpu.total_memory:
-            return "resources.gpu: Slurm's gres does not say how much memory a GPU has; ask for a model or a count (slurm provider)"
+            return ("resources.gpu: Slurm's gres does not say how much memory a GPU has; "
+                    "ask for a model or a count (slurm provider)")
         types = _gpu_types(nodes)
         if gpu.vendor and not any(gpu.vendor.lower() in _words(t) for t in types):
             return (f"resources.gpu: no GPU type of {where} names the vendor {gpu.vendor} "

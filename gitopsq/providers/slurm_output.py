@@ -114,9 +114,11 @@ def parse_jobs(text: str) -> list[Job]:
         parts = line[:-1].split("|", len(JOB_FIELDS) - 1) if line.endswith("|") else []
         if len(parts) != len(JOB_FIELDS):
             raise ValueError(f"squeue printed a line gitopsq cannot read: {line!r}")
-        job_id, state, reason, status, nodes, submit, start, end, limit, num_nodes, partition, comment = (p.strip() for p in parts)
-        jobs.append(Job(job_id, state.split()[0] if state else "", reason, _int(status), nodes, _epoch(submit), _epoch(start),
-                        _epoch(end), limit, _int(num_nodes, 1), partition, "" if comment == "(null)" else comment))
+        job_id, state, reason, status, nodes, submit, start, end, limit, num_nodes, partition, comment = (
+            p.strip() for p in parts)
+        jobs.append(Job(job_id, state.split()[0] if state else "", reason, _int(status), nodes, _epoch(submit),
+                        _epoch(start), _epoch(end), limit, _int(num_nodes, 1), partition,
+                        "" if comment == "(null)" else comment))
     return jobs
 
 
