@@ -18,7 +18,7 @@ def required(name: str) -> bool:
 def unavailable(name: str, message: str) -> None:
     """Skip the test saying why, or fail it where GITOPSQ_REQUIRE names `name`."""
     if required(name):
-        pytest.fail(f"{message}; GITOPSQ_REQUIRE says this run must have {name}")
+        pytest.fail(f"{message}; GITOPSQ_REQUIRE says this run must have it")
     pytest.skip(message)
 
 
