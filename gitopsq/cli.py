@@ -165,7 +165,7 @@ def _provider_options(provider, local_slots, local_gpus, provider_opt, max_nodes
               help="Passed to the provider: for ec2 region=..., endpoint=URL, image=...; for slurm see below.")
 @click.option("--local-slots", type=click.IntRange(min=1), help="Runs at once on this machine (default: CPU count).")
 @click.option("--local-gpus", type=click.IntRange(min=0), help="GPUs on this machine (default: what nvidia-smi reports, else 0).")
-@click.option("--max-nodes", type=click.IntRange(min=1), help="Cap on nodes a cloud provider runs at once.")
+@click.option("--max-nodes", type=click.IntRange(min=1), help="Cap on nodes a cloud provider (or jobs Slurm) runs at once.")
 @click.option("--public-url", help="How cloud nodes reach this controller to report their exit code.")
 @click.option("--http", "http", default="127.0.0.1:8765", show_default=True, metavar="HOST:PORT",
               help="Where the JSON API, webhook, metrics and dashboard listen; 'off' for none.")

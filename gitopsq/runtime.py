@@ -31,7 +31,7 @@ def make_provider(store: Store, opts: ProviderOptions):
     if opts.name == "slurm":
         from gitopsq.providers.slurm_adapter import make_slurm_provider
 
-        return make_slurm_provider(slurm_dir_for(store.path), dict(opts.options), store.controller_id)
+        return make_slurm_provider(slurm_dir_for(store.path), dict(opts.options), store.controller_id, opts.max_nodes)
     from gitopsq.providers.cloud import make_cloud_provider
 
     return make_cloud_provider(opts.name, dict(opts.options), store.controller_id, opts.max_nodes, opts.public_url)

@@ -198,9 +198,9 @@ def test_slurm_requests_what_the_run_file_asks_for(slurm_adapter):
     assert {k: args[k] for k in ("ex_cpus", "ex_memory_mb", "ex_gpus", "ex_gpu_type", "ex_tmp_mb", "ex_time_minutes",
                                  "ex_python")} == {"ex_cpus": 3, "ex_memory_mb": 1536, "ex_gpus": 1, "ex_gpu_type": "t4",
                                                    "ex_tmp_mb": 10240, "ex_time_minutes": 2, "ex_python": "3.12"}
-    assert slurm_adapter.demand(spec) == {"cpus": 3, "memory_mb": 1536, "gpus": 1, "gpus:t4": 1}
+    assert slurm_adapter.demand(spec) == {"nodes": 1, "cpus": 3, "memory_mb": 1536, "gpus": 1, "gpus:t4": 1}
     # Memory left unset is what Slurm gives: DefMemPerCPU per CPU.
-    assert slurm_adapter.demand(spec_of(None)) == {"cpus": 1, "memory_mb": 512, "gpus": 0}
+    assert slurm_adapter.demand(spec_of(None)) == {"nodes": 1, "cpus": 1, "memory_mb": 512, "gpus": 0}
     assert slurm_adapter.driver.ex_capacity() == {"cpus": 10, "memory_mb": 65536 + 12288, "gpus": 2, "gpus:t4": 2}
 
 

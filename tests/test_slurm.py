@@ -36,12 +36,12 @@ def run_file(name, commands, priority=0, extra=""):
 class World:
     """A config repo, a store, and a controller over the test cluster's partition."""
 
-    def __init__(self, tmp_path: Path, cluster, clock=None, **options):
+    def __init__(self, tmp_path: Path, cluster, clock=None, max_nodes=None, **options):
         self.cluster = cluster
         self.repo = GitRepo(tmp_path / "repo")
         self.store = Store(tmp_path / "state" / "gitopsq.db")
         opts = {"slurm_conf": str(cluster.conf), "partition": cluster.partition, **options}
-        self.provider = make_slurm_provider(slurm_dir_for(self.store.path), opts, self.store.controller_id)
+        self.provider = make_slurm_provider(slurm_dir_for(self.store.path), opts, self.store.controller_id, max_nodes)
         self.clock = clock
         self.controller = Controller(self.store, self.provider, ConfigRepo(str(self.repo.path)),
                                      clock=clock or time.time, rng=random.Random(0))
@@ -133,6 +133,17 @@ def test_priority_order_with_the_partition_full(world):
         starts[name] = float(Path(sub["log_path"]).read_text().split()[0])
     assert sorted(starts, key=starts.get) == ["high", "mid", "low"]
     assert len(world.jobs()) == 3 and holder not in world.jobs()
+
+
+def test_max_nodes_caps_the_jobs_gitopsq_runs_at_once(tmp_path, slurm):
+    w = World(tmp_path, slurm, max_nodes=1)
+    w.commit(one=run_file("one", ["sleep 0.5"], 10, QUEUE_FOREVER), two=run_file("two", ["sleep 0.5"], 5, QUEUE_FOREVER))
+    w.controller.step()
+    assert (w.sub("one")["status"], w.sub("two")["status"]) == ("running", "queued")
+    assert ", 1 node; free: " in run_cli("ps", "--db", str(w.store.path), env={"COLUMNS": "200"}).output
+    w.drive(w.idle)
+    assert sorted(state for state, _ in w.jobs().values()) == ["COMPLETED", "COMPLETED"]
+    w.store.close()
 
 
 def test_a_job_slurm_leaves_pending_goes_back_to_the_queue(tmp_path, slurm):

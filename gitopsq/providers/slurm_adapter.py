@@ -85,9 +85,10 @@ class SlurmAdapter:
     name = "slurm"
     reports_exit_codes = False  # the job's state in Slurm (and its exit_code file) tells
 
-    def __init__(self, driver: SlurmNodeDriver, clock=time.monotonic):
+    def __init__(self, driver: SlurmNodeDriver, clock=time.monotonic, max_nodes: int | None = None):
         self.driver = driver
         self.clock = clock
+        self.max_nodes = max_nodes  # --max-nodes: at most that many of the partition's nodes for gitopsq's runs
         self._timed_out_since: dict[str, float] = {}  # job id -> when this process first saw it TIMEOUT
         self._nodes_cache: tuple[float, list[PartitionNode]] | None = None
         self._defaults_cache: tuple[float, dict[str, str]] | None = None
@@ -97,14 +98,17 @@ class SlurmAdapter:
     def demand(self, spec: RunSpec) -> dict[str, int]:
         cpus = self._cpus(spec) or 1
         memory = self._memory_mb(spec) or self._default_memory_mb(cpus)
-        demand = {"cpus": cpus, "memory_mb": memory, "gpus": spec.resources.gpu_count}
+        demand = {"nodes": 1, "cpus": cpus, "memory_mb": memory, "gpus": spec.resources.gpu_count}
         gpu_type = self._gpu_type(spec)
         if gpu_type:
             demand[f"gpus:{gpu_type}"] = spec.resources.gpu_count
         return demand
 
     def capacity(self, owned_running: int) -> dict[str, int]:
-        return self.driver.ex_capacity()
+        free = self.driver.ex_capacity()
+        if self.max_nodes:
+            free["nodes"] = self.max_nodes - owned_running
+        return free
 
     def unsatisfiable(self, spec: RunSpec) -> str | None:
         """Why no node of the partition can ever run the spec, or None (also when Slurm does not answer now)."""
@@ -320,7 +324,8 @@ def _type_matches(gpu_type: str, names) -> bool:
     return any(name.lower() in words for name in names)
 
 
-def make_slurm_provider(state_dir: Path, options: dict, controller_id: str) -> LibcloudProvider:
+def make_slurm_provider(state_dir: Path, options: dict, controller_id: str,
+                        max_nodes: int | None = None) -> LibcloudProvider:
     """--provider slurm through Libcloud's driver registry; raises ProviderConfigError on bad options."""
     from libcloud.compute.providers import get_driver
 
@@ -345,4 +350,4 @@ def make_slurm_provider(state_dir: Path, options: dict, controller_id: str) -> L
         qos=options.get("qos"), bin_dir=options.get("bin_dir"), login=options.get("login"),
         ssh=options.get("ssh", "ssh -o BatchMode=yes"), slurm_conf=options.get("slurm_conf"), sbatch_args=extra,
         pending_grace=grace)
-    return LibcloudProvider(driver, SlurmAdapter(driver), controller_id)
+    return LibcloudProvider(driver, SlurmAdapter(driver, max_nodes=max_nodes), controller_id)
