@@ -155,7 +155,8 @@ def test_a_job_slurm_leaves_pending_goes_back_to_the_queue(tmp_path, slurm):
     w.commit(patient=run_file("patient", ["echo ran"], 0, QUEUE_FOREVER), eager=run_file("eager", ["echo ran"], 0))
     w.controller.step()
     eager, patient = w.sub("eager"), w.sub("patient")
-    assert (eager["status"], eager["reason"]) == ("failed", "no-capacity") and "pending (Resources)" in eager["message"]
+    assert (eager["status"], eager["reason"]) == ("failed", "no-capacity")
+    assert "pending (" in eager["message"] and "busy with other jobs" in eager["message"], eager["message"]
     assert patient["status"] == "queued" and patient["backoff_event"] == "no-capacity" and patient["node_id"] is None
     assert sorted(state for state, _ in w.jobs().values()) == ["CANCELLED", "CANCELLED"], "not left in Slurm's queue"
 
