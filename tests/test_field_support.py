@@ -155,7 +155,7 @@ class RecordedSlurm(SlurmNodeDriver):
                                 "SelectTypeParameters    = CR_CORE_MEMORY\n",
     }
 
-    def ex_run(self, command, *args, input=None):
+    def ex_run(self, command, *args, input=None, env=None):
         key = command if command != "scontrol" else " ".join((command, *args[:2]))
         return self.OUTPUT[key]
 

@@ -17,8 +17,10 @@ from pathlib import Path
 import pytest
 
 from gitopsq.controller import Controller
+from gitopsq.providers.base import workspace_dir_for
 from gitopsq.providers.slurm_adapter import make_slurm_provider
 from gitopsq.runtime import slurm_dir_for
+from gitopsq.secretstore import SecretStore
 from gitopsq.source import ConfigRepo
 from gitopsq.store import Store, listing
 from tests.fakes import Clock
@@ -91,7 +93,7 @@ def world(tmp_path, slurm):
 def test_a_commit_runs_a_task_to_done_with_its_output_in_logs(world, monkeypatch):
     monkeypatch.setenv("GITOPSQ_PROVIDER_SECRET", "never-in-a-job")  # the controller's own environment
     world.commit(hello=run_file("hello", [
-        "echo hello from $GITOPSQ_RUN in $(basename $(dirname $PWD)) on $SLURM_JOB_PARTITION",
+        "echo hello from $GITOPSQ_RUN in $(basename $PWD) on $SLURM_JOB_PARTITION",
         "ls -A", "echo rank=$DSTACK_NODE_RANK nodes=$DSTACK_NODES_NUM master=$DSTACK_MASTER_NODE_IP",
         "echo secret=${GITOPSQ_PROVIDER_SECRET:-unset}"]))
     world.drive(lambda: world.sub("hello")["status"] == "done")
@@ -102,8 +104,9 @@ def test_a_commit_runs_a_task_to_done_with_its_output_in_logs(world, monkeypatch
     out = run_cli("logs", "hello", "--db", str(world.store.path)).output.splitlines()
     key = job[1]["key"]
     assert out[0] == f"hello from hello in {key} on {world.cluster.partition}"
-    assert out[1].startswith("rank=0 nodes=1 master=") and out[1] != "rank=0 nodes=1 master="
-    assert out[-1] == "secret=unset" and len(out) == 3, "a fresh empty working directory; no controller secrets"
+    assert out[1] == ".venv", "a fresh working directory, with the run's venv"
+    assert out[2].startswith("rank=0 nodes=1 master=") and out[2] != "rank=0 nodes=1 master="
+    assert out[-1] == "secret=unset" and len(out) == 4, "no controller secrets"
     rows = json.loads(run_cli("history", "hello", "--json", "--db", str(world.store.path)).output)
     assert rows[0]["log_path"] == sub["log_path"] and Path(sub["log_path"]).parent == slurm_dir_for(world.store.path) / "logs"
 
@@ -257,17 +260,111 @@ def test_gpus_by_model_are_slurm_gres(world):
     assert Path(world.sub("gpu")["log_path"]).read_text() == "gpus=2 per-node=2\n"
 
 
-def test_python_is_the_nodes_interpreter_of_that_version(world):
+def test_python_is_a_venv_of_the_nodes_interpreter_of_that_version(world):
     here = "%d.%d" % sys.version_info[:2]
-    world.commit(py=run_file("py", ["python --version", "python3 -c 'import sys; print(sys.version_info[:2])'"], 0,
-                             f"python: '{here}'\n"),
+    venv_check = ["python3 -c 'import sys; print(sys.version_info[:2], sys.prefix == sys.base_prefix)'",
+                  'echo "venv=${VIRTUAL_ENV#$PWD/}"', "pip --version | cut -d' ' -f1"]
+    world.commit(py=run_file("py", ["python --version", *venv_check], 0, f"python: '{here}'\n{QUEUE_FOREVER}"),
+                 plain=run_file("plain", venv_check, 0, QUEUE_FOREVER),
                  missing=run_file("missing", ["python --version"], 0, "python: '3.19'\n"))
     world.drive(lambda: world.idle())
     major, minor = here.split(".")
-    assert world.sub("py")["status"] == "done" and f"({major}, {minor})" in Path(world.sub("py")["log_path"]).read_text()
+    out = Path(world.sub("py")["log_path"]).read_text()
+    assert world.sub("py")["status"] == "done", out
+    assert out.splitlines()[1:] == [f"({major}, {minor}) False", "venv=.venv", "pip"], "a venv in the working directory, with pip"
+    plain = Path(world.sub("plain")["log_path"]).read_text().splitlines()
+    assert plain[1:] == ["venv=.venv", "pip"], "without python: a venv of the node's python3"
     missing = world.sub("missing")
     assert (missing["status"], missing["reason"], missing["exit_code"]) == ("failed", "exit-code", 127)
     assert "gitopsq: no python3.19 on " in Path(missing["log_path"]).read_text()
+
+
+def test_a_runs_tree_lands_in_the_jobs_working_directory(world):
+    """repos and files (staged by the controller at the submission's commit) are the job's working directory."""
+    world.repo.write("train.py", "print('trained with v1')\n")
+    world.repo.write("data/labels.txt", "cat,dog\n")
+    world.commit(train=run_file("train", ["python3 train.py", "cat labels.txt", "echo at $GITOPSQ_COMMIT", "ls -A"], 0,
+                                "repos: [..]\nfiles: ['../data/labels.txt:labels.txt']\n"))
+    first = world.repo.git("rev-parse", "HEAD").strip()
+    world.drive(lambda: world.sub("train")["status"] in ("done", "failed"))
+    sub = world.sub("train")
+    out = Path(sub["log_path"]).read_text().splitlines()
+    assert sub["status"] == "done", out
+    assert out[:3] == ["trained with v1", "cat,dog", f"at {first}"]
+    assert {"train.py", "labels.txt", "runs", "data"} <= set(out[3:]) and ".git" not in out[3:]
+    assert (Path(sub["workdir"]) / "train.py").is_file() and Path(sub["workdir"]).parent == slurm_dir_for(world.store.path) / "work"
+    assert not any((workspace_dir_for(world.store.path) / "staging").iterdir()), "nothing is left staged"
+
+
+def test_a_tree_outside_the_working_directory_is_refused(world):
+    world.repo.write("data/labels.txt", "cat,dog\n")
+    world.commit(abs=run_file("abs", ["true"], 0, "files: ['../data/labels.txt:/etc/labels.txt']\n"))
+    world.controller.step()
+    sub = world.sub("abs")
+    assert (sub["status"], sub["reason"]) == ("failed", "unsatisfiable")
+    assert sub["message"].startswith("files[0]: '/etc/labels.txt' is outside the working directory") and world.jobs() == {}
+
+
+SECRET = "hf_s3cret $HOME 'quoted' value"
+
+
+def test_secrets_reach_the_job_masked_in_logs_and_never_in_its_files(world):
+    SecretStore(world.store).set("hf_token", SECRET)
+    world.commit(sec=run_file("sec", ["echo \"token=$HF_TOKEN\"", "echo \"plain=$PLAIN\"",
+                                      "env | grep -c ^GITOPSQ_SECRET_ || true"], 0,
+                              "env:\n  - HF_TOKEN=${{ secrets.hf_token }}\n  - PLAIN=visible\n"))
+    world.drive(lambda: world.sub("sec")["status"] in ("done", "failed"))
+    sub = world.sub("sec")
+    assert sub["status"] == "done", sub["message"]
+    assert Path(sub["log_path"]).read_text() == f"token={SECRET}\nplain=visible\n0\n", "the job had the value, as given"
+    shown = run_cli("logs", "sec", "--db", str(world.store.path)).output
+    assert shown == "token=***\nplain=visible\n0\n"
+    job_dir = slurm_dir_for(world.store.path)
+    written = [p for p in job_dir.rglob("*") if p.is_file() and p != Path(sub["log_path"])
+               and "hf_s3cret" in p.read_text(errors="replace")]
+    assert written == [], "no job file holds the secret: it went through sbatch's environment"
+    [batch] = job_dir.rglob("batch.sh")
+    assert "export PLAIN=visible" in batch.read_text() and "HF_TOKEN" in batch.read_text()
+
+
+def test_volumes_are_links_to_a_folder_of_the_node(world, tmp_path):
+    folder, absent = tmp_path / "checkpoints", tmp_path / "not-on-this-node"
+    volumes = (f"volumes:\n  - {{instance_path: {folder}, path: ckpt}}\n"
+               f"  - {{instance_path: {absent}, path: maybe, optional: true}}\n")
+    world.commit(vol=run_file("vol", ["cat ckpt/step 2>/dev/null || echo fresh", "echo 100 > ckpt/step",
+                                      "test -e maybe || echo no-optional-volume"], 0, volumes))
+    world.drive(lambda: world.sub("vol")["status"] in ("done", "failed"))
+    assert Path(world.sub("vol")["log_path"]).read_text() == "fresh\nno-optional-volume\n"
+    assert (folder / "step").read_text() == "100\n" and not absent.exists()
+    world.commit(vol=run_file("vol", ["cat ckpt/step"], 0, volumes))  # a new submission finds the checkpoint
+    world.drive(lambda: world.sub("vol")["number"] == 2 and world.sub("vol")["status"] in ("done", "failed"))
+    assert Path(world.sub("vol")["log_path"]).read_text() == "100\n"
+
+
+def test_an_absolute_volume_path_is_refused(world):
+    world.commit(vol=run_file("vol", ["true"], 0, "volumes: ['/srv/data:/data']\n"))
+    world.controller.step()
+    sub = world.sub("vol")
+    assert (sub["status"], sub["reason"]) == ("failed", "unsatisfiable") and sub["message"].startswith("volumes[0]: '/data'")
+
+
+def test_priority_order_among_gitopsqs_own_runs(world):
+    """gitopsq's runs fill the partition; when one ends, the waiting ones start by priority."""
+    cpus = world.cluster.cpus
+    release = world.repo.path.parent / "release"
+    whole = f"resources: {{cpu: {cpus}}}\n{QUEUE_FOREVER}"
+    world.commit(first=run_file("first", [f"while [ ! -e {release} ]; do sleep 0.1; done"], 0, whole))
+    world.drive(lambda: world.sub("first")["status"] == "running")
+    for name, priority in (("low", 10), ("high", 90), ("mid", 50)):
+        world.commit(**{name: run_file(name, ["date +%s.%N", "sleep 0.3"], priority, whole)})
+    for _ in range(3):
+        world.controller.step()
+    assert [world.sub(n)["status"] for n in ("high", "mid", "low")] == ["queued"] * 3
+    assert len(world.jobs()) == 1, "gitopsq submits nothing Slurm would have to hold"
+    release.touch()
+    world.drive(world.idle, what="the runs to finish")
+    starts = {n: float(Path(world.sub(n)["log_path"]).read_text().split()[0]) for n in ("high", "mid", "low")}
+    assert sorted(starts, key=starts.get) == ["high", "mid", "low"]
 
 
 # --- kill -9 of `gitopsq serve` while jobs are submitted and running ------------------------------

@@ -197,13 +197,14 @@ def test_the_exit_code_outlives_slurms_memory_of_the_job(driver, monkeypatch):
 
 def test_a_job_submitted_just_before_a_crash_is_found_by_its_key(driver):
     node = driver.create_node("gq-a-1", ex_script="sleep 30\n", ex_tags={"gitopsq-controller": "c"})
-    meta_path = Path(node.extra["workdir"]).parent / "meta.json"
+    meta_path = driver.nodes_dir / node.extra["key"] / "meta.json"
     meta = meta_path.read_text()
     meta_path.write_text(meta.replace(f'"job_id": "{node.id}"', '"job_id": null'))  # died before recording it
     [found] = driver.list_nodes()
     assert found.id == node.id and found.state == NodeState.RUNNING
     assert driver.destroy_node(found)
-    assert driver.list_nodes() == [] and (driver.ended_dir / found.extra["key"] / "work").is_dir()
+    assert driver.list_nodes() == [] and (driver.ended_dir / found.extra["key"] / "batch.sh").is_file()
+    assert Path(found.extra["workdir"]).is_dir(), "the working directory stays where it was shown"
     assert Path(found.extra["log"]).exists(), "the log stays where users read it"
 
 
@@ -214,23 +215,36 @@ def test_commands_on_a_login_host_over_ssh(tmp_path, slurm):
     fake_ssh.chmod(fake_ssh.stat().st_mode | stat.S_IXUSR)
     driver = SlurmNodeDriver(tmp_path / "jobs", partition=slurm.partition, slurm_conf=str(slurm.conf),
                              login="login1", ssh=str(fake_ssh))
-    node = driver.create_node("gq-remote-1", ex_script="echo \"it's $MSG\"\n", ex_env={"MSG": "a b; c"},
-                              ex_tags={"gitopsq-controller": "c"})
+    secret = "s3cret 'x' $y\nline two\n"  # quotes, a dollar, newlines (a trailing one too)
+    node = driver.create_node("gq-remote-1", ex_script="echo \"it's $MSG\"\nprintf '[%s]' \"$TOKEN\"\n",
+                              ex_env={"MSG": "a b; c"}, ex_secret_env={"TOKEN": secret}, ex_tags={"gitopsq-controller": "c"})
     ended = _wait_ended(driver, node.id)
-    assert ended.extra["exit_code"] == 0 and Path(ended.extra["log"]).read_text() == "it's a b; c\n"
+    assert ended.extra["exit_code"] == 0 and Path(ended.extra["log"]).read_text() == f"it's a b; c\n[{secret}]"
     remote = (tmp_path / "remote.log").read_text()
     assert f"SLURM_CONF={slurm.conf} sbatch --parsable" in remote and "squeue -h --states=all" in remote
+    assert "s3cret" not in remote, "the value travels on standard input, never on the remote command line"
     with pytest.raises(SlurmError):
         SlurmNodeDriver(tmp_path / "j2", partition=slurm.partition, login="elsewhere", ssh=str(fake_ssh)).list_nodes()
 
 
 def test_job_files_are_the_users_alone(driver):
-    node = driver.create_node("gq-a-1", ex_script="env\n", ex_env={"TOKEN": "s3cret"}, ex_tags={"gitopsq-controller": "c"})
+    node = driver.create_node("gq-a-1", ex_script="env\n", ex_env={"PLAIN": "visible"}, ex_secret_env={"TOKEN": "s3cret"},
+                              ex_tags={"gitopsq-controller": "c"})
     ended = _wait_ended(driver, node.id)
     for folder in (driver.nodes_dir, driver.logs_dir, driver.ended_dir, Path(ended.extra["workdir"]).parent):
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
     env = dict(line.split("=", 1) for line in Path(ended.extra["log"]).read_text().splitlines() if "=" in line)
-    assert env["TOKEN"] == "s3cret" and "SLURM_TIME_FORMAT" not in env
+    assert env["TOKEN"] == "s3cret" and env["PLAIN"] == "visible" and "SLURM_TIME_FORMAT" not in env
+    assert not any(name.startswith("GITOPSQ_SECRET_") for name in env), "the neutral names are gone"
+    files = [p for p in driver.root.rglob("*") if p.is_file() and str(p) != ended.extra["log"]]
+    assert files and not [p for p in files if b"s3cret" in p.read_bytes()], "a secret is in no job file"
+
+
+def test_more_nodes_than_the_partition_has_is_unsatisfiable(driver, slurm):
+    """ex_nodes is --nodes N with one task per node (the cluster here has one node)."""
+    with pytest.raises(SlurmUnsatisfiableError):
+        driver.create_node("gq-gang-1", ex_script="true\n", ex_nodes=2, ex_tags={"gitopsq-controller": "c"})
+    assert driver.list_nodes() == [] and not any(driver.work_dir.iterdir()), "nothing is left of a refused job"
 
 
 def test_a_submitted_job_is_kept_when_slurm_stops_answering_right_after(driver, monkeypatch):

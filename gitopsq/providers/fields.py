@@ -35,7 +35,7 @@ FIELD_SUPPORT: dict[str, dict[str, str]] = {
         LOCAL_PROCESS: "honoured: the run gets a venv of that version (pyenv, uv or the system's interpreter) in its working directory, `.venv`, first on PATH, with pip, so `pip install` stays in the run; refused when it is not installed (without `python`: a venv of the machine's python3)",
         LOCAL_CONTAINER: "-: `python` and `image` exclude each other (the image brings its Python)",
         EC2: "honoured: runs in the `python:X.Y` image",
-        SLURM: "honoured: the node's `pythonX.Y` (from its PATH) is `python` for the run; the run fails saying so when the node has none",
+        SLURM: "honoured: the run gets a venv of the node's `pythonX.Y` (from its PATH) in its working directory, `.venv`, first on PATH, with pip; the run fails saying so when the node has none (without `python`: a venv of the node's python3, when it has one)",
     },
     "nvcc": {
         LOCAL_PROCESS: "checked: nvcc must be on this machine (PATH or /usr/local/cuda/bin), which is put on the run's PATH",
@@ -101,19 +101,19 @@ FIELD_SUPPORT: dict[str, dict[str, str]] = {
         LOCAL_PROCESS: "honoured: checked out into the working directory (a `path` outside it, absolute, `~` or `..`, is refused)",
         LOCAL_CONTAINER: "honoured: checked out into the working directory (/work in the container); a `path` outside it is mounted there read-only, a `~` one is refused",
         EC2: "honoured: the node downloads the tree from the controller (no git credentials on the node); a `path` outside the working directory is written there (mounted read-only with `image`, where a `~` one is refused)",
-        SLURM: "refused: not prepared in a job's working directory yet",
+        SLURM: "honoured: checked out into the job's working directory under `workdir_root`, which the nodes mount (a `path` outside it, absolute, `~` or `..`, is refused)",
     },
     "files": {
         LOCAL_PROCESS: "honoured: copied into the working directory (a `dst` outside it, absolute, `~` or `..`, is refused)",
         LOCAL_CONTAINER: "honoured: copied into the working directory; an absolute `dst` is mounted there read-only, a `~` one is refused",
         EC2: "honoured: downloaded with the tree; an absolute `dst` is written there (mounted read-only with `image`, where a `~` one is refused)",
-        SLURM: "refused: not prepared in a job's working directory yet",
+        SLURM: "honoured: copied into the job's working directory (a `dst` outside it, absolute, `~` or `..`, is refused)",
     },
     "volumes": {
         LOCAL_PROCESS: "honoured: a relative `path` is a link in the working directory to `instance_path`, created when missing (an `optional` one is then left out); an absolute or `~` path is refused (a process has no filesystem of its own)",
         LOCAL_CONTAINER: "honoured: `-v instance_path:path`, a relative `path` under /work; `instance_path` created when missing (an `optional` one is then left out); a `~` path is refused",
         EC2: "honoured: a folder of the node (made when missing; an `optional` one is then left out), `-v` into the container or a link at its path; it lasts as long as the node",
-        SLURM: "refused: not linked into a job's working directory yet",
+        SLURM: "honoured: a relative `path` is a link in the working directory to the node's `instance_path`, made on each node when missing (an `optional` one missing on the first node is left out); an absolute or `~` path is refused (a job has no filesystem of its own)",
     },
     "registry_auth": {
         LOCAL_PROCESS: "-: applies to images only",

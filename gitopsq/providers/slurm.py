@@ -18,12 +18,24 @@ Everything a job needs lives under the driver's root, which must be on a filesys
 cluster's nodes mount at the same path (and, with a login host, this machine too):
 
     <root>/nodes/<key>/meta.json   name, tags, job id, node count
-    <root>/nodes/<key>/run.sh      the run's commands
-    <root>/nodes/<key>/batch.sh    the batch script sbatch got (kept for people)
-    <root>/nodes/<key>/work/       the run's working directory (fresh and empty, or prepared)
+    <root>/nodes/<key>/run.sh      the run's commands (after making its volumes' folders, on each node)
+    <root>/nodes/<key>/batch.sh    the batch script sbatch got (kept for people): never a secret's value
+    <root>/work/<key>/             the run's working directory: its tree (repos, files), its volumes'
+                                   links and its venv (.venv), or fresh and empty; never moved, so
+                                   what `ps` and the API show stays where the run left it
+    <root>/node_python.py          makes a run's venv on the node (gitopsq.providers.node_python)
+    <root>/pip/                    pip, copied once per interpreter, for the runs' venvs
     <root>/nodes/<key>/exit_code   written by the batch script when the commands end
-    <root>/ended/<key>/            where a destroyed job's directory moves (kept, like its log)
+    <root>/ended/<key>/            where a destroyed job's files move (kept, like its log)
     <root>/logs/<key>.log          the job's output (-o), never moved: users read it later
+
+Secrets reach a job through sbatch's own environment, never a file or a command line: sbatch
+exports the environment it runs in to the job (its default `--export=ALL`), so each value goes in
+under a neutral name (GITOPSQ_SECRET_<i>, which sbatch does not read as an option) and the batch
+script moves it to the run's name; batch.sh on the shared filesystem holds only the names. Over
+ssh the values travel on sbatch's standard input, ahead of the script, base64 per line. Like
+every job's environment, Slurm keeps them in slurmctld's state directory (SlurmUser's alone)
+while it knows the job.
 
 A job carries gitopsq's tags in its comment (`gitopsq:controller=...;run=...;submission=...;
 key=...`), so a restarted controller finds its jobs in Slurm; the exit code on the shared
@@ -32,6 +44,7 @@ filesystem outlives Slurm's memory of the job (MinJobAge, 300 s by default).
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -47,6 +60,7 @@ from libcloud.common.types import LibcloudError
 from libcloud.compute.base import Node, NodeDriver, NodeSize
 from libcloud.compute.types import NodeState
 
+from gitopsq.providers import volumes as vols
 from gitopsq.providers.slurm_output import (
     JOB_FIELDS,
     NEVER_STARTS,
@@ -137,23 +151,71 @@ done
 export DSTACK_NODES_IPS="$gitopsq_ips"
 export DSTACK_MASTER_NODE_IP="${{gitopsq_ips%%
 *}}"
-{python}{launch}
+{secrets}{python}{volumes}{launch}
 code=$?
 printf '%s\n' "$code" > "$GITOPSQ_NODE_DIR/exit_code.tmp" && mv -f "$GITOPSQ_NODE_DIR/exit_code.tmp" "$GITOPSQ_NODE_DIR/exit_code"
 exit "$code"
 """
 
-# `python: X.Y`: the node's pythonX.Y (from its PATH) is python and python3 for the run.
-_PYTHON = r"""gitopsq_python=$(command -v python{version}) || {{
-  echo "gitopsq: no python{version} on $(hostname)'s PATH" >&2; exit 127; }}
-gitopsq_bin="${{TMPDIR:-/tmp}}/gitopsq-$SLURM_JOB_ID/bin"
-mkdir -p "$gitopsq_bin" && ln -sf "$gitopsq_python" "$gitopsq_bin/python" && ln -sf "$gitopsq_python" "$gitopsq_bin/python3"
-export PATH="$gitopsq_bin:$PATH"
+SECRET_PREFIX = "GITOPSQ_SECRET_"  # how a secret's value reaches the job (sbatch's environment)
+VENV_NAME = ".venv"  # the run's own Python, in its working directory (as on the local provider)
+NODE_PYTHON = Path(__file__).with_name("node_python.py")  # makes that venv on the node
+
+# The run's venv, made on the first node in the shared working directory: of `python: X.Y` (the
+# node's pythonX.Y, from its PATH: the run fails saying so when it has none), else of the node's
+# python3 when it has one. First on PATH, with pip, as on the local provider.
+_VENV = r"""{find}"$gitopsq_python" -I {prelude} {venv} {pip} true || exit 1
+  export VIRTUAL_ENV={venv} PATH={venv}/bin:"$PATH"
+{end}
 """
+_FIND_VERSION = r"""gitopsq_python=$(command -v python{version}) || {{
+  echo "gitopsq: no python{version} on $(hostname)'s PATH" >&2; exit 127; }}
+{{
+  """
+_FIND_ANY = r"""if gitopsq_python=$(command -v python3); then
+  """
+
+
+def _venv_block(python: str | None, work_dir: str, prelude: str, pip_dir: str) -> str:
+    find = _FIND_VERSION.format(version=python) if python else _FIND_ANY
+    return _VENV.format(find=find, prelude=shlex.quote(prelude), venv=shlex.quote(f"{work_dir}/{VENV_NAME}"),
+                        pip=shlex.quote(pip_dir), end="}" if python else "fi")
+
+
+def _secret_block(names: list[str]) -> str:
+    """Each secret from its neutral name in sbatch's environment to the run's name."""
+    return "".join(f'export {name}="${{{SECRET_PREFIX}{i}}}"; unset {SECRET_PREFIX}{i}\n' for i, name in enumerate(names))
+
+
+def _optional_volumes_block(work_dir: str, volumes) -> str:
+    """An optional volume whose folder the (first) node lacks is left out, as on the local provider."""
+    lines = []
+    for instance_path, path, optional in volumes:
+        if optional:
+            link = shlex.quote(f"{work_dir}/{os.path.normpath(path)}")
+            lines.append(f"[ -e {shlex.quote(instance_path)} ] || rm -f -- {link}\n")
+    return "".join(lines)
+
+
+def volumes_prelude(volumes) -> str:
+    """run.sh's first lines, on each node: the folders of the volumes that are not optional (made
+    when missing, as dstack does)."""
+    lines = []
+    for instance_path, _, optional in volumes:
+        if not optional:
+            quoted = shlex.quote(instance_path)
+            lines.append(f"mkdir -p -- {quoted} || {{ echo \"gitopsq: volumes: cannot create {quoted} on $(hostname)\" >&2; "
+                         f"exit 1; }}\n")
+    return "".join(lines)
 
 
 def batch_script(name: str, key: str, node_dir: str, env: dict[str, str], gpus: int, nodes: int,
-                 cpus_per_node: int | None, python: str | None) -> str:
+                 cpus_per_node: int | None, python: str | None, secret_names: tuple[str, ...] = (),
+                 venv: bool = False, prelude: str = "", pip_dir: str = "", volumes=(), work_dir: str | None = None) -> str:
+    """The script sbatch gets. `env` is written into it; the secrets are only named (their values
+    come from sbatch's environment, see SECRET_PREFIX). venv: make the run's venv (of `python`,
+    else of the node's python3) with `prelude` (node_python.py) and `pip_dir`."""
+    work_dir = work_dir or f"{node_dir}/work"
     exports = "".join(f"export {k}={shlex.quote(str(v))}\n" for k, v in env.items())
     run = shlex.quote(f"{node_dir}/run.sh")
     if nodes > 1:
@@ -163,7 +225,9 @@ def batch_script(name: str, key: str, node_dir: str, env: dict[str, str], gpus: 
     else:
         launch = f"DSTACK_NODE_RANK=0 bash {run}"
     return _BATCH.format(name=name, key=key, node_dir=shlex.quote(node_dir), exports=exports, gpus=int(gpus),
-                         python=_PYTHON.format(version=python) if python else "", launch=launch)
+                         secrets=_secret_block(list(secret_names)),
+                         python=_venv_block(python, work_dir, prelude, pip_dir) if venv or python else "",
+                         volumes=_optional_volumes_block(work_dir, volumes), launch=launch)
 
 
 # --- the driver ---------------------------------------------------------------------------------
@@ -198,19 +262,27 @@ class SlurmNodeDriver(NodeDriver):
         self.pending_grace = pending_grace
         self.command_timeout = command_timeout
         self.nodes_dir, self.ended_dir, self.logs_dir = self.root / "nodes", self.root / "ended", self.root / "logs"
-        for folder in (self.nodes_dir, self.ended_dir, self.logs_dir):
+        self.work_dir = self.root / "work"
+        for folder in (self.nodes_dir, self.ended_dir, self.logs_dir, self.work_dir):
             # The user's alone: scripts hold the run's env, logs its output.
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._partition: str | None = partition
 
     # ---- running the commands --------------------------------------------------------------
 
-    def _argv(self, command: str, args: tuple[str, ...]) -> list[str]:
+    # What a login host's shell runs ahead of the command: the secrets' values, one NAME=base64
+    # line each up to an empty line on standard input, into its environment (sbatch then reads
+    # the rest, its script). The values never appear on a command line, here or there.
+    _READ_ENV = ('while IFS= read -r gitopsq_l && [ -n "$gitopsq_l" ]; do '
+                 'gitopsq_v=$(printf %s "${gitopsq_l#*=}" | base64 -d; echo x); '
+                 'export "${gitopsq_l%%=*}=${gitopsq_v%x}"; done; ')
+
+    def _argv(self, command: str, args: tuple[str, ...], with_env: bool = False) -> list[str]:
         program = str(Path(self.bin_dir) / command) if self.bin_dir else command
         if not self.login:
             return [program, *args]
         env = "SLURM_TIME_FORMAT=%s " + (f"SLURM_CONF={shlex.quote(self.slurm_conf)} " if self.slurm_conf else "")
-        return [*self.ssh, self.login, env + shlex.join([program, *args])]
+        return [*self.ssh, self.login, (self._READ_ENV if with_env else "") + env + shlex.join([program, *args])]
 
     def _env(self) -> dict[str, str]:
         # Only what the commands need: the controller's own variables (tokens, credentials, a
@@ -223,12 +295,20 @@ class SlurmNodeDriver(NodeDriver):
             env["SLURM_CONF"] = self.slurm_conf
         return env
 
-    def ex_run(self, command: str, *args: str, input: str | None = None) -> str:
-        """Run one Slurm command (here, or on the login host); its stdout, or a classified SlurmError."""
-        argv = self._argv(command, args)
+    def ex_run(self, command: str, *args: str, input: str | None = None, env: dict[str, str] | None = None) -> str:
+        """Run one Slurm command (here, or on the login host); its stdout, or a classified SlurmError.
+
+        env: variables to add to the command's environment (sbatch passes them on to the job)."""
+        argv = self._argv(command, args, with_env=bool(env))
+        environment = self._env()
+        if env and self.login:
+            lines = "".join(f"{k}={base64.b64encode(v.encode()).decode()}\n" for k, v in env.items())
+            input = lines + "\n" + (input or "")
+        elif env:
+            environment.update(env)
         try:
             out = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=self.command_timeout,
-                                 env=self._env())
+                                 env=environment)
         except FileNotFoundError:
             raise SlurmError(f"{argv[0]}: not found (set --provider-opt bin_dir=... or install Slurm's commands)",
                              driver=self) from None
@@ -304,35 +384,57 @@ class SlurmNodeDriver(NodeDriver):
                     ex_tags: dict[str, str] | None = None, ex_cpus: int | None = None,
                     ex_memory_mb: int | None = None, ex_gpus: int = 0, ex_gpu_type: str | None = None,
                     ex_tmp_mb: int | None = None, ex_time_minutes: int | None = None, ex_nodes: int = 1,
-                    ex_python: str | None = None, ex_prepare_workdir: Callable[[Path], None] | None = None) -> Node:
+                    ex_python: str | None = None, ex_venv: bool = False,
+                    ex_secret_env: dict[str, str] | None = None, ex_tree: str | None = None,
+                    ex_volumes: tuple[tuple[str, str, bool], ...] = (),
+                    ex_prepare_workdir: Callable[[Path], None] | None = None) -> Node:
         """Submit one batch job and wait up to the pending grace for Slurm to start it.
 
         ex_cpus, ex_memory_mb and ex_gpus are per node; ex_nodes nodes get one task each.
-        ex_prepare_workdir(path) fills the fresh working directory before the job is submitted.
-        A job still pending after the grace is cancelled and SlurmCapacityError raised: other
-        jobs hold the room, and the run goes back to gitopsq's queue instead of Slurm's.
+        ex_python: a version (3.12): the node's pythonX.Y makes the run's venv (.venv in its working
+        directory, first on PATH); ex_venv: without ex_python, one of the node's python3 when it has
+        one. ex_secret_env: variables whose values are secrets: they reach the job through sbatch's
+        environment, never a file (see the module's doc). ex_tree: a folder holding the run's working
+        tree (its repos and files), moved (or copied, from another filesystem) into place as the
+        working directory. ex_volumes: (instance_path, path, optional): links in the working
+        directory to a folder of the node (made when missing; an optional one missing on the first
+        node is left out). ex_prepare_workdir(path) fills the working directory further before the
+        job is submitted. A job still pending after the grace is cancelled and SlurmCapacityError
+        raised: other jobs hold the room, and the run goes back to gitopsq's queue instead of Slurm's.
         """
+        if ex_python and not re.fullmatch(r"[0-9]+(\.[0-9]+)*", ex_python):
+            raise SlurmError(f"python: {ex_python!r} is not a version such as 3.12", driver=self)
         key = uuid.uuid4().hex[:12]
         node_dir = self.nodes_dir / key
-        work = node_dir / "work"
+        work = self.work_dir / key
         node_dir.mkdir(mode=0o700)
-        work.mkdir()
         tags = {**(ex_tags or {}), "key": key}
         meta = {"key": key, "name": name, "tags": tags, "nodes": ex_nodes, "created_at": time.time()}
+        secret_env = dict(ex_secret_env or {})
         try:
+            self._place_tree(ex_tree, work)
+            try:
+                vols.check([path for _, path, _ in ex_volumes], container=False)
+                vols.link(work, [(instance_path, path) for instance_path, path, _ in ex_volumes])
+            except (OSError, ValueError) as exc:
+                raise SlurmError(str(exc), driver=self) from None
             if ex_prepare_workdir is not None:
                 ex_prepare_workdir(work)
-            (node_dir / "run.sh").write_text(ex_script)
-            batch = batch_script(name, key, str(node_dir), dict(ex_env or {}), ex_gpus, ex_nodes, ex_cpus, ex_python)
+            (node_dir / "run.sh").write_text(volumes_prelude(ex_volumes) + ex_script)
+            batch = batch_script(name, key, str(node_dir), dict(ex_env or {}), ex_gpus, ex_nodes, ex_cpus, ex_python,
+                                 secret_names=tuple(secret_env), venv=ex_venv, prelude=str(self._node_python()),
+                                 pip_dir=str(self.root / "pip"), volumes=ex_volumes, work_dir=str(work))
             (node_dir / "batch.sh").write_text(batch)
             _write_atomic(node_dir / "meta.json", json.dumps(meta, indent=2))
             args = self._sbatch_args(name, key, tags, ex_cpus, ex_memory_mb, ex_gpus, ex_gpu_type, ex_tmp_mb,
                                      ex_time_minutes, ex_nodes)
-            out = self.ex_run("sbatch", *args, input=batch)
+            values = {f"{SECRET_PREFIX}{i}": value for i, value in enumerate(secret_env.values())}
+            out = self.ex_run("sbatch", *args, input=batch, env=values)
         except SlurmUnavailableError:
             raise  # sbatch may have got through: keep the directory, so list_nodes finds the job by its key
         except BaseException:
-            shutil.rmtree(node_dir, ignore_errors=True)  # refused: nothing was submitted, nothing to keep
+            for folder in (node_dir, work):  # refused: nothing was submitted, nothing to keep
+                shutil.rmtree(folder, ignore_errors=True)
             raise
         job_id = out.strip().split(";", 1)[0]
         meta["job_id"] = job_id
@@ -346,6 +448,7 @@ class SlurmNodeDriver(NodeDriver):
         if job is not None and job.state == "PENDING":
             self._cancel(job_id)
             self._retire(node_dir)
+            shutil.rmtree(work, ignore_errors=True)  # never started: nothing of the run's is in it
             why = f"job {job_id} pending ({job.reason})"
             if job.reason.startswith(NEVER_STARTS):
                 raise SlurmUnsatisfiableError(f"{why}: partition {self.partition} will never start it", driver=self)
@@ -353,9 +456,30 @@ class SlurmNodeDriver(NodeDriver):
                                      f"with other jobs", driver=self)
         return self._node(node_dir, meta, job)
 
+    @staticmethod
+    def _place_tree(tree: str | None, work: Path) -> None:
+        """The run's staged tree becomes its working directory (else a fresh empty one)."""
+        if not tree:
+            work.mkdir()
+            return
+        try:
+            os.rename(tree, work)  # the staging folder is on this filesystem: a move, not a copy
+        except OSError:  # workdir_root on another filesystem (the cluster's): a copy; the controller drops the staged one
+            shutil.copytree(tree, work, symlinks=True)
+
+    def _node_python(self) -> Path:
+        """node_python.py where every node reads it (the shared root), refreshed when gitopsq's changes."""
+        target = self.root / NODE_PYTHON.name
+        source = NODE_PYTHON.read_bytes()
+        if not target.exists() or target.read_bytes() != source:
+            tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:6]}")
+            tmp.write_bytes(source)
+            os.replace(tmp, target)
+        return target
+
     def _sbatch_args(self, name, key, tags, cpus, memory_mb, gpus, gpu_type, tmp_mb, minutes, nodes) -> list[str]:
         args = ["--parsable", f"--job-name={name}", f"--comment={tags_comment(tags)}", f"--partition={self.partition}",
-                f"--output={self.logs_dir / (key + '.log')}", f"--chdir={self.nodes_dir / key / 'work'}",
+                f"--output={self.logs_dir / (key + '.log')}", f"--chdir={self.work_dir / key}",
                 f"--nodes={nodes}", "--ntasks-per-node=1", "--no-requeue"]
         if self.account:
             args.append(f"--account={self.account}")
@@ -495,7 +619,7 @@ class SlurmNodeDriver(NodeDriver):
             "lost": lost,
             "timed_out": slurm_state in TIMED_OUT,
             "log": str(self.logs_dir / f"{key}.log"),
-            "workdir": str(node_dir / "work"),
+            "workdir": str(self.work_dir / key),
             "submitted_at": job.submit_time if job else meta.get("created_at"),
             "started_at": job.start_time if job else None,
             "ended_at": job.end_time if job else None,

@@ -15,15 +15,21 @@
   `max-duration-exceeded`; past the hold (max_duration raised or turned off in place after
   the job was submitted) it is lost.
 
-`nodes: N` runs and code prepared in the working directory (`repos`, `files`) plug in through
-the driver's `ex_nodes` (`--nodes N`, one task per node, dstack's DSTACK_* variables from
-Slurm's) and `ex_prepare_workdir` (fills the fresh working directory before the job is
-submitted); demand and the size checks then count per node.
+- Inputs: the run's tree (`repos`, `files`, staged by the controller) becomes the job's working
+  directory under workdir_root; `env` is written into the batch script and secrets reach the
+  job through sbatch's environment only; `volumes` are links in the working directory to a
+  folder of the node; the run gets a venv (`.venv`) of its `python` (else the node's python3).
+  Nothing can be placed outside the working directory: a job has no filesystem of its own.
+
+`nodes: N` runs (not in the run file format yet) plug in through the driver's `ex_nodes`
+(`--nodes N`, one task per node, dstack's DSTACK_* variables from Slurm's); demand and the size
+checks then count per node.
 """
 
 from __future__ import annotations
 
 import math
+import posixpath
 import re
 import shlex
 import time
@@ -39,12 +45,14 @@ from gitopsq.providers.base import (
     TAG_CONTROLLER,
     THROTTLE,
     UNSATISFIABLE,
+    Isolation,
     Launch,
     LibcloudProvider,
     ProviderConfigError,
     ProviderError,
     run_env,
     run_script,
+    secret_env,
 )
 from gitopsq.providers.slurm import (
     PROVIDER,
@@ -57,6 +65,7 @@ from gitopsq.providers.slurm import (
     register,
 )
 from gitopsq.providers.slurm_output import PartitionNode, minutes_for, slurm_minutes
+from gitopsq.providers.volumes import overlap, process_path_problem
 from gitopsq.spec import RunSpec
 
 __all__ = ["SLURM_OPTIONS", "SlurmAdapter", "make_slurm_provider"]
@@ -84,6 +93,10 @@ class SlurmAdapter:
 
     name = "slurm"
     reports_exit_codes = False  # the job's state in Slurm (and its exit_code file) tells
+    # Jobs run as the user who submits them, on nodes that mount workdir_root.
+    isolation = Isolation(False, "Slurm jobs run as the user who submits them (the controller's, or the login host's), "
+                                 "so a job on a node that mounts the state directory can read it; keep the state "
+                                 "directory off the filesystem the cluster's nodes mount (workdir_root)")
 
     def __init__(self, driver: SlurmNodeDriver, clock=time.monotonic, max_nodes: int | None = None):
         self.driver = driver
@@ -112,7 +125,7 @@ class SlurmAdapter:
 
     def unsatisfiable(self, spec: RunSpec) -> str | None:
         """Why no node of the partition can ever run the spec, or None (also when Slurm does not answer now)."""
-        for check in (self._placement, self._runtime):
+        for check in (self._placement, self._runtime, self._inputs, self._volumes):
             why = check(spec)
             if why:
                 return why
@@ -145,9 +158,31 @@ class SlurmAdapter:
         if spec.nvcc:
             return ("nvcc: the CUDA toolkit of the cluster's nodes is not known to the slurm provider; "
                     "load it in commands (e.g. module load cuda)")
-        for field, given in (("repos", spec.repos), ("files", spec.files), ("volumes", spec.volumes)):
-            if given:
-                return f"{field}: the slurm provider does not prepare them in a job's working directory yet"
+        return None
+
+    def _inputs(self, spec: RunSpec) -> str | None:
+        """Repos and files land in the job's working directory: a job has no filesystem of its own."""
+        places = [(f"repos[{i}].path", r.path) for i, r in enumerate(spec.repos)]
+        places += [(f"files[{i}]", f.dst) for i, f in enumerate(spec.files)]
+        for field, path in places:
+            normal = posixpath.normpath(path)
+            if path.startswith(("/", "~")) or normal == ".." or normal.startswith("../"):
+                return (f"{field}: {path!r} is outside the working directory; a job on the slurm provider has no "
+                        f"filesystem of its own (use a relative path)")
+        return None
+
+    def _volumes(self, spec: RunSpec) -> str | None:
+        """A job's volumes are links in its working directory to a folder of the node."""
+        for index, volume in enumerate(spec.volumes):
+            problem = process_path_problem(volume.path)
+            if problem:
+                return (f"volumes[{index}]: {volume.path!r} {problem}; a job on the slurm provider has no filesystem "
+                        f"of its own, so a volume is a link in its working directory (use a relative path)")
+        clash = overlap([posixpath.normpath(v.path) for v in spec.volumes])
+        if clash:
+            i, j, how = clash
+            return (f"volumes[{j}]: {spec.volumes[j].path!r} {how} volumes[{i}]'s path {spec.volumes[i].path!r} "
+                    f"(slurm provider)")
         return None
 
     def _sizes(self, spec: RunSpec, nodes: list[PartitionNode], info: dict[str, str]) -> str | None:
@@ -264,11 +299,13 @@ class SlurmAdapter:
         spec = launch.spec
         script = run_script(spec) if spec.commands or spec.type == "dev-environment" else ""
         return dict(
-            name=f"gq-{launch.run}-{launch.submission_id}", ex_script=script, ex_env=run_env(spec, launch), ex_tags=tags,
+            name=f"gq-{launch.run}-{launch.submission_id}", ex_script=script, ex_tags=tags,
+            ex_env=run_env(spec, launch, with_secrets=False), ex_secret_env=secret_env(spec, launch.secrets),
             ex_cpus=self._cpus(spec), ex_memory_mb=self._memory_mb(spec), ex_gpus=spec.resources.gpu_count,
             ex_gpu_type=self._gpu_type(spec), ex_tmp_mb=self._tmp_mb(spec),
             ex_time_minutes=minutes_for(spec.max_duration) if spec.max_duration is not None else None,
-            ex_python=spec.python)
+            ex_python=spec.python, ex_venv=True, ex_tree=str(launch.tree) if launch.tree else None,
+            ex_volumes=tuple((v.instance_path, v.path, v.optional) for v in spec.volumes))
 
     def classify(self, exc: Exception) -> ProviderError:
         """Every driver failure as one of the provider's kinds, in one place."""
