@@ -421,3 +421,14 @@ def test_kill_9_of_the_daemon_never_duplicates_a_job(tmp_path, slurm, trials):
         cancelled_before_start = [j for js in per_submission.values() for j in js if j[1] == "CANCELLED"]
         assert all(sum(1 for _, s in js if s == "COMPLETED") == 1 for js in per_submission.values()), per_submission
         assert len(per_submission) == 6 and not cancelled_before_start, f"trial {trial}: {per_submission}"
+
+
+def test_the_provider_check_asks_the_partition(slurm):
+    """`apply -Q` and `plan --db` ask the provider serve runs with: on Slurm, the partition."""
+    from gitopsq.providercheck import ProviderCheck
+    from gitopsq.spec import parse_run
+
+    check = ProviderCheck("slurm", {"slurm_conf": str(slurm.conf), "partition": slurm.partition})
+    huge = parse_run(f"type: task\ncommands: [x]\nresources: {{cpu: {slurm.cpus * 64}}}\n".encode(), "runs/huge.yml")
+    assert check(huge).startswith(f"resources.cpu: needs {slurm.cpus * 64} CPUs on a node")
+    assert check(parse_run(b"type: task\ncommands: [x]\n", "runs/small.yml")) is None
