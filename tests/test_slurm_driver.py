@@ -259,3 +259,9 @@ def test_a_submitted_job_is_kept_when_slurm_stops_answering_right_after(driver, 
     monkeypatch.setattr(driver, "_squeue", original)
     ended = _wait_ended(driver, node.id)
     assert ended.extra["exit_code"] == 0 and Path(ended.extra["log"]).read_text() == "kept\n"
+
+
+def test_slurm_runs_are_reported_as_not_isolated_from_the_controller(tmp_path):
+    """A job runs as the user who submits it: /healthz and serve say what it can reach."""
+    provider = make_slurm_provider(tmp_path, {"partition": "p"}, "c")
+    assert not provider.isolation.isolated and "state directory" in provider.isolation.how
