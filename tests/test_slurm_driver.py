@@ -265,3 +265,25 @@ def test_slurm_runs_are_reported_as_not_isolated_from_the_controller(tmp_path):
     """A job runs as the user who submits it: /healthz and serve say what it can reach."""
     provider = make_slurm_provider(tmp_path, {"partition": "p"}, "c")
     assert not provider.isolation.isolated and "state directory" in provider.isolation.how
+
+
+def test_a_tree_staged_on_another_filesystem_is_copied_into_place(driver, monkeypatch, tmp_path):
+    """workdir_root on the cluster's filesystem, the staging folder on the controller's: no rename there."""
+    import errno
+    import os
+
+    from gitopsq.providers import slurm as slurm_module
+
+    staged = tmp_path / "staged"
+    (staged / "code").mkdir(parents=True)
+    (staged / "code" / "train.py").write_text("print('from the tree')\n")
+    (staged / "link").symlink_to("code/train.py")
+
+    def other_filesystem(src, dst):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(slurm_module.os, "rename", other_filesystem)
+    node = driver.create_node("gq-tree-1", ex_script="python3 link\n", ex_tree=str(staged), ex_tags={"gitopsq-controller": "c"})
+    ended = _wait_ended(driver, node.id)
+    assert Path(ended.extra["log"]).read_text() == "from the tree\n"
+    assert os.readlink(Path(ended.extra["workdir"]) / "link") == "code/train.py", "links are copied as links"
