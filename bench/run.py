@@ -42,6 +42,7 @@ from tests.fakes import FakeProvider  # noqa: E402
 
 BENCH_BRANCH = "bench"  # the in-process benchmarks move this ref; the daemon watches main
 GROUPS = ("sync", "daemon", "queue", "launch")
+SLURM_GROUP = "slurm"  # not in the default groups: it needs root, slurm-wlm and munge
 
 
 class Figures:
@@ -319,6 +320,71 @@ def bench_daemon(f: Figures, repo: Path, files: int, work: Path, runs: int, comm
                f"(the interpreter alone: {interpreter:.0f} MB)", target="< 150 MB")
 
 
+# --- Slurm -------------------------------------------------------------------------------------------
+
+
+def _slurm_job_of(cluster, name: str) -> bool:
+    """True once Slurm lists a job whose name says it runs `name` (gitopsq names jobs gq-<run>-<id>)."""
+    out = cluster.run("squeue", "-h", "--states=all", "-O", "Name:|")
+    return any(line.rstrip("|").startswith(f"gq-{name}-") or line.rstrip("|") == name for line in out.splitlines())
+
+
+def bench_slurm(f: Figures, work: Path, runs: int, commits_per_run: int) -> None:
+    """Commit-to-job-submitted on a one-machine Slurm cluster, beside a bare `sbatch` in the same run."""
+    from tests.slurm_cluster import SlurmCluster, missing_tools
+
+    if missing_tools() or os.geteuid() != 0:
+        print("  slurm: skipped (needs root and `apt-get install -y slurm-wlm munge`)", file=sys.stderr, flush=True)
+        return
+    lat50, lat99, lim50, lim99 = [], [], [], []
+    with SlurmCluster(root=work / "slurm") as cluster:
+        for r in range(runs):
+            repo = work / f"slurm-repo-{r}"
+            subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
+            for key, value in (("user.email", "bench@gitopsq.dev"), ("user.name", "gitopsq bench")):
+                git(repo, "config", key, value)
+            (repo / "runs").mkdir()
+            git(repo, "commit", "-q", "--allow-empty", "-m", "empty")
+            db = work / f"slurm-{r}" / "db.sqlite"
+            db.parent.mkdir(parents=True)
+            log = open(db.parent / "daemon.log", "wb")
+            proc = subprocess.Popen([sys.executable, "-m", "gitopsq", "serve", "--repo", str(repo), "--db", str(db),
+                                     "--http", "off", "--provider", "slurm", "--provider-opt", f"slurm_conf={cluster.conf}",
+                                     "--provider-opt", f"partition={cluster.partition}"],
+                                    stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=work)
+            try:
+                time.sleep(1.5)  # the daemon's start and first (empty) sync
+                lats, limits = [], []
+                for i in range(commits_per_run):
+                    name = f"slurm-{r}-{i}"
+                    (repo / "runs" / f"{name}.yml").write_text(f"type: task\nname: {name}\ncommands: ['true']\n")
+                    git(repo, "add", "-A")
+                    git(repo, "commit", "-q", "-m", f"add {name}")
+                    committed = time.perf_counter()
+                    _wait(lambda: _slurm_job_of(cluster, name), 60, f"{name}'s job", 0.005)
+                    lats.append(time.perf_counter() - committed)
+                    # the limit: the least any controller must do -- diff the commit and run sbatch, seen the same way
+                    head = git(repo, "rev-parse", "HEAD").decode().strip()
+                    t = time.perf_counter()
+                    git(repo, "diff-tree", "-r", "-z", "--no-renames", f"{head}~1", head)
+                    cluster.run("sbatch", "--parsable", f"--job-name=bare-{name}", "--output=/dev/null", "--wrap", "true")
+                    _wait(lambda: _slurm_job_of(cluster, f"bare-{name}"), 60, "the bare job", 0.005)
+                    limits.append(time.perf_counter() - t)
+                    cluster.cancel_all()  # an empty partition for the next commit
+                    time.sleep(0.3)
+            finally:
+                stop_process(proc, 30)
+                log.close()
+            for values, p, out in ((lats, 50, lat50), (lats, 99, lat99), (limits, 50, lim50), (limits, 99, lim99)):
+                out.append(percentile(values, p) * 1000)
+    k = f"{commits_per_run} commits x {runs} daemons"
+    f.add("commit-to-job-submitted p50 (slurm)", median(lat50), "ms", median(lim50),
+          note=f"`git commit` returned -> the run's job listed by `squeue` on a one-machine Slurm cluster ({k}); "
+               "limit: one spawned `git diff-tree` of the commit + one bare `sbatch`, until `squeue` lists its job, "
+               "in the same run")
+    f.add("commit-to-job-submitted p99 (slurm)", median(lat99), "ms", median(lim99), note=f"as above ({k})")
+
+
 # --- the queue ---------------------------------------------------------------------------------------
 
 
@@ -571,17 +637,22 @@ def print_table(f: Figures, title: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1,000 files and 50 commits: under a minute")
-    ap.add_argument("--only", default="", help="comma-separated groups to run: sync, daemon, queue, launch (default: all)")
+    ap.add_argument("--only", default="", help="comma-separated groups to run: sync, daemon, queue, launch, slurm "
+                                               "(default: all but slurm)")
     ap.add_argument("--out", help="where to write the JSON figures (default bench/out/results.json; "
                                   "with --only, bench/out/results-GROUP.json)")
     ap.add_argument("--runs", type=int, default=3, help="runs per figure (the median is reported; at least 3)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (repo, databases, daemon logs)")
+    ap.add_argument("--slurm", action="store_true",
+                    help="also commit-to-job-submitted on a one-machine Slurm cluster (root, slurm-wlm and munge)")
     args = ap.parse_args()
     runs = max(3, args.runs)
     groups = [g for g in args.only.split(",") if g] or list(GROUPS)
-    unknown = set(groups) - set(GROUPS)
+    unknown = set(groups) - set(GROUPS) - {SLURM_GROUP}
     if unknown:
-        ap.error(f"--only: unknown group(s) {', '.join(sorted(unknown))} (choose from {', '.join(GROUPS)})")
+        ap.error(f"--only: unknown group(s) {', '.join(sorted(unknown))} (choose from {', '.join(GROUPS)}, {SLURM_GROUP})")
+    if args.slurm and SLURM_GROUP not in groups:
+        groups.append(SLURM_GROUP)
     out = args.out or str(ROOT / "bench" / "out" / (f"results-{'-'.join(groups)}.json" if args.only else "results.json"))
     files, commits, queued = (1_000, 50, 10_000) if args.quick else (10_000, 500, 100_000)
     per_commit = 10 if args.quick else 40
@@ -590,10 +661,11 @@ def main() -> None:
     started = time.perf_counter()
     f = Figures()
     try:
-        repo = work / "repo"
-        print(f"building a repo of {files:,} run files and {commits} commits in {work} ...", file=sys.stderr, flush=True)
-        seconds, shas = timed(build_repo, repo, files, commits)
-        print(f"  built in {seconds:.1f} s", file=sys.stderr, flush=True)
+        if set(groups) & {"sync", "launch", "daemon"}:  # the figures that read the bench repo
+            repo = work / "repo"
+            print(f"building a repo of {files:,} run files and {commits} commits in {work} ...", file=sys.stderr, flush=True)
+            seconds, shas = timed(build_repo, repo, files, commits)
+            print(f"  built in {seconds:.1f} s", file=sys.stderr, flush=True)
         if "sync" in groups:
             base_db = bench_first_sync(f, repo, shas, files, work, runs)
             bench_restart(f, repo, shas, files, base_db, work, runs)
@@ -606,6 +678,8 @@ def main() -> None:
         if "queue" in groups:
             bench_queue(f, queued, work, runs)
             bench_gang_queue(f, queued, work, runs)
+        if SLURM_GROUP in groups:
+            bench_slurm(f, work, runs, daemon_commits)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

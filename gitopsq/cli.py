@@ -221,8 +221,10 @@ def _byte_size(ctx, param, value):
 @click.option("--branch", envvar="GITOPSQ_BRANCH", default="main", help="The branch whose tip is the desired state (default: $GITOPSQ_BRANCH, else main).")
 @db_option
 @click.option("--once", is_flag=True, help="Run one controller step and exit.")
-@click.option("--provider", default="local", show_default=True, help="local (this machine), or a Libcloud compute provider such as ec2.")
-@click.option("--provider-opt", multiple=True, metavar="KEY=VALUE", help="Passed to the provider's driver: region=..., endpoint=URL, image=...")
+@click.option("--provider", default="local", show_default=True,
+              help="local (this machine), slurm (a Slurm partition), or a Libcloud compute provider such as ec2.")
+@click.option("--provider-opt", multiple=True, metavar="KEY=VALUE",
+              help="Passed to the provider: for ec2 region=..., endpoint=URL, image=...; for slurm see below.")
 @click.option("--local-slots", type=click.IntRange(min=1), help="Runs at once on this machine (default: CPU count).")
 @click.option("--local-gpus", type=click.IntRange(min=0), help="GPUs on this machine (default: what nvidia-smi reports, else 0).")
 @click.option("--max-log-size", default="16MB", show_default=True, callback=_log_size, metavar="SIZE",
@@ -235,7 +237,7 @@ def _byte_size(ctx, param, value):
               help="The unprivileged user local process runs execute as, so that they cannot read the controller's "
                    "state (needs root; default: gitopsq-run when it exists).")
 @click.option("--no-run-user", is_flag=True, help="Run local process runs as the controller's own user (not isolated).")
-@click.option("--max-nodes", type=click.IntRange(min=1), help="Cap on nodes a cloud provider runs at once.")
+@click.option("--max-nodes", type=click.IntRange(min=1), help="Cap on nodes a cloud provider (or jobs Slurm) runs at once.")
 @click.option("--public-url", help="How cloud nodes reach this controller to report their exit code: https://..., "
                                     "or http:// on a loopback address.")
 @click.option("--insecure-public-url", is_flag=True,
@@ -281,6 +283,22 @@ def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, 
     Run as root, local process runs execute as --run-user, which cannot read the state directory;
     where runs are not isolated from the controller, the daemon says so at start and /healthz and
     the dashboard show it (see SECURITY.md).
+
+    \b
+    --provider slurm runs each run as a batch job; its --provider-opt keys:
+      partition=NAME      the partition (default: the cluster's default one)
+      account=NAME        sbatch --account
+      qos=NAME            sbatch --qos
+      bin_dir=PATH        where sbatch, squeue, scontrol, scancel, sinfo are (default: PATH)
+      login=USER@HOST     run those commands on a login host over ssh
+      ssh=COMMAND         the ssh command for login (default: ssh -o BatchMode=yes)
+      slurm_conf=PATH     SLURM_CONF for the commands (default: the environment's)
+      sbatch_args='ARGS'  extra sbatch arguments, e.g. '--constraint=ib --exclusive'
+      pending_grace=SECS  how long a new job may stay pending before it goes back
+                          to gitopsq's queue (default 10)
+      workdir_root=PATH   working directories and logs, on a filesystem the nodes
+                          (and with login, this machine) mount at the same path
+                          (default: beside the state database)
     """
     if run_user and no_run_user:
         raise click.BadParameter("give --run-user or --no-run-user, not both", param_hint="--run-user")

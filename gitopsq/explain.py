@@ -6,7 +6,8 @@ and the dashboard say the same thing because they all say it through here.
 
 from __future__ import annotations
 
-UNITS = {"slots": ("slot", "slots"), "gpus": ("GPU", "GPUs"), "nodes": ("node", "nodes")}
+UNITS = {"slots": ("slot", "slots"), "gpus": ("GPU", "GPUs"), "nodes": ("node", "nodes"), "cpus": ("CPU", "CPUs"),
+         "memory_mb": ("MB of memory", "MB of memory")}
 BY_HAND = {"stopped": "stopped by", "rerun": "replaced by a rerun by"}  # reasons of gitopsq stop and rerun
 AFTER = {"error": "failed", "interruption": "interrupted", "no-capacity": "no capacity",
          "throttle": "the provider is busy", "auth": "the provider refused its credentials"}

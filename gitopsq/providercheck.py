@@ -20,8 +20,8 @@ class ProviderUnavailable(Exception):
 
 class ProviderCheck:
     """The provider's own demand() and unsatisfiable() (those the controller asks before queueing):
-    the local one over this machine (GPUs from --local-gpus, else nvidia-smi), a cloud one from its
-    options and the environment's credentials."""
+    the local one over this machine (GPUs from --local-gpus, else nvidia-smi), Slurm's partition
+    from its options, a cloud one from its options and the environment's credentials."""
 
     def __init__(self, name: str = "local", options: dict | None = None, local_gpus: int | None = None,
                  local_slots: int | None = None):
@@ -43,6 +43,15 @@ class ProviderCheck:
                 from gitopsq.providers.local_adapter import make_local_provider
 
                 yield make_local_provider(Path(scratch), "provider-check", self.local_slots, self.local_gpus)
+                return
+            if self.name == "slurm":
+                from gitopsq.providers.slurm_adapter import make_slurm_provider
+
+                try:  # its job files in the scratch folder: nothing is submitted
+                    provider = make_slurm_provider(Path(scratch), {**self.options, "workdir_root": scratch}, "provider-check")
+                except ProviderConfigError as exc:
+                    raise ProviderUnavailable(str(exc)) from None
+                yield provider
                 return
             from gitopsq.providers.cloud import make_cloud_provider
 

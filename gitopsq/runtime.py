@@ -86,6 +86,10 @@ def make_provider(store: Store, opts: ProviderOptions):
                                        why_no_run_user=choice.why_not)
         except LocalError as exc:  # e.g. a run user that cannot reach the working directories
             raise ProviderConfigError(str(exc)) from None
+    if opts.name == "slurm":
+        from gitopsq.providers.slurm_adapter import make_slurm_provider
+
+        return make_slurm_provider(slurm_dir_for(store.path), dict(opts.options), store.controller_id, opts.max_nodes)
     from gitopsq.providers.cloud import make_cloud_provider
 
     return make_cloud_provider(opts.name, dict(opts.options), store.controller_id, opts.max_nodes, opts.public_url,
@@ -114,6 +118,11 @@ def _run_user(store: Store, opts: ProviderOptions):
     if choice.user is not None and folder.stat().st_uid == os.geteuid() and stat.S_IMODE(folder.stat().st_mode) == 0o700:
         runuser.make_traversable(folder)
     return choice
+
+
+def slurm_dir_for(db_path: Path) -> Path:
+    """Where the slurm provider keeps jobs' working directories and logs unless workdir_root says."""
+    return db_path.parent / f"{db_path.stem}-slurm"
 
 
 def make_controller(repo_location: str | None, branch: str, store: Store, opts: ProviderOptions):

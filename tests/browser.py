@@ -15,7 +15,6 @@ import base64
 import json
 import os
 import select
-import shutil
 import signal
 import subprocess
 import time
@@ -23,16 +22,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-
-def require(tool: str, why: str, install: str) -> str:
-    """The path of `tool`; skips the test when it is missing, or fails it where GITOPSQ_REQUIRE lists it."""
-    path = shutil.which(tool)
-    if path is not None:
-        return path
-    message = f"{tool} is not installed: {why} (install it with {install})"
-    if tool in {t.strip() for t in os.environ.get("GITOPSQ_REQUIRE", "").split(",")}:
-        pytest.fail(f"{message}; GITOPSQ_REQUIRE says this run must have it")
-    pytest.skip(message)
+from tests.requirements import require
 
 
 def chromium(tmp_path, *args: str, timeout: float = 60) -> str:
@@ -192,8 +182,6 @@ def _above_nine(fd: int) -> int:
 
 VOID = {"meta", "br", "img", "input", "link", "hr", "col", "area", "base", "source", "wbr"}
 
-
-# --- a small DOM over html.parser -----------------------------------------------------------------
 
 class Node:
     def __init__(self, tag: str, attrs: dict, parent: "Node | None"):

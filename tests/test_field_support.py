@@ -13,10 +13,21 @@ from gitopsq.controller import Controller
 from gitopsq.providers import ec2
 from gitopsq.providers.base import Launch, log_dir_for
 from gitopsq.providers.cloud import CloudAdapter, user_data
-from gitopsq.providers.fields import CONTROLLER_FIELDS, EC2, FIELD_SUPPORT, LOCAL_CONTAINER, LOCAL_PROCESS, render_markdown, verdict
+from gitopsq.providers.fields import (
+    CONTROLLER_FIELDS,
+    EC2,
+    FIELD_SUPPORT,
+    LOCAL_CONTAINER,
+    LOCAL_PROCESS,
+    SLURM,
+    render_markdown,
+    verdict,
+)
 from gitopsq.providers.local import LocalNodeDriver
 from gitopsq.providers.local_adapter import LocalAdapter, make_local_provider
 from gitopsq.providers.pythons import find_python
+from gitopsq.providers.slurm import SlurmNodeDriver
+from gitopsq.providers.slurm_adapter import SlurmAdapter
 from gitopsq.source import ConfigRepo
 from gitopsq.spec import load_schema, parse_run
 from gitopsq.store import Store
@@ -131,6 +142,72 @@ def test_ec2_runs_python_in_its_image_with_the_shm_size():
     spec = spec_of("python: '3.12'\nresources: {shm_size: 2GB}")
     script = user_data(Launch(1, "probe", 1, spec, "tok"), "https://gitopsq.example.com")
     assert "--shm-size 2048m " in script and "python:3.12 bash /gitopsq/script.sh" in script
+
+
+class RecordedSlurm(SlurmNodeDriver):
+    """A partition of two nodes as Slurm 22.05's commands print it (recorded from a real cluster,
+    extended by a second node), so the table is held to the adapter without a cluster."""
+
+    OUTPUT = {
+        "sinfo": "big|idle|0/8/0/8|65536|0|102400|gpu:t4:2(S:0)|gpu:t4:0(IDX:N/A)|\n"
+                 "small|mixed|2/2/0/4|16384|4096|20480|(null)|gpu:0|\n",
+        "scontrol show partition": "PartitionName=gq AllowGroups=ALL Default=YES DefaultTime=NONE MaxNodes=UNLIMITED "
+                                   "MaxTime=1-00:00:00 Nodes=big,small State=UP TotalCPUs=12 TotalNodes=2 "
+                                   "DefMemPerNode=UNLIMITED MaxMemPerNode=UNLIMITED TRES=cpu=12,mem=80G,node=2\n",
+        "scontrol show config": "DefMemPerCPU            = 512\nMaxMemPerNode           = UNLIMITED\n"
+                                "SelectTypeParameters    = CR_CORE_MEMORY\n",
+    }
+
+    def ex_run(self, command, *args, input=None, env=None):
+        key = command if command != "scontrol" else " ".join((command, *args[:2]))
+        return self.OUTPUT[key]
+
+
+@pytest.fixture
+def slurm_adapter(tmp_path):
+    return SlurmAdapter(RecordedSlurm(tmp_path / "jobs", partition="gq"))
+
+
+@pytest.mark.parametrize("field", sorted(SAMPLES))
+def test_slurm_runs_do_what_the_table_says(slurm_adapter, field):
+    fits, refused = SAMPLES[field]
+    kind = verdict(field, SLURM)
+    if field == "backends":
+        fits = "backends: [slurm]"
+    if field == "python":
+        refused = None  # the node's own Python: the job says so when it has none (tests/test_slurm.py)
+    if kind == "refused":
+        why = slurm_adapter.unsatisfiable(spec_of(refused or fits))
+        assert why and why.startswith(field) and "slurm" in why.lower(), why
+        return
+    assert kind == "honoured", field
+    if fits is not None:
+        assert slurm_adapter.unsatisfiable(spec_of(fits)) is None, field
+    if refused is not None:
+        why = slurm_adapter.unsatisfiable(spec_of(refused))
+        assert why and why.startswith(field), why
+
+
+def test_slurm_refuses_images_gpu_memory_and_a_time_past_the_partition_limit(slurm_adapter):
+    assert verdict("image", SLURM) == "refused"
+    assert slurm_adapter.unsatisfiable(spec_of(None, image=True)).startswith("image:")
+    assert slurm_adapter.unsatisfiable(spec_of("resources: {gpu: 24GB:1}")).startswith("resources.gpu: Slurm's gres")
+    assert slurm_adapter.unsatisfiable(spec_of("resources: {gpu: T4:2}")) is None
+    assert slurm_adapter.unsatisfiable(spec_of("resources: {gpu: T4:3}")).startswith("resources.gpu: needs 3x T4")
+    assert slurm_adapter.unsatisfiable(spec_of("max_duration: 24h")) is None
+    assert slurm_adapter.unsatisfiable(spec_of("max_duration: 25h")).startswith("max_duration: 1500 minutes")
+
+
+def test_slurm_requests_what_the_run_file_asks_for(slurm_adapter):
+    spec = spec_of("resources: {cpu: 3.., memory: 1.5GB, gpu: T4:1, disk: 10GB}\nmax_duration: 90s\npython: '3.12'")
+    args = slurm_adapter.create_args(Launch(1, "probe", 1, spec, "tok"), {"gitopsq-controller": "c"})
+    assert {k: args[k] for k in ("ex_cpus", "ex_memory_mb", "ex_gpus", "ex_gpu_type", "ex_tmp_mb", "ex_time_minutes",
+                                 "ex_python")} == {"ex_cpus": 3, "ex_memory_mb": 1536, "ex_gpus": 1, "ex_gpu_type": "t4",
+                                                   "ex_tmp_mb": 10240, "ex_time_minutes": 2, "ex_python": "3.12"}
+    assert slurm_adapter.demand(spec) == {"nodes": 1, "cpus": 3, "memory_mb": 1536, "gpus": 1, "gpus:t4": 1}
+    # Memory left unset is what Slurm gives: DefMemPerCPU per CPU.
+    assert slurm_adapter.demand(spec_of(None)) == {"nodes": 1, "cpus": 1, "memory_mb": 512, "gpus": 0}
+    assert slurm_adapter.driver.ex_capacity() == {"cpus": 10, "memory_mb": 65536 + 12288, "gpus": 2, "gpus:t4": 2}
 
 
 def _controller(tmp_path, text):

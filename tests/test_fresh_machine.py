@@ -36,8 +36,21 @@ def test_ci_fails_when_a_required_browser_is_missing(tmp_path):
     assert "GITOPSQ_REQUIRE says this run must have it" in done.stdout
 
 
-def test_ci_requires_the_browser():
-    assert "GITOPSQ_REQUIRE=" in (ROOT / ".ci" / "run").read_text()
+def test_slurm_tests_skip_with_the_reason_where_slurm_is_missing(tmp_path):
+    done = _pytest(tmp_path, "tests/test_slurm.py", "-k", "a_commit_runs_a_task")
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "SKIPPED" in done.stdout and "Slurm is not installed" in done.stdout and "slurm-wlm munge" in done.stdout
+
+
+def test_ci_fails_when_required_slurm_is_missing(tmp_path):
+    done = _pytest(tmp_path, "tests/test_slurm.py", "-k", "a_commit_runs_a_task", require="chromium,slurm")
+    assert done.returncode == 1
+    assert "GITOPSQ_REQUIRE says this run must have it" in done.stdout
+
+
+def test_ci_requires_the_browser_and_slurm():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "GITOPSQ_REQUIRE=chromium,slurm" in ci and "slurm-wlm munge" in ci
 
 
 def test_init_twice_leaves_the_config_repo_as_it_is(tmp_path):
