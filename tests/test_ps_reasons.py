@@ -93,11 +93,12 @@ def test_a_run_whose_secret_is_set_then_says_it_waits_for_room(tmp_path):
         assert world.provider.running_runs() == ["train"]
 
 
-def test_ps_prints_a_scheduled_run_and_text_with_brackets_as_written(capsys):
+def test_ps_prints_a_scheduled_run_and_text_with_brackets_as_written(capsys, monkeypatch):
     """Observed: `ps` with a scheduled run (a status without a style) crashed with rich's
     MarkupError; text from a run or a provider (an error's '[Errno 13]') is not markup either."""
     from gitopsq.views import runs_table
 
+    monkeypatch.setenv("COLUMNS", "200")  # one line per run, whatever the terminal
     now = time.time()
     rows = [{"name": "nightly", "status": "scheduled", "priority": 0, "submission": None, "retry": None,
              "schedule": ["0 3 * * *"], "next_tick_at": now + 3600},
@@ -108,9 +109,10 @@ def test_ps_prints_a_scheduled_run_and_text_with_brackets_as_written(capsys):
     assert "scheduled" in out and "None" not in out and "copy[/]" in out and "[Errno 13] Permission denied: '[/]x'" in out.replace("\n", " ")
 
 
-def test_history_prints_actors_and_paths_with_brackets_as_written(capsys):
+def test_history_prints_actors_and_paths_with_brackets_as_written(capsys, monkeypatch):
     from gitopsq.views import history_table
 
+    monkeypatch.setenv("COLUMNS", "200")
     now = time.time()
     history_table([{"name": "t", "submission": 1, "status": "cancelled", "priority": 0, "queued_at": now - 60,
                     "submitted_by": "ci[/]bot", "reason": "deleted", "commit_sha": "abc", "log_path": "/x/[/]y.log"}])
