@@ -189,16 +189,18 @@ def unauthorized(detail: str) -> HTTPException:
     return HTTPException(401, detail, headers=CHALLENGE)
 
 
-async def capped_body(request: Request, limit: int) -> bytes:
-    """The request body, refused (413) past `limit` bytes, announced or sent, before any of it is parsed."""
+async def capped_body(request: Request, limit: int, shown: str | None = None) -> bytes:
+    """The request body, refused (413) past `limit` bytes, announced or sent, before any of it is
+    parsed; `shown` is how the refusal names the limit (default: in bytes)."""
+    too_large = HTTPException(413, f"the body is larger than {shown or f'{limit} bytes'}")
     length = request.headers.get("content-length", "").strip()
     if length.isdigit() and int(length) > limit:
-        raise HTTPException(413, f"the body is larger than {limit} bytes")
+        raise too_large
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise HTTPException(413, f"the body is larger than {limit} bytes")
+            raise too_large
         chunks.append(chunk)
     return b"".join(chunks)
 

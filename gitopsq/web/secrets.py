@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from typing import Callable
 
-from fastapi import APIRouter, Depends, HTTPException, Path as PathParam, Request
+from fastapi import APIRouter, Depends, Path as PathParam, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from gitopsq.inputs import SECRET_NAME
 from gitopsq.secretstore import MAX_NAME, SecretError, SecretKeyError, SecretStore, secret_listing
 from gitopsq.store import Store
+from gitopsq.web import auth
 from gitopsq.web.models import Problem, SecretRow, SecretSet, SecretValue
 
 MAX_BODY = 64 * 1024
@@ -24,16 +25,7 @@ _BODY_DOC = {"requestBody": {"required": True, "content": {"application/json": {
 
 async def capped_body(request: Request) -> bytes:
     """The request body, refused (413) past MAX_BODY bytes before any of it is parsed."""
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > MAX_BODY:
-        raise HTTPException(413, f"the body is larger than {MAX_BODY // 1024} KiB")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise HTTPException(413, f"the body is larger than {MAX_BODY // 1024} KiB")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return await auth.capped_body(request, MAX_BODY, f"{MAX_BODY // 1024} KiB")
 
 
 def redacted_errors(exc: ValidationError) -> list[dict]:
