@@ -412,13 +412,10 @@ def _queue_db(db: Path, n: int, gangs: float = 0.0) -> None:
     store.close()
 
 
-def bench_queue(f: Figures, n: int, work: Path, runs: int) -> None:
-    db = work / "queue" / "db.sqlite"
-    _queue_db(db, n)
-    store = Store(db)
-    # the limit: pop the head of the queue on the same index, raw SQL (rolled back after)
-    pops = 200
-    limit_runs = []
+def raw_pop_us(store, runs: int, pops: int = 200) -> list[float]:
+    """The limit for admission: microseconds to pop the head of the queue on its index with raw
+    SQL, one figure per run (each rolled back)."""
+    figures = []
     for _ in range(runs):
         store.conn.execute("BEGIN")
         t = time.perf_counter()
@@ -426,8 +423,17 @@ def bench_queue(f: Figures, n: int, work: Path, runs: int) -> None:
             (sub_id,) = store.conn.execute(
                 "SELECT id FROM submissions WHERE status = 'queued' ORDER BY priority DESC, queued_at, id LIMIT 1").fetchone()
             store.conn.execute("DELETE FROM submissions WHERE id = ?", (sub_id,))
-        limit_runs.append((time.perf_counter() - t) / pops * 1e6)
+        figures.append((time.perf_counter() - t) / pops * 1e6)
         store.conn.execute("ROLLBACK")
+    return figures
+
+
+def bench_queue(f: Figures, n: int, work: Path, runs: int) -> None:
+    db = work / "queue" / "db.sqlite"
+    _queue_db(db, n)
+    store = Store(db)
+    # the limit: pop the head of the queue on the same index, raw SQL (rolled back after)
+    limit_runs = raw_pop_us(store, runs)
     plan = store.conn.execute(
         "EXPLAIN QUERY PLAN SELECT id FROM submissions WHERE status = 'queued' ORDER BY priority DESC, queued_at, id LIMIT 1").fetchall()
     assert any("submissions_queue" in str(tuple(row)) for row in plan), plan
@@ -469,16 +475,7 @@ def bench_gang_queue(f: Figures, n: int, work: Path, runs: int) -> None:
     db = work / "gang-queue" / "db.sqlite"
     _queue_db(db, n, gangs=0.1)
     store = Store(db)
-    pops, limit_runs = 200, []
-    for _ in range(runs):
-        store.conn.execute("BEGIN")
-        t = time.perf_counter()
-        for _ in range(pops):
-            (sub_id,) = store.conn.execute(
-                "SELECT id FROM submissions WHERE status = 'queued' ORDER BY priority DESC, queued_at, id LIMIT 1").fetchone()
-            store.conn.execute("DELETE FROM submissions WHERE id = ?", (sub_id,))
-        limit_runs.append((time.perf_counter() - t) / pops * 1e6)
-        store.conn.execute("ROLLBACK")
+    limit_runs = raw_pop_us(store, runs)
     limit = median(limit_runs)
     provider = FakeProvider(slots=4)
     c = Controller(store, provider, None)
