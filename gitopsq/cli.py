@@ -218,10 +218,14 @@ def _byte_size(ctx, param, value):
 @click.option("--provider-secret-file", type=click.Path(exists=True, dir_okay=False),
               help="File holding the cloud provider's secret (default: $GITOPSQ_PROVIDER_SECRET, for ec2 also "
                    "$AWS_SECRET_ACCESS_KEY).")
+@click.option("--provider-session-token-file", type=click.Path(exists=True, dir_okay=False),
+              help="File holding the session token of temporary credentials (default: $GITOPSQ_PROVIDER_SESSION_TOKEN, "
+                   "for ec2 also $AWS_SESSION_TOKEN with $AWS_ACCESS_KEY_ID).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, local_gpus, max_log_size, keep_workdirs,
           workdirs_max_size, run_user, no_run_user, max_nodes, public_url, insecure_public_url, http, tls_cert, tls_key,
-          metrics_open, interval, webhook_secret_file, provider_key_file, provider_secret_file, log_format) -> None:
+          metrics_open, interval, webhook_secret_file, provider_key_file, provider_secret_file, provider_session_token_file,
+          log_format) -> None:
     """Reconcile the config repo: submit, update, restart and cancel runs, and run the queue.
 
     Runs until SIGTERM or Ctrl-C, reacting to commits at once (a local repo is watched; a URL
@@ -245,7 +249,8 @@ def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, 
     from gitopsq.credentials import CredentialsError, serve_credentials
 
     try:  # first: a daemon with credentials in its environment re-executes itself without them here
-        credentials = serve_credentials(provider_key_file, provider_secret_file, scrub=not once)
+        credentials = serve_credentials(provider_key_file, provider_secret_file, scrub=not once,
+                                        session_token_file=provider_session_token_file)
     except CredentialsError as exc:
         raise click.BadParameter(str(exc)) from None
     from gitopsq.daemon import ignore_wake_signal, interrupt_on_stop_signals

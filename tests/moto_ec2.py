@@ -79,6 +79,7 @@ class FaultInjector:
         self.app = app
         self.calls: Counter[str] = Counter()
         self.access_keys: Counter[str] = Counter()  # the key id each signed request was made with
+        self.session_tokens: Counter[str] = Counter()  # the X-Amz-Security-Token each request carried
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
         self.stopping = threading.Event()
@@ -102,6 +103,10 @@ class FaultInjector:
                 return form["Action"][0]
         return None
 
+    def clear(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
     def _take(self, action: str) -> Fault | None:
         with self._lock:
             for fault in self._faults:
@@ -121,6 +126,8 @@ class FaultInjector:
             self.calls[action] += 1
             if signed:
                 self.access_keys[signed.group(1)] += 1
+            if environ.get("HTTP_X_AMZ_SECURITY_TOKEN"):
+                self.session_tokens[environ["HTTP_X_AMZ_SECURITY_TOKEN"]] += 1
         fault = self._take(action)
         if fault is None:
             return self.app(environ, start_response)
@@ -170,6 +177,11 @@ class MotoEC2Server:
         """Requests seen per access key id they were signed with."""
         return self.injector.access_keys
 
+    @property
+    def session_tokens(self) -> Counter[str]:
+        """Requests seen per session token they carried (X-Amz-Security-Token)."""
+        return self.injector.session_tokens
+
     def start(self) -> "MotoEC2Server":
         self._server = make_server(
             self.host, 0, self.injector, threaded=True, request_handler=_QuietHandler
@@ -187,6 +199,7 @@ class MotoEC2Server:
         requests.post(self.endpoint + "/moto-api/reset", timeout=10).raise_for_status()
         self.injector.calls.clear()
         self.injector.access_keys.clear()
+        self.injector.session_tokens.clear()
 
     def stop(self) -> None:
         if self._server is None:
@@ -213,6 +226,10 @@ class MotoEC2Server:
     ) -> None:
         """Answer the next `times` `action` requests with an AWS XML error."""
         self.injector.add(Fault(action, times, status, code, message or "Injected %s" % code))
+
+    def clear_faults(self) -> None:
+        """Forget the faults not answered yet."""
+        self.injector.clear()
 
     def inject_http(
         self,

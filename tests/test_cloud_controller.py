@@ -296,6 +296,38 @@ def test_auth_failure_keeps_runs_queued_and_reports_once(world, caplog):
     assert world.controller.provider_health is None
 
 
+def test_an_expired_session_token_is_an_auth_problem_on_healthz_not_a_run_failure(world):
+    import httpx
+
+    from gitopsq.web import create_app
+    from tests.helpers import Recorder
+    from tests.webserver import running
+
+    world.commit({"runs/running.yml": run_file()})
+    world.step()
+    assert world.sub("running")["status"] == "running"
+    world.commit({"runs/waiting.yml": run_file()})
+    # Temporary credentials ran out: every call is refused until new ones are given.
+    world.server.inject("*", "ExpiredToken", status=400, times=1000, message="The security token included in the request is expired")
+    world.step(60)
+    world.step(60)
+    busy, waiting = world.sub("running"), world.sub("waiting")
+    assert (busy["status"], busy["reason"]) == ("running", None), "a run is not failed for the controller's credentials"
+    assert (waiting["status"], waiting["attempts"], waiting["reason"]) == ("queued", 0, None)
+    health = world.controller.provider_health
+    assert health == "provider ec2: auth: ExpiredToken: The security token included in the request is expired"
+    status = lambda: {"branch": "main", "provider": "ec2", "provider_health": world.controller.provider_health}  # noqa: E731
+    with running(create_app(world.store.path, Recorder(), status, None)) as url:
+        answer = httpx.get(f"{url}/healthz")
+        assert answer.status_code == 503
+        assert (answer.json()["status"], answer.json()["reason"]) == ("degraded", health)
+        world.server.clear_faults()  # new credentials
+        world.step(60)
+        assert [world.sub(r)["status"] for r in ("running", "waiting")] == ["running", "running"]
+        answer = httpx.get(f"{url}/healthz")
+        assert (answer.status_code, answer.json()["status"], answer.json()["provider_health"]) == (200, "ok", None)
+
+
 def test_unsatisfiable_run_fails_at_once(world):
     world.commit({"runs/big.yml": "type: task\ncommands: [train]\nresources: {gpu: H100:16}\n"})
     world.step()

@@ -379,3 +379,35 @@ def test_a_home_path_in_a_container_is_refused(provider):
     why = provider.unsatisfiable(task(extra="image: ubuntu\nfiles: ['a.txt:~/a.txt']\n"))
     assert why == "files[0]: '~/a.txt': the home of the image's user is not known to the ec2 provider; use an absolute path"
     assert provider.unsatisfiable(task(extra="image: ubuntu\nfiles: ['a.txt:/etc/a.txt']\n")) is None
+
+
+# --- temporary credentials -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pair", ["gitopsq", "aws"])
+def test_a_session_token_signs_every_request(monkeypatch, server, pair):
+    for var in ("GITOPSQ_PROVIDER_KEY", "GITOPSQ_PROVIDER_SECRET", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    if pair == "gitopsq":
+        monkeypatch.setenv("GITOPSQ_PROVIDER_KEY", "ASIA-temporary")
+        monkeypatch.setenv("GITOPSQ_PROVIDER_SECRET", "temporary-secret")
+        monkeypatch.setenv("GITOPSQ_PROVIDER_SESSION_TOKEN", "session-token-gq")
+        monkeypatch.setenv("AWS_SESSION_TOKEN", "not-this-pairs-token")
+        token = "session-token-gq"
+    else:
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "ASIA-temporary")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "temporary-secret")
+        monkeypatch.setenv("AWS_SESSION_TOKEN", "session-token-aws")
+        monkeypatch.setenv("GITOPSQ_PROVIDER_SESSION_TOKEN", "a-token-without-its-key")
+        token = "session-token-aws"
+    provider = make_cloud_provider("ec2", {"endpoint": server.endpoint}, "ctl-sts", None, PUBLIC_URL)
+    provider.launch(Launch(1, "a", 1, task(), "t"))
+    assert [n.run for n in provider.nodes()] == ["a"]  # moto accepted the signed requests
+    calls = sum(server.calls.values())
+    assert server.session_tokens == {token: calls}, "every request carries the pair's own token"
+    assert server.access_keys == {"ASIA-temporary": calls}
+
+
+def test_without_a_session_token_none_is_sent(server, provider):
+    provider.nodes()
+    assert server.session_tokens == {} and sum(server.calls.values()) == 1

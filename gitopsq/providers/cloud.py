@@ -497,6 +497,12 @@ def _make_generic(name: str, options: dict, controller_id: str, max_nodes: int |
     kwargs = {k: v for k, v in options.items() if k not in create_keys and k != "endpoint"}
     if options.get("endpoint"):
         kwargs.update(_endpoint_kwargs(options["endpoint"]))
+    token = credentials.get("GITOPSQ_PROVIDER_SESSION_TOKEN")
+    if token:
+        if "token" not in inspect.signature(cls.__init__).parameters:
+            raise ProviderConfigError(f"provider {name}: its Libcloud driver takes no session token; "
+                                      "unset GITOPSQ_PROVIDER_SESSION_TOKEN (or --provider-session-token-file)")
+        kwargs["token"] = token
     try:
         driver = cls(key, secret, **kwargs) if secret else cls(key, **kwargs)
     except TypeError as exc:

@@ -57,6 +57,7 @@ CAPACITY_CODES = frozenset(
         "VcpuLimitExceeded",
         "InsufficientAddressCapacity",
         "MaxSpotInstanceCountExceeded",
+        "SpotMaxPriceTooLow",  # no spot capacity at the price the run allows
     }
 )
 THROTTLE_CODES = frozenset(
@@ -76,6 +77,11 @@ AUTH_CODES = frozenset(
         "InvalidClientTokenId",
         "SignatureDoesNotMatch",
         "OptInRequired",
+        # Temporary credentials past their end: new ones are needed, the runs are not at fault.
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "RequestExpired",
+        "InvalidToken",
     }
 )
 
@@ -144,16 +150,20 @@ class GitopsqEC2Driver(EC2NodeDriver):
         super().__init__(*args, **kwargs)
 
 
-def _credentials(key: str | None, secret: str | None, environ: Mapping[str, str] | None = None) -> tuple[str, str]:
+def _credentials(key: str | None, secret: str | None, environ: Mapping[str, str] | None = None,
+                 token: str | None = None) -> tuple[str, str, str | None]:
+    """(key, secret, session token or None): each pair with the session token of its own kind
+    (temporary credentials are a key, a secret and a token that only work together)."""
     environ = os.environ if environ is None else environ
     sources = [
-        (key, secret),
-        (environ.get("GITOPSQ_PROVIDER_KEY"), environ.get("GITOPSQ_PROVIDER_SECRET")),
-        (environ.get("AWS_ACCESS_KEY_ID"), environ.get("AWS_SECRET_ACCESS_KEY")),
+        (key, secret, token),
+        (environ.get("GITOPSQ_PROVIDER_KEY"), environ.get("GITOPSQ_PROVIDER_SECRET"),
+         environ.get("GITOPSQ_PROVIDER_SESSION_TOKEN")),
+        (environ.get("AWS_ACCESS_KEY_ID"), environ.get("AWS_SECRET_ACCESS_KEY"), environ.get("AWS_SESSION_TOKEN")),
     ]
-    for found_key, found_secret in sources:
+    for found_key, found_secret, found_token in sources:
         if found_key and found_secret:
-            return found_key, found_secret
+            return found_key, found_secret, found_token or None
     # Deliberately names only the variables, never their values.
     raise EC2CredentialsError(
         "EC2 credentials not found: give --provider-key-file and --provider-secret-file, or set "
@@ -168,6 +178,7 @@ def make_ec2_driver(
     key: str | None = None,
     secret: str | None = None,
     *,
+    token: str | None = None,
     timeout: float | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> GitopsqEC2Driver:
@@ -176,10 +187,14 @@ def make_ec2_driver(
     `endpoint` is a URL such as "http://127.0.0.1:5000"; its scheme decides
     TLS and a missing port defaults to 80/443.  `timeout` (seconds) bounds
     each HTTP request. Without key and secret, they are looked up in `environ` (default: the
-    process environment).
+    process environment), each pair with its session token when there is one
+    (GITOPSQ_PROVIDER_SESSION_TOKEN, AWS_SESSION_TOKEN): temporary credentials sign every
+    request with it (X-Amz-Security-Token).
     """
-    access_key, secret_key = _credentials(key, secret, environ)
+    access_key, secret_key, session_token = _credentials(key, secret, environ, token)
     kwargs: dict = {"region": region}
+    if session_token:
+        kwargs["token"] = session_token
     if endpoint:
         url = urlsplit(endpoint)
         if url.scheme not in ("http", "https") or not url.hostname:
