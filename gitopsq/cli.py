@@ -188,7 +188,7 @@ def _byte_size(ctx, param, value):
 @click.option("--local-slots", type=click.IntRange(min=1), help="Runs at once on this machine (default: CPU count).")
 @click.option("--local-gpus", type=click.IntRange(min=0), help="GPUs on this machine (default: what nvidia-smi reports, else 0).")
 @click.option("--max-log-size", default="16MB", show_default=True, callback=_log_size, metavar="SIZE",
-              help="Output kept per local run (512KB, 16MB, 1GB): past it, the log keeps its tail.")
+              help="Output kept per run (512KB, 16MB, 1GB): past it, the log keeps its tail.")
 @click.option("--keep-workdirs", default=5, show_default=True, type=click.IntRange(min=0), metavar="N",
               help="Working directories of ended local runs kept per run: those of its last N submissions.")
 @click.option("--workdirs-max-size", default="20GB", show_default=True, callback=_byte_size, metavar="SIZE",
@@ -264,6 +264,8 @@ def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, 
                              no_run_user)
     daemon_opts = None if once else _daemon_options(http, interval, webhook_secret_file, log_format, metrics_open,
                                                     tls_cert, tls_key)
+    if daemon_opts:
+        daemon_opts.max_log_size = max_log_size  # cloud nodes ship their logs to the daemon's HTTP server
     if daemon_opts and credentials.dropped:
         daemon_opts.warnings += (f"removed from the daemon's environment, where runs of its user could read them: "
                                  f"{', '.join(credentials.dropped)} (runs get secrets from `gitopsq secret set`; "

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from gitopsq.providers.base import ProviderConfigError, bundles_dir_for, log_dir_for, workspace_dir_for
+from gitopsq.providers.base import ProviderConfigError, bundles_dir_for, cloud_logs_dir_for, log_dir_for, workspace_dir_for
 from gitopsq.store import StateMissing, Store, default_db_path, open_readonly
 
 
@@ -90,7 +90,8 @@ def make_provider(store: Store, opts: ProviderOptions):
 
     return make_cloud_provider(opts.name, dict(opts.options), store.controller_id, opts.max_nodes, opts.public_url,
                                bundles=bundles_dir_for(store.path), insecure_public_url=opts.insecure_public_url,
-                               credentials=opts.credentials)
+                               credentials=opts.credentials, logs=cloud_logs_dir_for(store.path),
+                               max_log_size=opts.max_log_size)
 
 
 def _private_folder(folder: Path) -> None:

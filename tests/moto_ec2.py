@@ -62,6 +62,7 @@ class Fault:
     code: str | None = None  # AWS error code; None means a plain HTTP body
     message: str = ""
     delay: float = 0.0  # stall first; with no code and status 0 the request then reaches moto
+    when: dict[str, str] | None = None  # only requests carrying these parameters (e.g. a spot market)
 
 
 def _error_xml(code: str, message: str) -> bytes:
@@ -80,6 +81,7 @@ class FaultInjector:
         self.calls: Counter[str] = Counter()
         self.access_keys: Counter[str] = Counter()  # the key id each signed request was made with
         self.session_tokens: Counter[str] = Counter()  # the X-Amz-Security-Token each request carried
+        self.requests: list[dict[str, str]] = []  # every request's parameters, in order
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
         self.stopping = threading.Event()
@@ -89,27 +91,28 @@ class FaultInjector:
             self._faults.append(fault)
 
     @staticmethod
-    def _action(environ) -> str | None:
+    def _params(environ) -> dict[str, str]:
+        """The request's parameters: from the query string (SigV2 GETs), else the form body."""
         query = parse_qs(environ.get("QUERY_STRING", ""))
         if "Action" in query:
-            return query["Action"][0]
+            return {k: v[0] for k, v in query.items()}
         if environ.get("CONTENT_TYPE", "").startswith("application/x-www-form-urlencoded"):
             length = int(environ.get("CONTENT_LENGTH") or 0)
             body = environ["wsgi.input"].read(length) if length else b""
             # Put the body back for moto.
             environ["wsgi.input"] = io.BytesIO(body)
-            form = parse_qs(body.decode("utf-8", "replace"))
-            if "Action" in form:
-                return form["Action"][0]
-        return None
+            return {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
+        return {}
 
     def clear(self) -> None:
         with self._lock:
             self._faults.clear()
 
-    def _take(self, action: str) -> Fault | None:
+    def _take(self, action: str, params: dict[str, str]) -> Fault | None:
         with self._lock:
             for fault in self._faults:
+                if fault.when and any(params.get(k) != v for k, v in fault.when.items()):
+                    continue
                 if fault.action in ("*", action):
                     fault.times -= 1
                     if fault.times <= 0:
@@ -120,7 +123,9 @@ class FaultInjector:
     def __call__(self, environ, start_response):
         if environ.get("PATH_INFO", "").startswith("/moto-api"):
             return self.app(environ, start_response)
-        action = self._action(environ) or "?"
+        params = self._params(environ)
+        action = params.get("Action") or "?"
+        self.requests.append(params)
         signed = re.search(r"Credential=([^/,\s]+)/", environ.get("HTTP_AUTHORIZATION", ""))
         with self._lock:
             self.calls[action] += 1
@@ -128,7 +133,7 @@ class FaultInjector:
                 self.access_keys[signed.group(1)] += 1
             if environ.get("HTTP_X_AMZ_SECURITY_TOKEN"):
                 self.session_tokens[environ["HTTP_X_AMZ_SECURITY_TOKEN"]] += 1
-        fault = self._take(action)
+        fault = self._take(action, params)
         if fault is None:
             return self.app(environ, start_response)
         if fault.delay and self.stopping.wait(fault.delay):
@@ -200,6 +205,7 @@ class MotoEC2Server:
         self.injector.calls.clear()
         self.injector.access_keys.clear()
         self.injector.session_tokens.clear()
+        self.injector.requests.clear()
 
     def stop(self) -> None:
         if self._server is None:
@@ -223,9 +229,30 @@ class MotoEC2Server:
         status: int = 500,
         times: int = 1,
         message: str | None = None,
+        when: dict[str, str] | None = None,
     ) -> None:
-        """Answer the next `times` `action` requests with an AWS XML error."""
-        self.injector.add(Fault(action, times, status, code, message or "Injected %s" % code))
+        """Answer the next `times` `action` requests (those with the parameters `when` has) with
+        an AWS XML error."""
+        self.injector.add(Fault(action, times, status, code, message or "Injected %s" % code, when=when))
+
+    def requests(self, action: str) -> list[dict[str, str]]:
+        """The parameters of every `action` request seen, in order (faults answered included)."""
+        return [p for p in self.injector.requests if p.get("Action") == action]
+
+    def reclaim_spot(self, instance_id: str) -> None:
+        """Take a spot instance back as EC2 does: terminated, with the spot state reason."""
+        from moto.backends import get_backend
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.ec2.models.instances import StateReason
+
+        for region_backend in get_backend("ec2")[DEFAULT_ACCOUNT_ID].values():
+            instance = next((i for r in region_backend.reservations.values() for i in r.instances if i.id == instance_id), None)
+            if instance is not None:
+                instance.terminate()
+                instance.state_reason = StateReason("Server.SpotInstanceTermination: Spot instance termination",
+                                                    "Server.SpotInstanceTermination")
+                return
+        raise LookupError(instance_id)
 
     def clear_faults(self) -> None:
         """Forget the faults not answered yet."""

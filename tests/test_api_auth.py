@@ -31,7 +31,8 @@ ACCESS = {
     ("GET", "/api/submissions"): "read", ("GET", "/api/secrets"): "read",
     ("POST", "/api/runs/{name}/activity"): "write", ("PUT", "/api/secrets/{name}"): "write",
     ("DELETE", "/api/secrets/{name}"): "write",
-    ("POST", "/api/submissions/{submission_id}/report"): "node",
+    ("POST", "/api/submissions/{submission_id}/report"): "node", ("POST", "/api/submissions/{submission_id}/log"): "node",
+    ("POST", "/api/submissions/{submission_id}/interruption"): "node",
     ("GET", "/api/submissions/{submission_id}/inputs/env"): "node", ("GET", "/api/submissions/{submission_id}/inputs/tree"): "node", ("POST", "/api/webhook"): "webhook",
 }
 

@@ -108,7 +108,7 @@ def test_commit_delete_and_edit_drive_instances(world):
     assert sub["status"] == "running" and sub["node_id"] == node.id
     assert node.extra["instance_type"] == "t3a.large"  # cheapest 2 vCPU / 8GB x86 size in us-east-1
     assert node.extra["tags"] == {"Name": f"gq-train-{sub['id']}", TAG_CONTROLLER: world.store.controller_id,
-                                  "gitopsq-run": "train", "gitopsq-submission": str(sub["id"])}
+                                  "gitopsq-run": "train", "gitopsq-submission": str(sub["id"]), "gitopsq-attempt": "0"}
     world.step(1)  # nothing changed: nothing new
     assert [n.id for n in world.instances()] == [node.id] and world.server.calls["RunInstances"] == 1
 
@@ -171,6 +171,7 @@ def test_node_gone_without_report_is_an_interruption(world):
     # stopped, with retry on interruption: back to the queue, backing off, then relaunched on a new node
     waiting = world.sub("job")
     assert (waiting["status"], waiting["reason"], waiting["attempts"]) == ("queued", "interrupted", 1)
+    assert (waiting["backoff_event"], waiting["message"]) == ("interruption", "node lost: it ended without reporting an exit code")
     world.step(waiting["next_try_at"] - world.clock.now + 0.1)
     job2 = world.sub("job")
     assert (job2["status"], job2["reason"], job2["attempts"]) == ("running", "interrupted", 1)
@@ -178,6 +179,41 @@ def test_node_gone_without_report_is_an_interruption(world):
     # vanished, no retry: failed as interrupted
     assert (world.sub("other")["status"], world.sub("other")["reason"]) == ("failed", "interrupted")
     assert [n.id for n in world.instances()] == [job2["node_id"]]
+
+
+def test_a_reclaimed_spot_node_retries_under_interruption(world):
+    world.commit({"runs/job.yml": run_file(extra="spot_policy: spot\nretry: {on_events: [interruption]}\n"),
+                  "runs/once.yml": run_file(extra="spot_policy: spot\n")})
+    world.step()
+    job, once = world.sub("job"), world.sub("once")
+    for sub in (job, once):
+        world.server.reclaim_spot(sub["node_id"])  # EC2 takes the instances back
+    world.step(1)
+    waiting = world.sub("job")
+    spot = "spot interruption (Server.SpotInstanceTermination)"
+    assert (waiting["status"], waiting["reason"], waiting["backoff_event"], waiting["attempts"]) == (
+        "queued", "interrupted", "interruption", 1)
+    assert waiting["message"] == spot
+    assert (world.sub("once")["status"], world.sub("once")["reason"], world.sub("once")["message"]) == ("failed", "interrupted", spot)
+    world.step(waiting["next_try_at"] - world.clock.now + 0.1)
+    again = world.sub("job")
+    assert (again["status"], again["attempts"]) == ("running", 1) and again["node_id"] != job["node_id"]
+    [node] = world.instances()
+    assert node.id == again["node_id"] and node.extra["instance_lifecycle"] == "spot"
+
+
+def test_auto_runs_on_demand_when_spot_has_no_capacity(world):
+    world.commit({"runs/job.yml": run_file(extra="spot_policy: auto\n")})
+    world.provider.adapter.image()
+    world.server.inject("RunInstances", "InsufficientInstanceCapacity", status=500, times=100,
+                        when={"InstanceMarketOptions.MarketType": "spot"})
+    world.step()
+    sub = world.sub("job")
+    assert (sub["status"], sub["attempts"]) == ("running", 0)
+    [node] = world.instances()
+    assert node.id == sub["node_id"] and node.extra.get("instance_lifecycle") != "spot"
+    markets = [r.get("InstanceMarketOptions.MarketType") for r in world.server.requests("RunInstances")]
+    assert markets == ["spot", None]
 
 
 def test_a_report_of_an_earlier_attempt_is_refused(world):

@@ -191,6 +191,7 @@ def test_openapi_lists_every_endpoint_with_models(server):
         "/metrics": {"get"}, "/": {"get"}, "/runs/{name}": {"get"},
         "/api/secrets": {"get"}, "/api/secrets/{name}": {"put", "delete"}, "/login": {"post"}, "/logout": {"post"},
         "/api/submissions/{submission_id}/inputs/env": {"get"}, "/api/submissions/{submission_id}/inputs/tree": {"get"},
+        "/api/submissions/{submission_id}/log": {"post"}, "/api/submissions/{submission_id}/interruption": {"post"},
     }
     schemas = doc["components"]["schemas"]
     assert {"RunRow", "RunDetail", "Submission", "Health", "WebhookAccepted"} <= set(schemas)

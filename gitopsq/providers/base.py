@@ -21,6 +21,7 @@ from gitopsq.spec import RunSpec
 TAG_CONTROLLER = "gitopsq-controller"
 TAG_RUN = "gitopsq-run"
 TAG_SUBMISSION = "gitopsq-submission"
+TAG_ATTEMPT = "gitopsq-attempt"  # the submission's attempt the node runs (its token's, its log's)
 
 # Error kinds, each handled one way by the controller.
 CAPACITY = "capacity"  # no room now: queue per retry policy
@@ -203,16 +204,48 @@ class LibcloudProvider:
         return self.adapter.unsatisfiable(spec)
 
     def tags(self, launch: Launch) -> dict[str, str]:
-        return {TAG_CONTROLLER: self.controller_id, TAG_RUN: launch.run, TAG_SUBMISSION: str(launch.submission_id)}
+        return {TAG_CONTROLLER: self.controller_id, TAG_RUN: launch.run, TAG_SUBMISSION: str(launch.submission_id),
+                TAG_ATTEMPT: str(launch.attempt)}
 
     def launch(self, launch: Launch) -> NodeStatus:
+        args = self._classified(lambda: self.adapter.create_args(launch, self.tags(launch)))
         try:
-            node = self.driver.create_node(**self.adapter.create_args(launch, self.tags(launch)))
+            node = self._classified(lambda: self.driver.create_node(**args))
+        except ProviderError as exc:
+            # A second way to make the node, where the adapter has one (spot_policy auto: on-demand
+            # when spot has no capacity); else the error stands.
+            fallback = getattr(self.adapter, "fallback", None)
+            args = fallback(launch, args, exc) if fallback else None
+            if args is None:
+                raise
+            node = self._classified(lambda: self.driver.create_node(**args))
+        return self._status(node)
+
+    def interruption(self, node_id: str) -> str | None:
+        """Why a node that ended without a report ended, when the provider took it back (a spot
+        interruption), else None (also when the provider cannot tell)."""
+        ask = getattr(self.adapter, "interruption", None)
+        if ask is None:
+            return None
+        try:
+            return ask(self.driver, node_id)
+        except Exception:  # cannot tell now: an ordinary lost node
+            return None
+
+    def attempt_ended(self, submission_id: int, attempt: int, why: str) -> None:
+        """The controller is done with an attempt's node: what the adapter keeps of it may say how it
+        ended (a cloud log says what of it never arrived)."""
+        ended = getattr(self.adapter, "attempt_ended", None)
+        if ended is not None:
+            ended(submission_id, attempt, why)
+
+    def _classified(self, call):
+        try:
+            return call()
         except ProviderError:
             raise
         except Exception as exc:  # every driver failure becomes one of the kinds, in one place
             raise self.adapter.classify(exc) from exc
-        return self._status(node)
 
     def nodes(self) -> list[NodeStatus]:
         try:
@@ -274,6 +307,11 @@ def bundles_dir_for(db_path: Path) -> Path:
 def bundle_path(bundles: Path, submission_id: int) -> Path:
     """A submission's tree for its node to download: bundles/<submission id>.tar.gz."""
     return Path(bundles) / f"{int(submission_id)}.tar.gz"
+
+
+def cloud_logs_dir_for(db_path: Path) -> Path:
+    """Where cloud runs' logs are kept as their nodes ship them (gitopsq.providers.cloud_logs)."""
+    return db_path.parent / f"{db_path.stem}-logs"
 
 
 def log_dir_for(db_path: Path) -> Path:

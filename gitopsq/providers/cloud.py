@@ -23,6 +23,7 @@ never from options, and they are never logged.
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 import os
 import re
@@ -33,13 +34,17 @@ from typing import Mapping
 from urllib.parse import urlsplit
 
 from libcloud.compute.base import NodeImage, NodeSize
+from libcloud.compute.drivers.ec2 import BaseEC2NodeDriver
 from libcloud.compute.types import NodeState
 
 from gitopsq.addresses import is_loopback
 from gitopsq.providers import ec2
 from gitopsq.providers.base import (
+    CAPACITY,
     ERROR,
+    TAG_ATTEMPT,
     TAG_CONTROLLER,
+    TAG_SUBMISSION,
     UNSATISFIABLE,
     Launch,
     LibcloudProvider,
@@ -47,6 +52,7 @@ from gitopsq.providers.base import (
     ProviderError,
     bundle_path,
 )
+from gitopsq.providers.cloud_logs import NodeLog, log_path
 from gitopsq.providers.cloud_node import container_image, user_data
 from gitopsq.spec import Gpu, Range, Resources, RunSpec
 from gitopsq.workspace import WorkspaceError, archive
@@ -60,10 +66,13 @@ __all__ = [
     "user_data",
 ]
 
+log = logging.getLogger("gitopsq.providers.cloud")
+
 # dstack's defaults for what a run file leaves unset (a GPU nobody asked for is not paid for).
 DEFAULT_CPU = Range(2, None)
 DEFAULT_MEMORY = Range(8, None)  # GB
 DEFAULT_DISK = Range(100, None)  # GB
+DEFAULT_MAX_LOG_SIZE = 16 * 1024 * 1024  # serve's --max-log-size default
 
 # Node states in which the node still works on its run; every other state means it ended.
 _WORKING = {NodeState.PENDING, NodeState.RUNNING, NodeState.STARTING, NodeState.REBOOTING,
@@ -229,9 +238,12 @@ class CloudAdapter:
     def __init__(self, driver, name: str, controller_id: str, public_url: str, *, region: str | None = None,
                  max_nodes: int | None = None, arch: str | None = "x86_64", image: str | None = None,
                  image_name: str | None = None, image_owner: str | None = None, create_extra: dict | None = None,
-                 location: str | None = None, bundles: Path | None = None):
+                 location: str | None = None, bundles: Path | None = None, logs: Path | None = None,
+                 max_log_size: int | None = None):
         self.driver = driver
         self.bundles = Path(bundles) if bundles else None  # where runs' trees wait for their nodes (bundle_path)
+        self.logs = Path(logs) if logs else None  # where nodes' logs are stored as they ship them (cloud_logs)
+        self.max_log_size = max_log_size or DEFAULT_MAX_LOG_SIZE
         self.name = name
         self.controller_id = controller_id
         self.public_url = public_url
@@ -324,6 +336,8 @@ class CloudAdapter:
         args = dict(self.create_extra, name=f"gq-{launch.run}-{launch.submission_id}", size=size, image=image)
         if launch.tree is not None:
             self.pack(launch)
+        if self.logs is not None:
+            self._log(launch.submission_id, launch.attempt).create()
         script = user_data(launch, self.public_url)
         if self._takes("ex_userdata"):
             args["ex_userdata"] = script
@@ -338,8 +352,8 @@ class CloudAdapter:
             args["ex_clienttoken"] = f"gq-{self.controller_id}-{launch.submission_id}-{launch.attempt}"
         if self._takes("ex_terminate_on_shutdown"):
             args["ex_terminate_on_shutdown"] = True  # the script's power-off ends the node's costs too
-        if spec.spot_policy == "spot":
-            args["ex_spot"] = True
+        if spec.spot_policy == "spot" or (spec.spot_policy == "auto" and self._takes("ex_spot")):
+            args["ex_spot"] = True  # auto: spot first, on-demand when spot has no capacity (fallback)
             if spec.max_price is not None and self._takes("ex_spot_max_price"):
                 args["ex_spot_max_price"] = spec.max_price
         if self.location and self._takes("location"):
@@ -350,6 +364,23 @@ class CloudAdapter:
             args["ex_blockdevicemappings"] = [{"DeviceName": root, "Ebs": {
                 "VolumeSize": int(math.ceil(disk.min or DEFAULT_DISK.min)), "VolumeType": "gp3", "DeleteOnTermination": "true"}}]
         return args
+
+    def fallback(self, launch: Launch, args: dict, exc: ProviderError) -> dict | None:
+        """spot_policy auto: the on-demand request after spot had no capacity, else None."""
+        if launch.spec.spot_policy != "auto" or not args.get("ex_spot") or exc.kind != CAPACITY:
+            return None
+        log.info("%s #%s: no spot capacity (%s): asking for an on-demand node", launch.run, launch.number, exc.code)
+        on_demand = {k: v for k, v in args.items() if k not in ("ex_spot", "ex_spot_max_price")}
+        if "ex_clienttoken" in on_demand:  # a token names one request: the on-demand one is another
+            on_demand["ex_clienttoken"] += "-on-demand"
+        return on_demand
+
+    def interruption(self, driver, node_id: str) -> str | None:
+        """'spot interruption (<state reason>)' when EC2 took the instance back, else None."""
+        if not isinstance(driver, BaseEC2NodeDriver):
+            return None
+        reason = ec2.state_reason(driver, node_id)
+        return f"spot interruption ({reason})" if reason and reason.startswith(ec2.SPOT_REASON_PREFIX) else None
 
     def pack(self, launch: Launch) -> Path:
         """The launch's tree as one private file its node downloads (GET .../inputs/tree); replaced
@@ -395,10 +426,24 @@ class CloudAdapter:
         return owned
 
     def exit_code(self, node):
-        """Running while the node works; ended without a report is lost (the exit code comes by report)."""
+        """Running while the node works; ended without a report is lost (the exit code comes by report).
+        The log is where the node's chunks are stored (cloud_logs)."""
+        tags = (node.extra or {}).get("tags") or {}
+        sub, attempt = tags.get(TAG_SUBMISSION, ""), tags.get(TAG_ATTEMPT, "")
+        log = str(self._log(int(sub), int(attempt)).path) if self.logs and sub.isdigit() and attempt.isdigit() else None
         if node.state in _WORKING:
-            return True, None, False, None
-        return False, None, True, None
+            return True, None, False, log
+        return False, None, True, log
+
+    # --- logs -----------------------------------------------------------------------------------
+
+    def _log(self, submission_id: int, attempt: int) -> NodeLog:
+        return NodeLog(log_path(self.logs, submission_id, attempt), self.max_log_size)
+
+    def attempt_ended(self, submission_id: int, attempt: int, why: str) -> None:
+        """The attempt's log says what never arrived, if its node did not send all of it."""
+        if self.logs is not None and log_path(self.logs, submission_id, attempt).exists():
+            self._log(submission_id, attempt).note_incomplete(why)
 
 
 # --- construction --------------------------------------------------------------------------------
@@ -427,13 +472,18 @@ def _check_public_url(public_url: str | None, insecure: bool = False) -> str:
 
 def make_cloud_provider(name: str, options: dict, controller_id: str, max_nodes: int | None = None,
                         public_url: str | None = None, bundles: Path | None = None, *,
-                        insecure_public_url: bool = False, credentials: Mapping[str, str] | None = None) -> LibcloudProvider:
+                        insecure_public_url: bool = False, credentials: Mapping[str, str] | None = None,
+                        logs: Path | None = None, max_log_size: int | None = None) -> LibcloudProvider:
     """A provider over the Libcloud compute driver `name`; raises ProviderConfigError on bad options.
 
     bundles: the folder where runs' trees wait for their nodes to download them (bundles_dir_for
     the state database, which the web app serves from); without it runs with repos or files fail.
+    logs: the folder where nodes' logs are stored as they ship them (cloud_logs_dir_for the state
+    database, where the web app writes them); without it runs have no log on the controller.
+    max_log_size: the cap of each of those logs (serve's --max-log-size).
     credentials: by variable name (GITOPSQ_PROVIDER_KEY...); None reads them from the environment."""
     options = dict(options)
+    stores = {"bundles": bundles, "logs": logs, "max_log_size": max_log_size}
     credentials = os.environ if credentials is None else credentials
     public_url = _check_public_url(public_url, insecure_public_url)
     secrets = sorted(_CREDENTIAL_KEYS & set(options))
@@ -442,12 +492,12 @@ def make_cloud_provider(name: str, options: dict, controller_id: str, max_nodes:
                                   "(GITOPSQ_PROVIDER_KEY / GITOPSQ_PROVIDER_SECRET) or from files "
                                   "(--provider-key-file / --provider-secret-file), never from options")
     if name == "ec2":
-        return _make_ec2(options, controller_id, max_nodes, public_url, bundles, credentials)
-    return _make_generic(name, options, controller_id, max_nodes, public_url, bundles, credentials)
+        return _make_ec2(options, controller_id, max_nodes, public_url, stores, credentials)
+    return _make_generic(name, options, controller_id, max_nodes, public_url, stores, credentials)
 
 
 def _make_ec2(options: dict, controller_id: str, max_nodes: int | None, public_url: str,
-              bundles: Path | None, credentials: Mapping[str, str]) -> LibcloudProvider:
+              stores: dict, credentials: Mapping[str, str]) -> LibcloudProvider:
     unknown = sorted(set(options) - set(EC2_OPTIONS))
     if unknown:
         known = "; ".join(f"{k} ({v})" for k, v in EC2_OPTIONS.items())
@@ -476,12 +526,12 @@ def _make_ec2(options: dict, controller_id: str, max_nodes: int | None, public_u
         create_extra["ex_iamprofile"] = options["iam_profile"]
     adapter = CloudAdapter(driver, "ec2", controller_id, public_url, region=region, max_nodes=max_nodes, arch=arch,
                            image=options.get("image"), image_name=options.get("image_name"),
-                           image_owner=options.get("image_owner"), create_extra=create_extra, bundles=bundles)
+                           image_owner=options.get("image_owner"), create_extra=create_extra, **stores)
     return LibcloudProvider(driver, adapter, controller_id)
 
 
 def _make_generic(name: str, options: dict, controller_id: str, max_nodes: int | None, public_url: str,
-                  bundles: Path | None, credentials: Mapping[str, str]) -> LibcloudProvider:
+                  stores: dict, credentials: Mapping[str, str]) -> LibcloudProvider:
     from libcloud.compute.providers import get_driver
 
     try:
@@ -509,7 +559,7 @@ def _make_generic(name: str, options: dict, controller_id: str, max_nodes: int |
         raise ProviderConfigError(f"provider {name}: {exc}") from None
     adapter = CloudAdapter(driver, name, controller_id, public_url, region=options.get("region"), max_nodes=max_nodes,
                            arch=options.get("arch"), image=options.get("image"), location=options.get("location"),
-                           bundles=bundles)
+                           **stores)
     return LibcloudProvider(driver, adapter, controller_id)
 
 

@@ -353,3 +353,19 @@ def get_user_data(driver: EC2NodeDriver, node: Node | str) -> str | None:
     response = driver.connection.request(driver.path, params=params).object
     encoded = findtext(element=response, xpath="userData/value", namespace=NAMESPACE)
     return base64.b64decode(encoded).decode("utf-8") if encoded else None
+
+
+# The state reasons EC2 gives an instance it took back from a spot run (terminated, stopped or
+# hibernated): Server.SpotInstanceTermination, Server.SpotInstanceShutdown...
+SPOT_REASON_PREFIX = "Server.SpotInstance"
+
+
+def state_reason(driver, node_id: str) -> str | None:
+    """The code of why an instance is in its state (stateReason/code), None when it has none;
+    terminated instances too, as long as EC2 still lists them. Any EC2-API driver (its connection)."""
+    params = {"Action": "DescribeInstances", "InstanceId.1": node_id}
+    response = driver.connection.request(driver.path, params=params).object
+    for item in response.iter(f"{{{NAMESPACE}}}item"):
+        if findtext(element=item, xpath="instanceId", namespace=NAMESPACE) == node_id:
+            return findtext(element=item, xpath="stateReason/code", namespace=NAMESPACE) or None
+    return None

@@ -36,7 +36,7 @@ NEEDS_WRITE = {**NEEDS_TOKEN, 403: {"model": Problem, "description": "The token 
 
 def create_app(db_path: Path, wake: Callable[[str], None], status: Callable[[], dict], webhook_secret: bytes | None,
                metrics: Metrics | None = None, *, clock: Callable[[], float] = time.time, metrics_open: bool = False,
-               accept_unsigned_webhooks: bool = False) -> FastAPI:
+               accept_unsigned_webhooks: bool = False, max_log_size: int | None = None) -> FastAPI:
     """The web app over the state database at `db_path`.
 
     wake(reason): wakes the controller loop ("webhook", "report", "secrets"); must return at once.
@@ -47,6 +47,7 @@ def create_app(db_path: Path, wake: Callable[[str], None], status: Callable[[], 
     daemon listens on loopback), else closes the webhook (see gitopsq.web.webhook).
     metrics: the daemon's Metrics (it records reconcile durations and provider errors there).
     metrics_open: /metrics without a token (for a Prometheus that cannot send one).
+    max_log_size: the cap of a cloud run's log as its node ships it (serve's --max-log-size).
     Every other route needs a token of the state's (gitopsq.tokens), see gitopsq.web.auth.
     """
     pool = queries.StorePool(db_path)
@@ -186,7 +187,7 @@ def create_app(db_path: Path, wake: Callable[[str], None], status: Callable[[], 
 
     for router in (read, write, pages, open_routes):
         app.include_router(router)
-    app.include_router(node_router(auth, pool.get, wake, clock, db_path))
+    app.include_router(node_router(auth, pool.get, wake, clock, db_path, max_log_size))
     app.include_router(webhook_router(webhook_secret, wake, metrics.webhook, accept_unsigned_webhooks))
     app.include_router(secrets_router(pool.get, wake, clock, auth.reader, auth.writer))
     check_every_route_declares_access(app)

@@ -99,6 +99,18 @@ class Report(BaseModel):
     exit_code: int = Field(ge=-INT32, le=INT32)
 
 
+class LogReceived(BaseModel):
+    """How much of a node's log the controller has: the next chunk starts at `offset`."""
+
+    offset: int
+    complete: bool = Field(description="The node's last chunk arrived.")
+
+
+class NoticeAccepted(BaseModel):
+    submission_id: int
+    recorded: bool
+
+
 class ReportAccepted(BaseModel):
     submission_id: int
     exit_code: int

@@ -1,0 +1,175 @@
+"""A cloud run seen like a local one: its output in `gitopsq logs` and on its page while it runs
+and after, what never arrived said in it, and a spot notice from the node. EC2 on moto, the web
+app under uvicorn, and the node's user-data run here as cloud-init would run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+
+from gitopsq import tokens
+from gitopsq.interruptions import NOTICE
+from gitopsq.secretstore import SecretStore
+from gitopsq.store import Store
+from gitopsq.web import create_app
+from tests.helpers import Recorder, run_cli
+from tests.moto_ec2 import MotoEC2Server
+from tests.test_cloud_inputs import STATUS, Cloud, env  # noqa: F401  (env: the credentials fixture)
+from tests.test_daemon import wait_for
+from tests.webserver import running
+
+SECRET_VALUE = "hf-secret-value-4242"
+RESOURCES = "resources: {cpu: 2, memory: 8GB}\n"
+
+
+@pytest.fixture
+def cloud(tmp_path):
+    store = Store(tmp_path / "state" / "gitopsq.db")
+    app = create_app(store.path, Recorder(), lambda: dict(STATUS), None)
+    with MotoEC2Server() as moto, running(app) as url:
+        world = Cloud(tmp_path, moto, url, store)
+        world.moto = moto
+        yield world
+        world.config.close()
+    store.close()
+
+
+class Node:
+    """A node's user-data running here in the background, in a process group of its own."""
+
+    def __init__(self, cloud: Cloud, run: str, **env: str):
+        self.proc = subprocess.Popen(["bash", "-c", cloud.user_data(run)], env=cloud.node_env(GITOPSQ_LOG_INTERVAL="0.2", **env),
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self.work = cloud.tmp / "node" / "work"
+
+    def wait(self) -> str:
+        out, _ = self.proc.communicate(timeout=60)
+        return out
+
+    def kill(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.communicate(timeout=10)
+
+
+def logs(cloud: Cloud, run: str) -> str:
+    result = run_cli("logs", run, "--db", str(cloud.store.path))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_a_cloud_runs_output_is_in_logs_and_on_its_page_while_it_runs_and_after(cloud):
+    cloud.repo.write("runs/talk.yml", "type: task\nenv: [HF_TOKEN]\n" + RESOURCES + "commands:\n"
+                     "  - echo \"started with $HF_TOKEN\"\n  - while [ ! -e go-on ]; do sleep 0.1; done\n  - echo finished\n")
+    cloud.repo.commit()
+    SecretStore(cloud.store).set("HF_TOKEN", SECRET_VALUE)
+    cloud.controller.step()
+    sub = cloud.store.current_submission("talk")
+    assert sub["status"] == "running", sub["message"]
+    assert logs(cloud, "talk") == "", "an empty log from the launch on"
+    node = Node(cloud, "talk")
+    try:
+        wait_for(lambda: "started" in logs(cloud, "talk"), timeout=30, what="the output shipped while the run runs")
+        assert logs(cloud, "talk") == "started with ***\n"
+        (node.work / "go-on").touch()
+        assert node.wait().strip().endswith("gitopsq: commands exited with 0")
+    finally:
+        if node.proc.poll() is None:
+            node.kill()
+    cloud.controller.step()
+    assert cloud.store.current_submission("talk")["status"] == "done"
+    assert logs(cloud, "talk") == "started with ***\nfinished\n"
+    # the same file as the node's own log, with nothing added: it all arrived
+    assert cloud.store.current_submission("talk")["log_path"].endswith(f"/gitopsq-logs/{sub['id']}.0.log")
+    stored = open(cloud.store.current_submission("talk")["log_path"], "rb").read()
+    assert stored == (cloud.tmp / "node" / "run.log").read_bytes()
+    token = tokens.create(cloud.store, "viewer", read_only=True)
+    page = httpx.get(f"{cloud.url}/runs/talk", headers={"Authorization": f"Bearer {token}"})
+    assert page.status_code == 200 and "started with ***" in page.text and "finished" in page.text
+    assert SECRET_VALUE not in page.text
+
+
+def test_what_a_lost_node_never_sent_is_said_in_its_log(cloud):
+    cloud.repo.write("runs/lost.yml", "type: task\n" + RESOURCES + "retry: {on_events: [interruption]}\n"
+                     "commands: ['echo before', 'sleep 60']\n")
+    cloud.repo.commit()
+    cloud.controller.step()
+    sub = cloud.store.current_submission("lost")
+    node = Node(cloud, "lost")
+    wait_for(lambda: "before" in logs(cloud, "lost"), timeout=30, what="the first line shipped")
+    node.kill()  # the node goes, without its last chunk or a report
+    [instance] = [n for n in cloud.provider.adapter.list_owned(cloud.provider.driver, cloud.store.controller_id)]
+    cloud.provider.driver.ex_stop_node(instance)
+    cloud.controller.step()
+    assert cloud.store.current_submission("lost")["status"] == "queued"
+    text = open(sub["log_path"]).read() if sub["log_path"] else logs(cloud, "lost")
+    assert text == ("before\n\n[gitopsq: node lost: it ended without reporting an exit code; "
+                    "the node's output after byte 7 did not reach the controller]\n")
+
+
+class Metadata:
+    """Stands in for EC2's instance metadata endpoint: no interruption notice until `notice` is set."""
+
+    def __init__(self):
+        self.notice: dict | None = None
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_PUT(self):  # IMDSv2's session token
+                self._answer(200, b"imds-token")
+
+            def do_GET(self):
+                if self.path == "/latest/meta-data/spot/instance-action" and outer.notice is not None:
+                    self._answer(200, json.dumps(outer.notice).encode())
+                else:
+                    self._answer(404, b"Not Found")
+
+            def _answer(self, status, body):
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}"
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_a_spot_nodes_interruption_notice_makes_its_end_an_interruption(cloud):
+    cloud.repo.write("runs/spot.yml", "type: task\n" + RESOURCES + "spot_policy: spot\nretry: {on_events: [interruption]}\n"
+                     "commands: ['echo working', 'while [ ! -e killed ]; do sleep 0.1; done', 'exit 143']\n")
+    cloud.repo.commit()
+    cloud.controller.step()
+    sub = cloud.store.current_submission("spot")
+    metadata = Metadata()
+    try:
+        node = Node(cloud, "spot", GITOPSQ_METADATA_URL=metadata.url, GITOPSQ_SPOT_POLL="0.1")
+        wait_for(lambda: "working" in logs(cloud, "spot"), timeout=30, what="the run started")
+        metadata.notice = {"action": "terminate", "time": "2030-01-01T00:02:00Z"}
+        noticed = lambda: cloud.store.conn.execute(  # noqa: E731
+            "SELECT detail FROM events WHERE submission_id = ? AND kind = ?", (sub["id"], NOTICE)).fetchone()
+        row = wait_for(noticed, timeout=30, what="the notice recorded")
+        assert json.loads(row["detail"]) == {"attempt": 0, "action": "terminate", "time": "2030-01-01T00:02:00Z"}
+        (node.work / "killed").touch()  # the shutdown ends the commands; the node still reports
+        node.wait()
+    finally:
+        metadata.close()
+    assert cloud.store.current_submission("spot")["exit_code"] == 143
+    cloud.controller.step()
+    waiting = cloud.store.current_submission("spot")
+    assert (waiting["status"], waiting["reason"], waiting["backoff_event"]) == ("queued", "interrupted", "interruption")
+    assert waiting["message"] == "spot interruption (notice: terminate at 2030-01-01T00:02:00Z)"
+    assert "gitopsq: the provider takes this node back: {\"action\": \"terminate\"" in logs(cloud, "spot")
