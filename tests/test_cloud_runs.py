@@ -173,3 +173,28 @@ def test_a_spot_nodes_interruption_notice_makes_its_end_an_interruption(cloud):
     assert (waiting["status"], waiting["reason"], waiting["backoff_event"]) == ("queued", "interrupted", "interruption")
     assert waiting["message"] == "spot interruption (notice: terminate at 2030-01-01T00:02:00Z)"
     assert "gitopsq: the provider takes this node back: {\"action\": \"terminate\"" in logs(cloud, "spot")
+
+
+def test_the_log_route_takes_64_kib_chunks_at_their_offset_and_the_report_stays_at_4_kib(cloud):
+    from gitopsq.nodetoken import attempt_token
+
+    cloud.repo.write("runs/job.yml", "type: task\n" + RESOURCES + "commands: ['true']\n")
+    cloud.repo.commit()
+    cloud.controller.step()
+    sub = cloud.store.current_submission("job")
+    node = {"Authorization": f"Bearer {attempt_token(sub['token'], sub['attempts'])}"}
+    url = f"{cloud.url}/api/submissions/{sub['id']}"
+    chunk = b"x" * (64 * 1024)
+    with httpx.Client(timeout=10) as client:
+        assert client.post(f"{url}/log?offset=0", content=chunk).status_code == 401
+        assert client.post(f"{url}/log?offset=0", content=b"x", headers={"Authorization": "Bearer nope"}).status_code == 403
+        taken = client.post(f"{url}/log?offset=0", content=chunk, headers=node)
+        assert (taken.status_code, taken.json()) == (200, {"offset": 65536, "complete": False})
+        assert client.post(f"{url}/log?offset=65536", content=chunk + b"x", headers=node).status_code == 413
+        gap = client.post(f"{url}/log?offset=70000", content=b"late", headers=node)
+        assert (gap.status_code, gap.json()) == (409, {"offset": 65536, "complete": False})
+        end = client.post(f"{url}/log?offset=65000&final=1", content=chunk[:536] + b"end\n", headers=node)
+        assert end.json() == {"offset": 65540, "complete": True}
+        big_report = {"token": node["Authorization"][7:], "exit_code": 0, "pad": "x" * 5000}
+        assert client.post(f"{url}/report", json=big_report).status_code == 413
+    assert open(sub["log_path"], "rb").read() == chunk + b"end\n"
