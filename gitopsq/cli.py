@@ -146,7 +146,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON f
 
 def _provider_options(provider, local_slots, local_gpus, provider_opt, max_nodes, public_url, max_log_size,
                       keep_workdirs=None, workdirs_max_size=None, insecure_public_url=False, credentials=None,
-                      run_user=None, no_run_user=False):
+                      run_user=None, no_run_user=False, allow_cidrs=()):
     from gitopsq.runtime import ProviderOptions
 
     pairs = []
@@ -157,7 +157,7 @@ def _provider_options(provider, local_slots, local_gpus, provider_opt, max_nodes
     return ProviderOptions(provider, local_slots, local_gpus, tuple(pairs), max_nodes, public_url, max_log_size=max_log_size,
                            keep_workdirs=keep_workdirs, workdirs_max_size=workdirs_max_size,
                            insecure_public_url=insecure_public_url, credentials=credentials, run_user=run_user,
-                           no_run_user=no_run_user)
+                           no_run_user=no_run_user, allow_cidrs=tuple(allow_cidrs))
 
 
 def _log_size(ctx, param, value):
@@ -200,6 +200,9 @@ def _byte_size(ctx, param, value):
 @click.option("--max-nodes", type=click.IntRange(min=1), help="Cap on nodes a cloud provider runs at once.")
 @click.option("--public-url", help="How cloud nodes reach this controller to report their exit code: https://..., "
                                     "or http:// on a loopback address.")
+@click.option("--allow-cidr", "allow_cidrs", multiple=True, metavar="CIDR",
+              help="A network cloud runs' ports (a service's port, a task's ports) are opened to, in a security group "
+                   "of each run's own; repeatable (default: nobody).")
 @click.option("--insecure-public-url", is_flag=True,
               help="Allow an http:// --public-url off loopback (nodes' report tokens then travel in clear text).")
 @click.option("--http", "http", default="127.0.0.1:8765", show_default=True, metavar="HOST:PORT",
@@ -223,9 +226,9 @@ def _byte_size(ctx, param, value):
                    "for ec2 also $AWS_SESSION_TOKEN with $AWS_ACCESS_KEY_ID).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, local_gpus, max_log_size, keep_workdirs,
-          workdirs_max_size, run_user, no_run_user, max_nodes, public_url, insecure_public_url, http, tls_cert, tls_key,
-          metrics_open, interval, webhook_secret_file, provider_key_file, provider_secret_file, provider_session_token_file,
-          log_format) -> None:
+          workdirs_max_size, run_user, no_run_user, max_nodes, public_url, allow_cidrs, insecure_public_url, http, tls_cert,
+          tls_key, metrics_open, interval, webhook_secret_file, provider_key_file, provider_secret_file,
+          provider_session_token_file, log_format) -> None:
     """Reconcile the config repo: submit, update, restart and cancel runs, and run the queue.
 
     Runs until SIGTERM or Ctrl-C, reacting to commits at once (a local repo is watched; a URL
@@ -246,6 +249,8 @@ def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, 
     """
     if run_user and no_run_user:
         raise click.BadParameter("give --run-user or --no-run-user, not both", param_hint="--run-user")
+    if allow_cidrs and provider == "local":
+        raise click.BadParameter("opens cloud runs' ports; local runs listen on this machine", param_hint="--allow-cidr")
     from gitopsq.credentials import CredentialsError, serve_credentials
 
     try:  # first: a daemon with credentials in its environment re-executes itself without them here
@@ -261,7 +266,7 @@ def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, 
 
     opts = _provider_options(provider, local_slots, local_gpus, provider_opt, max_nodes, public_url, max_log_size,
                              keep_workdirs, workdirs_max_size, insecure_public_url, credentials.values, run_user,
-                             no_run_user)
+                             no_run_user, allow_cidrs)
     daemon_opts = None if once else _daemon_options(http, interval, webhook_secret_file, log_format, metrics_open,
                                                     tls_cert, tls_key)
     if daemon_opts:

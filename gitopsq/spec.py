@@ -236,6 +236,7 @@ class RunSpec:
     init: tuple[str, ...] = ()
     ide: str | None = None
     port: int | None = None
+    ports: tuple[int, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     image: str | None = None
     python: str | None = None
@@ -276,7 +277,7 @@ class RunSpec:
             retry = Retry(on_events=tuple(retry["on_events"]), duration=retry["duration"])
         values = dict(data)
         values.update(resources=resources, retry=retry, env=tuple(tuple(kv) for kv in data.get("env", ())))
-        for key in ("commands", "init", "backends", "regions"):
+        for key in ("commands", "init", "backends", "regions", "ports"):
             values[key] = tuple(data.get(key, ()))
         # Specs stored before these fields existed have none of them.
         values["repos"] = tuple(RepoSpec(**r) for r in data.get("repos", ()))
@@ -284,6 +285,11 @@ class RunSpec:
         values["volumes"] = tuple(VolumeSpec(**v) for v in data.get("volumes", ()))
         values["registry_auth"] = RegistryAuth(**data["registry_auth"]) if data.get("registry_auth") else None
         return cls(**values)
+
+    @property
+    def listens_on(self) -> tuple[int, ...]:
+        """The ports the run listens on: a service's port, a task's or dev environment's ports."""
+        return (self.port,) if self.port is not None else self.ports
 
     def env_dict(self) -> dict[str, str]:
         """The env as written: secret references (${{ secrets.x }}) not yet resolved."""
@@ -468,6 +474,7 @@ def _parse_run(raw: bytes, file: str, defaults: Mapping, defaults_file: str, rep
         init=tuple(data.get("init", ())),
         ide=data.get("ide"),
         port=data.get("port"),
+        ports=tuple(data.get("ports", ())),
         env=env,
         image=data.get("image"),
         python=str(python) if python is not None else None,

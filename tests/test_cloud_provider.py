@@ -521,3 +521,70 @@ def test_a_reclaimed_spot_instance_is_told_apart_from_a_stopped_one(server, prov
     assert provider.interruption(spot.node_id) == "spot interruption (Server.SpotInstanceTermination)"
     assert provider.interruption(plain.node_id) is None
     assert provider.nodes() == [], "a reclaimed instance is gone like any terminated one"
+
+
+# --- ports ---------------------------------------------------------------------------------------
+
+
+def _ingress(provider, name):
+    [group] = [g for g in provider.driver.ex_get_security_groups() if g.name == name]
+    return group, sorted((r["protocol"], int(r["from_port"]), int(r["to_port"]), tuple(sorted(r["cidr_ips"])))
+                         for r in group.ingress_rules)
+
+
+def test_a_service_gets_a_group_opening_exactly_its_port_to_the_allowed_cidrs(server, creds):
+    provider = make_cloud_provider("ec2", {"endpoint": server.endpoint}, "ctl-fw", None, PUBLIC_URL,
+                                   allow_cidrs=("203.0.113.0/24", "2001:db8::/32"))
+    spec = spec_of("type: service\ncommands: [serve]\nport: 8000\n")
+    status = provider.launch(Launch(5, "api", 1, spec, "t"))
+    group, rules = _ingress(provider, "gitopsq-ctl-fw-5")
+    assert rules == [("tcp", 8000, 8000, ("203.0.113.0/24",))]
+    [authorized] = server.requests("AuthorizeSecurityGroupIngress")  # libcloud's rules show IPv4 ranges only
+    assert authorized["IpPermissions.1.Ipv6Ranges.1.CidrIpv6"] == "2001:db8::/32"
+    assert group.extra["tags"] == {"Name": "gitopsq-ctl-fw-5", TAG_CONTROLLER: "ctl-fw", "gitopsq-run": "api",
+                                   "gitopsq-submission": "5"}
+    [run] = server.requests("RunInstances")
+    assert sorted(v for k, v in run.items() if k.startswith("SecurityGroup.")) == ["default", "gitopsq-ctl-fw-5"]
+    # the group goes once no node uses it
+    provider.stop(status.node_id)
+    provider.nodes()
+    assert [g.name for g in provider.driver.ex_get_security_groups() if g.name.startswith("gitopsq-")] == []
+
+
+def test_a_tasks_ports_and_a_relaunch_reuse_its_group(server, creds):
+    provider = make_cloud_provider("ec2", {"endpoint": server.endpoint}, "ctl-fw", None, PUBLIC_URL,
+                                   allow_cidrs=("198.51.100.7/32",))
+    spec = task(extra="ports: [6006, 8888]\n")
+    first = provider.launch(Launch(6, "board", 1, spec, "t"))
+    provider.driver.ex_stop_node(next(n for n in provider.driver.list_nodes() if n.id == first.node_id))
+    provider.launch(Launch(6, "board", 1, spec, "t", attempt=1))  # a retry while the first node still holds it
+    _, rules = _ingress(provider, "gitopsq-ctl-fw-6")
+    assert rules == [("tcp", 6006, 6006, ("198.51.100.7/32",)), ("tcp", 8888, 8888, ("198.51.100.7/32",))]
+    assert len([g for g in provider.driver.ex_get_security_groups() if g.name.startswith("gitopsq-")]) == 1
+
+
+def test_without_allow_cidr_no_port_is_opened(server, provider):
+    provider.launch(Launch(5, "api", 1, spec_of("type: service\ncommands: [serve]\nport: 8000\n"), "t"))
+    assert server.calls["CreateSecurityGroup"] == 0 and server.calls["AuthorizeSecurityGroupIngress"] == 0
+    [run] = server.requests("RunInstances")
+    assert not [k for k in run if k.startswith("SecurityGroup")]
+
+
+def test_a_group_left_by_a_crash_is_removed_at_the_first_listing(server, creds):
+    provider = make_cloud_provider("ec2", {"endpoint": server.endpoint}, "ctl-fw", None, PUBLIC_URL,
+                                   allow_cidrs=("0.0.0.0/0",))
+    provider.adapter.firewall.open("api", 9, (80,))  # its node never made: the controller died here
+    kept = provider.launch(Launch(10, "web", 1, task(extra="ports: [80]\n"), "t"))
+    other = make_cloud_provider("ec2", {"endpoint": server.endpoint}, "ctl-other", None, PUBLIC_URL, allow_cidrs=("0.0.0.0/0",))
+    other.adapter.firewall.open("x", 9, (80,))  # another controller's: not ours to remove
+    restarted = make_cloud_provider("ec2", {"endpoint": server.endpoint}, "ctl-fw", None, PUBLIC_URL,
+                                    allow_cidrs=("0.0.0.0/0",))
+    assert [n.node_id for n in restarted.nodes()] == [kept.node_id]
+    names = sorted(g.name for g in restarted.driver.ex_get_security_groups() if g.name.startswith("gitopsq-"))
+    assert names == ["gitopsq-ctl-fw-10", "gitopsq-ctl-other-9"]
+
+
+@pytest.mark.parametrize("value", ["everyone", "10.0.0.1/8", "300.1.1.1/32"])
+def test_a_bad_allow_cidr_is_a_config_error(server, creds, value):
+    with pytest.raises(ProviderConfigError, match=f"--allow-cidr '{re.escape(value)}': not a network"):
+        make_cloud_provider("ec2", {"endpoint": server.endpoint}, "c", None, PUBLIC_URL, allow_cidrs=(value,))

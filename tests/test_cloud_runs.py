@@ -198,3 +198,35 @@ def test_the_log_route_takes_64_kib_chunks_at_their_offset_and_the_report_stays_
         big_report = {"token": node["Authorization"][7:], "exit_code": 0, "pad": "x" * 5000}
         assert client.post(f"{url}/report", json=big_report).status_code == 413
     assert open(sub["log_path"], "rb").read() == chunk + b"end\n"
+
+
+def test_a_service_opens_exactly_its_port_to_the_allowed_cidr_and_the_group_goes_after_the_run(cloud):
+    from gitopsq.controller import Controller
+    from gitopsq.providers.base import bundles_dir_for, cloud_logs_dir_for
+    from gitopsq.providers.cloud import make_cloud_provider
+
+    cloud.provider = make_cloud_provider("ec2", {"region": "us-east-1", "endpoint": cloud.moto.endpoint},
+                                         cloud.store.controller_id, None, cloud.url, bundles=bundles_dir_for(cloud.store.path),
+                                         logs=cloud_logs_dir_for(cloud.store.path), allow_cidrs=("203.0.113.0/24",))
+    cloud.controller = Controller(cloud.store, cloud.provider, cloud.config)
+    cloud.repo.write("runs/api.yml", "type: service\nport: 8000\n" + RESOURCES + "commands: ['echo serving']\n")
+    cloud.repo.write("runs/quiet.yml", "type: task\n" + RESOURCES + "commands: ['true']\n")
+    cloud.repo.commit()
+    cloud.controller.step()
+    sub = cloud.store.current_submission("api")
+    driver = cloud.provider.driver
+    ours = lambda: [g for g in driver.ex_get_security_groups() if g.name.startswith("gitopsq-")]  # noqa: E731
+    [group] = ours()
+    assert group.name == f"gitopsq-{cloud.store.controller_id}-{sub['id']}"
+    assert [(r["protocol"], r["from_port"], r["to_port"], r["cidr_ips"]) for r in group.ingress_rules] == [
+        ("tcp", "8000", "8000", ["203.0.113.0/24"])]
+    groups = {r["TagSpecification.1.Tag.1.Value"]: sorted(v for k, v in r.items() if k.startswith("SecurityGroup."))
+              for r in cloud.moto.requests("RunInstances")}  # Name tag -> the groups its node joined
+    assert groups == {f"gq-api-{sub['id']}": ["default", group.name], f"gq-quiet-{sub['id'] + 1}": []}
+    done = cloud.boot(cloud.user_data("api"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    cloud.controller.step()  # the report is in: done, its node terminated
+    assert cloud.store.current_submission("api")["status"] == "done"
+    assert logs(cloud, "api") == "serving\n"
+    cloud.controller.step()  # the next listing finds no node using the group
+    assert ours() == []

@@ -54,6 +54,7 @@ from gitopsq.providers.base import (
 )
 from gitopsq.providers.cloud_logs import NodeLog, log_path
 from gitopsq.providers.cloud_node import container_image, user_data
+from gitopsq.providers.firewall import Firewall, parse_cidrs
 from gitopsq.spec import Gpu, Range, Resources, RunSpec
 from gitopsq.workspace import WorkspaceError, archive
 
@@ -239,8 +240,14 @@ class CloudAdapter:
                  max_nodes: int | None = None, arch: str | None = "x86_64", image: str | None = None,
                  image_name: str | None = None, image_owner: str | None = None, create_extra: dict | None = None,
                  location: str | None = None, bundles: Path | None = None, logs: Path | None = None,
-                 max_log_size: int | None = None):
+                 max_log_size: int | None = None, allow_cidrs: tuple[str, ...] = ()):
         self.driver = driver
+        self.allow_cidrs = tuple(allow_cidrs)
+        # Runs' ports: security groups on an EC2-API cloud; nothing to open without --allow-cidr.
+        self.firewall = None
+        if self.allow_cidrs and isinstance(driver, BaseEC2NodeDriver):
+            subnet = (create_extra or {}).get("ex_subnet")
+            self.firewall = Firewall(driver, controller_id, self.allow_cidrs, subnet.id if subnet else None)
         self.bundles = Path(bundles) if bundles else None  # where runs' trees wait for their nodes (bundle_path)
         self.logs = Path(logs) if logs else None  # where nodes' logs are stored as they ship them (cloud_logs)
         self.max_log_size = max_log_size or DEFAULT_MAX_LOG_SIZE
@@ -300,6 +307,9 @@ class CloudAdapter:
                 if path.startswith("~"):
                     return (f"{field}: {path!r}: the home of the image's user is not known to the {self.name} provider; "
                             f"use an absolute path")
+        if spec.listens_on and self.allow_cidrs and self.firewall is None:
+            field = "port" if spec.port is not None else "ports"
+            return f"{field}: the {self.name} driver has no security groups to open them to --allow-cidr"
         if spec.spot_policy == "spot" and not self._takes("ex_spot"):
             return f"spot_policy: the {self.name} driver cannot request spot instances; use on-demand or auto"
         try:
@@ -338,6 +348,8 @@ class CloudAdapter:
             self.pack(launch)
         if self.logs is not None:
             self._log(launch.submission_id, launch.attempt).create()
+        if self.firewall is not None and spec.listens_on:
+            self._join(args, self.firewall.open(launch.run, launch.submission_id, spec.listens_on))
         script = user_data(launch, self.public_url)
         if self._takes("ex_userdata"):
             args["ex_userdata"] = script
@@ -364,6 +376,15 @@ class CloudAdapter:
             args["ex_blockdevicemappings"] = [{"DeviceName": root, "Ebs": {
                 "VolumeSize": int(math.ceil(disk.min or DEFAULT_DISK.min)), "VolumeType": "gp3", "DeleteOnTermination": "true"}}]
         return args
+
+    @staticmethod
+    def _join(args: dict, groups: dict) -> None:
+        """The node in the run's own security group too, besides its usual ones (the option's, else
+        the VPC's default)."""
+        if "ex_security_groups" in groups:
+            args["ex_security_groups"] = list(args.get("ex_security_groups") or ["default"]) + groups["ex_security_groups"]
+        else:
+            args["ex_security_group_ids"] = list(args.get("ex_security_group_ids") or []) + groups["ex_security_group_ids"]
 
     def fallback(self, launch: Launch, args: dict, exc: ProviderError) -> dict | None:
         """spot_policy auto: the on-demand request after spot had no capacity, else None."""
@@ -412,7 +433,13 @@ class CloudAdapter:
     # --- watching nodes -------------------------------------------------------------------------
 
     def list_owned(self, driver, controller_id: str) -> list:
-        """Our nodes that are not terminated."""
+        """Our nodes that are not terminated (and, after a listing, the security groups none uses removed)."""
+        owned = self._list_owned(driver, controller_id)
+        if self.firewall is not None:
+            self.firewall.sweep_if_due(owned)
+        return owned
+
+    def _list_owned(self, driver, controller_id: str) -> list:
         if self.is_ec2:
             return ec2.list_nodes_by_tag(driver, TAG_CONTROLLER, controller_id)
         owned = []
@@ -473,7 +500,8 @@ def _check_public_url(public_url: str | None, insecure: bool = False) -> str:
 def make_cloud_provider(name: str, options: dict, controller_id: str, max_nodes: int | None = None,
                         public_url: str | None = None, bundles: Path | None = None, *,
                         insecure_public_url: bool = False, credentials: Mapping[str, str] | None = None,
-                        logs: Path | None = None, max_log_size: int | None = None) -> LibcloudProvider:
+                        logs: Path | None = None, max_log_size: int | None = None,
+                        allow_cidrs: tuple[str, ...] = ()) -> LibcloudProvider:
     """A provider over the Libcloud compute driver `name`; raises ProviderConfigError on bad options.
 
     bundles: the folder where runs' trees wait for their nodes to download them (bundles_dir_for
@@ -481,9 +509,10 @@ def make_cloud_provider(name: str, options: dict, controller_id: str, max_nodes:
     logs: the folder where nodes' logs are stored as they ship them (cloud_logs_dir_for the state
     database, where the web app writes them); without it runs have no log on the controller.
     max_log_size: the cap of each of those logs (serve's --max-log-size).
+    allow_cidrs: the networks runs' ports are opened to (serve's --allow-cidr; none: nobody).
     credentials: by variable name (GITOPSQ_PROVIDER_KEY...); None reads them from the environment."""
     options = dict(options)
-    stores = {"bundles": bundles, "logs": logs, "max_log_size": max_log_size}
+    stores = {"bundles": bundles, "logs": logs, "max_log_size": max_log_size, "allow_cidrs": parse_cidrs(allow_cidrs)}
     credentials = os.environ if credentials is None else credentials
     public_url = _check_public_url(public_url, insecure_public_url)
     secrets = sorted(_CREDENTIAL_KEYS & set(options))

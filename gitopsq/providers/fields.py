@@ -73,7 +73,7 @@ FIELD_SUPPORT: dict[str, dict[str, str]] = {
     "spot_policy": {
         LOCAL_PROCESS: "honoured: `on-demand` and `auto` run here; `spot` is refused",
         LOCAL_CONTAINER: "honoured: `on-demand` and `auto` run here; `spot` is refused",
-        EC2: "honoured: `spot` asks for a spot instance; `auto` and `on-demand` get on-demand ones",
+        EC2: "honoured: `spot` asks for a spot instance; `auto` asks for one and falls back to on-demand when spot has no capacity; a spot interruption is the `interruption` retry event",
     },
     "max_price": {
         LOCAL_PROCESS: "honoured: this machine costs nothing per hour",
@@ -103,7 +103,12 @@ FIELD_SUPPORT: dict[str, dict[str, str]] = {
     "port": {
         LOCAL_PROCESS: "honoured: the service listens on this machine",
         LOCAL_CONTAINER: "honoured: the container shares this machine's network",
-        EC2: "honoured: the service listens on the node (reachable through `--provider-opt security_groups`)",
+        EC2: "honoured: opened (TCP) to `serve --allow-cidr` in a security group of the run's own, removed after it; to nobody without one",
+    },
+    "ports": {
+        LOCAL_PROCESS: "honoured: the run listens on this machine",
+        LOCAL_CONTAINER: "honoured: the container shares this machine's network",
+        EC2: "honoured: opened (TCP) to `serve --allow-cidr` in a security group of the run's own, removed after it; to nobody without one",
     },
     "ide": {
         LOCAL_PROCESS: "honoured: names the IDE that attaches to the run's working directory",
