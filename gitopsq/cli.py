@@ -285,9 +285,14 @@ def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, 
                 controller = make_controller(repo_location, branch, Store(path), opts)
             except (ProviderConfigError, SourceError) as exc:  # bad --provider-opt or --repo, missing credentials
                 raise click.ClickException(str(exc)) from None
+            limits = tuple(f"provider {provider}: its driver cannot: {what}" for what in
+                           getattr(controller.provider, "cannot", ()))
             if daemon_opts is None:
+                for line in limits:
+                    click.echo(line, err=True)
                 _step_once(controller)
                 return
+            daemon_opts.warnings += limits
             from gitopsq.daemon import run_daemon
 
             if not controller.provider.isolation.isolated:

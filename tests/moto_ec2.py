@@ -49,6 +49,27 @@ def _shared_moto_app() -> DomainDispatcherApplication:
         return _moto_app
 
 
+_ec2_app = None
+
+
+def _ec2_only_app():
+    """moto's EC2 app alone: every request is EC2's, however it is signed. moto's dispatcher
+    tells services apart by the SigV4 credential scope, and reads a SigV2 request (signature in
+    the query, as Libcloud's other EC2-API drivers send) as S3's. The state is the same."""
+    global _ec2_app
+    shared = _shared_moto_app()
+    with _app_lock:
+        if _ec2_app is None:
+            _ec2_app = create_backend_app("ec2")
+        ec2 = _ec2_app
+
+    def dispatch(environ, start_response):
+        app = shared if environ.get("PATH_INFO", "").startswith("/moto-api") else ec2
+        return app(environ, start_response)
+
+    return dispatch
+
+
 class _QuietHandler(MotoRequestHandler):
     def log_request(self, *args, **kwargs):  # keep pytest output readable
         pass
@@ -155,11 +176,12 @@ class FaultInjector:
 
 
 class MotoEC2Server:
-    """moto's EC2 server on a free 127.0.0.1 port, behind a FaultInjector."""
+    """moto's EC2 server on a free 127.0.0.1 port, behind a FaultInjector (ec2_only: for drivers
+    that sign with SigV2)."""
 
-    def __init__(self, host: str = "127.0.0.1"):
+    def __init__(self, host: str = "127.0.0.1", ec2_only: bool = False):
         self.host = host
-        self.injector = FaultInjector(_shared_moto_app())
+        self.injector = FaultInjector(_ec2_only_app() if ec2_only else _shared_moto_app())
         self._server = None
         self._thread: threading.Thread | None = None
 

@@ -192,6 +192,7 @@ class LibcloudProvider:
         self.name = adapter.name
         self.reports_exit_codes = adapter.reports_exit_codes
         self.isolation: Isolation = getattr(adapter, "isolation", ON_NODES_OF_THEIR_OWN)
+        self.cannot: tuple[str, ...] = tuple(getattr(adapter, "cannot", ()))  # what the driver lacks, said at start
 
     def demand(self, spec: RunSpec) -> dict[str, int]:
         return self.adapter.demand(spec)

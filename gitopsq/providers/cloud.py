@@ -44,6 +44,7 @@ from gitopsq.providers.base import (
     ERROR,
     TAG_ATTEMPT,
     TAG_CONTROLLER,
+    TAG_RUN,
     TAG_SUBMISSION,
     UNSATISFIABLE,
     Launch,
@@ -107,6 +108,16 @@ EC2_OPTIONS = {
     "timeout": "seconds per API request (default 30)",
 }
 _CREDENTIAL_KEYS = {"key", "secret", "access_key", "secret_key", "password", "token"}
+# A node's name where its driver cannot tag it (CloudAdapter._node_name).
+_NAMED = re.compile(r"gq-(?P<controller>[0-9a-f]{12})-(?P<submission>[0-9]+)-(?P<attempt>[0-9]+)-(?P<run>[a-z][a-z0-9-]*)")
+# What gitopsq uses of a driver's create_node when it is there, and what it does without.
+OPTIONAL_ARGS = {
+    "ex_metadata": "tags: its nodes are found by their names instead",
+    "ex_spot": "spot instances: spot_policy spot is refused, auto runs on-demand",
+    "ex_clienttoken": "idempotent creates: a create in flight when the controller dies can leave a second node, "
+                      "removed at the next step",
+    "ex_terminate_on_shutdown": "ending a node by powering it off: gitopsq destroys it once its report is in",
+}
 
 
 # --- sizes ---------------------------------------------------------------------------------------
@@ -264,6 +275,14 @@ class CloudAdapter:
         self._image: NodeImage | None = None
         # Only arguments create_node names: a driver taking **kwargs may drop what it does not know.
         self._accepts = set(inspect.signature(driver.create_node).parameters)
+        self.cannot = self._cannot()
+
+    def _cannot(self) -> tuple[str, ...]:
+        """What gitopsq would use that this driver lacks, by name (serve says it at start)."""
+        missing = [f"{arg} ({what})" for arg, what in OPTIONAL_ARGS.items() if not self._takes(arg)]
+        if self.allow_cidrs and self.firewall is None:
+            missing.append("security groups (runs' ports cannot be opened to --allow-cidr: runs with port or ports are refused)")
+        return tuple(missing)
 
     @property
     def is_ec2(self) -> bool:
@@ -343,7 +362,7 @@ class CloudAdapter:
         if size is None:
             raise ProviderError(UNSATISFIABLE, "no-size", why)
         image = self.image()
-        args = dict(self.create_extra, name=f"gq-{launch.run}-{launch.submission_id}", size=size, image=image)
+        args = dict(self.create_extra, name=self._node_name(launch), size=size, image=image)
         if launch.tree is not None:
             self.pack(launch)
         if self.logs is not None:
@@ -376,6 +395,13 @@ class CloudAdapter:
             args["ex_blockdevicemappings"] = [{"DeviceName": root, "Ebs": {
                 "VolumeSize": int(math.ceil(disk.min or DEFAULT_DISK.min)), "VolumeType": "gp3", "DeleteOnTermination": "true"}}]
         return args
+
+    def _node_name(self, launch: Launch) -> str:
+        """gq-<run>-<submission id>; where the driver cannot tag, the name carries the tags instead
+        (gq-<controller id>-<submission id>-<attempt>-<run>), so gitopsq still finds its own nodes."""
+        if self._takes("ex_metadata"):
+            return f"gq-{launch.run}-{launch.submission_id}"
+        return f"gq-{self.controller_id}-{launch.submission_id}-{launch.attempt}-{launch.run}"
 
     @staticmethod
     def _join(args: dict, groups: dict) -> None:
@@ -447,7 +473,10 @@ class CloudAdapter:
             extra = node.extra if node.extra is not None else {}
             if "tags" not in extra and isinstance(extra.get("metadata"), dict):
                 extra["tags"] = dict(extra["metadata"])  # drivers that keep ex_metadata under metadata
-                node.extra = extra
+            elif not (extra.get("tags") or {}).get(TAG_CONTROLLER) and (named := _NAMED.fullmatch(node.name or "")):
+                extra["tags"] = {TAG_CONTROLLER: named["controller"], TAG_SUBMISSION: named["submission"],
+                                 TAG_ATTEMPT: named["attempt"], TAG_RUN: named["run"]}  # a driver without tags
+            node.extra = extra
             if (extra.get("tags") or {}).get(TAG_CONTROLLER) == controller_id and node.state != NodeState.TERMINATED:
                 owned.append(node)
         return owned
@@ -476,12 +505,16 @@ class CloudAdapter:
 # --- construction --------------------------------------------------------------------------------
 
 
-def _endpoint_kwargs(endpoint: str) -> dict:
+def _endpoint_kwargs(endpoint: str, takes_path: bool = False) -> dict:
+    """A driver's host, port and secure (and path, for a driver that takes one) from a URL."""
     url = urlsplit(endpoint)
     if url.scheme not in ("http", "https") or not url.hostname:
-        raise ProviderConfigError(f"--provider-opt endpoint must look like http(s)://host[:port], got {endpoint!r}")
+        raise ProviderConfigError(f"--provider-opt endpoint must look like http(s)://host[:port][/path], got {endpoint!r}")
     secure = url.scheme == "https"
-    return {"host": url.hostname, "port": url.port or (443 if secure else 80), "secure": secure}
+    kwargs = {"host": url.hostname, "port": url.port or (443 if secure else 80), "secure": secure}
+    if takes_path and url.path not in ("", "/"):
+        kwargs["path"] = url.path
+    return kwargs
 
 
 def _check_public_url(public_url: str | None, insecure: bool = False) -> str:
@@ -573,22 +606,47 @@ def _make_generic(name: str, options: dict, controller_id: str, max_nodes: int |
                                   "or give --provider-key-file (and --provider-secret-file)")
     secret = credentials.get("GITOPSQ_PROVIDER_SECRET")
     create_keys = {"image", "location", "arch"}
-    kwargs = {k: v for k, v in options.items() if k not in create_keys and k != "endpoint"}
+    kwargs = {k: _option_value(v) for k, v in options.items() if k not in create_keys and k != "endpoint"}
     if options.get("endpoint"):
-        kwargs.update(_endpoint_kwargs(options["endpoint"]))
+        kwargs.update(_endpoint_kwargs(options["endpoint"], "path" in inspect.signature(cls.__init__).parameters))
     token = credentials.get("GITOPSQ_PROVIDER_SESSION_TOKEN")
     if token:
         if "token" not in inspect.signature(cls.__init__).parameters:
             raise ProviderConfigError(f"provider {name}: its Libcloud driver takes no session token; "
                                       "unset GITOPSQ_PROVIDER_SESSION_TOKEN (or --provider-session-token-file)")
         kwargs["token"] = token
+    _check_generic(name, cls, options)
     try:
         driver = cls(key, secret, **kwargs) if secret else cls(key, **kwargs)
     except TypeError as exc:
         raise ProviderConfigError(f"provider {name}: {exc}") from None
+    if isinstance(driver, BaseEC2NodeDriver):
+        # An EC2-API cloud may declare another API version's namespace than the driver's: read any.
+        driver.connection.responseCls = ec2.NormalisingEC2Response
     adapter = CloudAdapter(driver, name, controller_id, public_url, region=options.get("region"), max_nodes=max_nodes,
                            arch=options.get("arch"), image=options.get("image"), location=options.get("location"),
                            **stores)
     return LibcloudProvider(driver, adapter, controller_id)
+
+
+def _check_generic(name: str, cls, options: dict) -> None:
+    """What any driver must do for gitopsq to run anything on it: say which is missing, at start."""
+    from libcloud.compute.base import NodeDriver
+
+    accepts = set(inspect.signature(cls.create_node).parameters)
+    if not accepts & {"ex_userdata", "ex_user_data"}:
+        raise ProviderConfigError(f"provider {name}: its Libcloud driver cannot pass user-data (ex_userdata) to a node, "
+                                  "and a node gets its run that way")
+    if cls.list_sizes is NodeDriver.list_sizes:
+        raise ProviderConfigError(f"provider {name}: its Libcloud driver cannot list sizes (list_sizes) to choose one from")
+    if not options.get("image"):
+        raise ProviderConfigError(f"provider {name}: give --provider-opt image=IMAGE_ID (the image its nodes boot)")
+
+
+def _option_value(text: str):
+    """--provider-opt values for a driver's keyword arguments: true/false as booleans, whole numbers as ints."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    return int(text) if text.isdigit() else text
 
 
