@@ -230,3 +230,30 @@ def test_a_service_opens_exactly_its_port_to_the_allowed_cidr_and_the_group_goes
     assert logs(cloud, "api") == "serving\n"
     cloud.controller.step()  # the next listing finds no node using the group
     assert ours() == []
+
+
+def test_a_cloud_log_keeps_the_tail_past_the_controllers_max_log_size(tmp_path):
+    from gitopsq.nodetoken import attempt_token
+
+    store = Store(tmp_path / "state" / "gitopsq.db")
+    app = create_app(store.path, Recorder(), lambda: dict(STATUS), None, max_log_size=4096)
+    try:
+        with MotoEC2Server() as moto, running(app) as url:
+            cloud = Cloud(tmp_path, moto, url, store)
+            cloud.repo.write("runs/chatty.yml", "type: task\n" + RESOURCES + "commands: ['true']\n")
+            cloud.repo.commit()
+            cloud.controller.step()
+            sub = store.current_submission("chatty")
+            node = {"Authorization": f"Bearer {attempt_token(sub['token'], sub['attempts'])}"}
+            offset = 0
+            for start in range(0, 1000, 50):  # 10,000 bytes, 500 at a time
+                chunk = "".join(f"line {i:04d}\n" for i in range(start, start + 50)).encode()
+                offset = httpx.post(f"{url}/api/submissions/{sub['id']}/log?offset={offset}", content=chunk,
+                                    headers=node).json()["offset"]
+            assert offset == 10_000
+            cloud.config.close()
+        text = logs(cloud, "chatty")
+        assert len(text) <= 4096 and text.endswith("line 0999\n")
+        assert text.startswith("[gitopsq: ") and " bytes of output cut here]\n" in text
+    finally:
+        store.close()
