@@ -345,7 +345,7 @@ class CloudAdapter:
         if self.is_ec2:
             return ec2.list_nodes_by_tag(driver, TAG_CONTROLLER, controller_id)
         owned = []
-        for node in driver.list_nodes():
+        for node in ec2.all_nodes(driver) if isinstance(driver, BaseEC2NodeDriver) else driver.list_nodes():
             extra = node.extra if node.extra is not None else {}
             if "tags" not in extra and isinstance(extra.get("metadata"), dict):
                 extra["tags"] = dict(extra["metadata"])  # drivers that keep ex_metadata under metadata

@@ -23,7 +23,7 @@ from libcloud.common.types import InvalidCredsError, LibcloudError, MalformedRes
 from libcloud.compute.base import Node, NodeImage, NodeSize
 from libcloud.compute.drivers.ec2 import NAMESPACE, EC2Connection, EC2NodeDriver, EC2Response
 from libcloud.compute.types import NodeState
-from libcloud.utils.xml import findtext
+from libcloud.utils.xml import findall, findtext
 
 from gitopsq.providers.base import TAG_CONTROLLER
 
@@ -148,6 +148,33 @@ class GitopsqEC2Driver(EC2NodeDriver):
         # SigV2 is rejected by current AWS regions and most compatible servers.
         kwargs.setdefault("signature_version", "4")
         super().__init__(*args, **kwargs)
+
+    def list_nodes(self, ex_node_ids=None, ex_filters=None):
+        return all_nodes(self, ex_node_ids, ex_filters)
+
+
+def all_nodes(driver, ex_node_ids=None, ex_filters=None) -> list[Node]:
+    """libcloud's list_nodes, page after page: DescribeInstances answers a page at a time
+    (nextToken), and a listing cut at its first page would take the nodes on the others for gone.
+    Any EC2-API driver."""
+    params = {"Action": "DescribeInstances"}
+    if ex_node_ids:
+        params.update(driver._pathlist("InstanceId", ex_node_ids))
+    if ex_filters:
+        params.update(driver._build_filters(ex_filters))
+    nodes: list[Node] = []
+    while True:
+        response = driver.connection.request(driver.path, params=params).object
+        for reservation in findall(element=response, xpath="reservationSet/item", namespace=NAMESPACE):
+            nodes += driver._to_nodes(reservation, "instancesSet/item")
+        token = findtext(element=response, xpath="nextToken", namespace=NAMESPACE)
+        if not token:
+            break
+        params = {**params, "NextToken": token}
+    addresses = driver.ex_describe_addresses(nodes)
+    for node in nodes:
+        node.public_ips.extend(addresses.get(node.id, []))
+    return nodes
 
 
 def _credentials(key: str | None, secret: str | None, environ: Mapping[str, str] | None = None,
@@ -334,8 +361,11 @@ def list_nodes_by_tag(
     driver: EC2NodeDriver, key: str, value: str, include_terminated: bool = False
 ) -> list[Node]:
     """Nodes carrying tag key=value; terminated ones linger for an hour on
-    AWS, so they are dropped unless asked for."""
-    nodes = driver.list_nodes(ex_filters={"tag:%s" % key: value})
+    AWS, so they are dropped unless asked for (by EC2 already: fewer pages)."""
+    filters = {"tag:%s" % key: value}
+    if not include_terminated:
+        filters["instance-state-name"] = ["pending", "running", "shutting-down", "stopping", "stopped"]
+    nodes = all_nodes(driver, ex_filters=filters)
     if include_terminated:
         return nodes
     return [n for n in nodes if n.state != NodeState.TERMINATED]
