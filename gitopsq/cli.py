@@ -184,7 +184,7 @@ def apply(file: str, queue: bool, repo_dir: str, branch: str, push: bool, provid
 
 def _provider_options(provider, local_slots, local_gpus, provider_opt, max_nodes, public_url, max_log_size,
                       keep_workdirs=None, workdirs_max_size=None, insecure_public_url=False, credentials=None,
-                      run_user=None, no_run_user=False):
+                      run_user=None, no_run_user=False, allow_cidrs=()):
     from gitopsq.runtime import ProviderOptions
 
     pairs = []
@@ -195,7 +195,7 @@ def _provider_options(provider, local_slots, local_gpus, provider_opt, max_nodes
     return ProviderOptions(provider, local_slots, local_gpus, tuple(pairs), max_nodes, public_url, max_log_size=max_log_size,
                            keep_workdirs=keep_workdirs, workdirs_max_size=workdirs_max_size,
                            insecure_public_url=insecure_public_url, credentials=credentials, run_user=run_user,
-                           no_run_user=no_run_user)
+                           no_run_user=no_run_user, allow_cidrs=tuple(allow_cidrs))
 
 
 def _log_size(ctx, param, value):
@@ -228,7 +228,7 @@ def _byte_size(ctx, param, value):
 @click.option("--local-slots", type=click.IntRange(min=1), help="Runs at once on this machine (default: CPU count).")
 @click.option("--local-gpus", type=click.IntRange(min=0), help="GPUs on this machine (default: what nvidia-smi reports, else 0).")
 @click.option("--max-log-size", default="16MB", show_default=True, callback=_log_size, metavar="SIZE",
-              help="Output kept per local run (512KB, 16MB, 1GB): past it, the log keeps its tail.")
+              help="Output kept per run (512KB, 16MB, 1GB): past it, the log keeps its tail.")
 @click.option("--keep-workdirs", default=5, show_default=True, type=click.IntRange(min=0), metavar="N",
               help="Working directories of ended local runs kept per run: those of its last N submissions.")
 @click.option("--workdirs-max-size", default="20GB", show_default=True, callback=_byte_size, metavar="SIZE",
@@ -240,6 +240,9 @@ def _byte_size(ctx, param, value):
 @click.option("--max-nodes", type=click.IntRange(min=1), help="Cap on nodes a cloud provider (or jobs Slurm) runs at once.")
 @click.option("--public-url", help="How cloud nodes reach this controller to report their exit code: https://..., "
                                     "or http:// on a loopback address.")
+@click.option("--allow-cidr", "allow_cidrs", multiple=True, metavar="CIDR",
+              help="A network cloud runs' ports (a service's port, a task's ports) are opened to, in a security group "
+                   "of each run's own; repeatable (default: nobody).")
 @click.option("--insecure-public-url", is_flag=True,
               help="Allow an http:// --public-url off loopback (nodes' report tokens then travel in clear text).")
 @click.option("--http", "http", default="127.0.0.1:8765", show_default=True, metavar="HOST:PORT",
@@ -261,11 +264,14 @@ def _byte_size(ctx, param, value):
 @click.option("--provider-secret-file", type=click.Path(exists=True, dir_okay=False),
               help="File holding the cloud provider's secret (default: $GITOPSQ_PROVIDER_SECRET, for ec2 also "
                    "$AWS_SECRET_ACCESS_KEY).")
+@click.option("--provider-session-token-file", type=click.Path(exists=True, dir_okay=False),
+              help="File holding the session token of temporary credentials (default: $GITOPSQ_PROVIDER_SESSION_TOKEN, "
+                   "for ec2 also $AWS_SESSION_TOKEN with $AWS_ACCESS_KEY_ID).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, local_gpus, max_log_size, keep_workdirs,
-          workdirs_max_size, run_user, no_run_user, max_nodes, public_url, insecure_public_url, http, tls_cert, tls_key,
-          metrics_open, public_host, interval, webhook_secret_file, provider_key_file, provider_secret_file,
-          log_format) -> None:
+          workdirs_max_size, run_user, no_run_user, max_nodes, public_url, allow_cidrs, insecure_public_url, http, tls_cert,
+          tls_key, metrics_open, public_host, interval, webhook_secret_file, provider_key_file, provider_secret_file,
+          provider_session_token_file, log_format) -> None:
     """Reconcile the config repo: submit, update, restart and cancel runs, and run the queue.
 
     Runs until SIGTERM or Ctrl-C, reacting to commits at once (a local repo is watched; a URL
@@ -302,10 +308,13 @@ def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, 
     """
     if run_user and no_run_user:
         raise click.BadParameter("give --run-user or --no-run-user, not both", param_hint="--run-user")
+    if allow_cidrs and provider == "local":
+        raise click.BadParameter("opens cloud runs' ports; local runs listen on this machine", param_hint="--allow-cidr")
     from gitopsq.credentials import CredentialsError, serve_credentials
 
     try:  # first: a daemon with credentials in its environment re-executes itself without them here
-        credentials = serve_credentials(provider_key_file, provider_secret_file, scrub=not once)
+        credentials = serve_credentials(provider_key_file, provider_secret_file, scrub=not once,
+                                        session_token_file=provider_session_token_file)
     except CredentialsError as exc:
         raise click.BadParameter(str(exc)) from None
     from gitopsq.daemon import ignore_wake_signal, interrupt_on_stop_signals
@@ -316,9 +325,11 @@ def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, 
 
     opts = _provider_options(provider, local_slots, local_gpus, provider_opt, max_nodes, public_url, max_log_size,
                              keep_workdirs, workdirs_max_size, insecure_public_url, credentials.values, run_user,
-                             no_run_user)
+                             no_run_user, allow_cidrs)
     daemon_opts = None if once else _daemon_options(http, interval, webhook_secret_file, log_format, metrics_open,
                                                     tls_cert, tls_key)
+    if daemon_opts:
+        daemon_opts.max_log_size = max_log_size  # cloud nodes ship their logs to the daemon's HTTP server
     if daemon_opts and credentials.dropped:
         daemon_opts.warnings += (f"removed from the daemon's environment, where runs of its user could read them: "
                                  f"{', '.join(credentials.dropped)} (runs get secrets from `gitopsq secret set`; "
@@ -335,9 +346,14 @@ def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, 
                 raise click.ClickException(str(exc)) from None
             _record_reach(controller, public_host, http)
             _record_provider(controller, opts)
+            limits = tuple(f"provider {provider}: its driver cannot: {what}" for what in
+                           getattr(controller.provider, "cannot", ()))
             if daemon_opts is None:
+                for line in limits:
+                    click.echo(line, err=True)
                 _step_once(controller)
                 return
+            daemon_opts.warnings += limits
             from gitopsq.daemon import run_daemon
 
             if not controller.provider.isolation.isolated:

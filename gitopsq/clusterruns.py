@@ -19,7 +19,8 @@ log = logging.getLogger("gitopsq.controller")
 
 
 class ClusterRuns:
-    """Needs the Controller's store, clock, inputs, _spec, _finish, _destroy and _capacity_freed."""
+    """Needs the Controller's store, clock, inputs, _spec, _finish, _interrupted, _attempt_ended,
+    _destroy and _capacity_freed."""
 
     def _gang_running(self, sub, nodes: list[NodeStatus], now: float, adopted: bool = False) -> None:
         """Every node of the gang exists: record them, and the run as running on its master."""
@@ -73,16 +74,20 @@ class ClusterRuns:
         if "running" in states and not bad:
             return  # some nodes are done, the others still work
         failed = [rank for rank in bad if outcomes[rank][0] == "failed"]
+        why = None
         if failed:  # a node's own failure says more than one that vanished
             exit_code, event = outcomes[failed[0]][1], None
             log.info("%s #%s: node %s exited with %s: the cluster run ends", sub["run"], sub["number"], failed[0], exit_code)
         elif bad:
             exit_code, event = None, "interruption"
+            lost = next((row["node_id"] for row in rows if row["rank"] == bad[0]), None)
+            why = self._interrupted(sub, exit_code, event, lost)  # e.g. spot took that node back
             log.info("%s #%s: node %s vanished: the cluster run ends", sub["run"], sub["number"], bad[0])
         else:
             exit_code, event = 0, None
         ends = [ended for _, _, ended in outcomes.values() if ended is not None]
-        self._finish(sub, exit_code, event, now, _when(max(ends) if ends else None, sub["started_at"], now))
+        self._finish(sub, exit_code, event, now, _when(max(ends) if ends else None, sub["started_at"], now), why)
+        self._attempt_ended(sub, why or (f"its nodes ended (exit code {exit_code})"))
         self.inputs.release(sub["id"])
         for node in listed.values():
             self._destroy(node.node_id)

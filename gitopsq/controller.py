@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from gitopsq import intents
+from gitopsq import interruptions
 from gitopsq import queue as q
 from gitopsq.clusterruns import ClusterRuns
 from gitopsq.config import CONFIG_FILE
@@ -386,6 +387,7 @@ class Controller(ClusterRuns):
             with self.store.transaction():
                 self._nodes_ended(sub, "stopped", now)
                 self.store.set_status(sub["id"], STOP_OUTCOME.get(reason, "cancelled"), now, reason=reason)
+            self._attempt_ended(sub, f"the run was stopped ({reason})")
             self.inputs.release(sub["id"])
             self._capacity_freed(now)
 
@@ -440,11 +442,20 @@ class Controller(ClusterRuns):
                 exit_code, event, ended = None, "interruption", None
             else:
                 exit_code, event, ended = node.exit_code, None, node.finished_at
-            self._finish(sub, exit_code, event, now, _when(ended, sub["started_at"], now))
+            why = self._interrupted(sub, exit_code, event)
+            self._finish(sub, exit_code, "interruption" if why else event, now, _when(ended, sub["started_at"], now), why)
+            self._attempt_ended(sub, why or f"its node ended (exit code {exit_code})")
             self.inputs.release(sub["id"])  # its tree is no longer served; a retry packs it anew
             if node is not None:
                 self._destroy(node.node_id)
             self._capacity_freed(now)
+
+    def _attempt_ended(self, sub, why: str) -> None:
+        """Tell the provider an attempt's nodes are done with, and how they ended (a cloud run's logs
+        then say what of them never reached the controller)."""
+        ended = getattr(self.provider, "attempt_ended", None)
+        if ended is not None:
+            ended(sub["id"], sub["attempts"], why, self._spec(sub).nodes)
 
     def _match_nodes(self, listed: list[NodeStatus]) -> dict[int, dict[int, NodeStatus]]:
         """Each active submission's nodes by rank (one, rank 0, for a single-node run); destroys
@@ -475,7 +486,20 @@ class Controller(ClusterRuns):
         mine = recorded.get(sub["id"], {})
         return node.rank < self._spec(sub).nodes and mine.get(node.rank, node.node_id) == node.node_id
 
-    def _finish(self, sub, exit_code: int | None, event: str | None, now: float, ended: float) -> None:
+    def _interrupted(self, sub, exit_code: int | None, event: str | None, node_id: str | None = None) -> str | None:
+        """Why an unsuccessful node was interrupted (taken back by the provider, as it or the node
+        said), or that it was lost; None when its own exit code ended it (gitopsq.interruptions)."""
+        if exit_code == 0:
+            return None
+        notice = interruptions.noticed(self.store, sub["id"], sub["attempts"])
+        if notice is None and event != "interruption":
+            return None
+        node_id = node_id or sub["node_id"]
+        ask = getattr(self.provider, "interruption", None)
+        taken = ask(node_id) if ask and node_id and event == "interruption" else None
+        return interruptions.message(notice, taken)
+
+    def _finish(self, sub, exit_code: int | None, event: str | None, now: float, ended: float, why: str | None = None) -> None:
         """A node ended (at `ended`): done, failed, or back to the queue when the retry policy says so."""
         spec = RunSpec.from_dict(json.loads(sub["spec"]))
         if event is None and exit_code == 0:
@@ -486,17 +510,18 @@ class Controller(ClusterRuns):
         reason = "interrupted" if event == "interruption" else "exit-code"
         retry = spec.retry
         window_start = sub["window_start"] or sub["started_at"] or now
+        said = {"message": why} if why else {}  # what interrupted it: the provider, or a lost node
         with self.store.transaction():
             if retry and q.retry_after_end(event, retry.on_events, retry.duration, window_start, now):
                 attempts = sub["attempts"] + 1
                 next_try_at = now + q.backoff_delay(attempts, self.rng.random())
                 self.store.set_status(sub["id"], "queued", now, reason=reason, exit_code=exit_code, node_id=None,
                                       attempts=attempts, window_start=now, deadline=_deadline(spec, now),
-                                      next_try_at=next_try_at, backoff_event=event, reported_at=None,
-                                      detail={"retry": event, "exit_code": exit_code, "next_try_at": next_try_at})
+                                      next_try_at=next_try_at, backoff_event=event, reported_at=None, **said,
+                                      detail={"retry": event, "exit_code": exit_code, "next_try_at": next_try_at, **said})
             else:
                 self.store.set_status(sub["id"], "failed", now, reason=reason, exit_code=exit_code, finished_at=ended,
-                                      detail={"exit_code": exit_code})
+                                      **said, detail={"exit_code": exit_code, **said})
 
     # --- deadlines ----------------------------------------------------------------------------
 

@@ -1,8 +1,9 @@
 """The daemon's own credentials: read once at start, never left in its environment block.
 
-The cloud provider's credentials come from files (--provider-key-file, --provider-secret-file)
-or from the environment (GITOPSQ_PROVIDER_KEY / GITOPSQ_PROVIDER_SECRET, AWS_ACCESS_KEY_ID /
-AWS_SECRET_ACCESS_KEY). What a process was started with stays readable in /proc/<pid>/environ
+The cloud provider's credentials come from files (--provider-key-file, --provider-secret-file,
+--provider-session-token-file) or from the environment (GITOPSQ_PROVIDER_KEY /
+GITOPSQ_PROVIDER_SECRET / GITOPSQ_PROVIDER_SESSION_TOKEN, AWS_ACCESS_KEY_ID /
+AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN). What a process was started with stays readable in /proc/<pid>/environ
 for its whole life, whatever it later removes from os.environ, and a run of the same user can
 read that file. So `serve`, started with credentials in its environment, re-executes itself at
 once (same pid) with an environment without them, and hands the provider's over through an
@@ -21,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, NoReturn
 
-PROVIDER_VARS = ("GITOPSQ_PROVIDER_KEY", "GITOPSQ_PROVIDER_SECRET", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+PROVIDER_VARS = ("GITOPSQ_PROVIDER_KEY", "GITOPSQ_PROVIDER_SECRET", "GITOPSQ_PROVIDER_SESSION_TOKEN",
+                 "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 HANDOVER_VAR = "GITOPSQ_CREDENTIALS_FD"  # the memfd's number: not a secret
 _LOOKS_SECRET = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|CREDENTIAL|API_?KEY|ACCESS_KEY|PRIVATE_KEY", re.IGNORECASE)
 MAX_FILE_BYTES = 64 * 1024  # a key file, not a data set
@@ -96,7 +98,8 @@ def take_handover() -> Credentials | None:
     return Credentials(data["values"], tuple(data["dropped"]))
 
 
-def serve_credentials(key_file: str | None, secret_file: str | None, scrub: bool) -> Credentials:
+def serve_credentials(key_file: str | None, secret_file: str | None, scrub: bool,
+                      session_token_file: str | None = None) -> Credentials:
     """The credentials `serve` gives its provider: files first, then the environment.
 
     scrub: a long-lived daemon started with credentials in its environment re-executes itself
@@ -112,6 +115,8 @@ def serve_credentials(key_file: str | None, secret_file: str | None, scrub: bool
         values["GITOPSQ_PROVIDER_KEY"] = read_file(key_file, "--provider-key-file")
     if secret_file:
         values["GITOPSQ_PROVIDER_SECRET"] = read_file(secret_file, "--provider-secret-file")
+    if session_token_file:
+        values["GITOPSQ_PROVIDER_SESSION_TOKEN"] = read_file(session_token_file, "--provider-session-token-file")
     return Credentials(values, found.dropped)
 
 

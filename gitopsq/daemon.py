@@ -46,6 +46,7 @@ class DaemonOptions:
     tls_cert: str | None = None  # PEM files handed to uvicorn; both or neither
     tls_key: str | None = None
     warnings: tuple[str, ...] = ()  # said once at start, after the logging is set up
+    max_log_size: int | None = None  # bytes kept of a cloud run's log its node ships (--max-log-size)
 
 
 class Loop:
@@ -209,7 +210,8 @@ def _start_http(loop: Loop, controller: Controller, opts: DaemonOptions):
     from gitopsq.providercheck import judgment
 
     app = create_app(controller.store.path, loop.wake, status, opts.webhook_secret, metrics, metrics_open=opts.metrics_open,
-                     accept_unsigned_webhooks=local, judge=lambda spec: judgment(controller.provider, spec))
+                     accept_unsigned_webhooks=local, judge=lambda spec: judgment(controller.provider, spec),
+                     max_log_size=opts.max_log_size)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=int(port), log_level="warning", access_log=False,
                                            timeout_graceful_shutdown=HTTP_STOP_TIMEOUT, ssl_certfile=opts.tls_cert,
                                            ssl_keyfile=opts.tls_key))

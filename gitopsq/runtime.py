@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from gitopsq.providers.base import ProviderConfigError, bundles_dir_for, log_dir_for, workspace_dir_for
+from gitopsq.providers.base import ProviderConfigError, bundles_dir_for, cloud_logs_dir_for, log_dir_for, workspace_dir_for
 from gitopsq.store import StateMissing, Store, default_db_path, open_readonly
 
 
@@ -28,6 +28,7 @@ class ProviderOptions:
     credentials: Mapping[str, str] | None = None  # a cloud provider's, by variable name (None: the environment's)
     run_user: str | None = None  # --run-user: the user local process runs execute as (default: gitopsq-run if it exists)
     no_run_user: bool = False  # --no-run-user: runs execute as the controller's own user
+    allow_cidrs: tuple[str, ...] = ()  # --allow-cidr: the networks cloud runs' ports are opened to
 
 
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
@@ -94,7 +95,8 @@ def make_provider(store: Store, opts: ProviderOptions):
 
     return make_cloud_provider(opts.name, dict(opts.options), store.controller_id, opts.max_nodes, opts.public_url,
                                bundles=bundles_dir_for(store.path), insecure_public_url=opts.insecure_public_url,
-                               credentials=opts.credentials)
+                               credentials=opts.credentials, logs=cloud_logs_dir_for(store.path),
+                               max_log_size=opts.max_log_size, allow_cidrs=opts.allow_cidrs)
 
 
 def _private_folder(folder: Path) -> None:

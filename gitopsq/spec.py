@@ -299,6 +299,11 @@ class RunSpec:
         values["ports"] = tuple(PortMap(**p) for p in data.get("ports", ()))
         return cls(**values)
 
+    @property
+    def listens_on(self) -> tuple[int, ...]:
+        """The ports the run listens on: a service's port, a task's or dev environment's ports."""
+        return (self.port,) if self.port is not None else tuple(p.container_port for p in self.ports)
+
     def env_dict(self) -> dict[str, str]:
         """The env as written: secret references (${{ secrets.x }}) not yet resolved."""
         return dict(self.env)

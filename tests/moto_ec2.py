@@ -49,6 +49,27 @@ def _shared_moto_app() -> DomainDispatcherApplication:
         return _moto_app
 
 
+_ec2_app = None
+
+
+def _ec2_only_app():
+    """moto's EC2 app alone: every request is EC2's, however it is signed. moto's dispatcher
+    tells services apart by the SigV4 credential scope, and reads a SigV2 request (signature in
+    the query, as Libcloud's other EC2-API drivers send) as S3's. The state is the same."""
+    global _ec2_app
+    shared = _shared_moto_app()
+    with _app_lock:
+        if _ec2_app is None:
+            _ec2_app = create_backend_app("ec2")
+        ec2 = _ec2_app
+
+    def dispatch(environ, start_response):
+        app = shared if environ.get("PATH_INFO", "").startswith("/moto-api") else ec2
+        return app(environ, start_response)
+
+    return dispatch
+
+
 class _QuietHandler(MotoRequestHandler):
     def log_request(self, *args, **kwargs):  # keep pytest output readable
         pass
@@ -64,6 +85,7 @@ class Fault:
     delay: float = 0.0  # stall first; with no code and status 0 the request then reaches moto
     after: int = 0  # let this many matching requests through first
     content_type: str = "text/plain"
+    when: dict[str, str] | None = None  # only requests carrying these parameters (e.g. a spot market)
 
 
 def _error_xml(code: str, message: str) -> bytes:
@@ -82,6 +104,8 @@ class FaultInjector:
         self.calls: Counter[str] = Counter()
         self.access_keys: Counter[str] = Counter()  # the key id each signed request was made with
         self.params: dict[str, list[dict[str, str]]] = {}  # the form parameters of each request, by action
+        self.session_tokens: Counter[str] = Counter()  # the X-Amz-Security-Token each request carried
+        self.requests: list[dict[str, str]] = []  # every request's parameters, in order
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
         self.stopping = threading.Event()
@@ -91,25 +115,28 @@ class FaultInjector:
             self._faults.append(fault)
 
     @staticmethod
-    def _action(environ) -> str | None:
+    def _params(environ) -> dict[str, str]:
+        """The request's parameters: from the query string (SigV2 GETs), else the form body."""
         query = parse_qs(environ.get("QUERY_STRING", ""))
         if "Action" in query:
-            environ["gitopsq.params"] = {k: v[0] for k, v in query.items()}
-            return query["Action"][0]
+            return {k: v[0] for k, v in query.items()}
         if environ.get("CONTENT_TYPE", "").startswith("application/x-www-form-urlencoded"):
             length = int(environ.get("CONTENT_LENGTH") or 0)
             body = environ["wsgi.input"].read(length) if length else b""
             # Put the body back for moto.
             environ["wsgi.input"] = io.BytesIO(body)
-            form = parse_qs(body.decode("utf-8", "replace"))
-            environ["gitopsq.params"] = {k: v[0] for k, v in form.items()}
-            if "Action" in form:
-                return form["Action"][0]
-        return None
+            return {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
+        return {}
 
-    def _take(self, action: str) -> Fault | None:
+    def clear(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def _take(self, action: str, params: dict[str, str]) -> Fault | None:
         with self._lock:
             for fault in self._faults:
+                if fault.when and any(params.get(k) != v for k, v in fault.when.items()):
+                    continue
                 if fault.action in ("*", action) and fault.after > 0:
                     fault.after -= 1
                     return None
@@ -123,14 +150,18 @@ class FaultInjector:
     def __call__(self, environ, start_response):
         if environ.get("PATH_INFO", "").startswith("/moto-api"):
             return self.app(environ, start_response)
-        action = self._action(environ) or "?"
+        params = self._params(environ)
+        action = params.get("Action") or "?"
+        self.requests.append(params)
         signed = re.search(r"Credential=([^/,\s]+)/", environ.get("HTTP_AUTHORIZATION", ""))
         with self._lock:
             self.calls[action] += 1
-            self.params.setdefault(action, []).append(environ.get("gitopsq.params", {}))
+            self.params.setdefault(action, []).append(params)
             if signed:
                 self.access_keys[signed.group(1)] += 1
-        fault = self._take(action)
+            if environ.get("HTTP_X_AMZ_SECURITY_TOKEN"):
+                self.session_tokens[environ["HTTP_X_AMZ_SECURITY_TOKEN"]] += 1
+        fault = self._take(action, params)
         if fault is None:
             return self.app(environ, start_response)
         if fault.delay and self.stopping.wait(fault.delay):
@@ -152,11 +183,12 @@ class FaultInjector:
 
 
 class MotoEC2Server:
-    """moto's EC2 server on a free 127.0.0.1 port, behind a FaultInjector."""
+    """moto's EC2 server on a free 127.0.0.1 port, behind a FaultInjector (ec2_only: for drivers
+    that sign with SigV2)."""
 
-    def __init__(self, host: str = "127.0.0.1"):
+    def __init__(self, host: str = "127.0.0.1", ec2_only: bool = False):
         self.host = host
-        self.injector = FaultInjector(_shared_moto_app())
+        self.injector = FaultInjector(_ec2_only_app() if ec2_only else _shared_moto_app())
         self._server = None
         self._thread: threading.Thread | None = None
 
@@ -184,6 +216,11 @@ class MotoEC2Server:
         """Requests seen per access key id they were signed with."""
         return self.injector.access_keys
 
+    @property
+    def session_tokens(self) -> Counter[str]:
+        """Requests seen per session token they carried (X-Amz-Security-Token)."""
+        return self.injector.session_tokens
+
     def start(self) -> "MotoEC2Server":
         self._server = make_server(
             self.host, 0, self.injector, threaded=True, request_handler=_QuietHandler
@@ -202,6 +239,8 @@ class MotoEC2Server:
         self.injector.calls.clear()
         self.injector.access_keys.clear()
         self.injector.params.clear()
+        self.injector.session_tokens.clear()
+        self.injector.requests.clear()
 
     def stop(self) -> None:
         if self._server is None:
@@ -226,9 +265,34 @@ class MotoEC2Server:
         times: int = 1,
         message: str | None = None,
         after: int = 0,
+        when: dict[str, str] | None = None,
     ) -> None:
-        """Answer the next `times` `action` requests (after letting `after` through) with an AWS XML error."""
-        self.injector.add(Fault(action, times, status, code, message or "Injected %s" % code, after=after))
+        """Answer the next `times` `action` requests (after letting `after` through; only those with
+        the parameters `when` has) with an AWS XML error."""
+        self.injector.add(Fault(action, times, status, code, message or "Injected %s" % code, after=after, when=when))
+
+    def requests(self, action: str) -> list[dict[str, str]]:
+        """The parameters of every `action` request seen, in order (faults answered included)."""
+        return [p for p in self.injector.requests if p.get("Action") == action]
+
+    def reclaim_spot(self, instance_id: str) -> None:
+        """Take a spot instance back as EC2 does: terminated, with the spot state reason."""
+        from moto.backends import get_backend
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.ec2.models.instances import StateReason
+
+        for region_backend in get_backend("ec2")[DEFAULT_ACCOUNT_ID].values():
+            instance = next((i for r in region_backend.reservations.values() for i in r.instances if i.id == instance_id), None)
+            if instance is not None:
+                instance.terminate()
+                instance.state_reason = StateReason("Server.SpotInstanceTermination: Spot instance termination",
+                                                    "Server.SpotInstanceTermination")
+                return
+        raise LookupError(instance_id)
+
+    def clear_faults(self) -> None:
+        """Forget the faults not answered yet."""
+        self.injector.clear()
 
     def inject_http(
         self,

@@ -33,7 +33,8 @@ ACCESS = {
     ("POST", "/api/runs/{name}/activity"): "write", ("PUT", "/api/secrets/{name}"): "write",
     ("DELETE", "/api/secrets/{name}"): "write", ("POST", "/api/runs/{name}/stop"): "write",
     ("POST", "/api/runs/{name}/rerun"): "write", ("POST", "/runs/{name}/stop"): "write", ("POST", "/runs/{name}/rerun"): "write",
-    ("POST", "/api/submissions/{submission_id}/report"): "node",
+    ("POST", "/api/submissions/{submission_id}/report"): "node", ("POST", "/api/submissions/{submission_id}/log"): "node",
+    ("POST", "/api/submissions/{submission_id}/interruption"): "node",
     ("GET", "/api/submissions/{submission_id}/inputs/env"): "node", ("GET", "/api/submissions/{submission_id}/inputs/tree"): "node",
     ("GET", "/api/submissions/{submission_id}/inputs/cluster"): "node", ("POST", "/api/webhook"): "webhook",
 }

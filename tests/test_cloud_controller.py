@@ -108,7 +108,7 @@ def test_commit_delete_and_edit_drive_instances(world):
     assert sub["status"] == "running" and sub["node_id"] == node.id
     assert node.extra["instance_type"] == "t3a.large"  # cheapest 2 vCPU / 8GB x86 size in us-east-1
     assert node.extra["tags"] == {"Name": f"gq-train-{sub['id']}", TAG_CONTROLLER: world.store.controller_id,
-                                  "gitopsq-run": "train", "gitopsq-submission": str(sub["id"])}
+                                  "gitopsq-run": "train", "gitopsq-submission": str(sub["id"]), "gitopsq-attempt": "0"}
     world.step(1)  # nothing changed: nothing new
     assert [n.id for n in world.instances()] == [node.id] and world.server.calls["RunInstances"] == 1
 
@@ -171,6 +171,7 @@ def test_node_gone_without_report_is_an_interruption(world):
     # stopped, with retry on interruption: back to the queue, backing off, then relaunched on a new node
     waiting = world.sub("job")
     assert (waiting["status"], waiting["reason"], waiting["attempts"]) == ("queued", "interrupted", 1)
+    assert (waiting["backoff_event"], waiting["message"]) == ("interruption", "node lost: it ended without reporting an exit code")
     world.step(waiting["next_try_at"] - world.clock.now + 0.1)
     job2 = world.sub("job")
     assert (job2["status"], job2["reason"], job2["attempts"]) == ("running", "interrupted", 1)
@@ -178,6 +179,41 @@ def test_node_gone_without_report_is_an_interruption(world):
     # vanished, no retry: failed as interrupted
     assert (world.sub("other")["status"], world.sub("other")["reason"]) == ("failed", "interrupted")
     assert [n.id for n in world.instances()] == [job2["node_id"]]
+
+
+def test_a_reclaimed_spot_node_retries_under_interruption(world):
+    world.commit({"runs/job.yml": run_file(extra="spot_policy: spot\nretry: {on_events: [interruption]}\n"),
+                  "runs/once.yml": run_file(extra="spot_policy: spot\n")})
+    world.step()
+    job, once = world.sub("job"), world.sub("once")
+    for sub in (job, once):
+        world.server.reclaim_spot(sub["node_id"])  # EC2 takes the instances back
+    world.step(1)
+    waiting = world.sub("job")
+    spot = "spot interruption (Server.SpotInstanceTermination)"
+    assert (waiting["status"], waiting["reason"], waiting["backoff_event"], waiting["attempts"]) == (
+        "queued", "interrupted", "interruption", 1)
+    assert waiting["message"] == spot
+    assert (world.sub("once")["status"], world.sub("once")["reason"], world.sub("once")["message"]) == ("failed", "interrupted", spot)
+    world.step(waiting["next_try_at"] - world.clock.now + 0.1)
+    again = world.sub("job")
+    assert (again["status"], again["attempts"]) == ("running", 1) and again["node_id"] != job["node_id"]
+    [node] = world.instances()
+    assert node.id == again["node_id"] and node.extra["instance_lifecycle"] == "spot"
+
+
+def test_auto_runs_on_demand_when_spot_has_no_capacity(world):
+    world.commit({"runs/job.yml": run_file(extra="spot_policy: auto\n")})
+    world.provider.adapter.image()
+    world.server.inject("RunInstances", "InsufficientInstanceCapacity", status=500, times=100,
+                        when={"InstanceMarketOptions.MarketType": "spot"})
+    world.step()
+    sub = world.sub("job")
+    assert (sub["status"], sub["attempts"]) == ("running", 0)
+    [node] = world.instances()
+    assert node.id == sub["node_id"] and node.extra.get("instance_lifecycle") != "spot"
+    markets = [r.get("InstanceMarketOptions.MarketType") for r in world.server.requests("RunInstances")]
+    assert markets == ["spot", None]
 
 
 def test_a_report_of_an_earlier_attempt_is_refused(world):
@@ -294,6 +330,38 @@ def test_auth_failure_keeps_runs_queued_and_reports_once(world, caplog):
     world.step(60)  # credentials fixed
     assert [world.sub(r)["status"] for r in ("a", "b")] == ["running", "running"]
     assert world.controller.provider_health is None
+
+
+def test_an_expired_session_token_is_an_auth_problem_on_healthz_not_a_run_failure(world):
+    import httpx
+
+    from gitopsq.web import create_app
+    from tests.helpers import Recorder
+    from tests.webserver import running
+
+    world.commit({"runs/running.yml": run_file()})
+    world.step()
+    assert world.sub("running")["status"] == "running"
+    world.commit({"runs/waiting.yml": run_file()})
+    # Temporary credentials ran out: every call is refused until new ones are given.
+    world.server.inject("*", "ExpiredToken", status=400, times=1000, message="The security token included in the request is expired")
+    world.step(60)
+    world.step(60)
+    busy, waiting = world.sub("running"), world.sub("waiting")
+    assert (busy["status"], busy["reason"]) == ("running", None), "a run is not failed for the controller's credentials"
+    assert (waiting["status"], waiting["attempts"], waiting["reason"]) == ("queued", 0, None)
+    health = world.controller.provider_health
+    assert health == "provider ec2: auth: ExpiredToken: The security token included in the request is expired"
+    status = lambda: {"branch": "main", "provider": "ec2", "provider_health": world.controller.provider_health}  # noqa: E731
+    with running(create_app(world.store.path, Recorder(), status, None)) as url:
+        answer = httpx.get(f"{url}/healthz")
+        assert answer.status_code == 503
+        assert (answer.json()["status"], answer.json()["reason"]) == ("degraded", health)
+        world.server.clear_faults()  # new credentials
+        world.step(60)
+        assert [world.sub(r)["status"] for r in ("running", "waiting")] == ["running", "running"]
+        answer = httpx.get(f"{url}/healthz")
+        assert (answer.status_code, answer.json()["status"], answer.json()["provider_health"]) == (200, "ok", None)
 
 
 def test_unsatisfiable_run_fails_at_once(world):

@@ -18,7 +18,7 @@ import pytest
 
 from gitopsq.controller import Controller
 from gitopsq.providers import ec2
-from gitopsq.providers.base import TAG_CONTROLLER, bundle_path, bundles_dir_for
+from gitopsq.providers.base import TAG_CONTROLLER, bundle_path, bundles_dir_for, cloud_logs_dir_for
 from gitopsq.providers.cloud import make_cloud_provider
 from gitopsq.nodetoken import attempt_token
 from gitopsq.secretstore import SecretStore
@@ -52,7 +52,8 @@ class Cloud:
         self.store = store
         self.url = url
         self.provider = make_cloud_provider("ec2", {"region": "us-east-1", "endpoint": moto.endpoint},
-                                            store.controller_id, None, url, bundles=bundles_dir_for(store.path))
+                                            store.controller_id, None, url, bundles=bundles_dir_for(store.path),
+                                            logs=cloud_logs_dir_for(store.path))
         self.config = ConfigRepo(str(self.repo.path))
         self.controller = Controller(store, self.provider, self.config)
 
@@ -62,12 +63,16 @@ class Cloud:
                   if n.id == node_id]
         return ec2.get_user_data(self.provider.driver, node)
 
-    def boot(self, script: str, path: str | None = None) -> subprocess.CompletedProcess:
-        """Run a node's user-data here, as cloud-init would (without powering anything off)."""
+    def node_env(self, path: str | None = None, **extra: str) -> dict[str, str]:
+        """The environment a node's user-data runs with here (as cloud-init would, powering nothing off)."""
         (self.tmp / "home").mkdir(exist_ok=True)
-        env = {"PATH": path or os.environ["PATH"], "HOME": str(self.tmp / "home"), "GITOPSQ_NO_POWEROFF": "1",
-               "GITOPSQ_WORKDIR": str(self.tmp / "node"), "GITOPSQ_REPORT_BACKOFF": "0", "GITOPSQ_DOWNLOAD_BACKOFF": "0"}
-        return subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=120)
+        return {"PATH": path or os.environ["PATH"], "HOME": str(self.tmp / "home"), "GITOPSQ_NO_POWEROFF": "1",
+                "GITOPSQ_WORKDIR": str(self.tmp / "node"), "GITOPSQ_REPORT_BACKOFF": "0", "GITOPSQ_DOWNLOAD_BACKOFF": "0",
+                **extra}
+
+    def boot(self, script: str, path: str | None = None) -> subprocess.CompletedProcess:
+        """Run a node's user-data here, to its end."""
+        return subprocess.run(["bash", "-c", script], env=self.node_env(path), capture_output=True, text=True, timeout=120)
 
 
 @pytest.fixture
@@ -101,7 +106,7 @@ def bin_without_curl(tmp_path: Path) -> str:
     """A PATH with what the node script and the run need, python3 included, but no curl."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for tool in ("bash", "mkdir", "base64", "tee", "sleep", "sync", "cat", "env", "tar", "gzip", "rm"):
+    for tool in ("bash", "mkdir", "base64", "tee", "sleep", "sync", "cat", "env", "tar", "gzip", "rm", "wc", "tail", "head", "sed"):
         (bin_dir / tool).symlink_to(shutil.which(tool))
     (bin_dir / "python3").symlink_to(sys.executable)
     return str(bin_dir)

@@ -12,6 +12,7 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import pytest
 from libcloud.compute.base import NodeSize
@@ -111,28 +112,51 @@ def test_generic_size_gpu_count_and_no_gpu_unless_asked():
 
 
 class ReportServer:
-    """Stands in for the controller's report endpoint on 127.0.0.1; answers 503 `fail` times first."""
+    """Stands in for the controller's node routes on 127.0.0.1: records reports (answered 503
+    `fail` times first) and keeps the log's chunks where they start, as the controller does
+    (answering 503 to the first `log_down` of them)."""
 
-    def __init__(self, fail: int = 0):
+    def __init__(self, fail: int = 0, log_down: int = 0):
         self.posts: list[tuple[str, str, dict]] = []
         self.fail = fail
+        self.log_down = log_down
+        self.log = b""
+        self.final = False
+        self.chunks: list[tuple[int, int, bool]] = []  # (offset, length, final) of each chunk taken
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
-                outer.posts.append((self.path, self.headers["Content-Type"], json.loads(body)))
-                status = 503 if outer.fail > 0 else 200
-                outer.fail -= 1
+                path, _, query = self.path.partition("?")
+                if path.endswith("/log"):
+                    status, answer = outer._chunk(parse_qs(query), body)
+                else:
+                    outer.posts.append((self.path, self.headers["Content-Type"], json.loads(body)))
+                    status, answer = (503 if outer.fail > 0 else 200), b""
+                    outer.fail -= 1
                 self.send_response(status)
-                self.send_header("Content-Length", "0")
+                self.send_header("Content-Length", str(len(answer)))
                 self.end_headers()
+                self.wfile.write(answer)
 
             def log_message(self, *args):
                 pass
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def _chunk(self, params: dict, body: bytes) -> tuple[int, bytes]:
+        if self.log_down > 0:
+            self.log_down -= 1
+            return 503, b"down"
+        offset, final = int(params["offset"][0]), params.get("final") == ["1"]
+        if offset > len(self.log):
+            return 409, json.dumps({"offset": len(self.log)}).encode()
+        self.log += body[len(self.log) - offset:]
+        self.final = self.final or (final and offset + len(body) == len(self.log))
+        self.chunks.append((offset, len(body), final))
+        return 200, json.dumps({"offset": len(self.log), "complete": self.final}).encode()
 
     @property
     def url(self) -> str:
@@ -152,15 +176,15 @@ def _bin_without_curl(tmp_path: Path) -> str:
     """A PATH with what the script needs (python3 included) but no curl."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for tool in ("bash", "mkdir", "base64", "tee", "sleep", "sync", "cat", "env"):
+    for tool in ("bash", "mkdir", "base64", "tee", "sleep", "sync", "cat", "env", "wc", "tail", "head", "sed", "rm"):
         (bin_dir / tool).symlink_to(shutil.which(tool))
     (bin_dir / "python3").symlink_to(sys.executable)
     return str(bin_dir)
 
 
-def _run_user_data(script: str, tmp_path: Path, path: str | None = None):
+def _run_user_data(script: str, tmp_path: Path, path: str | None = None, **extra: str):
     env = {"PATH": path or os.environ["PATH"], "HOME": str(tmp_path), "GITOPSQ_NO_POWEROFF": "1",
-           "GITOPSQ_WORKDIR": str(tmp_path / "node"), "GITOPSQ_REPORT_BACKOFF": "0"}
+           "GITOPSQ_WORKDIR": str(tmp_path / "node"), "GITOPSQ_REPORT_BACKOFF": "0", **extra}
     return subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60)
 
 
@@ -183,6 +207,38 @@ def test_user_data_runs_commands_and_reports_exit_code(tmp_path, client):
     assert "secret-token-41" not in run_env  # the token is the script's, not the run's
     assert "ran-commands" in (tmp_path / "node" / "run.log").read_text()
     assert server.posts == [("/api/submissions/41/report", "application/json", {"token": "secret-token-41", "exit_code": 3})]
+    assert server.log == (tmp_path / "node" / "run.log").read_bytes() and server.final, "the whole log was shipped"
+
+
+@pytest.mark.parametrize("client", ["curl", "python3"])
+def test_user_data_ships_the_log_while_the_run_runs(tmp_path, client):
+    # Output for a while, in more than one 64 KiB chunk: the controller has some before the end.
+    spec = spec_of("type: task\ncommands: ['for i in 1 2 3 4 5 6; do yes x | head -c 30000; echo \" $i\"; sleep 0.3; done']\n")
+    path = None if client == "curl" else _bin_without_curl(tmp_path)
+    if path:
+        for tool in ("yes",):
+            (Path(path) / tool).symlink_to(shutil.which(tool))
+    with ReportServer() as server:
+        done = _run_user_data(user_data(Launch(3, "r", 1, spec, "tok"), server.url), tmp_path, path,
+                              GITOPSQ_LOG_INTERVAL="0.2")
+    assert done.returncode == 0, done.stderr
+    log = (tmp_path / "node" / "run.log").read_bytes()
+    assert len(log) == 6 * 30003 and server.log == log and server.final
+    assert any(not final for _, _, final in server.chunks), "chunks went out while the run ran"
+    assert all(length <= 64 * 1024 for _, length, _ in server.chunks)
+
+
+def test_user_data_keeps_the_log_while_the_controller_is_down_and_sends_it_after(tmp_path):
+    spec = spec_of("type: task\ncommands: ['for i in 1 2 3 4 5; do echo line $i; sleep 0.2; done']\n")
+    with ReportServer(log_down=1000) as server:
+        script = user_data(Launch(3, "r", 1, spec, "tok"), server.url)
+        timer = threading.Timer(1.5, lambda: setattr(server, "log_down", 0))  # back before the end's tries are over
+        timer.start()
+        done = _run_user_data(script, tmp_path, GITOPSQ_LOG_INTERVAL="0.1", GITOPSQ_REPORT_BACKOFF="1")
+        timer.join()
+    assert done.returncode == 0, done.stderr
+    assert server.log == b"".join(b"line %d\n" % i for i in range(1, 6)) and server.final, done.stderr
+    assert server.posts[0][2] == {"token": "tok", "exit_code": 0}
 
 
 def test_user_data_retries_the_report(tmp_path):
@@ -231,7 +287,8 @@ def test_user_data_holds_no_secret_value():
         assert "hf-value-1234" not in part and "wandb-value-5678" not in part
     assert any("export PLAIN=visible" in part for part in _decoded_parts(script))
     # the secret-holding variables are downloaded by the node, and passed into the container by name
-    assert "inputs=http://127.0.0.1:8765/api/submissions/9/inputs\n" in script and 'fetch env "$GITOPSQ_DIR/secrets.env"' in script
+    assert "submission=http://127.0.0.1:8765/api/submissions/9\n" in script and 'inputs="$submission/inputs"' in script
+    assert 'fetch env "$GITOPSQ_DIR/secrets.env"' in script
     assert "-e HF_TOKEN" in script and "-e WANDB_API_KEY" in script
 
 
@@ -262,7 +319,7 @@ def test_launch_tags_size_user_data_and_client_token(server, provider):
     [node] = ec2.list_nodes_by_tag(provider.driver, TAG_CONTROLLER, "ctl-test")
     assert node.id == status.node_id
     assert node.extra["tags"] == {"Name": "gq-train-12", "gitopsq-controller": "ctl-test", "gitopsq-run": "train",
-                                  "gitopsq-submission": "12"}
+                                  "gitopsq-submission": "12", "gitopsq-attempt": "2"}
     assert node.extra["instance_type"] == "t3a.xlarge"
     assert node.extra["client_token"] == "gq-ctl-test-12-2"
     script = ec2.get_user_data(provider.driver, node)
@@ -487,3 +544,155 @@ def test_a_single_cloud_node_is_its_own_master(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     seen = (tmp_path / "node" / "work" / "env.txt").read_text()
     assert "DSTACK_NODES_NUM=1\n" in seen and "DSTACK_NODE_RANK=0\n" in seen and "DSTACK_MASTER_NODE_IP=" in seen
+
+
+# --- temporary credentials -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pair", ["gitopsq", "aws"])
+def test_a_session_token_signs_every_request(monkeypatch, server, pair):
+    for var in ("GITOPSQ_PROVIDER_KEY", "GITOPSQ_PROVIDER_SECRET", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    if pair == "gitopsq":
+        monkeypatch.setenv("GITOPSQ_PROVIDER_KEY", "ASIA-temporary")
+        monkeypatch.setenv("GITOPSQ_PROVIDER_SECRET", "temporary-secret")
+        monkeypatch.setenv("GITOPSQ_PROVIDER_SESSION_TOKEN", "session-token-gq")
+        monkeypatch.setenv("AWS_SESSION_TOKEN", "not-this-pairs-token")
+        token = "session-token-gq"
+    else:
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "ASIA-temporary")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "temporary-secret")
+        monkeypatch.setenv("AWS_SESSION_TOKEN", "session-token-aws")
+        monkeypatch.setenv("GITOPSQ_PROVIDER_SESSION_TOKEN", "a-token-without-its-key")
+        token = "session-token-aws"
+    provider = make_cloud_provider("ec2", {"endpoint": server.endpoint}, "ctl-sts", None, PUBLIC_URL)
+    provider.launch(Launch(1, "a", 1, task(), "t"))
+    assert [n.run for n in provider.nodes()] == ["a"]  # moto accepted the signed requests
+    calls = sum(server.calls.values())
+    assert server.session_tokens == {token: calls}, "every request carries the pair's own token"
+    assert server.access_keys == {"ASIA-temporary": calls}
+
+
+def test_without_a_session_token_none_is_sent(server, provider):
+    provider.nodes()
+    assert server.session_tokens == {} and sum(server.calls.values()) == 1
+
+
+# --- spot ----------------------------------------------------------------------------------------
+
+SPOT = {"InstanceMarketOptions.MarketType": "spot"}
+
+
+def test_auto_asks_for_spot_first(server, provider):
+    status = provider.launch(Launch(1, "a", 1, task(extra="spot_policy: auto\n"), "t"))
+    [node] = ec2.list_nodes_by_tag(provider.driver, TAG_CONTROLLER, "ctl-test")
+    assert node.id == status.node_id and node.extra["instance_lifecycle"] == "spot"
+    assert [r.get("InstanceMarketOptions.MarketType") for r in server.requests("RunInstances")] == ["spot"]
+
+
+@pytest.mark.parametrize("code", ["InsufficientInstanceCapacity", "SpotMaxPriceTooLow", "MaxSpotInstanceCountExceeded"])
+def test_auto_falls_back_to_on_demand_when_spot_has_no_capacity(server, provider, code):
+    provider.adapter.image()
+    server.inject("RunInstances", code, status=500 if code == "InsufficientInstanceCapacity" else 400, times=5, when=SPOT)
+    status = provider.launch(Launch(1, "a", 1, task(extra="spot_policy: auto\nmax_price: 0.5\n"), "t", attempt=3))
+    [node] = ec2.list_nodes_by_tag(provider.driver, TAG_CONTROLLER, "ctl-test")
+    assert node.id == status.node_id and node.extra.get("instance_lifecycle") in (None, "", "on-demand")
+    spot, on_demand = server.requests("RunInstances")
+    assert (spot.get("InstanceMarketOptions.MarketType"), on_demand.get("InstanceMarketOptions.MarketType")) == ("spot", None)
+    # Each market has its own idempotency token: EC2 refuses one token for two different requests.
+    assert (spot["ClientToken"], on_demand["ClientToken"]) == ("gq-ctl-test-1-3", "gq-ctl-test-1-3-on-demand")
+
+
+def test_auto_without_on_demand_capacity_either_is_no_capacity(server, provider):
+    provider.adapter.image()
+    server.inject("RunInstances", "InsufficientInstanceCapacity", status=500, times=2)
+    with pytest.raises(ProviderError) as info:
+        provider.launch(Launch(1, "a", 1, task(extra="spot_policy: auto\n"), "t"))
+    assert (info.value.kind, info.value.code) == (CAPACITY, "InsufficientInstanceCapacity")
+    assert len(server.requests("RunInstances")) == 2 and provider.nodes() == []
+
+
+@pytest.mark.parametrize("policy", ["spot", "on-demand"])
+def test_spot_and_on_demand_never_switch_market(server, provider, policy):
+    provider.adapter.image()
+    server.inject("RunInstances", "InsufficientInstanceCapacity", status=500, times=1)
+    with pytest.raises(ProviderError) as info:
+        provider.launch(Launch(1, "a", 1, task(extra=f"spot_policy: {policy}\n"), "t"))
+    assert info.value.kind == CAPACITY and len(server.requests("RunInstances")) == 1
+
+
+def test_a_reclaimed_spot_instance_is_told_apart_from_a_stopped_one(server, provider):
+    spot = provider.launch(Launch(1, "a", 1, task(extra="spot_policy: spot\n"), "t"))
+    plain = provider.launch(Launch(2, "b", 1, task(), "t"))
+    server.reclaim_spot(spot.node_id)
+    provider.stop(plain.node_id)
+    assert provider.interruption(spot.node_id) == "spot interruption (Server.SpotInstanceTermination)"
+    assert provider.interruption(plain.node_id) is None
+    assert provider.nodes() == [], "a reclaimed instance is gone like any terminated one"
+
+
+# --- ports ---------------------------------------------------------------------------------------
+
+
+def _ingress(provider, name):
+    [group] = [g for g in provider.driver.ex_get_security_groups() if g.name == name]
+    return group, sorted((r["protocol"], int(r["from_port"]), int(r["to_port"]), tuple(sorted(r["cidr_ips"])))
+                         for r in group.ingress_rules)
+
+
+def test_a_service_gets_a_group_opening_exactly_its_port_to_the_allowed_cidrs(server, creds):
+    provider = make_cloud_provider("ec2", {"endpoint": server.endpoint}, "ctl-fw", None, PUBLIC_URL,
+                                   allow_cidrs=("203.0.113.0/24", "2001:db8::/32"))
+    spec = spec_of("type: service\ncommands: [serve]\nport: 8000\n")
+    status = provider.launch(Launch(5, "api", 1, spec, "t"))
+    group, rules = _ingress(provider, "gitopsq-ctl-fw-5")
+    assert rules == [("tcp", 8000, 8000, ("203.0.113.0/24",))]
+    [authorized] = server.requests("AuthorizeSecurityGroupIngress")  # libcloud's rules show IPv4 ranges only
+    assert authorized["IpPermissions.1.Ipv6Ranges.1.CidrIpv6"] == "2001:db8::/32"
+    assert group.extra["tags"] == {"Name": "gitopsq-ctl-fw-5", TAG_CONTROLLER: "ctl-fw", "gitopsq-run": "api",
+                                   "gitopsq-submission": "5"}
+    [run] = server.requests("RunInstances")
+    assert sorted(v for k, v in run.items() if k.startswith("SecurityGroup.")) == ["default", "gitopsq-ctl-fw-5"]
+    # the group goes once no node uses it
+    provider.stop(status.node_id)
+    provider.nodes()
+    assert [g.name for g in provider.driver.ex_get_security_groups() if g.name.startswith("gitopsq-")] == []
+
+
+def test_a_tasks_ports_and_a_relaunch_reuse_its_group(server, creds):
+    provider = make_cloud_provider("ec2", {"endpoint": server.endpoint}, "ctl-fw", None, PUBLIC_URL,
+                                   allow_cidrs=("198.51.100.7/32",))
+    spec = task(extra="ports: [6006, 8888]\n")
+    first = provider.launch(Launch(6, "board", 1, spec, "t"))
+    provider.driver.ex_stop_node(next(n for n in provider.driver.list_nodes() if n.id == first.node_id))
+    provider.launch(Launch(6, "board", 1, spec, "t", attempt=1))  # a retry while the first node still holds it
+    _, rules = _ingress(provider, "gitopsq-ctl-fw-6")
+    assert rules == [("tcp", 6006, 6006, ("198.51.100.7/32",)), ("tcp", 8888, 8888, ("198.51.100.7/32",))]
+    assert len([g for g in provider.driver.ex_get_security_groups() if g.name.startswith("gitopsq-")]) == 1
+
+
+def test_without_allow_cidr_no_port_is_opened(server, provider):
+    provider.launch(Launch(5, "api", 1, spec_of("type: service\ncommands: [serve]\nport: 8000\n"), "t"))
+    assert server.calls["CreateSecurityGroup"] == 0 and server.calls["AuthorizeSecurityGroupIngress"] == 0
+    [run] = server.requests("RunInstances")
+    assert not [k for k in run if k.startswith("SecurityGroup")]
+
+
+def test_a_group_left_by_a_crash_is_removed_at_the_first_listing(server, creds):
+    provider = make_cloud_provider("ec2", {"endpoint": server.endpoint}, "ctl-fw", None, PUBLIC_URL,
+                                   allow_cidrs=("0.0.0.0/0",))
+    provider.adapter.firewall.open("api", 9, (80,))  # its node never made: the controller died here
+    kept = provider.launch(Launch(10, "web", 1, task(extra="ports: [80]\n"), "t"))
+    other = make_cloud_provider("ec2", {"endpoint": server.endpoint}, "ctl-other", None, PUBLIC_URL, allow_cidrs=("0.0.0.0/0",))
+    other.adapter.firewall.open("x", 9, (80,))  # another controller's: not ours to remove
+    restarted = make_cloud_provider("ec2", {"endpoint": server.endpoint}, "ctl-fw", None, PUBLIC_URL,
+                                    allow_cidrs=("0.0.0.0/0",))
+    assert [n.node_id for n in restarted.nodes()] == [kept.node_id]
+    names = sorted(g.name for g in restarted.driver.ex_get_security_groups() if g.name.startswith("gitopsq-"))
+    assert names == ["gitopsq-ctl-fw-10", "gitopsq-ctl-other-9"]
+
+
+@pytest.mark.parametrize("value", ["everyone", "10.0.0.1/8", "300.1.1.1/32"])
+def test_a_bad_allow_cidr_is_a_config_error(server, creds, value):
+    with pytest.raises(ProviderConfigError, match=f"--allow-cidr '{re.escape(value)}': not a network"):
+        make_cloud_provider("ec2", {"endpoint": server.endpoint}, "c", None, PUBLIC_URL, allow_cidrs=(value,))

@@ -20,7 +20,8 @@ from tests.moto_ec2 import MotoEC2Server
 from tests.test_daemon import wait_for
 
 PUBLIC_URL = "http://127.0.0.1:8765"
-CREDENTIAL_VARS = ("GITOPSQ_PROVIDER_KEY", "GITOPSQ_PROVIDER_SECRET", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+CREDENTIAL_VARS = ("GITOPSQ_PROVIDER_KEY", "GITOPSQ_PROVIDER_SECRET", "GITOPSQ_PROVIDER_SESSION_TOKEN", "AWS_ACCESS_KEY_ID",
+                   "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 
 @pytest.fixture
@@ -66,9 +67,10 @@ def job_running(db: Path) -> bool:
 def test_the_daemon_keeps_no_credential_in_its_environment_and_the_provider_still_gets_them(tmp_path, server, repo):
     marker = uuid.uuid4().hex
     key, secret, other = f"AKIDMARKER{marker[:10]}", f"marker-secret-{marker}", f"marker-db-{marker}"
+    token = f"marker-token-{marker}"
     db = tmp_path / "state" / "gitopsq.db"
     log = tmp_path / "daemon.log"
-    env = clean_env(AWS_ACCESS_KEY_ID=key, AWS_SECRET_ACCESS_KEY=secret, DB_PASSWORD=other)
+    env = clean_env(AWS_ACCESS_KEY_ID=key, AWS_SECRET_ACCESS_KEY=secret, AWS_SESSION_TOKEN=token, DB_PASSWORD=other)
     proc = subprocess.Popen([sys.executable, "-m", "gitopsq", "serve", "--repo", str(repo.path), "--db", str(db),
                              "--http", "off", *ec2_args(server)],
                             env=env, cwd=ROOT, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
@@ -79,6 +81,7 @@ def test_the_daemon_keeps_no_credential_in_its_environment_and_the_provider_stil
         proc.terminate()
         assert proc.wait(10) == 0, log.read_text()
     assert server.access_keys[key] >= 1, "the provider signed its calls with the key from the environment"
+    assert set(server.session_tokens) == {token}, "and sent the session token that came with it"
     assert marker.encode() not in seen
     names = {entry.split(b"=", 1)[0].decode() for entry in seen.split(b"\0") if entry}
     assert not names & {*CREDENTIAL_VARS, "DB_PASSWORD"}
@@ -97,6 +100,20 @@ def test_credentials_from_files(tmp_path, server, repo, monkeypatch):
     assert result.exit_code == 0, result.output
     assert result.output == "submit job\n"
     assert set(server.access_keys) == {"AKIDFROMFILE"}
+
+
+def test_a_session_token_from_a_file(tmp_path, server, repo, monkeypatch):
+    for name in CREDENTIAL_VARS:
+        monkeypatch.delenv(name, raising=False)
+    files = {"key": "ASIAFROMFILE\n", "secret": "secret-from-file\n", "token": "session-token-from-file\n"}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    result = run_cli("serve", "--once", "--repo", str(repo.path), "--db", str(tmp_path / "s.db"), *ec2_args(server),
+                     "--provider-key-file", str(tmp_path / "key"), "--provider-secret-file", str(tmp_path / "secret"),
+                     "--provider-session-token-file", str(tmp_path / "token"))
+    assert result.exit_code == 0, result.output
+    assert set(server.access_keys) == {"ASIAFROMFILE"}
+    assert server.session_tokens == {"session-token-from-file": sum(server.calls.values())}
 
 
 def test_a_credentials_file_wins_over_the_environment(tmp_path, server, repo, monkeypatch):

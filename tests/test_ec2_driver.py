@@ -340,3 +340,24 @@ def test_namespaced_error_is_not_blank():
         "RequestLimitExceeded",
         "Request limit exceeded.",
     )
+
+
+# --- listings past one page ------------------------------------------------
+
+
+def test_listings_follow_every_page(driver, image, server):
+    """EC2 answers DescribeInstances a page at a time (moto: 100 reservations): a node on the
+    second page must not look gone."""
+    made = [launch(driver, image, name=f"n{i}", controller="ctl-many").id for i in range(101)]
+    assert sorted(n.id for n in ec2.list_nodes_by_tag(driver, CONTROLLER_TAG, "ctl-many")) == sorted(made)
+    assert len(driver.list_nodes()) == 101
+    assert server.calls["DescribeInstances"] >= 4  # two pages each
+
+
+def test_terminated_instances_do_not_hide_a_running_one(driver, image):
+    old = [launch(driver, image, name=f"old{i}", controller="ctl-busy") for i in range(100)]
+    for node in old:
+        driver.destroy_node(node)
+    new = launch(driver, image, name="new", controller="ctl-busy")
+    assert [n.id for n in ec2.list_nodes_by_tag(driver, CONTROLLER_TAG, "ctl-busy")] == [new.id]
+    assert len(ec2.list_nodes_by_tag(driver, CONTROLLER_TAG, "ctl-busy", include_terminated=True)) == 101

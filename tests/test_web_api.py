@@ -192,6 +192,7 @@ def test_openapi_lists_every_endpoint_with_models(server):
         "/api/secrets": {"get"}, "/api/secrets/{name}": {"put", "delete"}, "/login": {"post"}, "/logout": {"post"},
         "/api/submissions/{submission_id}/inputs/env": {"get"}, "/api/submissions/{submission_id}/inputs/cluster": {"get"},
         "/api/submissions/{submission_id}/inputs/tree": {"get"},
+        "/api/submissions/{submission_id}/log": {"post"}, "/api/submissions/{submission_id}/interruption": {"post"},
         "/api/runs/{name}/stop": {"post"}, "/api/runs/{name}/rerun": {"post"}, "/runs/{name}/stop": {"post"},
         "/runs/{name}/rerun": {"post"}, "/api/state": {"post"},
     }

@@ -25,6 +25,7 @@ TAG_CONTROLLER = "gitopsq-controller"
 TAG_RUN = "gitopsq-run"
 TAG_SUBMISSION = "gitopsq-submission"
 TAG_RANK = "gitopsq-rank"  # the node's rank in a cluster run (nodes: N); absent on a single node
+TAG_ATTEMPT = "gitopsq-attempt"  # the submission's attempt the node runs (its token's, its log's)
 
 # Error kinds, each handled one way by the controller.
 CAPACITY = "capacity"  # no room now: queue per retry policy
@@ -217,6 +218,7 @@ class LibcloudProvider:
         self.name = adapter.name
         self.reports_exit_codes = adapter.reports_exit_codes
         self.isolation: Isolation = getattr(adapter, "isolation", ON_NODES_OF_THEIR_OWN)
+        self.cannot: tuple[str, ...] = tuple(getattr(adapter, "cannot", ()))  # what the driver lacks, said at start
 
     def demand(self, spec: RunSpec) -> dict[str, int]:
         return self.adapter.demand(spec)
@@ -229,19 +231,51 @@ class LibcloudProvider:
         return self.adapter.unsatisfiable(spec)
 
     def tags(self, launch: Launch) -> dict[str, str]:
-        tags = {TAG_CONTROLLER: self.controller_id, TAG_RUN: launch.run, TAG_SUBMISSION: str(launch.submission_id)}
+        tags = {TAG_CONTROLLER: self.controller_id, TAG_RUN: launch.run, TAG_SUBMISSION: str(launch.submission_id),
+                TAG_ATTEMPT: str(launch.attempt)}
         if launch.spec.nodes > 1:
             tags[TAG_RANK] = str(launch.rank)
         return tags
 
     def launch(self, launch: Launch) -> NodeStatus:
+        args = self._classified(lambda: self.adapter.create_args(launch, self.tags(launch)))
         try:
-            node = self.driver.create_node(**self.adapter.create_args(launch, self.tags(launch)))
+            node = self._classified(lambda: self.driver.create_node(**args))
+        except ProviderError as exc:
+            # A second way to make the node, where the adapter has one (spot_policy auto: on-demand
+            # when spot has no capacity); else the error stands.
+            fallback = getattr(self.adapter, "fallback", None)
+            args = fallback(launch, args, exc) if fallback else None
+            if args is None:
+                raise
+            node = self._classified(lambda: self.driver.create_node(**args))
+        return self._status(node)
+
+    def interruption(self, node_id: str) -> str | None:
+        """Why a node that ended without a report ended, when the provider took it back (a spot
+        interruption), else None (also when the provider cannot tell)."""
+        ask = getattr(self.adapter, "interruption", None)
+        if ask is None:
+            return None
+        try:
+            return ask(self.driver, node_id)
+        except Exception:  # cannot tell now: an ordinary lost node
+            return None
+
+    def attempt_ended(self, submission_id: int, attempt: int, why: str, nodes: int = 1) -> None:
+        """The controller is done with an attempt's nodes: what the adapter keeps of them may say how
+        they ended (a cloud log says what of it never arrived)."""
+        ended = getattr(self.adapter, "attempt_ended", None)
+        if ended is not None:
+            ended(submission_id, attempt, why, nodes)
+
+    def _classified(self, call):
+        try:
+            return call()
         except ProviderError:
             raise
         except Exception as exc:  # every driver failure becomes one of the kinds, in one place
             raise self.adapter.classify(exc) from exc
-        return self._status(node)
 
     def launch_gang(self, launch: Launch) -> list[NodeStatus]:
         """Every node of a cluster run (spec.nodes > 1), or none: when one cannot be created, those
@@ -330,6 +364,11 @@ def bundles_dir_for(db_path: Path) -> Path:
 def bundle_path(bundles: Path, submission_id: int) -> Path:
     """A submission's tree for its node to download: bundles/<submission id>.tar.gz."""
     return Path(bundles) / f"{int(submission_id)}.tar.gz"
+
+
+def cloud_logs_dir_for(db_path: Path) -> Path:
+    """Where cloud runs' logs are kept as their nodes ship them (gitopsq.providers.cloud_logs)."""
+    return db_path.parent / f"{db_path.stem}-logs"
 
 
 def log_dir_for(db_path: Path) -> Path:

@@ -1,23 +1,32 @@
-"""Any Libcloud compute provider as a gitopsq provider; EC2 is the one tested end to end.
+"""Any Libcloud compute provider as a gitopsq provider; EC2 is the one tested end to end, and any
+other driver goes through the same adapter (tested with Libcloud's Nimbus driver).
 
 `make_cloud_provider("ec2", {"region": "us-east-1"}, controller_id, max_nodes, public_url)` builds
 a `LibcloudProvider` over a Libcloud driver plus a `CloudAdapter`, so a cloud is an adapter and a
 driver, not a second code path in the controller. What the adapter adds:
 
 - the size: the cheapest `NodeSize` whose vCPUs, memory and GPUs satisfy `resources`
-  (`choose_size`, a pure function), honouring `max_price`, `regions`, `backends`, `spot_policy`
-  (`spot` asks the driver for a spot instance; `auto` and `on-demand` get on-demand ones);
+  (`choose_size`, in gitopsq.providers.sizes), honouring `max_price`, `regions`, `backends`,
+  `spot_policy` (`spot` asks the driver for a spot instance; `auto` too, then on-demand when spot
+  has no capacity: `fallback`);
 - the work, as user-data (`user_data`, in gitopsq.providers.cloud_node): a bash script that
   downloads the run's secrets and working tree from `--public-url` with the submission's token,
-  runs the commands (inside `image` with docker when one is set), reports the exit code there,
-  and powers the node off; the tree is packed for it at launch (`CloudAdapter.pack`);
+  runs the commands (inside `image` with docker when one is set), ships their log there, reports
+  the exit code, and powers the node off; the tree is packed for it at launch (`CloudAdapter.pack`),
+  its log is stored where nodes ship them (gitopsq.providers.cloud_logs);
+- the run's ports, opened to `--allow-cidr` in a security group of its own (gitopsq.providers.firewall);
+- why a node that vanished ended: a spot interruption, from the instance's state reason (`interruption`);
 - capacity: `--max-nodes` when given, else the cloud answers create-node with capacity errors;
 - errors, mapped to the provider error kinds by `ec2.classify_error`.
 
+A driver lacking what gitopsq uses when it is there (tags, spot, idempotent creates, power-off,
+security groups) is said by name at start (`CloudAdapter.cannot`); one that cannot pass
+user-data or list sizes, or is given no image, is refused at start.
+
 Credentials come from the mapping `serve` read at start (credentials files, else the environment:
-GITOPSQ_PROVIDER_KEY / GITOPSQ_PROVIDER_SECRET, and for EC2 also AWS_ACCESS_KEY_ID /
-AWS_SECRET_ACCESS_KEY; see gitopsq.credentials), or from the environment when none is given;
-never from options, and they are never logged.
+GITOPSQ_PROVIDER_KEY / GITOPSQ_PROVIDER_SECRET / GITOPSQ_PROVIDER_SESSION_TOKEN, and for EC2 also
+AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN; see gitopsq.credentials), or from
+the environment when none is given; never from options, and they are never logged.
 """
 
 from __future__ import annotations
@@ -28,19 +37,24 @@ import math
 import os
 import re
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlsplit
 
 from libcloud.compute.base import NodeImage, NodeSize
+from libcloud.compute.drivers.ec2 import BaseEC2NodeDriver
 from libcloud.compute.types import NodeState
 
 from gitopsq.addresses import is_loopback
 from gitopsq.providers import ec2
 from gitopsq.providers.base import (
+    CAPACITY,
     ERROR,
+    TAG_ATTEMPT,
     TAG_CONTROLLER,
+    TAG_RANK,
+    TAG_RUN,
+    TAG_SUBMISSION,
     UNSATISFIABLE,
     Launch,
     LibcloudProvider,
@@ -48,8 +62,11 @@ from gitopsq.providers.base import (
     ProviderError,
     bundle_path,
 )
+from gitopsq.providers.cloud_logs import NodeLog, log_path
 from gitopsq.providers.cloud_node import container_image, user_data
-from gitopsq.spec import Gpu, Range, Resources, RunSpec
+from gitopsq.providers.firewall import Firewall, parse_cidrs
+from gitopsq.providers.sizes import DEFAULT_DISK, SizeInfo, choose_size, size_info
+from gitopsq.spec import RunSpec
 from gitopsq.workspace import WorkspaceError, archive
 
 log = logging.getLogger("gitopsq.providers.cloud")
@@ -63,26 +80,15 @@ __all__ = [
     "user_data",
 ]
 
-# dstack's defaults for what a run file leaves unset (a GPU nobody asked for is not paid for).
-DEFAULT_CPU = Range(2, None)
-DEFAULT_MEMORY = Range(8, None)  # GB
-DEFAULT_DISK = Range(100, None)  # GB
+log = logging.getLogger("gitopsq.providers.cloud")
+
+DEFAULT_MAX_LOG_SIZE = 16 * 1024 * 1024  # serve's --max-log-size default
 
 # Node states in which the node still works on its run; every other state means it ended.
 _WORKING = {NodeState.PENDING, NodeState.RUNNING, NodeState.STARTING, NodeState.REBOOTING,
             NodeState.UNKNOWN, NodeState.RECONFIGURING, NodeState.MIGRATING, NodeState.UPDATING,
             NodeState.NORMAL}
 
-# The GPU of each EC2 GPU family: vendor, model name as dstack writes it, memory per GPU in GB.
-# Libcloud's size data gives only the count ("gpu") and a total memory text ("gpuMemory").
-EC2_GPUS = {
-    "g2": ("nvidia", "K520", 4), "g3": ("nvidia", "M60", 8), "g3s": ("nvidia", "M60", 8),
-    "g4ad": ("amd", "V520", 8), "g4dn": ("nvidia", "T4", 16), "g5": ("nvidia", "A10G", 24),
-    "g5g": ("nvidia", "T4G", 16), "g6": ("nvidia", "L4", 24), "gr6": ("nvidia", "L4", 24),
-    "g6e": ("nvidia", "L40S", 48), "p2": ("nvidia", "K80", 12), "p3": ("nvidia", "V100", 16),
-    "p3dn": ("nvidia", "V100", 32), "p4d": ("nvidia", "A100", 40), "p4de": ("nvidia", "A100", 80),
-    "p5": ("nvidia", "H100", 80), "p5e": ("nvidia", "H200", 141), "p5en": ("nvidia", "H200", 141),
-}
 # dstack's backend names for Libcloud provider names, for the `backends` field.
 BACKEND_ALIASES = {"ec2": {"ec2", "aws"}, "gce": {"gce", "gcp"}, "azure_arm": {"azure", "azure_arm"}}
 
@@ -100,125 +106,17 @@ EC2_OPTIONS = {
     "timeout": "seconds per API request (default 30)",
 }
 _CREDENTIAL_KEYS = {"key", "secret", "access_key", "secret_key", "password", "token"}
-
-
-# --- sizes ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SizeInfo:
-    """What a Libcloud NodeSize offers, in the units of a run file."""
-
-    id: str
-    price: float | None  # per hour; None when unknown (libcloud's data has gaps and zeros)
-    vcpus: float | None
-    memory: float  # GB
-    gpu_count: int = 0
-    gpu_vendor: str | None = None
-    gpu_name: str | None = None
-    gpu_memory: float | None = None  # GB per GPU
-    arch: str | None = None  # x86_64 / arm64; None when the driver does not say
-
-
-def _number(value) -> float | None:
-    match = re.match(r"\s*([0-9]+(?:\.[0-9]+)?)", str(value)) if value is not None else None
-    return float(match.group(1)) if match else None
-
-
-def size_info(size: NodeSize) -> SizeInfo:
-    extra = size.extra or {}
-    vcpus = next((_number(extra[k]) for k in ("vcpu", "vcpus", "cpu", "cpus", "guestCpus") if extra.get(k) is not None), None)
-    price = size.price if isinstance(size.price, (int, float)) and size.price > 0 else None
-    gpu_count = int(next((_number(extra[k]) for k in ("gpu", "gpus", "gpu_count") if extra.get(k) is not None), 0) or 0)
-    vendor = name = memory = None
-    arch = None
-    if "physicalProcessor" in extra:  # EC2's data
-        arch = "arm64" if "Graviton" in str(extra["physicalProcessor"]) else "x86_64"
-        family = str(size.id).split(".")[0]
-        if gpu_count and family in EC2_GPUS:
-            vendor, name, memory = EC2_GPUS[family]
-        elif gpu_count:
-            total = _number(extra.get("gpuMemory"))
-            memory = total / gpu_count if total else None
-    else:
-        name = extra.get("gpu_model") or extra.get("gpu_name")
-    return SizeInfo(str(size.id), price, vcpus, (size.ram or 0) / 1024, gpu_count, vendor, name, memory, arch)
-
-
-def _show(rng: Range, unit: str = "") -> str:
-    low = "" if rng.min is None else f"{rng.min:g}{unit}"
-    high = "" if rng.max is None else f"{rng.max:g}{unit}"
-    return low if rng.min == rng.max else f"{low}..{high}"
-
-
-def _gpu_text(gpu: Gpu) -> str:
-    what = "/".join(gpu.names) or (f"{gpu.vendor} GPU" if gpu.vendor else "GPU")
-    text = f"{_show(gpu.count)}x {what}"
-    if gpu.memory:
-        text += f" with {_show(gpu.memory, 'GB')} each"
-    if gpu.total_memory:
-        text += f" with {_show(gpu.total_memory, 'GB')} in total"
-    return text
-
-
-def _gpu_fits(info: SizeInfo, gpu: Gpu | None) -> bool:
-    if gpu is None:
-        return info.gpu_count == 0
-    if not gpu.count.contains(info.gpu_count):
-        return False
-    if info.gpu_count == 0:
-        return True  # a count range starting at 0 is met by no GPU
-    if gpu.vendor and gpu.vendor != info.gpu_vendor:
-        return False  # an unknown vendor does not satisfy a named one
-    if gpu.names and (info.gpu_name or "").lower() not in {n.lower() for n in gpu.names}:
-        return False
-    if gpu.memory and (info.gpu_memory is None or not gpu.memory.contains(info.gpu_memory)):
-        return False
-    if gpu.total_memory and (info.gpu_memory is None or not gpu.total_memory.contains(info.gpu_memory * info.gpu_count)):
-        return False
-    return True
-
-
-def _sort_key(info: SizeInfo):
-    return (info.price is None, info.price or 0.0, info.vcpus or 0.0, info.memory, info.id)
-
-
-def choose_size(sizes: list[NodeSize], resources: Resources, *, max_price: float | None = None,
-                arch: str | None = "x86_64", provider: str = "cloud", region: str | None = None,
-                ) -> tuple[NodeSize | None, str | None]:
-    """The cheapest size satisfying `resources` (sizes without a price last), or why there is none.
-
-    Unset cpu and memory take dstack's defaults (2.. vCPUs, 8GB..); no GPU asked for means a size
-    without one; sizes of another CPU architecture than the image's (`arch`) are left out. The
-    message names the resource no size has, or `max_price` when only the price rules sizes out.
-    """
-    where = f" in {region}" if region else ""
-    cpu = resources.cpu or DEFAULT_CPU
-    memory = resources.memory or DEFAULT_MEMORY
-    infos = [(size, size_info(size)) for size in sizes]
-    infos = [(s, i) for s, i in infos if arch is None or i.arch is None or i.arch == arch]
-    tests = {
-        "resources.cpu": (lambda i: i.vcpus is not None and cpu.contains(i.vcpus), f"{_show(cpu)} vCPUs"),
-        "resources.memory": (lambda i: memory.contains(i.memory), f"{_show(memory, 'GB')} of memory"),
-        "resources.gpu": (lambda i: _gpu_fits(i, resources.gpu),
-                          _gpu_text(resources.gpu) if resources.gpu else "no GPU"),
-    }
-    fitting = [(s, i) for s, i in infos if all(test(i) for test, _ in tests.values())]
-    if not fitting:
-        for field, (test, want) in tests.items():
-            if not any(test(i) for _, i in infos):
-                return None, f"{field}: no {provider} size has {want}{where}"
-        wants = ", ".join(want for _, want in tests.values())
-        return None, f"resources: no {provider} size has all of {wants}{where}"
-    fitting.sort(key=lambda si: _sort_key(si[1]))
-    if max_price is not None:
-        priced = [(s, i) for s, i in fitting if i.price is not None and i.price <= max_price]
-        if not priced:
-            cheapest = fitting[0][1]
-            cost = f"costs {cheapest.price:g}/h" if cheapest.price is not None else "has no known price"
-            return None, f"max_price: the cheapest {provider} size that fits{where} ({cheapest.id}) {cost}, above {max_price:g}"
-        fitting = priced
-    return fitting[0][0], None
+# A node's name where its driver cannot tag it (CloudAdapter._node_name).
+_NAMED = re.compile(r"gq-(?P<controller>[0-9a-f]{12})-(?P<submission>[0-9]+)-(?P<attempt>[0-9]+)(r(?P<rank>[0-9]+))?"
+                    r"-(?P<run>[a-z][a-z0-9-]*)")
+# What gitopsq uses of a driver's create_node when it is there, and what it does without.
+OPTIONAL_ARGS = {
+    "ex_metadata": "tags: its nodes are found by their names instead",
+    "ex_spot": "spot instances: spot_policy spot is refused, auto runs on-demand",
+    "ex_clienttoken": "idempotent creates: a create in flight when the controller dies can leave a second node, "
+                      "removed at the next step",
+    "ex_terminate_on_shutdown": "ending a node by powering it off: gitopsq destroys it once its report is in",
+}
 
 
 # --- the adapter ---------------------------------------------------------------------------------
@@ -232,9 +130,18 @@ class CloudAdapter:
     def __init__(self, driver, name: str, controller_id: str, public_url: str, *, region: str | None = None,
                  max_nodes: int | None = None, arch: str | None = "x86_64", image: str | None = None,
                  image_name: str | None = None, image_owner: str | None = None, create_extra: dict | None = None,
-                 location: str | None = None, bundles: Path | None = None):
+                 location: str | None = None, bundles: Path | None = None, logs: Path | None = None,
+                 max_log_size: int | None = None, allow_cidrs: tuple[str, ...] = ()):
         self.driver = driver
+        self.allow_cidrs = tuple(allow_cidrs)
+        # Runs' ports: security groups on an EC2-API cloud; nothing to open without --allow-cidr.
+        self.firewall = None
+        if self.allow_cidrs and isinstance(driver, BaseEC2NodeDriver):
+            subnet = (create_extra or {}).get("ex_subnet")
+            self.firewall = Firewall(driver, controller_id, self.allow_cidrs, subnet.id if subnet else None)
         self.bundles = Path(bundles) if bundles else None  # where runs' trees wait for their nodes (bundle_path)
+        self.logs = Path(logs) if logs else None  # where nodes' logs are stored as they ship them (cloud_logs)
+        self.max_log_size = max_log_size or DEFAULT_MAX_LOG_SIZE
         self.name = name
         self.controller_id = controller_id
         self.public_url = public_url
@@ -250,6 +157,14 @@ class CloudAdapter:
         self._group: str | None | bool = False  # the cluster placement group: False until asked for
         # Only arguments create_node names: a driver taking **kwargs may drop what it does not know.
         self._accepts = set(inspect.signature(driver.create_node).parameters)
+        self.cannot = self._cannot()
+
+    def _cannot(self) -> tuple[str, ...]:
+        """What gitopsq would use that this driver lacks, by name (serve says it at start)."""
+        missing = [f"{arg} ({what})" for arg, what in OPTIONAL_ARGS.items() if not self._takes(arg)]
+        if self.allow_cidrs and self.firewall is None:
+            missing.append("security groups (runs' ports cannot be opened to --allow-cidr: runs with port or ports are refused)")
+        return tuple(missing)
 
     @property
     def is_ec2(self) -> bool:
@@ -295,6 +210,9 @@ class CloudAdapter:
                             f"use an absolute path")
         if self.max_nodes and spec.nodes > self.max_nodes:
             return f"nodes: needs {spec.nodes} nodes at once; this controller runs at most {self.max_nodes} (--max-nodes)"
+        if spec.listens_on and self.allow_cidrs and self.firewall is None:
+            field = "port" if spec.port is not None else "ports"
+            return f"{field}: the {self.name} driver has no security groups to open them to --allow-cidr"
         if spec.spot_policy == "spot" and not self._takes("ex_spot"):
             return f"spot_policy: the {self.name} driver cannot request spot instances; use on-demand or auto"
         try:
@@ -329,11 +247,14 @@ class CloudAdapter:
             raise ProviderError(UNSATISFIABLE, "no-size", why)
         image = self.image()
         gang = spec.nodes > 1
-        name = f"gq-{launch.run}-{launch.submission_id}" + (f"-{launch.rank}" if gang else "")
-        args = dict(self.create_extra, name=name, size=size, image=image)
+        args = dict(self.create_extra, name=self._node_name(launch), size=size, image=image)
         if launch.tree is not None and self._packed != (launch.submission_id, launch.attempt):
             self.pack(launch)  # once for all the nodes of a cluster run: they download the same tree
             self._packed = (launch.submission_id, launch.attempt)
+        if self.logs is not None:
+            self._log(launch.submission_id, launch.attempt, launch.rank).create()
+        if self.firewall is not None and spec.listens_on:
+            self._join(args, self.firewall.open(launch.run, launch.submission_id, spec.listens_on))
         script = user_data(launch, self.public_url, gpus_per_node=size_info(size).gpu_count)
         if self._takes("ex_userdata"):
             args["ex_userdata"] = script
@@ -349,8 +270,8 @@ class CloudAdapter:
                 f"-r{launch.rank}" if gang else "")
         if self._takes("ex_terminate_on_shutdown"):
             args["ex_terminate_on_shutdown"] = True  # the script's power-off ends the node's costs too
-        if spec.spot_policy == "spot":
-            args["ex_spot"] = True
+        if spec.spot_policy == "spot" or (spec.spot_policy == "auto" and self._takes("ex_spot")):
+            args["ex_spot"] = True  # auto: spot first, on-demand when spot has no capacity (fallback)
             if spec.max_price is not None and self._takes("ex_spot_max_price"):
                 args["ex_spot_max_price"] = spec.max_price
         if self.location and self._takes("location"):
@@ -381,6 +302,41 @@ class CloudAdapter:
                 log.warning("ec2: cluster runs go without a placement group: cannot make %s: %s", name, exc)
                 self._group = None
         return self._group or None
+    def _node_name(self, launch: Launch) -> str:
+        """gq-<run>-<submission id>[-<rank>]; where the driver cannot tag, the name carries the tags
+        instead (gq-<controller id>-<submission id>-<attempt>[r<rank>]-<run>), so gitopsq still finds
+        its own nodes."""
+        rank = launch.spec.nodes > 1
+        if self._takes("ex_metadata"):
+            return f"gq-{launch.run}-{launch.submission_id}" + (f"-{launch.rank}" if rank else "")
+        return f"gq-{self.controller_id}-{launch.submission_id}-{launch.attempt}" + (
+            f"r{launch.rank}" if rank else "") + f"-{launch.run}"
+
+    @staticmethod
+    def _join(args: dict, groups: dict) -> None:
+        """The node in the run's own security group too, besides its usual ones (the option's, else
+        the VPC's default)."""
+        if "ex_security_groups" in groups:
+            args["ex_security_groups"] = list(args.get("ex_security_groups") or ["default"]) + groups["ex_security_groups"]
+        else:
+            args["ex_security_group_ids"] = list(args.get("ex_security_group_ids") or []) + groups["ex_security_group_ids"]
+
+    def fallback(self, launch: Launch, args: dict, exc: ProviderError) -> dict | None:
+        """spot_policy auto: the on-demand request after spot had no capacity, else None."""
+        if launch.spec.spot_policy != "auto" or not args.get("ex_spot") or exc.kind != CAPACITY:
+            return None
+        log.info("%s #%s: no spot capacity (%s): asking for an on-demand node", launch.run, launch.number, exc.code)
+        on_demand = {k: v for k, v in args.items() if k not in ("ex_spot", "ex_spot_max_price")}
+        if "ex_clienttoken" in on_demand:  # a token names one request: the on-demand one is another
+            on_demand["ex_clienttoken"] += "-on-demand"
+        return on_demand
+
+    def interruption(self, driver, node_id: str) -> str | None:
+        """'spot interruption (<state reason>)' when EC2 took the instance back, else None."""
+        if not isinstance(driver, BaseEC2NodeDriver):
+            return None
+        reason = ec2.state_reason(driver, node_id)
+        return f"spot interruption ({reason})" if reason and reason.startswith(ec2.SPOT_REASON_PREFIX) else None
 
     def pack(self, launch: Launch) -> Path:
         """The launch's tree as one private file its node downloads (GET .../inputs/tree); replaced
@@ -412,35 +368,65 @@ class CloudAdapter:
     # --- watching nodes -------------------------------------------------------------------------
 
     def list_owned(self, driver, controller_id: str) -> list:
-        """Our nodes that are not terminated."""
+        """Our nodes that are not terminated (and, after a listing, the security groups none uses removed)."""
+        owned = self._list_owned(driver, controller_id)
+        if self.firewall is not None:
+            self.firewall.sweep_if_due(owned)
+        return owned
+
+    def _list_owned(self, driver, controller_id: str) -> list:
         if self.is_ec2:
             return ec2.list_nodes_by_tag(driver, TAG_CONTROLLER, controller_id)
         owned = []
-        for node in driver.list_nodes():
+        for node in ec2.all_nodes(driver) if isinstance(driver, BaseEC2NodeDriver) else driver.list_nodes():
             extra = node.extra if node.extra is not None else {}
             if "tags" not in extra and isinstance(extra.get("metadata"), dict):
                 extra["tags"] = dict(extra["metadata"])  # drivers that keep ex_metadata under metadata
-                node.extra = extra
+            elif not (extra.get("tags") or {}).get(TAG_CONTROLLER) and (named := _NAMED.fullmatch(node.name or "")):
+                extra["tags"] = {TAG_CONTROLLER: named["controller"], TAG_SUBMISSION: named["submission"],
+                                 TAG_ATTEMPT: named["attempt"], TAG_RUN: named["run"],
+                                 **({TAG_RANK: named["rank"]} if named["rank"] else {})}  # a driver without tags
+            node.extra = extra
             if (extra.get("tags") or {}).get(TAG_CONTROLLER) == controller_id and node.state != NodeState.TERMINATED:
                 owned.append(node)
         return owned
 
     def exit_code(self, node):
-        """Running while the node works; ended without a report is lost (the exit code comes by report)."""
+        """Running while the node works; ended without a report is lost (the exit code comes by report).
+        The log is where the node's chunks are stored (cloud_logs)."""
+        tags = (node.extra or {}).get("tags") or {}
+        sub, attempt, rank = tags.get(TAG_SUBMISSION, ""), tags.get(TAG_ATTEMPT, ""), tags.get(TAG_RANK, "0")
+        known = self.logs and sub.isdigit() and attempt.isdigit() and rank.isdigit()
+        log = str(self._log(int(sub), int(attempt), int(rank)).path) if known else None
         if node.state in _WORKING:
-            return True, None, False, None
-        return False, None, True, None
+            return True, None, False, log
+        return False, None, True, log
+
+    # --- logs -----------------------------------------------------------------------------------
+
+    def _log(self, submission_id: int, attempt: int, rank: int = 0) -> NodeLog:
+        return NodeLog(log_path(self.logs, submission_id, attempt, rank), self.max_log_size)
+
+    def attempt_ended(self, submission_id: int, attempt: int, why: str, nodes: int = 1) -> None:
+        """The attempt's logs (one per node) say what never arrived, if a node did not send all of its own."""
+        for rank in range(nodes if self.logs is not None else 0):
+            if log_path(self.logs, submission_id, attempt, rank).exists():
+                self._log(submission_id, attempt, rank).note_incomplete(why)
 
 
 # --- construction --------------------------------------------------------------------------------
 
 
-def _endpoint_kwargs(endpoint: str) -> dict:
+def _endpoint_kwargs(endpoint: str, takes_path: bool = False) -> dict:
+    """A driver's host, port and secure (and path, for a driver that takes one) from a URL."""
     url = urlsplit(endpoint)
     if url.scheme not in ("http", "https") or not url.hostname:
-        raise ProviderConfigError(f"--provider-opt endpoint must look like http(s)://host[:port], got {endpoint!r}")
+        raise ProviderConfigError(f"--provider-opt endpoint must look like http(s)://host[:port][/path], got {endpoint!r}")
     secure = url.scheme == "https"
-    return {"host": url.hostname, "port": url.port or (443 if secure else 80), "secure": secure}
+    kwargs = {"host": url.hostname, "port": url.port or (443 if secure else 80), "secure": secure}
+    if takes_path and url.path not in ("", "/"):
+        kwargs["path"] = url.path
+    return kwargs
 
 
 def _check_public_url(public_url: str | None, insecure: bool = False) -> str:
@@ -458,13 +444,20 @@ def _check_public_url(public_url: str | None, insecure: bool = False) -> str:
 
 def make_cloud_provider(name: str, options: dict, controller_id: str, max_nodes: int | None = None,
                         public_url: str | None = None, bundles: Path | None = None, *,
-                        insecure_public_url: bool = False, credentials: Mapping[str, str] | None = None) -> LibcloudProvider:
+                        insecure_public_url: bool = False, credentials: Mapping[str, str] | None = None,
+                        logs: Path | None = None, max_log_size: int | None = None,
+                        allow_cidrs: tuple[str, ...] = ()) -> LibcloudProvider:
     """A provider over the Libcloud compute driver `name`; raises ProviderConfigError on bad options.
 
     bundles: the folder where runs' trees wait for their nodes to download them (bundles_dir_for
     the state database, which the web app serves from); without it runs with repos or files fail.
+    logs: the folder where nodes' logs are stored as they ship them (cloud_logs_dir_for the state
+    database, where the web app writes them); without it runs have no log on the controller.
+    max_log_size: the cap of each of those logs (serve's --max-log-size).
+    allow_cidrs: the networks runs' ports are opened to (serve's --allow-cidr; none: nobody).
     credentials: by variable name (GITOPSQ_PROVIDER_KEY...); None reads them from the environment."""
     options = dict(options)
+    stores = {"bundles": bundles, "logs": logs, "max_log_size": max_log_size, "allow_cidrs": parse_cidrs(allow_cidrs)}
     credentials = os.environ if credentials is None else credentials
     public_url = _check_public_url(public_url, insecure_public_url)
     secrets = sorted(_CREDENTIAL_KEYS & set(options))
@@ -473,12 +466,12 @@ def make_cloud_provider(name: str, options: dict, controller_id: str, max_nodes:
                                   "(GITOPSQ_PROVIDER_KEY / GITOPSQ_PROVIDER_SECRET) or from files "
                                   "(--provider-key-file / --provider-secret-file), never from options")
     if name == "ec2":
-        return _make_ec2(options, controller_id, max_nodes, public_url, bundles, credentials)
-    return _make_generic(name, options, controller_id, max_nodes, public_url, bundles, credentials)
+        return _make_ec2(options, controller_id, max_nodes, public_url, stores, credentials)
+    return _make_generic(name, options, controller_id, max_nodes, public_url, stores, credentials)
 
 
 def _make_ec2(options: dict, controller_id: str, max_nodes: int | None, public_url: str,
-              bundles: Path | None, credentials: Mapping[str, str]) -> LibcloudProvider:
+              stores: dict, credentials: Mapping[str, str]) -> LibcloudProvider:
     unknown = sorted(set(options) - set(EC2_OPTIONS))
     if unknown:
         known = "; ".join(f"{k} ({v})" for k, v in EC2_OPTIONS.items())
@@ -507,12 +500,12 @@ def _make_ec2(options: dict, controller_id: str, max_nodes: int | None, public_u
         create_extra["ex_iamprofile"] = options["iam_profile"]
     adapter = CloudAdapter(driver, "ec2", controller_id, public_url, region=region, max_nodes=max_nodes, arch=arch,
                            image=options.get("image"), image_name=options.get("image_name"),
-                           image_owner=options.get("image_owner"), create_extra=create_extra, bundles=bundles)
+                           image_owner=options.get("image_owner"), create_extra=create_extra, **stores)
     return LibcloudProvider(driver, adapter, controller_id)
 
 
 def _make_generic(name: str, options: dict, controller_id: str, max_nodes: int | None, public_url: str,
-                  bundles: Path | None, credentials: Mapping[str, str]) -> LibcloudProvider:
+                  stores: dict, credentials: Mapping[str, str]) -> LibcloudProvider:
     from libcloud.compute.providers import get_driver
 
     try:
@@ -525,16 +518,47 @@ def _make_generic(name: str, options: dict, controller_id: str, max_nodes: int |
                                   "or give --provider-key-file (and --provider-secret-file)")
     secret = credentials.get("GITOPSQ_PROVIDER_SECRET")
     create_keys = {"image", "location", "arch"}
-    kwargs = {k: v for k, v in options.items() if k not in create_keys and k != "endpoint"}
+    kwargs = {k: _option_value(v) for k, v in options.items() if k not in create_keys and k != "endpoint"}
     if options.get("endpoint"):
-        kwargs.update(_endpoint_kwargs(options["endpoint"]))
+        kwargs.update(_endpoint_kwargs(options["endpoint"], "path" in inspect.signature(cls.__init__).parameters))
+    token = credentials.get("GITOPSQ_PROVIDER_SESSION_TOKEN")
+    if token:
+        if "token" not in inspect.signature(cls.__init__).parameters:
+            raise ProviderConfigError(f"provider {name}: its Libcloud driver takes no session token; "
+                                      "unset GITOPSQ_PROVIDER_SESSION_TOKEN (or --provider-session-token-file)")
+        kwargs["token"] = token
+    _check_generic(name, cls, options)
     try:
         driver = cls(key, secret, **kwargs) if secret else cls(key, **kwargs)
     except TypeError as exc:
         raise ProviderConfigError(f"provider {name}: {exc}") from None
+    if isinstance(driver, BaseEC2NodeDriver):
+        # An EC2-API cloud may declare another API version's namespace than the driver's: read any.
+        driver.connection.responseCls = ec2.NormalisingEC2Response
     adapter = CloudAdapter(driver, name, controller_id, public_url, region=options.get("region"), max_nodes=max_nodes,
                            arch=options.get("arch"), image=options.get("image"), location=options.get("location"),
-                           bundles=bundles)
+                           **stores)
     return LibcloudProvider(driver, adapter, controller_id)
+
+
+def _check_generic(name: str, cls, options: dict) -> None:
+    """What any driver must do for gitopsq to run anything on it: say which is missing, at start."""
+    from libcloud.compute.base import NodeDriver
+
+    accepts = set(inspect.signature(cls.create_node).parameters)
+    if not accepts & {"ex_userdata", "ex_user_data"}:
+        raise ProviderConfigError(f"provider {name}: its Libcloud driver cannot pass user-data (ex_userdata) to a node, "
+                                  "and a node gets its run that way")
+    if cls.list_sizes is NodeDriver.list_sizes:
+        raise ProviderConfigError(f"provider {name}: its Libcloud driver cannot list sizes (list_sizes) to choose one from")
+    if not options.get("image"):
+        raise ProviderConfigError(f"provider {name}: give --provider-opt image=IMAGE_ID (the image its nodes boot)")
+
+
+def _option_value(text: str):
+    """--provider-opt values for a driver's keyword arguments: true/false as booleans, whole numbers as ints."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    return int(text) if text.isdigit() else text
 
 

@@ -14,6 +14,7 @@ import shlex
 from pathlib import Path
 
 from gitopsq.providers.base import Launch, cluster_env, image_registry, run_env, run_script, secret_env_names
+from gitopsq.providers.cloud_logs import CHUNK_BYTES
 from gitopsq.providers.volumes import container_path
 from gitopsq.spec import RunSpec
 from gitopsq.workspace import outside_dir
@@ -51,10 +52,22 @@ def user_data(launch: Launch, public_url: str, gpus_per_node: int | None = None)
 
     The commands run as `bash script.sh` in the work directory (inside `image` through docker when
     set, the work directory mounted at /work) with the run's env; only those variables are
-    exported, so the report token stays out of the run's environment. The report is POST
-    {public_url}/api/submissions/{id}/report with JSON {"token", "exit_code"}, by curl or else
-    python3, retried; then `shutdown -h now`, unless GITOPSQ_NO_POWEROFF=1. GITOPSQ_WORKDIR
-    (default /var/lib/gitopsq), GITOPSQ_REPORT_BACKOFF (seconds, default 5) and
+    exported, so the report token stays out of the run's environment. Their output goes to
+    run.log, which the node keeps, and is shipped to the controller while they run: every
+    GITOPSQ_LOG_INTERVAL seconds (default 2) what it has not confirmed yet, POST
+    {public_url}/api/submissions/{id}/log?offset=N in chunks of at most 64 KiB (see
+    gitopsq.providers.cloud_logs); when the controller cannot be reached, the rest waits on disk
+    for the next try; once the commands ended the end of the log is sent with `final=1` (tried a
+    few times: what still cannot be sent is said in the controller's copy).
+
+    A spot node (spot_policy spot or auto) polls its metadata endpoint
+    (GITOPSQ_METADATA_URL, default http://169.254.169.254, every GITOPSQ_SPOT_POLL seconds,
+    default 5) for EC2's interruption notice (latest/meta-data/spot/instance-action), writes it in
+    the log and POSTs it to .../interruption, so the run's end is an interruption, not a failure.
+
+    The report is POST {public_url}/api/submissions/{id}/report with JSON {"token", "exit_code"},
+    by curl or else python3, retried; then `shutdown -h now`, unless GITOPSQ_NO_POWEROFF=1.
+    GITOPSQ_WORKDIR (default /var/lib/gitopsq), GITOPSQ_REPORT_BACKOFF (seconds, default 5) and
     GITOPSQ_DOWNLOAD_BACKOFF exist so the script can be exercised off a cloud node.
 
     dstack's cluster variables (DSTACK_NODES_NUM, DSTACK_NODE_RANK, DSTACK_GPUS_PER_NODE: the
@@ -63,7 +76,8 @@ def user_data(launch: Launch, public_url: str, gpus_per_node: int | None = None)
     the others' addresses when it is created: it downloads them (GET .../inputs/cluster, export
     lines of DSTACK_MASTER_NODE_IP and DSTACK_NODES_IPS), which the controller serves once every
     node exists, waiting for them up to GITOPSQ_CLUSTER_TRIES times GITOPSQ_CLUSTER_BACKOFF seconds
-    (60 x 5 by default); and it reports with its rank.
+    (60 x 5 by default); and it reports, and ships its log (log?rank=R&offset=N, a log of its own
+    on the controller), with its rank.
     """
     spec = launch.spec
     env = run_env(spec, launch, with_secrets=False)
@@ -96,15 +110,21 @@ def user_data(launch: Launch, public_url: str, gpus_per_node: int | None = None)
         run = _volume_links(spec) + 'exec bash "$GITOPSQ_DIR/script.sh"'
     fetch = _fetch_inputs(launch, bool(downloaded) or login, outside, in_container=bool(image))
     fetch = _addresses(spec) + fetch
+    spot = spec.spot_policy in ("spot", "auto")
     return f"""#!/bin/bash
 # gitopsq node: run {launch.run}, submission {launch.number} (id {launch.submission_id})
 GITOPSQ_DIR="${{GITOPSQ_WORKDIR:-/var/lib/gitopsq}}"
 mkdir -p "$GITOPSQ_DIR/work"
+: >> "$GITOPSQ_DIR/run.log"
 echo {_b64(run_script(spec))} | base64 -d > "$GITOPSQ_DIR/script.sh"
 echo {_b64(exports)} | base64 -d > "$GITOPSQ_DIR/env.sh"
 token={shlex.quote(launch.token)}
-inputs={shlex.quote(submission + "/inputs")}
-{_FETCH}(
+log_rank={shlex.quote(f"rank={launch.rank}&") if spec.nodes > 1 else ""}
+submission={shlex.quote(submission)}
+inputs="$submission/inputs"
+{_FETCH if fetch else ""}{_POST}{_SHIP}{_WATCH_SPOT if spot else ""}( while :; do ship >/dev/null 2>&1; sleep "${{GITOPSQ_LOG_INTERVAL:-2}}"; done ) &
+shipper=$!
+{"watch_spot >/dev/null 2>&1 &" + chr(10) + "watcher=$!" + chr(10) if spot else ""}(
   cd "$GITOPSQ_DIR/work" || exit 1
 {fetch}{_make_volumes(spec)}  export PYTHONUNBUFFERED=1
   . "$GITOPSQ_DIR/env.sh"
@@ -112,6 +132,13 @@ inputs={shlex.quote(submission + "/inputs")}
 ) 2>&1 < /dev/null | tee -a "$GITOPSQ_DIR/run.log"
 code=${{PIPESTATUS[0]}}
 echo "gitopsq: commands exited with $code"
+kill $shipper{" $watcher" if spot else ""} 2>/dev/null
+wait $shipper{" $watcher" if spot else ""} 2>/dev/null
+for attempt in 1 2 3 4 5 6; do
+  ship final && break
+  echo "gitopsq: sending the log failed (try $attempt of 6); it stays in $GITOPSQ_DIR/run.log" >&2
+  [ "$attempt" = 6 ] || sleep $((attempt * ${{GITOPSQ_REPORT_BACKOFF:-5}}))
+done
 url={shlex.quote(url)}
 body={shlex.quote(body_head)}"$code}}"
 for attempt in 1 2 3 4 5 6; do
@@ -132,6 +159,90 @@ fi
 exit "$code"
 """
 
+
+# `post WHAT FILE`: POST FILE's bytes to $submission/WHAT with the node's token, by curl or else
+# python3; prints the HTTP status and the answer's body on one line; fails when nothing answered.
+_POST = """post() {
+  if command -v curl >/dev/null 2>&1; then
+    local answer
+    answer=$(curl -sS --connect-timeout 10 -m 60 -X POST -H "Authorization: Bearer $token" \\
+      -H 'Content-Type: application/octet-stream' --data-binary @"$2" -w '\\n%{http_code}' "$submission/$1") || return 1
+    printf '%s %s\\n' "${answer##*$'\\n'}" "${answer%$'\\n'*}"
+  elif command -v python3 >/dev/null 2>&1; then
+    python3 -c 'import sys, urllib.error, urllib.request
+with open(sys.argv[3], "rb") as f:
+    req = urllib.request.Request(sys.argv[1], data=f.read(), method="POST",
+                                 headers={"Authorization": "Bearer " + sys.argv[2], "Content-Type": "application/octet-stream"})
+try:
+    with urllib.request.urlopen(req, timeout=60) as answer:
+        print(answer.status, answer.read().decode(errors="replace").replace(chr(10), " "))
+except urllib.error.HTTPError as exc:
+    print(exc.code, exc.read().decode(errors="replace").replace(chr(10), " "))' "$submission/$1" "$token" "$2" 2>/dev/null
+  else
+    return 1
+  fi
+}
+"""
+
+# `ship [final]`: send the controller what it does not have of run.log yet, from the offset it
+# confirmed last (log.sent), in chunks of at most LOG_CHUNK bytes. It stores a chunk only where
+# its copy ends and answers the offset it has (409 when the chunk starts beyond: resend from
+# there), so a chunk sent twice is stored once. `final`: the log is whole; its end says so.
+LOG_CHUNK = CHUNK_BYTES
+_SHIP = f"""ship() {{
+  local sent size chunk length last answer status offset
+  chunk="$GITOPSQ_DIR/log.chunk.$BASHPID"
+  while :; do
+    sent=$(cat "$GITOPSQ_DIR/log.sent" 2>/dev/null)
+    case "$sent" in ''|*[!0-9]*) sent=0 ;; esac
+    size=$(wc -c < "$GITOPSQ_DIR/run.log")
+    [ "$sent" -lt "$size" ] || [ -n "$1" ] || return 0
+    tail -c +$((sent + 1)) "$GITOPSQ_DIR/run.log" | head -c {LOG_CHUNK} > "$chunk"
+    length=$(wc -c < "$chunk")
+    last=""
+    [ -n "$1" ] && [ $((sent + length)) -ge "$size" ] && last="&final=1"
+    answer=$(post "log?${{log_rank}}offset=$sent$last" "$chunk") || {{ rm -f "$chunk"; return 1; }}
+    rm -f "$chunk"
+    status=${{answer%% *}}
+    offset=$(printf '%s' "$answer" | sed -n 's/.*"offset": *\\([0-9][0-9]*\\).*/\\1/p')
+    case "$status" in 200|409) ;; *) return 1 ;; esac
+    [ -n "$offset" ] && [ "$offset" -le "$size" ] || return 1
+    echo "$offset" > "$GITOPSQ_DIR/log.sent"
+    if [ -n "$last" ] && [ "$status" = 200 ]; then return 0; fi
+    if [ "$offset" = "$sent" ] && [ "$length" -gt 0 ]; then return 1; fi  # no progress: try again later
+  done
+}}
+"""
+
+# `watch_spot`: poll the metadata endpoint for the provider's interruption notice (IMDSv2 when
+# it answers a token, else v1); once one comes, say it in the log and tell the controller.
+_WATCH_SPOT = """meta_get() {
+  local meta="${GITOPSQ_METADATA_URL:-http://169.254.169.254}" imds
+  if command -v curl >/dev/null 2>&1; then
+    imds=$(curl -fsS -m 2 -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 300' "$meta/latest/api/token" 2>/dev/null)
+    curl -fsS -m 2 ${imds:+-H "X-aws-ec2-metadata-token: $imds"} "$meta/latest/$1" 2>/dev/null
+  else
+    python3 -c 'import sys, urllib.request
+print(urllib.request.urlopen(sys.argv[1], timeout=2).read().decode())' "$meta/latest/$1" 2>/dev/null
+  fi
+}
+watch_spot() {
+  local notice attempt
+  while :; do
+    notice=$(meta_get meta-data/spot/instance-action)
+    if [ -n "$notice" ]; then
+      echo "gitopsq: the provider takes this node back: $notice" >> "$GITOPSQ_DIR/run.log"
+      printf '%s' "$notice" > "$GITOPSQ_DIR/notice.json"
+      for attempt in 1 2 3 4 5; do
+        case "$(post interruption "$GITOPSQ_DIR/notice.json")" in 200*) return 0 ;; esac
+        sleep 2
+      done
+      return 1
+    fi
+    sleep "${GITOPSQ_SPOT_POLL:-5}"
+  done
+}
+"""
 
 # `fetch WHAT FILE`: GET $inputs/WHAT with the node's token into FILE, by curl or else python3,
 # tried DOWNLOAD_TRIES times. Never prints the token.

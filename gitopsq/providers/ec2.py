@@ -23,7 +23,7 @@ from libcloud.common.types import InvalidCredsError, LibcloudError, MalformedRes
 from libcloud.compute.base import Node, NodeImage, NodeSize
 from libcloud.compute.drivers.ec2 import NAMESPACE, EC2Connection, EC2NodeDriver, EC2Response
 from libcloud.compute.types import NodeState
-from libcloud.utils.xml import findtext
+from libcloud.utils.xml import findall, findtext
 
 from gitopsq.providers.base import TAG_CONTROLLER
 
@@ -57,6 +57,7 @@ CAPACITY_CODES = frozenset(
         "VcpuLimitExceeded",
         "InsufficientAddressCapacity",
         "MaxSpotInstanceCountExceeded",
+        "SpotMaxPriceTooLow",  # no spot capacity at the price the run allows
     }
 )
 THROTTLE_CODES = frozenset(
@@ -76,6 +77,11 @@ AUTH_CODES = frozenset(
         "InvalidClientTokenId",
         "SignatureDoesNotMatch",
         "OptInRequired",
+        # Temporary credentials past their end: new ones are needed, the runs are not at fault.
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "RequestExpired",
+        "InvalidToken",
     }
 )
 
@@ -143,17 +149,48 @@ class GitopsqEC2Driver(EC2NodeDriver):
         kwargs.setdefault("signature_version", "4")
         super().__init__(*args, **kwargs)
 
+    def list_nodes(self, ex_node_ids=None, ex_filters=None):
+        return all_nodes(self, ex_node_ids, ex_filters)
 
-def _credentials(key: str | None, secret: str | None, environ: Mapping[str, str] | None = None) -> tuple[str, str]:
+
+def all_nodes(driver, ex_node_ids=None, ex_filters=None) -> list[Node]:
+    """libcloud's list_nodes, page after page: DescribeInstances answers a page at a time
+    (nextToken), and a listing cut at its first page would take the nodes on the others for gone.
+    Any EC2-API driver."""
+    params = {"Action": "DescribeInstances"}
+    if ex_node_ids:
+        params.update(driver._pathlist("InstanceId", ex_node_ids))
+    if ex_filters:
+        params.update(driver._build_filters(ex_filters))
+    nodes: list[Node] = []
+    while True:
+        response = driver.connection.request(driver.path, params=params).object
+        for reservation in findall(element=response, xpath="reservationSet/item", namespace=NAMESPACE):
+            nodes += driver._to_nodes(reservation, "instancesSet/item")
+        token = findtext(element=response, xpath="nextToken", namespace=NAMESPACE)
+        if not token:
+            break
+        params = {**params, "NextToken": token}
+    addresses = driver.ex_describe_addresses(nodes)
+    for node in nodes:
+        node.public_ips.extend(addresses.get(node.id, []))
+    return nodes
+
+
+def _credentials(key: str | None, secret: str | None, environ: Mapping[str, str] | None = None,
+                 token: str | None = None) -> tuple[str, str, str | None]:
+    """(key, secret, session token or None): each pair with the session token of its own kind
+    (temporary credentials are a key, a secret and a token that only work together)."""
     environ = os.environ if environ is None else environ
     sources = [
-        (key, secret),
-        (environ.get("GITOPSQ_PROVIDER_KEY"), environ.get("GITOPSQ_PROVIDER_SECRET")),
-        (environ.get("AWS_ACCESS_KEY_ID"), environ.get("AWS_SECRET_ACCESS_KEY")),
+        (key, secret, token),
+        (environ.get("GITOPSQ_PROVIDER_KEY"), environ.get("GITOPSQ_PROVIDER_SECRET"),
+         environ.get("GITOPSQ_PROVIDER_SESSION_TOKEN")),
+        (environ.get("AWS_ACCESS_KEY_ID"), environ.get("AWS_SECRET_ACCESS_KEY"), environ.get("AWS_SESSION_TOKEN")),
     ]
-    for found_key, found_secret in sources:
+    for found_key, found_secret, found_token in sources:
         if found_key and found_secret:
-            return found_key, found_secret
+            return found_key, found_secret, found_token or None
     # Deliberately names only the variables, never their values.
     raise EC2CredentialsError(
         "EC2 credentials not found: give --provider-key-file and --provider-secret-file, or set "
@@ -168,6 +205,7 @@ def make_ec2_driver(
     key: str | None = None,
     secret: str | None = None,
     *,
+    token: str | None = None,
     timeout: float | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> GitopsqEC2Driver:
@@ -176,10 +214,14 @@ def make_ec2_driver(
     `endpoint` is a URL such as "http://127.0.0.1:5000"; its scheme decides
     TLS and a missing port defaults to 80/443.  `timeout` (seconds) bounds
     each HTTP request. Without key and secret, they are looked up in `environ` (default: the
-    process environment).
+    process environment), each pair with its session token when there is one
+    (GITOPSQ_PROVIDER_SESSION_TOKEN, AWS_SESSION_TOKEN): temporary credentials sign every
+    request with it (X-Amz-Security-Token).
     """
-    access_key, secret_key = _credentials(key, secret, environ)
+    access_key, secret_key, session_token = _credentials(key, secret, environ, token)
     kwargs: dict = {"region": region}
+    if session_token:
+        kwargs["token"] = session_token
     if endpoint:
         url = urlsplit(endpoint)
         if url.scheme not in ("http", "https") or not url.hostname:
@@ -319,8 +361,11 @@ def list_nodes_by_tag(
     driver: EC2NodeDriver, key: str, value: str, include_terminated: bool = False
 ) -> list[Node]:
     """Nodes carrying tag key=value; terminated ones linger for an hour on
-    AWS, so they are dropped unless asked for."""
-    nodes = driver.list_nodes(ex_filters={"tag:%s" % key: value})
+    AWS, so they are dropped unless asked for (by EC2 already: fewer pages)."""
+    filters = {"tag:%s" % key: value}
+    if not include_terminated:
+        filters["instance-state-name"] = ["pending", "running", "shutting-down", "stopping", "stopped"]
+    nodes = all_nodes(driver, ex_filters=filters)
     if include_terminated:
         return nodes
     return [n for n in nodes if n.state != NodeState.TERMINATED]
@@ -338,3 +383,19 @@ def get_user_data(driver: EC2NodeDriver, node: Node | str) -> str | None:
     response = driver.connection.request(driver.path, params=params).object
     encoded = findtext(element=response, xpath="userData/value", namespace=NAMESPACE)
     return base64.b64decode(encoded).decode("utf-8") if encoded else None
+
+
+# The state reasons EC2 gives an instance it took back from a spot run (terminated, stopped or
+# hibernated): Server.SpotInstanceTermination, Server.SpotInstanceShutdown...
+SPOT_REASON_PREFIX = "Server.SpotInstance"
+
+
+def state_reason(driver, node_id: str) -> str | None:
+    """The code of why an instance is in its state (stateReason/code), None when it has none;
+    terminated instances too, as long as EC2 still lists them. Any EC2-API driver (its connection)."""
+    params = {"Action": "DescribeInstances", "InstanceId.1": node_id}
+    response = driver.connection.request(driver.path, params=params).object
+    for item in response.iter(f"{{{NAMESPACE}}}item"):
+        if findtext(element=item, xpath="instanceId", namespace=NAMESPACE) == node_id:
+            return findtext(element=item, xpath="stateReason/code", namespace=NAMESPACE) or None
+    return None

@@ -88,7 +88,7 @@ FIELD_SUPPORT: dict[str, dict[str, str]] = {
     "spot_policy": {
         LOCAL_PROCESS: "honoured: `on-demand` and `auto` run here; `spot` is refused",
         LOCAL_CONTAINER: "honoured: `on-demand` and `auto` run here; `spot` is refused",
-        EC2: "honoured: `spot` asks for a spot instance; `auto` and `on-demand` get on-demand ones",
+        EC2: "honoured: `spot` asks for a spot instance; `auto` asks for one and falls back to on-demand when spot has no capacity; a spot interruption is the `interruption` retry event",
         SLURM: "honoured: `on-demand` and `auto` run; `spot` is refused",
     },
     "max_price": {
@@ -124,13 +124,13 @@ FIELD_SUPPORT: dict[str, dict[str, str]] = {
     "port": {
         LOCAL_PROCESS: "honoured: the service listens on this machine; `ps`, the API and the run page show its URL (host: `serve --public-host`)",
         LOCAL_CONTAINER: "honoured: the container shares this machine's network (`--network host`); its URL is shown as for a process",
-        EC2: "honoured: the service listens on the node (reachable through `--provider-opt security_groups`); shown without an address (the node's is not recorded yet)",
+        EC2: "honoured: opened (TCP) to `serve --allow-cidr` in a security group of the run's own, removed after it; to nobody without one; shown without an address (the node's is not recorded yet)",
         SLURM: "honoured: the service listens on its node, reachable on the cluster's network",
     },
     "ports": {
         LOCAL_PROCESS: "honoured: the run listens on this machine; `ps`, the API and the run page show host:port, and for `9000:80` the `ssh -L` command that puts port 80 at 9000 on your machine",
         LOCAL_CONTAINER: "honoured: the container shares this machine's network (`--network host`); shown as for a process",
-        EC2: "honoured: the run listens on the node (reachable through `--provider-opt security_groups`); listed without an address (the node's is not recorded yet)",
+        EC2: "honoured: the container port is opened (TCP) to `serve --allow-cidr` in a security group of the run's own, removed after it; to nobody without one; listed without an address (the node's is not recorded yet)",
         SLURM: "honoured: the run listens on its node, reachable on the cluster's network",
     },
     "nodes": {

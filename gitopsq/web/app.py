@@ -46,7 +46,8 @@ STATE_BODY = {"requestBody": {"required": True, "content": {"application/json": 
 
 def create_app(db_path: Path, wake: Callable[[str], None], status: Callable[[], dict], webhook_secret: bytes | None,
                metrics: Metrics | None = None, *, clock: Callable[[], float] = time.time, metrics_open: bool = False,
-               accept_unsigned_webhooks: bool = False, judge: Callable[[dict], dict] | None = None) -> FastAPI:
+               accept_unsigned_webhooks: bool = False, judge: Callable[[dict], dict] | None = None,
+               max_log_size: int | None = None) -> FastAPI:
     """The web app over the state database at `db_path`.
 
     wake(reason): wakes the controller loop ("webhook", "report", "secrets"); must return at once.
@@ -59,6 +60,7 @@ def create_app(db_path: Path, wake: Callable[[str], None], status: Callable[[], 
     metrics_open: /metrics without a token (for a Prometheus that cannot send one).
     judge(spec): what the controller's provider says of a spec, {"needs", "unsatisfiable"}, for
     `gitopsq plan --server` (None: specs are not judged, and the answer says so).
+    max_log_size: the cap of a cloud run's log as its node ships it (serve's --max-log-size).
     Every other route needs a token of the state's (gitopsq.tokens), see gitopsq.web.auth.
     """
     pool = queries.StorePool(db_path)
@@ -269,7 +271,7 @@ def create_app(db_path: Path, wake: Callable[[str], None], status: Callable[[], 
 
     for router in (read, write, pages, open_routes, forms):
         app.include_router(router)
-    app.include_router(node_router(auth, pool.get, wake, clock, db_path))
+    app.include_router(node_router(auth, pool.get, wake, clock, db_path, max_log_size))
     app.include_router(webhook_router(webhook_secret, wake, metrics.webhook, accept_unsigned_webhooks))
     app.include_router(secrets_router(pool.get, wake, clock, auth.reader, auth.writer))
     app.include_router(logs_router(pool.get, auth.reader))

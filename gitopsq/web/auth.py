@@ -13,7 +13,8 @@ a route that declares none, so a new route cannot be open by omission:
   CSRF token keeps a form posted from elsewhere out even where a browser sends it anyway, and a
   read-only token's session can never write.
 - `Auth.node`: the token of the submission's current attempt (gitopsq.nodetoken), for the routes
-  under /api/submissions/{submission_id}/ that a node calls; the body is capped before it is read.
+  under /api/submissions/{submission_id}/ that a node calls; the body is capped before it is read
+  (4 KiB; `Auth.node_log`, for a chunk of the node's log, 64 KiB).
 - `signed` (gitopsq.web.webhook): the webhook's HMAC.
 - `public`: nothing: /healthz, and /metrics with `serve --metrics-open`.
 
@@ -36,11 +37,13 @@ from starlette.concurrency import run_in_threadpool
 
 from gitopsq import tokens
 from gitopsq.nodetoken import is_current_attempt
+from gitopsq.providers.cloud_logs import CHUNK_BYTES
 from gitopsq.store import Store
 from gitopsq.web.models import INT64
 
 COOKIE = "gitopsq_token"
 NODE_MAX_BODY = 4 * 1024  # a node's report is a token and an exit code: ~100 bytes
+NODE_LOG_MAX_BODY = CHUNK_BYTES  # one chunk of a node's log: 64 KiB
 LOGIN_MAX_BODY = 4 * 1024
 FORM_MAX_BODY = 4 * 1024
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
@@ -169,8 +172,18 @@ class Auth:
     async def node(self, request: Request, header: HTTPAuthorizationCredentials | None = Depends(_bearer),
                    submission_id: int = PathParam(ge=1, le=INT64)) -> NodeCall:
         """The node's attempt token: `Authorization: Bearer`, else the `token` of a JSON body (the report's)."""
-        body = await capped_body(request, NODE_MAX_BODY)
-        presented = header.credentials if header else _json_token(body)
+        return await self._node_call(request, header, submission_id, NODE_MAX_BODY)
+
+    @access("node")
+    async def node_log(self, request: Request, header: HTTPAuthorizationCredentials | None = Depends(_bearer),
+                       submission_id: int = PathParam(ge=1, le=INT64)) -> NodeCall:
+        """As `node`, for a chunk of the node's log: a larger cap, the token in the header only."""
+        return await self._node_call(request, header, submission_id, NODE_LOG_MAX_BODY, json_token=False)
+
+    async def _node_call(self, request: Request, header: HTTPAuthorizationCredentials | None, submission_id: int,
+                         limit: int, json_token: bool = True) -> NodeCall:
+        body = await capped_body(request, limit)
+        presented = header.credentials if header else (_json_token(body) if json_token else None)
         if not presented:
             raise unauthorized("the token of the submission's current attempt is required")
         submission = await run_in_threadpool(lambda: self.stores().submission(submission_id))  # the pool is per thread

@@ -162,6 +162,18 @@ class Report(BaseModel):
     rank: int | None = Field(None, ge=0, le=INT32, description="The node's rank, for a node of a cluster run.")
 
 
+class LogReceived(BaseModel):
+    """How much of a node's log the controller has: the next chunk starts at `offset`."""
+
+    offset: int
+    complete: bool = Field(description="The node's last chunk arrived.")
+
+
+class NoticeAccepted(BaseModel):
+    submission_id: int
+    recorded: bool
+
+
 class ReportAccepted(BaseModel):
     submission_id: int
     exit_code: int
