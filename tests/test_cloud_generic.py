@@ -125,6 +125,34 @@ def test_nodes_of_a_driver_without_tags_are_found_by_their_names(server, image):
     assert other.nodes() == []
 
 
+def test_a_cluster_nodes_rank_is_found_in_its_name_without_tags(server, image):
+    from gitopsq.providers.base import Launch
+    from gitopsq.spec import parse_run
+
+    provider = nimbus(server, image, "0123456789ab")
+    provider.adapter._accepts.discard("ex_metadata")
+    spec = parse_run((RUN + "nodes: 2\n").encode(), "runs/dist.yml")
+    made = provider.launch_gang(Launch(7, "dist", 1, spec, "t", attempt=1))
+    listed = sorted(provider.nodes(), key=lambda n: n.rank)
+    assert [(n.node_id, n.submission_id, n.rank) for n in listed] == [(m.node_id, 7, m.rank) for m in made] and \
+        [n.rank for n in listed] == [0, 1]
+
+
+def test_an_image_the_driver_cannot_find_is_named(server, image):
+    from gitopsq.providers.base import ERROR, Launch, ProviderError
+    from gitopsq.spec import parse_run
+
+    provider = make_cloud_provider("nimbus", {"endpoint": server.endpoint, "image": "ami-0000dead"}, "0123456789ab",
+                                   None, PUBLIC_URL)
+    # As some EC2-API servers answer an unknown id: an empty listing, not an error.
+    server.answer("DescribeImages", '<DescribeImagesResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
+                                    "<requestId>r</requestId><imagesSet/></DescribeImagesResponse>")
+    with pytest.raises(ProviderError) as info:
+        provider.launch(Launch(4, "train", 1, parse_run(RUN.encode(), "runs/train.yml"), "t"))
+    assert (info.value.kind, info.value.code) == (ERROR, "no-image")
+    assert "ami-0000dead" in str(info.value) and "--provider-opt image" in str(info.value)
+
+
 @pytest.mark.parametrize("options, message", [
     ({"endpoint": "http://127.0.0.1:1"}, "give --provider-opt image=IMAGE_ID"),
 ])

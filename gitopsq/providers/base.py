@@ -238,9 +238,13 @@ class LibcloudProvider:
         return tags
 
     def launch(self, launch: Launch) -> NodeStatus:
+        return self._made(self._create(launch), launch)
+
+    def _create(self, launch: Launch):
+        """The driver's node for one launch (one rank of a cluster run), or a classified error."""
         args = self._classified(lambda: self.adapter.create_args(launch, self.tags(launch)))
         try:
-            node = self._classified(lambda: self.driver.create_node(**args))
+            return self._classified(lambda: self.driver.create_node(**args))
         except ProviderError as exc:
             # A second way to make the node, where the adapter has one (spot_policy auto: on-demand
             # when spot has no capacity); else the error stands.
@@ -248,8 +252,13 @@ class LibcloudProvider:
             args = fallback(launch, args, exc) if fallback else None
             if args is None:
                 raise
-            node = self._classified(lambda: self.driver.create_node(**args))
-        return self._status(node)
+            return self._classified(lambda: self.driver.create_node(**args))
+
+    def _made(self, node, launch: Launch) -> NodeStatus:
+        """A node just made, as its launch says it is: a driver without tags returns it without them
+        (they are in its name, read when nodes are listed)."""
+        return dataclasses.replace(self._status(node), submission_id=launch.submission_id, run=launch.run,
+                                   rank=launch.rank)
 
     def interruption(self, node_id: str) -> str | None:
         """Why a node that ended without a report ended, when the provider took it back (a spot
@@ -285,13 +294,13 @@ class LibcloudProvider:
         try:
             for rank in reversed(range(launch.spec.nodes)):
                 one = launch.for_rank(rank)
-                made.append(self.driver.create_node(**self.adapter.create_args(one, self.tags(one))))
+                made.append((self._create(one), one))
         except Exception as exc:
-            self._undo(made)
+            self._undo([node for node, _ in made])
             if isinstance(exc, ProviderError):
                 raise
             raise self.adapter.classify(exc) from exc
-        return sorted((self._status(node) for node in made), key=lambda n: n.rank)
+        return sorted((self._made(node, one) for node, one in made), key=lambda n: n.rank)
 
     def _undo(self, made: list) -> None:
         """Destroy the nodes of a gang that could not be made whole (never leave part of it)."""

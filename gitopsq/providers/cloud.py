@@ -235,10 +235,22 @@ class CloudAdapter:
                     kwargs["owner"] = self.image_owner
                 self._image = ec2.pick_image(self.driver, **kwargs)
             elif self.image_id:
-                self._image = self.driver.get_image(self.image_id)
+                self._image = self._named_image()
             else:
                 raise ProviderError(ERROR, "no-image", f"provider {self.name} needs --provider-opt image=IMAGE_ID")
         return self._image
+
+    def _named_image(self) -> NodeImage:
+        """The --provider-opt image, or an error that names it (some drivers fail on an unknown id
+        with a bare IndexError from an empty listing)."""
+        try:
+            image = self.driver.get_image(self.image_id)
+        except (IndexError, KeyError, LookupError):
+            image = None
+        if image is None:
+            raise ProviderError(ERROR, "no-image", f"provider {self.name}: no image {self.image_id!r} "
+                                                   "(--provider-opt image)")
+        return image
 
     def create_args(self, launch: Launch, tags: dict[str, str]) -> dict:
         spec = launch.spec
