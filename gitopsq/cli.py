@@ -1,6 +1,8 @@
 """The `gitopsq` command line: thin click wrappers over the library."""
 
 import re
+import signal
+from contextlib import contextmanager
 
 import click
 
@@ -306,67 +308,76 @@ def serve(repo_location, branch, db, once, provider, provider_opt, local_slots, 
                           (and with login, this machine) mount at the same path
                           (default: beside the state database)
     """
-    if run_user and no_run_user:
-        raise click.BadParameter("give --run-user or --no-run-user, not both", param_hint="--run-user")
-    if allow_cidrs and provider == "local":
-        raise click.BadParameter("opens cloud runs' ports; local runs listen on this machine", param_hint="--allow-cidr")
-    from gitopsq.credentials import CredentialsError, serve_credentials
+    with _clean_stop(daemon=not once):
+        if run_user and no_run_user:
+            raise click.BadParameter("give --run-user or --no-run-user, not both", param_hint="--run-user")
+        if allow_cidrs and provider == "local":
+            raise click.BadParameter("opens cloud runs' ports; local runs listen on this machine", param_hint="--allow-cidr")
+        from gitopsq.credentials import CredentialsError, serve_credentials
 
-    try:  # first: a daemon with credentials in its environment re-executes itself without them here
-        credentials = serve_credentials(provider_key_file, provider_secret_file, scrub=not once,
-                                        session_token_file=provider_session_token_file)
-    except CredentialsError as exc:
-        raise click.BadParameter(str(exc)) from None
-    from gitopsq.daemon import ignore_wake_signal, interrupt_on_stop_signals
-    from gitopsq.providers.base import ProviderConfigError
-    from gitopsq.runtime import make_controller, state_path
-    from gitopsq.source import SourceError
-    from gitopsq.store import StateLocked, Store, controller_lock
+        try:  # first: a daemon with credentials in its environment re-executes itself without them here
+            credentials = serve_credentials(provider_key_file, provider_secret_file, scrub=not once,
+                                            session_token_file=provider_session_token_file)
+        except CredentialsError as exc:
+            raise click.BadParameter(str(exc)) from None
+        from gitopsq.daemon import ignore_wake_signal
+        from gitopsq.providers.base import ProviderConfigError
+        from gitopsq.runtime import make_controller, state_path
+        from gitopsq.source import SourceError
+        from gitopsq.store import StateLocked, Store, controller_lock
 
-    opts = _provider_options(provider, local_slots, local_gpus, provider_opt, max_nodes, public_url, max_log_size,
-                             keep_workdirs, workdirs_max_size, insecure_public_url, credentials.values, run_user,
-                             no_run_user, allow_cidrs)
-    daemon_opts = None if once else _daemon_options(http, interval, webhook_secret_file, log_format, metrics_open,
-                                                    tls_cert, tls_key)
-    if daemon_opts:
-        daemon_opts.max_log_size = max_log_size  # cloud nodes ship their logs to the daemon's HTTP server
-    if daemon_opts and credentials.dropped:
-        daemon_opts.warnings += (f"removed from the daemon's environment, where runs of its user could read them: "
-                                 f"{', '.join(credentials.dropped)} (runs get secrets from `gitopsq secret set`; "
-                                 f"git fetching the config repo, from a credential file or an SSH key)",)
-    ignore_wake_signal()  # `secret set` may signal this process as soon as the lock names it
-    if daemon_opts:
-        interrupt_on_stop_signals()  # a stop during start-up (a first clone can be slow) ends it cleanly
-    path = state_path(db)
+        opts = _provider_options(provider, local_slots, local_gpus, provider_opt, max_nodes, public_url, max_log_size,
+                                 keep_workdirs, workdirs_max_size, insecure_public_url, credentials.values, run_user,
+                                 no_run_user, allow_cidrs)
+        daemon_opts = None if once else _daemon_options(http, interval, webhook_secret_file, log_format, metrics_open,
+                                                        tls_cert, tls_key)
+        if daemon_opts:
+            daemon_opts.max_log_size = max_log_size  # cloud nodes ship their logs to the daemon's HTTP server
+        if daemon_opts and credentials.dropped:
+            daemon_opts.warnings += (f"removed from the daemon's environment, where runs of its user could read them: "
+                                     f"{', '.join(credentials.dropped)} (runs get secrets from `gitopsq secret set`; "
+                                     f"git fetching the config repo, from a credential file or an SSH key)",)
+        ignore_wake_signal()  # `secret set` may signal this process as soon as the lock names it
+        path = state_path(db)
+        try:
+            with controller_lock(path):  # held until this process exits: one controller per state
+                try:
+                    controller = make_controller(repo_location, branch, Store(path), opts)
+                except (ProviderConfigError, SourceError) as exc:  # bad --provider-opt or --repo, missing credentials
+                    raise click.ClickException(str(exc)) from None
+                _record_reach(controller, public_host, http)
+                _record_provider(controller, opts)
+                limits = tuple(f"provider {provider}: its driver cannot: {what}" for what in
+                               getattr(controller.provider, "cannot", ()))
+                if daemon_opts is None:
+                    for line in limits:
+                        click.echo(line, err=True)
+                    _step_once(controller)
+                    return
+                daemon_opts.warnings += limits
+                from gitopsq.daemon import run_daemon
+
+                if not controller.provider.isolation.isolated:
+                    daemon_opts.warnings += (f"runs are not isolated from the controller: {controller.provider.isolation.how}",)
+
+                run_daemon(controller, daemon_opts)
+        except StateLocked as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@contextmanager
+def _clean_stop(daemon: bool):
+    """From serve's first line until the loop takes the stop signals over (imports, which take a
+    while on a busy machine, a first clone): a stop signal ends the daemon cleanly, exit 0."""
+    if not daemon:
+        yield
+        return
+    for sig in (signal.SIGINT, signal.SIGTERM):  # raise KeyboardInterrupt, which rolls back and kills a fetch
+        signal.signal(sig, signal.default_int_handler)
     try:
-        with controller_lock(path):  # held until this process exits: one controller per state
-            try:
-                controller = make_controller(repo_location, branch, Store(path), opts)
-            except (ProviderConfigError, SourceError) as exc:  # bad --provider-opt or --repo, missing credentials
-                raise click.ClickException(str(exc)) from None
-            _record_reach(controller, public_host, http)
-            _record_provider(controller, opts)
-            limits = tuple(f"provider {provider}: its driver cannot: {what}" for what in
-                           getattr(controller.provider, "cannot", ()))
-            if daemon_opts is None:
-                for line in limits:
-                    click.echo(line, err=True)
-                _step_once(controller)
-                return
-            daemon_opts.warnings += limits
-            from gitopsq.daemon import run_daemon
-
-            if not controller.provider.isolation.isolated:
-                daemon_opts.warnings += (f"runs are not isolated from the controller: {controller.provider.isolation.how}",)
-
-            run_daemon(controller, daemon_opts)
-    except StateLocked as exc:
-        raise click.ClickException(str(exc)) from None
-    except KeyboardInterrupt:  # a stop signal before the loop took them over: as clean as a stop later
-        if daemon_opts is None:
-            raise
+        yield
+    except KeyboardInterrupt:
         click.echo("gitopsq: stopped during start-up; nothing was left half-done (the next start goes on)", err=True)
-
 
 def _record_reach(controller, public_host: str | None, http: str) -> None:
     """Where people reach this controller's runs, for `ps`, the API and the run page."""

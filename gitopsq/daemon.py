@@ -243,13 +243,6 @@ def _announce_access(store, host: str, local: bool, opts: DaemonOptions) -> None
         log.info("/metrics answers without a token (--metrics-open)")
 
 
-def interrupt_on_stop_signals() -> None:
-    """Until the loop runs (opening the state, a first clone): a stop signal raises KeyboardInterrupt,
-    which rolls back any transaction and kills a running fetch."""
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.default_int_handler)
-
-
 def _stop_on_signals(loop: Loop) -> None:
     def handle(signum, frame) -> None:
         if not loop.stopping:

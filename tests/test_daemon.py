@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 
 from gitopsq.providers.base import log_dir_for
 from gitopsq.providers.local import LocalNodeDriver
@@ -88,7 +90,8 @@ def test_sigterm_exits_0_and_restart_adopts_running_runs(tmp_path, cleanup_nodes
 
     again = Daemon(repo.path, db, "--http", "off", "--local-slots", "2")
     try:
-        time.sleep(1.0)
+        wait_for(lambda: "watching" in again.log.read_text(), what="the second daemon's loop")
+        time.sleep(1.0)  # its first step
         rows = again.rows()
         assert {r["name"]: r["node_id"] for r in rows} == nodes_before
         assert all(r["status"] == "running" and r["submission"] == 1 for r in rows)
@@ -129,3 +132,30 @@ def test_json_logs(tmp_path, cleanup_nodes):
     records = [json.loads(line) for line in daemon.log.read_text().splitlines() if line.strip()]
     assert records and all({"time", "level", "logger", "message"} <= set(r) for r in records)
     assert any(r["message"].startswith("reconciled ") and "submit hello" in r["message"] for r in records)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_before_the_daemon_reads_its_credentials_is_a_clean_stop(tmp_path, sig):
+    """Observed on a loaded CI machine: SIGINT to a daemon still importing its modules ended it
+    with 'Aborted!' and 1. The credentials file, a FIFO nobody writes, holds it at that point."""
+    fifo = tmp_path / "key"
+    os.mkfifo(fifo)
+    repo = GitRepo(tmp_path / "repo")
+    repo.write("runs/a.yml", task("a", "true"))
+    repo.commit()
+    daemon = Daemon(repo.path, tmp_path / "state" / "gitopsq.db", "--http", "off", "--provider", "ec2",
+                    "--provider-key-file", str(fifo), "--public-url", "http://127.0.0.1:9")
+
+    def reading():  # a writer can open the FIFO without blocking once the daemon opened it to read
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:
+            return None
+
+    writer = wait_for(reading, what="the daemon reading its key file")
+    try:
+        code = daemon.stop(sig)
+    finally:
+        os.close(writer)
+    assert code == 0, daemon.log.read_text()
+    assert "stopped during start-up" in daemon.log.read_text()
