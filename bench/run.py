@@ -1,6 +1,7 @@
 """gitopsq's benchmarks: every figure beside the limit it is measured against, in the same run.
 
     python bench/run.py [--quick] [--only GROUP[,GROUP]] [--out FILE] [--runs N]
+    python bench/run.py --scale [--quick] [--only sync,daemon,queue] [--out FILE]
 
 Builds a config repo (10,000 run files, 500 commits of ~20 changed files; --quick: 1,000 and 50)
 with `git fast-import` in a temp dir, measures, prints a table and writes (default bench/out/results.json,
@@ -11,6 +12,15 @@ the limit gitopsq costs (1.0 = as fast as the limit, higher = slower).
 
 Groups (--only; default all): sync (first sync, restart, catch-up, per-commit), daemon, queue,
 launch (admission to a run's first command on the local provider, with `repos: [.]` and without).
+
+--scale: how cost grows. The same benchmarks (first sync, restart with nothing changed, one-commit
+reconcile, daemon start and peak RSS) on repos of 1,000, 10,000 and 100,000 run files, and
+Controller.admit_and_launch at 1,000, 100,000 and 1,000,000 queued; prints the cost per unit of work
+at each size (us per file, ms per commit, us per decision, KB of RSS per run) and its growth from each
+size to the next divided by the growth of the work, flagging more than 2x; writes the rows to
+bench/out/scale.json. One run at 100,000 files (medians of 3 elsewhere, of 15 for admission); about
+7 minutes of CPU, 13 to 16 minutes of wall time on this 2-core machine while other work ran on it.
+With --quick: 100 / 1,000 / 10,000 files and 100 / 10,000 / 100,000 queued, to check it runs.
 
 Not part of the test suite (pytest only collects tests/).
 """
@@ -267,7 +277,7 @@ def bench_daemon(f: Figures, repo: Path, files: int, work: Path, runs: int, comm
                     except sqlite3.OperationalError:
                         return False
 
-            _wait(synced, 300, "the daemon's first sync", 0.02)
+            _wait(synced, max(300, files / 50), "the daemon's first sync", 0.02)
             starts.append(time.perf_counter() - t0)
             time.sleep(1.0)
             conn = _ro(db)
@@ -388,27 +398,49 @@ def bench_slurm(f: Figures, work: Path, runs: int, commits_per_run: int) -> None
 # --- the queue ---------------------------------------------------------------------------------------
 
 
-def _queue_db(db: Path, n: int, gangs: float = 0.0) -> None:
-    """n queued submissions of random priorities; a share `gangs` of them cluster runs of 2 to 4 nodes."""
+def _queue_rows(n: int, gangs: float):
+    """The rows of _queue_db, one at a time: each spec is the same JSON but for its name, priority and
+    nodes, so it is written from one template (a million json.dumps would take most of a minute)."""
     import random
 
     from gitopsq.spec import parse_run
 
-    store = Store(db)
     spec = parse_run(run_file(0, 0), "runs/run.yml").to_dict()
+    marks = {"name": "@NAME@", "priority": -70001, "nodes": -70002}
+    template = json.dumps(dict(spec, **marks), sort_keys=True)
+    name_mark, priority_mark, nodes_mark = json.dumps(marks["name"]), str(marks["priority"]), str(marks["nodes"])
+
+    def spec_json(name: str, priority: int, nodes: int) -> str:
+        return template.replace(name_mark, json.dumps(name)).replace(priority_mark, str(priority)).replace(nodes_mark, str(nodes))
+
+    assert spec_json("q-0", 5, 2) == json.dumps(dict(spec, name="q-0", priority=5, nodes=2), sort_keys=True), \
+        "the spec template no longer matches json.dumps"
     rng = random.Random(3)
-    rows = []
     for i in range(n):
-        s = dict(spec, name=f"q-{i:06d}", priority=rng.randrange(0, 101))
+        name, priority, nodes = f"q-{i:06d}", rng.randrange(0, 101), spec["nodes"]
         if gangs and rng.random() < gangs:
-            s["nodes"] = rng.choice((2, 3, 4))
+            nodes = rng.choice((2, 3, 4))
         # Steady state: every run has waited once already (its retry window is open).
-        rows.append((s["name"], 1, json.dumps(s, sort_keys=True), s["priority"], "queued", 1000.0 + i, 1000.0 + i,
-                     1000.0 + i, 0, f"t{i}"))
+        yield (name, 1, spec_json(name, priority, nodes), priority, "queued",
+               1000.0 + i, 1000.0 + i, 1000.0 + i, 0, f"t{i}")
+
+
+def _queue_db(db: Path, n: int, gangs: float = 0.0) -> None:
+    """n queued submissions of random priorities; a share `gangs` of them cluster runs of 2 to 4 nodes.
+
+    Inserted in one transaction with the submissions' indexes dropped and built again after (from
+    the store's own DDL): sorting once is much faster than a million random index inserts."""
+    store = Store(db)
+    indexes = store.conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'submissions' "
+                                 "AND sql IS NOT NULL").fetchall()
     with store.transaction():
+        for name, _ in indexes:
+            store.conn.execute(f'DROP INDEX "{name}"')
         store.conn.executemany(
             "INSERT INTO submissions(run, number, spec, priority, status, submitted_at, queued_at, window_start, attempts, token) "
-            "VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            "VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", _queue_rows(n, gangs))
+        for _, sql in indexes:
+            store.conn.execute(sql)
     store.close()
 
 
@@ -433,7 +465,7 @@ def bench_queue(f: Figures, n: int, work: Path, runs: int) -> None:
     _queue_db(db, n)
     store = Store(db)
     # the limit: pop the head of the queue on the same index, raw SQL (rolled back after)
-    limit_runs = raw_pop_us(store, runs)
+    limit_runs = raw_pop_us(store, runs, pops=min(200, n))
     plan = store.conn.execute(
         "EXPLAIN QUERY PLAN SELECT id FROM submissions WHERE status = 'queued' ORDER BY priority DESC, queued_at, id LIMIT 1").fetchall()
     assert any("submissions_queue" in str(tuple(row)) for row in plan), plan
@@ -609,6 +641,176 @@ def bench_first_command(f: Figures, repo: Path, tip: str, files: int, work: Path
                f"command spawned through `sh -c` from Python, spawn to its timestamp")
 
 
+# --- how cost grows -----------------------------------------------------------------------------------
+
+# (size, runs): the same benchmarks at three sizes, one run at the biggest repo (its first sync and
+# its daemon take minutes). A decision is cheap to repeat (the cost is filling the queue) and some
+# take ten times the others whatever the size, so admission is the median of 15.
+SCALE_FILES = ((1_000, 3), (10_000, 3), (100_000, 1))
+SCALE_QUEUED = ((1_000, 15), (100_000, 15), (1_000_000, 15))
+SCALE_QUICK_FILES = ((100, 3), (1_000, 3), (10_000, 1))  # --scale --quick: a check that it runs
+SCALE_QUICK_QUEUED = ((100, 15), (10_000, 15), (100_000, 15))
+SCALE_GROUPS = ("sync", "daemon", "queue")
+SCALE_COMMITS = 20  # one-commit reconciles per run (a fresh chunk of the repo's commits each run)
+SCALE_DAEMON_COMMITS = 1  # the daemon holds its runs and has taken a commit when its RSS is read (at 100,000 one takes seconds)
+SCALE_FLAG = 2.0  # a per-unit cost that grows more than this from one size to the next is flagged
+
+
+class Growth:
+    """One line of the growth table: a figure of the benchmarks above, turned into a cost per unit of work.
+
+    per_unit(value, limit, size) is the cost of one unit at that size; its growth from one size to the
+    next is (cost growth) / (work growth), since the cost of the whole is per_unit x units."""
+
+    def __init__(self, name: str, source: str, unit: str, work: str, per_unit, limit_name: str = "",
+                 limit_per_unit=None, group: str = "sync") -> None:
+        self.name, self.source, self.unit, self.work, self.group = name, source, unit, work, group
+        self.per_unit, self.limit_name, self.limit_per_unit = per_unit, limit_name, limit_per_unit
+
+
+FILES_GROWTH = (
+    Growth("first full sync", "first full sync of", "us/file", "every file", lambda v, lim, n: 1e6 / v,
+           "`git cat-file --batch` of the same blobs", lambda v, lim, n: 1e6 / lim),
+    Growth("restart, nothing changed", "restart, nothing changed", "us/file", "every file (compared, 0 parsed)",
+           lambda v, lim, n: v * 1e6 / n, "`git ls-tree -r` + reading the recorded blob ids", lambda v, lim, n: lim * 1e6 / n),
+    Growth("one-commit reconcile p50 (sync_git)", "per-commit reconcile p50", "ms/commit", "one commit of ~20 files",
+           lambda v, lim, n: v, "one spawned `git diff-tree` of the commit", lambda v, lim, n: lim),
+    Growth("one-commit reconcile p99 (sync_git)", "per-commit reconcile p99", "ms/commit",
+           f"one commit of ~20 files (p99 of {SCALE_COMMITS} a run: the slowest)", lambda v, lim, n: v,
+           "one spawned `git diff-tree` of the commit", lambda v, lim, n: lim),
+    Growth("one-commit controller step p50", "per-commit controller step p50", "ms/commit",
+           "one commit of ~20 files, then admission from the full queue", lambda v, lim, n: v),
+    Growth("daemon start + first sync", "daemon start + first sync", "us/file", "every file",
+           lambda v, lim, n: v * 1e6 / n, group="daemon"),
+    Growth("daemon peak RSS above a bare import", "daemon peak RSS", "KB/run", "every run held",
+           lambda v, lim, n: (v - lim) * 1024 / n, group="daemon"),
+)
+QUEUE_GROWTH = (
+    Growth("admission: Controller.admit_and_launch", "admission: Controller.admit_and_launch", "us/decision",
+           "one decision (launch one run)", lambda v, lim, n: v, "raw indexed pop (SELECT ... LIMIT 1 + DELETE)",
+           lambda v, lim, n: lim, group="queue"),
+)
+
+
+def _row_of(f: Figures, source: str) -> dict:
+    rows = [row for row in f.rows if row["figure"].startswith(source)]
+    assert len(rows) == 1, f"expected one figure starting with {source!r}, found {[r['figure'] for r in f.rows]}"
+    return rows[0]
+
+
+def scale_files(n: int, runs: int, work: Path, groups: set[str]) -> Figures:
+    """The sync and daemon figures on a repo of n run files (the default run's functions, at this size)."""
+    f = Figures()
+    repo = work / "repo"
+    print(f"[{n:,} run files, {runs} run(s)] building the repo ...", file=sys.stderr, flush=True)
+    shas = build_repo(repo, n, SCALE_COMMITS * runs)
+    if "sync" in groups:
+        base_db = bench_first_sync(f, repo, shas, n, work, runs)
+        bench_restart(f, repo, shas, n, base_db, work, runs)
+        bench_per_commit(f, repo, shas, base_db, work, runs, SCALE_COMMITS)
+    if "daemon" in groups:
+        bench_daemon(f, repo, n, work, runs, SCALE_DAEMON_COMMITS)
+    return f
+
+
+def scale_queue(n: int, runs: int, work: Path) -> Figures:
+    """Controller.admit_and_launch at n queued (the default run's queue benchmark, at this size)."""
+    f = Figures()
+    print(f"[{n:,} queued, {runs} run(s)] filling the queue ...", file=sys.stderr, flush=True)
+    bench_queue(f, n, work, runs)
+    return f
+
+
+def growth_rows(lines: tuple[Growth, ...], sizes: tuple[tuple[int, int], ...], figures: list[Figures],
+                size_unit: str) -> list[dict]:
+    """The JSON rows of the table: per figure (and its limit), the cost per unit at each size and its growth."""
+    out = []
+    for line in lines:
+        for what, name, convert in (("gitopsq", line.name, line.per_unit), ("limit", line.limit_name, line.limit_per_unit)):
+            if convert is None:
+                continue
+            previous = None
+            for (n, runs), f in zip(sizes, figures):
+                row = _row_of(f, line.source)
+                value = convert(row["value"], row["limit"], n)
+                growth = value / previous if previous else None
+                out.append({"figure": line.name, "what": what, "measures": name, "size": n, "size_unit": size_unit,
+                            "value": round(value, 4), "unit": line.unit, "work": line.work, "runs": runs,
+                            "growth": round(growth, 2) if growth is not None else None,
+                            "flag": bool(what == "gitopsq" and growth is not None and growth > SCALE_FLAG),
+                            "source": row["figure"], "source_value": row["value"], "source_unit": row["unit"],
+                            "source_limit": row["limit"]})
+                previous = value
+    return out
+
+
+def print_growth(rows: list[dict], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    sizes = sorted({r["size"] for r in rows})
+    runs = {r["size"]: r["runs"] for r in rows}
+    table = Table(title=title)
+    table.add_column("figure", justify="left")
+    for n in sizes:
+        table.add_column(f"at {n:,}\n(median of {runs[n]})", justify="right")
+    for a, b in zip(sizes, sizes[1:]):
+        table.add_column(f"growth\n{a:,} -> {b:,}", justify="right")
+    table.add_column("work per unit", justify="left")
+    keys = list(dict.fromkeys((r["figure"], r["what"]) for r in rows))
+    for figure, what in keys:
+        mine = {r["size"]: r for r in rows if (r["figure"], r["what"]) == (figure, what)}
+        first = mine[sizes[0]]
+        label = figure if what == "gitopsq" else f"  limit: {first['measures']}"
+        cells = [f"{mine[n]['value']:,.4g} {first['unit']}" if n in mine else "-" for n in sizes]
+        growth = []
+        for n in sizes[1:]:
+            r = mine.get(n)
+            g = r and r["growth"]
+            growth.append("-" if g is None else f"{g:.2f}x" + (" (!)" if r["flag"] else ""))
+        table.add_row(label, *cells, *growth, first["work"] if what == "gitopsq" else "",
+                      style=None if what == "gitopsq" else "dim")
+    Console(width=180).print(table)
+
+
+def run_scale(args, groups: set[str], work: Path) -> list[dict]:
+    files_sizes = SCALE_QUICK_FILES if args.quick else SCALE_FILES
+    queued_sizes = SCALE_QUICK_QUEUED if args.quick else SCALE_QUEUED
+    small_runs = max(3, args.runs)
+    files_sizes = tuple((n, small_runs if runs > 1 else runs) for n, runs in files_sizes)
+    queued_sizes = tuple((n, max(runs, args.runs)) for n, runs in queued_sizes)
+    started = time.perf_counter()
+    tables = []
+    if groups & {"sync", "daemon"}:
+        lines = tuple(line for line in FILES_GROWTH if line.group in groups)
+        figures = []
+        for n, runs in files_sizes:
+            t = time.perf_counter()
+            figures.append(scale_files(n, runs, work / f"files-{n}", groups))
+            print(f"[{n:,} run files] {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+            if not args.keep:
+                shutil.rmtree(work / f"files-{n}", ignore_errors=True)
+        tables.append(("run files", growth_rows(lines, files_sizes, figures, "run files")))
+    if "queue" in groups:
+        figures = []
+        for n, runs in queued_sizes:
+            t = time.perf_counter()
+            figures.append(scale_queue(n, runs, work / f"queued-{n}"))
+            print(f"[{n:,} queued] {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+            if not args.keep:
+                shutil.rmtree(work / f"queued-{n}", ignore_errors=True)
+        tables.append(("queued submissions", growth_rows(QUEUE_GROWTH, queued_sizes, figures, "queued submissions")))
+    seconds = time.perf_counter() - started
+    for size_unit, rows in tables:
+        print_growth(rows, f"how cost grows with the number of {size_unit} (cost per unit of work; {seconds:.0f} s in all)")
+    print(f"growth: the cost per unit at one size / at the size before, i.e. how much faster than its work a "
+          f"figure grows (1.00 = in step with its work); (!) = more than {SCALE_FLAG:g}x. The work of a reconcile, a "
+          "step and a decision does not grow with the size: their growth is that of the whole cost. Peak RSS per run "
+          "is the daemon's VmHWM less a bare `import gitopsq.cli`, over the runs held. Limits (dim) are measured in "
+          "the same runs; a limit that grows too shows what the machine itself pays at that size.")
+    return [row for _, rows in tables for row in rows]
+
+
 # --- output --------------------------------------------------------------------------------------------
 
 
@@ -642,7 +844,14 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (repo, databases, daemon logs)")
     ap.add_argument("--slurm", action="store_true",
                     help="also commit-to-job-submitted on a one-machine Slurm cluster (root, slurm-wlm and munge)")
+    ap.add_argument("--scale", action="store_true",
+                    help="how cost grows: sync, reconcile, restart and daemon RSS at 1,000 / 10,000 / 100,000 run files, "
+                         "admission at 1,000 / 100,000 / 1,000,000 queued (with --only: sync, daemon, queue); "
+                         "writes bench/out/scale.json")
     args = ap.parse_args()
+    if args.scale:
+        main_scale(ap, args)
+        return
     runs = max(3, args.runs)
     groups = [g for g in args.only.split(",") if g] or list(GROUPS)
     unknown = set(groups) - set(GROUPS) - {SLURM_GROUP}
@@ -684,6 +893,22 @@ def main() -> None:
     Path(out).write_text(json.dumps(f.rows, indent=2) + "\n")
     print_table(f, f"gitopsq benchmarks ({files:,} files, {commits} commits, {queued:,} queued; median of {runs} runs; "
                    f"{time.perf_counter() - started:.0f} s)")
+    print(f"wrote {out}")
+
+
+def main_scale(ap: argparse.ArgumentParser, args) -> None:
+    groups = {g for g in args.only.split(",") if g} or set(SCALE_GROUPS)
+    if groups - set(SCALE_GROUPS):
+        ap.error(f"--scale --only: choose from {', '.join(SCALE_GROUPS)}")
+    out = Path(args.out or ROOT / "bench" / "out" / "scale.json")
+    work = Path(tempfile.mkdtemp(prefix="gitopsq-scale-"))
+    try:
+        rows = run_scale(args, groups, work)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=2) + "\n")
     print(f"wrote {out}")
 
 
