@@ -139,7 +139,7 @@ class Controller(ClusterRuns):
         """Keep the per-submission caches to the submissions still in play (a daemon runs for months)."""
         if len(self._specs) + len(self._unsatisfiable) < self._forget_at:
             return
-        active = {row["id"] for row in self.store.submissions_with_status(*ACTIVE)}
+        active = self.store.submission_ids_with_status(*ACTIVE)
         self._specs = {k: v for k, v in self._specs.items() if k in active}
         self._unsatisfiable = {k: v for k, v in self._unsatisfiable.items() if k in active}
         # Next time only when the caches have doubled again: amortised, not a full read per step.

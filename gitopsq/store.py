@@ -347,6 +347,11 @@ class Store:
             f"SELECT * FROM submissions WHERE status IN ({marks}) ORDER BY priority DESC, queued_at, id", statuses
         ).fetchall()
 
+    def submission_ids_with_status(self, *statuses: str) -> set[int]:
+        """The ids alone: knowing which of 10,000 queued submissions are live needs none of their specs."""
+        marks = ",".join("?" * len(statuses))
+        return {row[0] for row in self.conn.execute(f"SELECT id FROM submissions WHERE status IN ({marks})", statuses)}
+
     def update_submission(self, sub_id: int, **fields: Any) -> None:
         if not fields:
             return
