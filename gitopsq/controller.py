@@ -162,6 +162,7 @@ class Controller(ClusterRuns):
         cache = previous.files if previous else self._stored_files()
         base = cursor if cursor and cache else None
         tree = read_tree(self.repo, tip, cache, base=base, previous=previous, last_good=self._last_good_config())
+        tree.stored_specs = self.store.file_specs  # the rows of unchanged files hold no spec text: the store has it
         if tree.blocked:
             self._not_reconciled(tip, tree)
             return None, []
@@ -190,6 +191,7 @@ class Controller(ClusterRuns):
             self.store.set_cursor(self.branch, tip, now)
             self.store.event(None, None, "reconciled", {"commit": tip, "actions": len(done), "parsed": tree.parsed,
                                                          "errors": len(problems)}, tip, now)
+        tree.forget_spec_texts()  # written to the store above
         self._tree = tree  # only once committed: after a failed transaction the store is the truth
         self._blocked_at = None
         self._log_validity(tip, problems, broke, fixed)
@@ -244,7 +246,7 @@ class Controller(ClusterRuns):
 
     def _stored_files(self) -> dict[str, FileRow]:
         """The run files of the last reconciled tree as the store has them (after a start)."""
-        return {path: FileRow(**dict(row)) for path, row in self.store.files().items()}
+        return {path: FileRow(**{**dict(row), "spec": None}) for path, row in self.store.files().items()}  # see forget_spec_texts
 
     def _apply_action(self, action, commit: str, now: float) -> None:
         store = self.store
