@@ -23,7 +23,7 @@ from gitopsq.config import CONFIG_FILE
 from gitopsq.desired import AppliedConfig, FileRow, read_tree
 from gitopsq.launchinputs import LaunchInputs
 from gitopsq.nodetoken import attempt_token, is_current_attempt
-from gitopsq.plan import ACTIVE, absent, held, plan
+from gitopsq.plan import ACTIVE, Action, absent, held, plan
 from gitopsq.providers.base import AUTH, CAPACITY, ERROR, THROTTLE, UNSATISFIABLE, Launch, NodeStatus, Provider, ProviderError
 from gitopsq.source import ConfigRepo
 from gitopsq.spec import RunSpec
@@ -34,6 +34,7 @@ from gitopsq.yamlload import Problem
 log = logging.getLogger("gitopsq.controller")
 
 POLL_INTERVAL = 1.0  # while nodes run: how often to look at them
+SYNC_CHUNK = 500  # runs planned and recorded at a time by sync_git (see there)
 # Final status for each reason a submission was stopped by gitopsq.
 STOP_OUTCOME = {
     "deleted": "cancelled",
@@ -43,6 +44,13 @@ STOP_OUTCOME = {
     "stopped": "cancelled",  # gitopsq stop (gitopsq.intents)
     "rerun": "cancelled",  # gitopsq rerun of an active run: replaced by its new submission
 }
+
+
+def _name_chunks(names: set[str], size: int):
+    """The names in order, `size` at a time."""
+    ordered = sorted(names)
+    for start in range(0, len(ordered), size):
+        yield ordered[start:start + size]
 
 
 class StepFailed(Exception):
@@ -131,7 +139,7 @@ class Controller(ClusterRuns):
         """Keep the per-submission caches to the submissions still in play (a daemon runs for months)."""
         if len(self._specs) + len(self._unsatisfiable) < self._forget_at:
             return
-        active = {row["id"] for row in self.store.submissions_with_status(*ACTIVE)}
+        active = self.store.submission_ids_with_status(*ACTIVE)
         self._specs = {k: v for k, v in self._specs.items() if k in active}
         self._unsatisfiable = {k: v for k, v in self._unsatisfiable.items() if k in active}
         # Next time only when the caches have doubled again: amortised, not a full read per step.
@@ -140,7 +148,10 @@ class Controller(ClusterRuns):
     # --- git ----------------------------------------------------------------------------------
 
     def sync_git(self):
-        """Bring the store to the branch tip: plan, and record actions, cursor and files in one transaction."""
+        """Bring the store to the branch tip: plan, and record actions, cursor and files in one transaction.
+
+        Returns (the tip, or None when not reconciled; the actions done, as kind, run and file: their
+        specs and changes are in the store and its events)."""
         tip = self.repo.tip()
         cursor = self.store.cursor(self.branch)
         if tip is None or tip == cursor:
@@ -151,6 +162,7 @@ class Controller(ClusterRuns):
         cache = previous.files if previous else self._stored_files()
         base = cursor if cursor and cache else None
         tree = read_tree(self.repo, tip, cache, base=base, previous=previous, last_good=self._last_good_config())
+        tree.stored_specs = self.store.file_specs  # the rows of unchanged files hold no spec text: the store has it
         if tree.blocked:
             self._not_reconciled(tip, tree)
             return None, []
@@ -160,35 +172,48 @@ class Controller(ClusterRuns):
         # so the reason they are held is shown for as long as it lasts.
         invalid = tree.invalid_files  # a set built from every problem: once per sync
         affected |= {name for name in self.store.run_names_at(invalid) if name in tree.valid}
-        desired = tree.desired_of(affected)
-        known = self.store.recorded(affected)
-        actions = plan(desired, invalid, known)
-        gone = absent(desired, invalid, known)
-        stuck = held(desired, invalid, known)
-        problems = tree.all_problems() + [Problem(desired[name].file, 1, "name", why) for name, why in sorted(stuck.items())]
+        problems = tree.all_problems()
+        done: list[Action] = []
         now = self.clock()
         with self.store.transaction():
-            for action in actions:
-                self._apply_action(action, tip, now)
-            for name, want in desired.items():
-                if name not in stuck:
-                    self.store.upsert_run(name, want.file, want.blob, dict(want.spec), True, now)
-            for name in gone:
-                self.store.mark_absent(name, now)
-            self._sync_schedules(desired, known, gone, now)
+            # A run's plan depends on its own file and record alone, so the runs are planned and
+            # recorded a chunk at a time, in name order: a first sync of 10,000 never holds all
+            # their decoded specs at once (that peak was most of the daemon's memory).
+            for names in _name_chunks(affected, SYNC_CHUNK):
+                actions, stuck = self._sync_runs(tree, names, invalid, tip, now)
+                done += (Action(a.kind, a.run, a.file) for a in actions)  # what was done; the rest is in the store
+                problems += stuck
             removed = [p for p in tree.touched if p not in tree.files]
-            changed = [tree.files[p].as_dict() for p in tree.touched if p in tree.files]
-            self.store.replace_files(changed, removed)
+            self.store.replace_files((tree.files[p].as_dict() for p in tree.touched if p in tree.files), removed)
             broke, fixed = self.store.replace_problems([p.as_dict() for p in problems], tip)
             if self.store.applied_config() != (tree.applied.key, tree.applied.text):
                 self.store.set_applied_config(tree.applied.key, tree.applied.text)  # outlives its blob
             self.store.set_cursor(self.branch, tip, now)
-            self.store.event(None, None, "reconciled", {"commit": tip, "actions": len(actions), "parsed": tree.parsed,
+            self.store.event(None, None, "reconciled", {"commit": tip, "actions": len(done), "parsed": tree.parsed,
                                                          "errors": len(problems)}, tip, now)
+        tree.forget_spec_texts()  # written to the store above
         self._tree = tree  # only once committed: after a failed transaction the store is the truth
         self._blocked_at = None
         self._log_validity(tip, problems, broke, fixed)
-        return tip, actions
+        return tip, done
+
+    def _sync_runs(self, tree, names: list[str], invalid: set[str], tip: str, now: float) -> tuple[list[Action], list[Problem]]:
+        """Plan and record these runs of the tree (inside sync_git's transaction): their actions,
+        and a problem for each run another file claims while its own file is broken."""
+        desired = tree.desired_of(names)
+        known = self.store.recorded(set(names))
+        actions = plan(desired, invalid, known)
+        gone = absent(desired, invalid, known)
+        stuck = held(desired, invalid, known)
+        for action in actions:
+            self._apply_action(action, tip, now)
+        for name, want in desired.items():
+            if name not in stuck:
+                self.store.upsert_run(name, want.file, want.blob, dict(want.spec), True, now)
+        for name in gone:
+            self.store.mark_absent(name, now)
+        self._sync_schedules(desired, known, gone, now)
+        return actions, [Problem(desired[name].file, 1, "name", why) for name, why in sorted(stuck.items())]
 
     def _log_validity(self, tip: str, problems: list[Problem], broke: set[str], fixed: set[str]) -> None:
         """A line when a commit makes a file invalid (its runs keep their last valid spec), and when it is fixed."""
@@ -221,7 +246,7 @@ class Controller(ClusterRuns):
 
     def _stored_files(self) -> dict[str, FileRow]:
         """The run files of the last reconciled tree as the store has them (after a start)."""
-        return {path: FileRow(**dict(row)) for path, row in self.store.files().items()}
+        return {path: FileRow(**{**dict(row), "spec": None}) for path, row in self.store.files().items()}  # see forget_spec_texts
 
     def _apply_action(self, action, commit: str, now: float) -> None:
         store = self.store

@@ -11,8 +11,8 @@ are read with it) and the broken one's problems are shown. With no valid one eve
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from typing import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Callable, Mapping
 
 from gitopsq.config import (CONFIG_FILE, RepoConfig, bad_name_problem, config_not_a_file_problem, not_a_file_problem,
                             parse_config)
@@ -25,7 +25,7 @@ from gitopsq.yamlload import MAX_FILE_BYTES, Problem, SpecError, too_large
 SYMLINK_MODE = "120000"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileRow:
     """One run file of a tree and what parsing it gave (JSON text, as stored)."""
 
@@ -33,11 +33,12 @@ class FileRow:
     blob: str
     config: str  # blob id of .gitopsq.yml the result was computed with ("" when absent)
     name: str | None
-    spec: str | None
+    spec: str | None  # None for a valid file (name set) too, once its text is in the store: TreeState.stored_specs
     problems: str | None
 
     def as_dict(self) -> dict:
-        return self.__dict__.copy()
+        return {"path": self.path, "blob": self.blob, "config": self.config, "name": self.name, "spec": self.spec,
+                "problems": self.problems}
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,8 @@ class TreeState:
     claims: dict[str, tuple[str, ...]] = field(default_factory=dict)  # run name -> the valid files naming it
     applied: AppliedConfig | None = None  # the config the files were read with; None: blocked
     config_entry: Entry | None = None  # .gitopsq.yml as it is at this commit (valid or not)
+    # paths -> their spec texts, for the valid rows that no longer hold theirs (see forget_spec_texts)
+    stored_specs: Callable[[list[str]], dict[str, str]] | None = None
 
     @property
     def blocked(self) -> bool:
@@ -86,13 +89,23 @@ class TreeState:
 
     def desired_of(self, names) -> dict[str, Desired]:
         """The desired runs among `names`, specs decoded only for them (a commit touches a few of 10,000)."""
+        paths = {name: self.valid[name] for name in names if name in self.valid}
+        elsewhere = [path for path in paths.values() if self.files[path].spec is None]
+        texts = self.stored_specs(elsewhere) if elsewhere else {}
         out = {}
-        for name in names:
-            path = self.valid.get(name)
-            if path is not None:
-                row = self.files[path]
-                out[name] = Desired(name, path, row.blob, json.loads(row.spec))
+        for name, path in paths.items():
+            row = self.files[path]
+            out[name] = Desired(name, path, row.blob, json.loads(row.spec if row.spec is not None else texts[path]))
         return out
+
+    def forget_spec_texts(self) -> None:
+        """The store now holds the spec texts of the rows this tree touched: they drop theirs, and
+        desired_of reads the few it needs through stored_specs. A daemon holding 10,000 runs keeps
+        their names and blob ids, not 10,000 texts."""
+        for path in self.touched:
+            row = self.files.get(path)
+            if row is not None and row.spec is not None:
+                self.files[path] = replace(row, spec=None)
 
     @property
     def desired(self) -> dict[str, Desired]:

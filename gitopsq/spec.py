@@ -12,6 +12,7 @@ import difflib
 import functools
 import json
 import re
+import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
@@ -186,7 +187,7 @@ def _from_defaults(path: tuple, own: Any, defaults: Any) -> bool:
 # --- the normalised spec ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Range:
     min: float | None = None
     max: float | None = None
@@ -195,7 +196,7 @@ class Range:
         return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Gpu:
     vendor: str | None = None
     names: tuple[str, ...] = ()
@@ -204,7 +205,7 @@ class Gpu:
     count: Range = Range(1, 1)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Resources:
     cpu: Range | None = None
     memory: Range | None = None  # GB
@@ -220,7 +221,7 @@ class Resources:
         return int(self.gpu.count.min or 0)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Retry:
     on_events: tuple[str, ...] = RETRY_EVENTS
     duration: int | None = DEFAULT_RETRY_DURATION  # seconds; None retries forever
@@ -229,7 +230,7 @@ class Retry:
         return event in self.on_events
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PortMap:
     """A port the run listens on (container_port) and, as dstack has it, where a forward puts it
     on the user's machine (local_port: the same port unless written `9000:80`; None for `*:80`)."""
@@ -238,7 +239,30 @@ class PortMap:
     local_port: int | None = None
 
 
-@dataclass(frozen=True)
+# A controller holds the spec of every queued submission (10,000 and more): equal resources and
+# retry policies are one object, and the words every spec repeats one string, not one per spec.
+_SHARED_MAX = 1024  # distinct values kept; past that, new ones are simply not shared
+_shared_values: dict = {}
+
+
+def _shared(value):
+    """The same value decoded before (frozen, so sharing it is safe), else this one. Keyed by repr,
+    not equality: 1 == 1.0 == True, and a shared 1.0 would change the JSON the spec writes back."""
+    key = repr(value)
+    found = _shared_values.get(key)
+    if found is not None:
+        return found
+    if len(_shared_values) < _SHARED_MAX:
+        _shared_values[key] = value
+    return value
+
+
+def _word(text):
+    """A short string many specs repeat (a type, a shell, an event, an env name), interned."""
+    return sys.intern(text) if isinstance(text, str) and len(text) <= 64 else text
+
+
+@dataclass(frozen=True, slots=True)
 class RunSpec:
     name: str
     type: str
@@ -282,13 +306,14 @@ class RunSpec:
         if gpu is not None:
             gpu = Gpu(vendor=gpu["vendor"], names=tuple(gpu["names"]), memory=rng(gpu["memory"]),
                       total_memory=rng(gpu["total_memory"]), count=Range(**gpu["count"]))
-        resources = Resources(cpu=rng(res.get("cpu")), memory=rng(res.get("memory")), gpu=gpu,
-                              disk=rng(res.get("disk")), shm_size=res.get("shm_size"))
+        resources = _shared(Resources(cpu=rng(res.get("cpu")), memory=rng(res.get("memory")), gpu=gpu,
+                                      disk=rng(res.get("disk")), shm_size=res.get("shm_size")))
         retry = data.get("retry")
         if retry is not None:
-            retry = Retry(on_events=tuple(retry["on_events"]), duration=retry["duration"])
+            retry = _shared(Retry(on_events=tuple(map(_word, retry["on_events"])), duration=retry["duration"]))
         values = dict(data)
-        values.update(resources=resources, retry=retry, env=tuple(tuple(kv) for kv in data.get("env", ())))
+        values.update(resources=resources, retry=retry, env=tuple((_word(k), v) for k, v in data.get("env", ())))
+        values.update((key, _word(data[key])) for key in ("type", "shell") if isinstance(data.get(key), str))
         for key in ("commands", "init", "backends", "regions", "schedule"):
             values[key] = tuple(data.get(key, ()))
         # Specs stored before these fields existed have none of them.

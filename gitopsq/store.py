@@ -230,6 +230,12 @@ class Store:
     def files(self) -> dict[str, sqlite3.Row]:
         return {row["path"]: row for row in self.conn.execute("SELECT * FROM files")}
 
+    def file_specs(self, paths: list[str]) -> dict[str, str]:
+        """The spec texts of these run files of the last reconciled tree (the valid ones have one)."""
+        return {row[0]: row[1] for chunk in _chunks(sorted(paths)) for row in
+                self.conn.execute(f"SELECT path, spec FROM files WHERE path IN ({','.join('?' * len(chunk))})", chunk)
+                if row[1] is not None}
+
     def replace_files(self, rows: list[dict], removed: list[str]) -> None:
         self.conn.executemany("DELETE FROM files WHERE path = ?", [(p,) for p in removed])
         self.conn.executemany(
@@ -346,6 +352,11 @@ class Store:
         return self.conn.execute(
             f"SELECT * FROM submissions WHERE status IN ({marks}) ORDER BY priority DESC, queued_at, id", statuses
         ).fetchall()
+
+    def submission_ids_with_status(self, *statuses: str) -> set[int]:
+        """The ids alone: knowing which of 10,000 queued submissions are live needs none of their specs."""
+        marks = ",".join("?" * len(statuses))
+        return {row[0] for row in self.conn.execute(f"SELECT id FROM submissions WHERE status IN ({marks})", statuses)}
 
     def update_submission(self, sub_id: int, **fields: Any) -> None:
         if not fields:
