@@ -64,7 +64,7 @@ class StepResult:
 class _Queued(NamedTuple):
     """What admission derives from a queued submission's row, kept while the row is unchanged."""
 
-    row: object  # the sqlite3.Row it was derived from (compared whole: any column changed derives again)
+    values: tuple  # the row's values it was derived from (any of them changed: derived again)
     spec: RunSpec
     secrets: frozenset[str]
     waiting: q.Waiting
@@ -673,10 +673,10 @@ class Controller(ClusterRuns):
         """What admission needs of a queued submission (spec, secret names, its queue.Waiting),
         derived once per version of its row: the head of the queue is read every step, and a row
         that changed in any column (priority, backoff, retry window, spec) is derived again."""
-        entry = self._queued.get(row["id"])
-        if entry is None or entry.row != row:
+        entry, values = self._queued.get(row["id"]), tuple(row)  # values: Row == compares column names too
+        if entry is None or entry.values != values:
             spec = self._spec(row)
-            entry = self._queued[row["id"]] = _Queued(row, spec, frozenset(spec.secrets), self._waiting(row, spec))
+            entry = self._queued[row["id"]] = _Queued(values, spec, frozenset(spec.secrets), self._waiting(row, spec))
         return entry
 
     def _waiting(self, sub, spec: RunSpec) -> q.Waiting:
