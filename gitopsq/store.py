@@ -437,9 +437,10 @@ class Store:
     def has_queued(self) -> bool:
         return self.conn.execute("SELECT EXISTS(SELECT 1 FROM submissions WHERE status = 'queued')").fetchone()[0] == 1
 
-    def queued_in_order(self, first: int = 8) -> Iterator[list[sqlite3.Row]]:
-        """The queue in admission order (priority, then first queued), in chunks growing 4x:
-        the head is usually enough, a long scan stays a few round trips. Rows of QUEUED_COLUMNS."""
+    def queued_in_order(self, first: int = 2) -> Iterator[list[sqlite3.Row]]:
+        """The queue in admission order (priority, then first queued), in chunks growing 4x: the
+        head is usually enough (a step launches one run or none: each row read is decided on, so
+        the first chunk is small), a long scan stays a few round trips. Rows of QUEUED_COLUMNS."""
         cursor = self.conn.execute(f"SELECT {QUEUED_COLUMNS} FROM submissions WHERE status = 'queued' ORDER BY priority DESC, queued_at, id")
         size = first
         while rows := cursor.fetchmany(size):
