@@ -8,6 +8,7 @@ adopted or rolled back, nodes nobody owns are destroyed, stops are finished.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import random
@@ -556,8 +557,9 @@ class Controller(ClusterRuns):
         """
         now = self.clock()
         rows = {r["id"]: r for r in self.store.queued_needing_decision(now)}
-        has_head = self.store.has_queued()
-        if not rows and not has_head:
+        queue = self.store.queued_in_order()
+        head = next(queue, None)
+        if not rows and head is None:
             return []
         try:
             capacity = self.provider.capacity()
@@ -567,14 +569,14 @@ class Controller(ClusterRuns):
         freed_at = self._freed_at()
         self._known_secrets = None  # read once per admission, only when a run references a secret
         decision = None
-        if has_head:
-            # The head of the queue is always in the decision: a submission new in this step never
-            # takes freed room before one ahead of it that fits, or a cluster run that waits for it.
-            for chunk in self.store.queued_in_order():
-                rows.update((r["id"], r) for r in chunk)
-                decision = self._decide(rows, capacity, now, freed_at)
-                if self._full(capacity, decision, rows):
-                    break
+        # The head of the queue is always in the decision: a submission new in this step never
+        # takes freed room before one ahead of it that fits, or a cluster run that waits for it.
+        for chunk in itertools.chain([head], queue) if head else ():
+            rows.update((r["id"], r) for r in chunk)
+            decision = self._decide(rows, capacity, now, freed_at)
+            if self._full(capacity, decision, rows):
+                break
+        queue.close()  # the read ends here: no statement left open across the writes below
         if decision is None:
             decision = self._decide(rows, capacity, now, freed_at)
         self._record_decision(decision, rows, capacity, now)
