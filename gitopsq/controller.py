@@ -93,7 +93,7 @@ class Controller(ClusterRuns):
         self._queued: dict[int, _Queued] = {}  # see _queued_entry
         self._floor: dict[str, int] | None = None  # what the smallest run needs of the provider (see _full)
         self._forget_at = 2048  # cache size at which _forget_finished prunes
-        self._free_recorded: str | None = None  # the capacity_free last written (written only when it changes)
+        self._free_recorded: dict[str, int] | None = None  # the capacity_free last written (written only when it changes)
         self._known_secrets: set[str] | None = None  # secret names, read once per admission (see _missing_secrets)
         self._secret_waits: dict[int, list[str]] = {}  # submission id -> its missing secrets, this decision
 
@@ -591,7 +591,7 @@ class Controller(ClusterRuns):
         no transaction at all when it changes nothing (the usual step with a long queue)."""
         opening = [sub_id for sub_id in decision.wait
                    if rows[sub_id]["backoff_event"] == "secret-missing" or rows[sub_id]["window_start"] is None]
-        free = json.dumps(self._left(capacity, decision, rows), sort_keys=True)
+        free = self._left(capacity, decision, rows)
         if not (decision.fail or self._secret_waits or opening or free != self._free_recorded):
             return
         with self.store.transaction():
@@ -607,7 +607,7 @@ class Controller(ClusterRuns):
                     self.store.update_submission(sub_id, window_start=now, deadline=_deadline(spec, now),
                                                  demand=self._demand_text(spec))
             if free != self._free_recorded:  # for `ps` to say what a queued run waits for
-                self.store.set_meta("capacity_free", free)
+                self.store.set_meta("capacity_free", json.dumps(free, sort_keys=True))
         self._free_recorded = free  # only once committed
 
     def _decide(self, rows: dict, capacity: dict[str, int], now: float, freed_at: float | None) -> q.Decision:
