@@ -8,12 +8,13 @@ adopted or rolled back, nodes nobody owns are destroyed, stops are finished.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from gitopsq import intents
 from gitopsq import interruptions
@@ -69,6 +70,15 @@ class StepResult:
     next_wake: float | None = None
 
 
+class _Queued(NamedTuple):
+    """What admission derives from a queued submission's row, kept while the row is unchanged."""
+
+    values: tuple  # the row's values it was derived from (any of them changed: derived again)
+    spec: RunSpec
+    secrets: frozenset[str]
+    waiting: q.Waiting
+
+
 class Controller(ClusterRuns):
     def __init__(self, store: Store, provider: Provider, repo: ConfigRepo | None = None, branch: str = "main",
                  clock: Callable[[], float] = time.time, rng: random.Random | None = None,
@@ -88,8 +98,10 @@ class Controller(ClusterRuns):
         self._blocked_at: str | None = None  # a tip not reconciled for want of any valid .gitopsq.yml
         self._specs: dict[int, tuple[str, RunSpec]] = {}  # see _spec
         self._unsatisfiable: dict[int, str | None] = {}  # submission id -> why nothing here can run it (None: it fits)
+        self._queued: dict[int, _Queued] = {}  # see _queued_entry
+        self._floor: dict[str, int] | None = None  # what the smallest run needs of the provider (see _full)
         self._forget_at = 2048  # cache size at which _forget_finished prunes
-        self._free_recorded: str | None = None  # the capacity_free last written (written only when it changes)
+        self._free_recorded: dict[str, int] | None = None  # the capacity_free last written (written only when it changes)
         self._known_secrets: set[str] | None = None  # secret names, read once per admission (see _missing_secrets)
         self._secret_waits: dict[int, list[str]] = {}  # submission id -> its missing secrets, this decision
 
@@ -137,13 +149,14 @@ class Controller(ClusterRuns):
 
     def _forget_finished(self) -> None:
         """Keep the per-submission caches to the submissions still in play (a daemon runs for months)."""
-        if len(self._specs) + len(self._unsatisfiable) < self._forget_at:
+        if len(self._specs) + len(self._unsatisfiable) + len(self._queued) < self._forget_at:
             return
         active = self.store.submission_ids_with_status(*ACTIVE)
         self._specs = {k: v for k, v in self._specs.items() if k in active}
         self._unsatisfiable = {k: v for k, v in self._unsatisfiable.items() if k in active}
+        self._queued = {k: v for k, v in self._queued.items() if k in active}
         # Next time only when the caches have doubled again: amortised, not a full read per step.
-        self._forget_at = max(2048, 2 * (len(self._specs) + len(self._unsatisfiable)))
+        self._forget_at = max(2048, 2 * (len(self._specs) + len(self._unsatisfiable) + len(self._queued)))
 
     # --- git ----------------------------------------------------------------------------------
 
@@ -569,8 +582,9 @@ class Controller(ClusterRuns):
         """
         now = self.clock()
         rows = {r["id"]: r for r in self.store.queued_needing_decision(now)}
-        has_head = self.store.has_queued()
-        if not rows and not has_head:
+        queue = self.store.queued_in_order()
+        head = next(queue, None)
+        if not rows and head is None:
             return []
         try:
             capacity = self.provider.capacity()
@@ -579,59 +593,73 @@ class Controller(ClusterRuns):
             return []
         freed_at = self._freed_at()
         self._known_secrets = None  # read once per admission, only when a run references a secret
-        decision = self._decide(rows, capacity, now, freed_at)
-        if has_head:
-            # The head of the queue is always in the decision: a submission new in this step never
-            # takes freed room before one ahead of it that fits, or a cluster run that waits for it.
-            for chunk in self.store.queued_in_order():
-                rows.update((r["id"], r) for r in chunk)
-                decision = self._decide(rows, capacity, now, freed_at)
-                if self._full(capacity, decision, rows):
-                    break
-        with self.store.transaction():
-            for sub_id, reason in decision.fail:
-                self.store.set_status(sub_id, "failed", now, reason=reason, message=self._unsatisfiable.get(sub_id))
-            for sub_id, names in self._secret_waits.items():
-                self._wait_for_secrets(rows[sub_id], names, now)
-            for sub_id in decision.wait:
-                if rows[sub_id]["backoff_event"] == "secret-missing":  # its secrets exist now: it waits for room
-                    self.store.update_submission(sub_id, message=None, backoff_event=None)
-                if rows[sub_id]["window_start"] is None:  # the retry window opens the first time it waits
-                    spec = self._spec(rows[sub_id])
-                    self.store.update_submission(sub_id, window_start=now, deadline=_deadline(spec, now),
-                                                 demand=self._demand_text(spec))
-            self._record_free(capacity, decision, rows)
+        decision = None
+        # The head of the queue is always in the decision: a submission new in this step never
+        # takes freed room before one ahead of it that fits, or a cluster run that waits for it.
+        for chunk in itertools.chain([head], queue) if head else ():
+            rows.update((r["id"], r) for r in chunk)
+            decision = self._decide(rows, capacity, now, freed_at)
+            if self._full(capacity, decision, rows):
+                break
+        queue.close()  # the read ends here: no statement left open across the writes below
+        if decision is None:
+            decision = self._decide(rows, capacity, now, freed_at)
+        self._record_decision(decision, rows, capacity, now)
         launched = []
         for sub_id in decision.launch:
             if self._launch(rows[sub_id], self._spec(rows[sub_id])):
                 launched.append(sub_id)
         return launched
 
+    def _record_decision(self, decision: q.Decision, rows: dict, capacity: dict[str, int], now: float) -> None:
+        """Write what the decision changes of the runs that do not launch, and what is left free;
+        no transaction at all when it changes nothing (the usual step with a long queue)."""
+        opening = [sub_id for sub_id in decision.wait
+                   if rows[sub_id]["backoff_event"] == "secret-missing" or rows[sub_id]["window_start"] is None]
+        free = self._left(capacity, decision, rows)
+        if not (decision.fail or self._secret_waits or opening or free != self._free_recorded):
+            return
+        with self.store.transaction():
+            for sub_id, reason in decision.fail:
+                self.store.set_status(sub_id, "failed", now, reason=reason, message=self._unsatisfiable.get(sub_id))
+            for sub_id, names in self._secret_waits.items():
+                self._wait_for_secrets(rows[sub_id], names, now)
+            for sub_id in opening:
+                if rows[sub_id]["backoff_event"] == "secret-missing":  # its secrets exist now: it waits for room
+                    self.store.update_submission(sub_id, message=None, backoff_event=None)
+                if rows[sub_id]["window_start"] is None:  # the retry window opens the first time it waits
+                    spec = self._spec(rows[sub_id])
+                    self.store.update_submission(sub_id, window_start=now, deadline=_deadline(spec, now),
+                                                 demand=self._demand_text(spec))
+            if free != self._free_recorded:  # for `ps` to say what a queued run waits for
+                self.store.set_meta("capacity_free", json.dumps(free, sort_keys=True))
+        self._free_recorded = free  # only once committed
+
     def _decide(self, rows: dict, capacity: dict[str, int], now: float, freed_at: float | None) -> q.Decision:
         waiting, failed = [], []
         self._secret_waits = {}
         for row in rows.values():
-            spec = self._spec(row)
-            missing = self._missing_secrets(spec)
+            entry = self._queued_entry(row)
+            missing = self._missing_secrets(entry.secrets)
             if missing:  # not a capacity question: it takes no room and holds up no one behind it
                 self._secret_waits[row["id"]] = missing
                 continue
             if row["id"] not in self._unsatisfiable:  # asked once per submission, not once per step
-                self._unsatisfiable[row["id"]] = self.provider.unsatisfiable(spec)
+                self._unsatisfiable[row["id"]] = self.provider.unsatisfiable(entry.spec)
             if self._unsatisfiable[row["id"]]:  # nothing here can ever run it: fail at once, naming the resource
                 failed.append((row["id"], "unsatisfiable"))
             else:
-                waiting.append(self._waiting(row, spec))
+                waiting.append(entry.waiting)
         decision = q.admit(waiting, capacity, now, freed_at)
         return q.Decision(decision.launch, tuple(failed) + decision.fail, decision.wait, decision.next_check_at,
                           decision.reserved)
 
-    def _missing_secrets(self, spec: RunSpec) -> list[str]:
-        if not spec.secrets:
+    def _missing_secrets(self, names: frozenset[str]) -> list[str]:
+        if not names:
             return []
         if self._known_secrets is None:
             self._known_secrets = self.inputs.known_secrets()
-        return sorted(spec.secrets - self._known_secrets)
+        return sorted(names - self._known_secrets)
 
     def _wait_for_secrets(self, sub, names: list[str], now: float) -> None:
         """Queued until the secrets exist (`secret set` wakes the controller): said once, not each step."""
@@ -644,7 +672,7 @@ class Controller(ClusterRuns):
         """The capacity left once this decision's launches have taken theirs."""
         left = dict(capacity)
         for sub_id in decision.launch:
-            for key, amount in self.provider.demand(self._spec(rows[sub_id])).items():
+            for key, amount in self._queued_entry(rows[sub_id]).waiting.demand.items():
                 if key in left:
                     left[key] -= amount
         return left
@@ -653,19 +681,13 @@ class Controller(ClusterRuns):
         """What a submission needs from the provider, as stored for `ps` (submissions.demand)."""
         return json.dumps(self.provider.demand(spec), sort_keys=True)
 
-    def _record_free(self, capacity: dict[str, int], decision: q.Decision, rows: dict) -> None:
-        """What is free after this step's launches, for `ps` to say what a queued run waits for."""
-        text = json.dumps(self._left(capacity, decision, rows), sort_keys=True)
-        if text != self._free_recorded:
-            self.store.set_meta("capacity_free", text)
-            self._free_recorded = text
-
     def _full(self, capacity: dict[str, int], decision: q.Decision, rows: dict) -> bool:
         """True when what is left after this decision's launches, less what waiting cluster runs have
         set aside, cannot fit even the smallest run (reading further down the queue is then useless)."""
         left = q.unreserved(self._left(capacity, decision, rows), decision.reserved)
-        floor = self.provider.demand(RunSpec(name="floor", type="task"))
-        return any(key in left and left[key] < amount for key, amount in floor.items() if amount > 0)
+        if self._floor is None:  # the provider's demand depends on the spec alone
+            self._floor = self.provider.demand(RunSpec(name="floor", type="task"))
+        return any(key in left and left[key] < amount for key, amount in self._floor.items() if amount > 0)
 
     def _spec(self, row) -> RunSpec:
         """A submission's spec, decoded once per spec text (the queue is read every step)."""
@@ -673,6 +695,16 @@ class Controller(ClusterRuns):
         if cached is None or cached[0] != row["spec"]:
             cached = self._specs[row["id"]] = (row["spec"], RunSpec.from_dict(json.loads(row["spec"])))
         return cached[1]
+
+    def _queued_entry(self, row) -> _Queued:
+        """What admission needs of a queued submission (spec, secret names, its queue.Waiting),
+        derived once per version of its row: the head of the queue is read every step, and a row
+        that changed in any column (priority, backoff, retry window, spec) is derived again."""
+        entry, values = self._queued.get(row["id"]), tuple(row)  # values: Row == compares column names too
+        if entry is None or entry.values != values:
+            spec = self._spec(row)
+            entry = self._queued[row["id"]] = _Queued(values, spec, frozenset(spec.secrets), self._waiting(row, spec))
+        return entry
 
     def _waiting(self, sub, spec: RunSpec) -> q.Waiting:
         retry = spec.retry

@@ -14,7 +14,7 @@ import hmac
 
 def attempt_token(submission_token: str, attempt: int) -> str:
     """The token of attempt `attempt` (the submission's `attempts` when it was launched)."""
-    return hmac.new(submission_token.encode(), f"attempt:{attempt}".encode(), hashlib.sha256).hexdigest()
+    return hmac.digest(submission_token.encode(), f"attempt:{attempt}".encode(), hashlib.sha256).hex()
 
 
 def is_current_attempt(submission, token: str) -> bool:

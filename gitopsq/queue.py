@@ -78,7 +78,10 @@ def queue_order(waiting: Iterable[Waiting]) -> list[Waiting]:
 
 def fits(demand: Mapping[str, int], free: Mapping[str, int]) -> bool:
     """True when every demanded amount is available; unknown resources are unlimited."""
-    return all(amount <= free[name] for name, amount in demand.items() if name in free)
+    for name, amount in demand.items():  # a loop, not all(...): admit asks this of every run it reads
+        if name in free and amount > free[name]:
+            return False
+    return True
 
 
 def _in_backoff(w: Waiting, now: float, capacity_freed_at: float | None) -> bool:
@@ -121,10 +124,10 @@ def admit(
         # it would fit now, so the outcome does not depend on timing luck.
         if w.deadline is not None and now >= w.deadline:
             fail.append((w.submission_id, RETRY_LIMIT_EXCEEDED))
-        elif _in_backoff(w, now, capacity_freed_at):
+        elif w.next_try_at is not None and _in_backoff(w, now, capacity_freed_at):
             # Skipped entirely: it consumes no capacity this round.
             still_waiting.append(w)
-        elif fits(w.demand, unreserved(free, reserved)):
+        elif fits(w.demand, unreserved(free, reserved) if reserved else free):
             for name, amount in w.demand.items():
                 if name in free:
                     free[name] -= amount

@@ -17,6 +17,30 @@ def test_a_first_release_database_is_migrated(tmp_path):
     assert {"submissions_queue", "submissions_fresh", "submissions_deadline", "submissions_backoff"} <= indexes
 
 
+def test_the_indexes_that_find_queued_work_hold_only_the_queue_and_are_the_ones_read(tmp_path):
+    """A launch leaves these indexes once (its later status changes write none of their pages),
+    and each query that finds queued work still reads its own index, never the whole queue."""
+    path = tmp_path / "old.db"
+    write_first_release_state(path)
+    store = Store(path)
+    spec = {"name": "a", "type": "task", "priority": 3}
+    waiting = store.add_submission("a", spec, None, 1.0)
+    running = store.add_submission("b", dict(spec, name="b"), None, 1.0)
+    store.update_submission(waiting, window_start=1.0, deadline=5.0, next_try_at=4.0)
+    store.update_submission(running, status="running", deadline=2.0, next_try_at=3.0)
+    for name in ("submissions_fresh", "submissions_deadline", "submissions_backoff"):
+        (sql,) = store.conn.execute("SELECT sql FROM sqlite_master WHERE name = ?", (name,)).fetchone()
+        assert sql.endswith("WHERE status = 'queued'"), sql
+    read: list[str] = []
+    store.conn.set_trace_callback(read.append)
+    assert [row["id"] for row in store.queued_needing_decision(6.0)] == [waiting]
+    assert store.queue_timers(0.0) == (5.0, 4.0)
+    store.conn.set_trace_callback(None)
+    plans = [[row["detail"] for row in store.conn.execute("EXPLAIN QUERY PLAN " + sql)] for sql in read]
+    indexes = [[detail.split(" INDEX ")[1].split()[0] for detail in plan if " INDEX " in detail] for plan in plans]
+    assert indexes == [["submissions_fresh", "submissions_deadline"], ["submissions_deadline"], ["submissions_backoff"]], plans
+
+
 def test_a_newer_database_is_refused(tmp_path):
     store = Store(tmp_path / "s.db")
     store.set_meta("schema_version", str(SCHEMA_VERSION + 1))
