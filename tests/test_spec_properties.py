@@ -105,3 +105,47 @@ def test_unknown_fields_are_rejected_by_both():
                  "type: dev-environment\nport: 80\n", "type: dev-environment\nmystery: 1\n"):
         assert not plain.is_valid(yaml.safe_load(text)), text
         assert isinstance(outcome(text.encode()), SpecError), text
+
+
+# The compiled yes/no check (spec._fast_check) and jsonschema (spec._validator, the judge of a file
+# the check refuses) must give one verdict: a file the check passes is never shown to jsonschema.
+pairs = st.fixed_dictionaries({}, optional={  # mostly valid values: an invalid one would hide the others
+    "image": st.sampled_from(["python:3.12", "python:3.12", ""]), "python": st.sampled_from(["3.11", "3.11", "2.7"]),
+    "nvcc": st.booleans(), "shell": st.sampled_from(["sh", "/bin/zsh", "/bin\x1czsh"]),
+    "nodes": st.sampled_from([1, 2, 0, 1.0, True]),
+    "ports": st.sampled_from([[8080], ["9000:80"], ["*:80"], ["80\n"], [{"container_port": 80}]]),
+    "schedule": st.sampled_from([{"cron": "0 * * * *"}, {"cron": []}]),
+})
+compiled_cases = st.one_of(documents, near_valid, st.builds(lambda doc, extra: {**doc, **extra}, near_valid, pairs))
+
+
+@settings(max_examples=600, deadline=None)
+@given(compiled_cases)
+def test_the_compiled_check_and_jsonschema_agree(doc):
+    from gitopsq.spec import _fast_check, _validator
+
+    data = yaml.safe_load(yaml.safe_dump(doc))
+    assert _fast_check()(data) == _validator().is_valid(data), data
+
+
+def test_the_compiled_check_refuses_what_only_newer_drafts_say():
+    """fastjsonschema knows draft-07: `dependentSchemas` (image excludes python and nvcc) is
+    given to it as `dependencies`, and Python's regular expressions judge patterns for both."""
+    from gitopsq.spec import _fast_check, _validator
+
+    for doc in ({"type": "task", "commands": ["x"], "image": "a", "python": "3.11"},
+                {"type": "task", "commands": ["x"], "image": "a", "nvcc": True},
+                {"type": "task", "commands": ["x"], "shell": "/bin\x1czsh"},
+                {"type": "task", "commands": ["x"], "docker": True}):
+        assert not _validator().is_valid(doc), doc
+        assert not _fast_check()(doc), doc
+    assert _fast_check()({"type": "task", "commands": ["x"], "image": "a"})
+
+
+def test_a_keyword_draft_07_lacks_is_refused_not_skipped():
+    import pytest
+
+    from gitopsq.spec import _as_draft07, load_schema
+
+    with pytest.raises(ValueError, match="unevaluatedProperties"):
+        _as_draft07(load_schema())  # the published file has it; the runtime copy does not
