@@ -149,3 +149,19 @@ def test_a_keyword_draft_07_lacks_is_refused_not_skipped():
 
     with pytest.raises(ValueError, match="unevaluatedProperties"):
         _as_draft07(load_schema())  # the published file has it; the runtime copy does not
+
+
+@settings(max_examples=300, deadline=None)
+@given(compiled_cases)
+def test_a_spec_as_a_dict_is_what_dataclasses_asdict_makes(doc):
+    """RunSpec.to_dict is what is stored and diffed: its hand-written walk must give asdict's
+    value and types (tuples stay tuples until JSON), for every spec a file can make."""
+    import dataclasses
+    import json
+
+    result = outcome(yaml.safe_dump(doc).encode())
+    if isinstance(result, RunSpec):
+        plain = result.to_dict()
+        assert plain == dataclasses.asdict(result)
+        assert json.dumps(plain, sort_keys=True) == json.dumps(dataclasses.asdict(result), sort_keys=True)
+        assert repr(plain) == repr(dataclasses.asdict(result))  # same types, same key order
