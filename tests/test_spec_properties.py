@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 import yaml
@@ -143,8 +144,6 @@ def test_the_compiled_check_refuses_what_only_newer_drafts_say():
 
 
 def test_a_keyword_draft_07_lacks_is_refused_not_skipped():
-    import pytest
-
     from gitopsq.spec import _as_draft07, load_schema
 
     with pytest.raises(ValueError, match="unevaluatedProperties"):
@@ -165,3 +164,35 @@ def test_a_spec_as_a_dict_is_what_dataclasses_asdict_makes(doc):
         assert plain == dataclasses.asdict(result)
         assert json.dumps(plain, sort_keys=True) == json.dumps(dataclasses.asdict(result), sort_keys=True)
         assert repr(plain) == repr(dataclasses.asdict(result))  # same types, same key order
+
+
+def _same_data_as_pyyaml(raw: bytes) -> None:
+    from gitopsq.yamlload import load_yaml
+
+    try:
+        expected = repr(yaml.load(raw, Loader=yaml.CSafeLoader))
+    except Exception as exc:  # what PyYAML refuses, load_yaml refuses alike (parse_run reports either)
+        with pytest.raises((SpecError, type(exc))):
+            load_yaml(raw, "runs/prop.yml", allow_empty=True)
+        return
+    try:
+        loaded = load_yaml(raw, "runs/prop.yml", allow_empty=True)
+    except SpecError:
+        return
+    assert repr(loaded.data) == expected, raw
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(st.text(alphabet="abcdeklmnoprstuy:-[]{}&*!|>'\"#%@`,?\n .0123456789<", max_size=120),
+                 documents.map(yaml.safe_dump)))
+def test_the_data_read_is_what_pyyaml_constructs(text):
+    """load_yaml builds plain documents itself while it walks them for lines; what it builds is
+    what PyYAML's own constructor makes of the same text."""
+    _same_data_as_pyyaml(text.encode())
+
+
+def test_anchors_merge_keys_and_tags_read_as_pyyaml_reads_them():
+    for text in ("a: &x [1, 2]\nb: *x\n", "base: &b {x: 1}\nrun:\n  <<: *b\n  y: 2\n", "t: 2024-01-01\n",
+                 "s: !!str 12\n", "b: !!binary aGk=\n", "o: !!omap [{a: 1}]\n", "f: .inf\nn: ~\ni: 0x1F\nbool: yes\n",
+                 "set: !!set {a, b}\n", "x: &s hi\ny: *s\n", "e: !!int nope\n", "u: !custom 1\n"):
+        _same_data_as_pyyaml(text.encode())
