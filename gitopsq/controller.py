@@ -169,9 +169,11 @@ class Controller(ClusterRuns):
         now = self.clock()
         with self.store.transaction():
             for action in actions:
-                self._apply_action(action, tip, now)
+                self._apply_action(action, tip, now, desired[action.run].blob if action.run in desired else None)
+            # a submission's run row is written by its action, blob included: once, not twice per run
+            written = {a.run for a in actions if a.kind in ("submit", "restart")}
             for name, want in desired.items():
-                if name not in stuck:
+                if name not in stuck and name not in written:
                     self.store.upsert_run(name, want.file, want.blob, dict(want.spec), True, now)
             for name in gone:
                 self.store.mark_absent(name, now)
@@ -223,15 +225,16 @@ class Controller(ClusterRuns):
         """The run files of the last reconciled tree as the store has them (after a start)."""
         return {path: FileRow(**dict(row)) for path, row in self.store.files().items()}
 
-    def _apply_action(self, action, commit: str, now: float) -> None:
+    def _apply_action(self, action, commit: str, now: float, blob: str | None = None) -> None:
+        """blob: the blob of the run's file, recorded with the run by a submit or restart."""
         store = self.store
         detail = {"file": action.file, "changes": {k: [o, n] for k, (o, n) in action.changes.items()}}
         if action.kind in ("submit", "restart") and action.spec.get("schedule"):
-            self._apply_scheduled(action, detail, commit, now)
+            self._apply_scheduled(action, detail, commit, now, blob)
         elif action.kind in ("submit", "restart"):
             if action.kind == "restart":
                 self._stop(action.run, "replaced", commit, now)
-            store.upsert_run(action.run, action.file, None, dict(action.spec), True, now)
+            store.upsert_run(action.run, action.file, blob, dict(action.spec), True, now)
             sub_id = store.add_submission(action.run, dict(action.spec), commit, now)
             store.event(action.run, sub_id, action.kind, detail, commit, now)
         elif action.kind == "update":
@@ -245,12 +248,12 @@ class Controller(ClusterRuns):
 
     # --- schedules ------------------------------------------------------------------------------
 
-    def _apply_scheduled(self, action, detail: dict, commit: str, now: float) -> None:
+    def _apply_scheduled(self, action, detail: dict, commit: str, now: float, blob: str | None) -> None:
         """A scheduled run's file is new or changed: a commit never starts it, its ticks do (with
         the spec current at each tick). A restart still stops the submission that is active."""
         if action.kind == "restart":
             self._stop(action.run, "replaced", commit, now)
-        self.store.upsert_run(action.run, action.file, None, dict(action.spec), True, now)
+        self.store.upsert_run(action.run, action.file, blob, dict(action.spec), True, now)
         nxt = q.next_tick(action.spec["schedule"], now)
         self.store.event(action.run, None, "scheduled", {**detail, "next_tick_at": nxt}, commit, now)
 
