@@ -219,10 +219,12 @@ class Controller(ClusterRuns):
         gone = absent(desired, invalid, known)
         stuck = held(desired, invalid, known)
         for action in actions:
-            self._apply_action(action, tip, now)
+            self._apply_action(action, tip, now, tree.files[desired[action.run].file] if action.run in desired else None)
+        # a submission's run row is written by its action, blob included: once, not twice per run
+        written = {a.run for a in actions if a.kind in ("submit", "restart")}
         for name, want in desired.items():
-            if name not in stuck:
-                self.store.upsert_run(name, want.file, want.blob, dict(want.spec), True, now)
+            if name not in stuck and name not in written:
+                self.store.upsert_run(name, want.file, want.blob, dict(want.spec), True, now, tree.files[want.file].spec)
         for name in gone:
             self.store.mark_absent(name, now)
         self._sync_schedules(desired, known, gone, now)
@@ -261,21 +263,23 @@ class Controller(ClusterRuns):
         """The run files of the last reconciled tree as the store has them (after a start)."""
         return {path: FileRow(**{**dict(row), "spec": None}) for path, row in self.store.files().items()}  # see forget_spec_texts
 
-    def _apply_action(self, action, commit: str, now: float) -> None:
+    def _apply_action(self, action, commit: str, now: float, row: FileRow | None = None) -> None:
+        """row: the run's file as read (its blob is recorded with the run, its spec text reused)."""
+        blob, text = (row.blob, row.spec) if row is not None else (None, None)
         store = self.store
         detail = {"file": action.file, "changes": {k: [o, n] for k, (o, n) in action.changes.items()}}
         if action.kind in ("submit", "restart") and action.spec.get("schedule"):
-            self._apply_scheduled(action, detail, commit, now)
+            self._apply_scheduled(action, detail, commit, now, blob, text)
         elif action.kind in ("submit", "restart"):
             if action.kind == "restart":
                 self._stop(action.run, "replaced", commit, now)
-            store.upsert_run(action.run, action.file, None, dict(action.spec), True, now)
-            sub_id = store.add_submission(action.run, dict(action.spec), commit, now)
+            store.upsert_run(action.run, action.file, blob, dict(action.spec), True, now, text)
+            sub_id = store.add_submission(action.run, dict(action.spec), commit, now, spec_text=text)
             store.event(action.run, sub_id, action.kind, detail, commit, now)
         elif action.kind == "update":
             current = store.current_submission(action.run)
             spec = RunSpec.from_dict(action.spec)  # a new retry policy moves a waiting run's deadline
-            store.update_submission(current["id"], spec=json.dumps(dict(action.spec), sort_keys=True), priority=action.spec["priority"],
+            store.update_submission(current["id"], spec=text or json.dumps(dict(action.spec), sort_keys=True), priority=action.spec["priority"],
                                     deadline=_deadline(spec, current["window_start"]) if current["status"] == "queued" else current["deadline"])
             store.event(action.run, current["id"], "updated", detail, commit, now)
         elif action.kind == "cancel":
@@ -283,12 +287,12 @@ class Controller(ClusterRuns):
 
     # --- schedules ------------------------------------------------------------------------------
 
-    def _apply_scheduled(self, action, detail: dict, commit: str, now: float) -> None:
+    def _apply_scheduled(self, action, detail: dict, commit: str, now: float, blob: str | None, text: str | None) -> None:
         """A scheduled run's file is new or changed: a commit never starts it, its ticks do (with
         the spec current at each tick). A restart still stops the submission that is active."""
         if action.kind == "restart":
             self._stop(action.run, "replaced", commit, now)
-        self.store.upsert_run(action.run, action.file, None, dict(action.spec), True, now)
+        self.store.upsert_run(action.run, action.file, blob, dict(action.spec), True, now, text)
         nxt = q.next_tick(action.spec["schedule"], now)
         self.store.event(action.run, None, "scheduled", {**detail, "next_tick_at": nxt}, commit, now)
 

@@ -320,15 +320,19 @@ class Store:
         return {row[0] for chunk in _chunks(sorted(paths)) for row in
                 self.conn.execute(f"SELECT name FROM runs WHERE present = 1 AND file IN ({','.join('?' * len(chunk))})", chunk)}
 
-    def upsert_run(self, name: str, file: str | None, blob: str | None, spec: dict | None, present: bool, now: float) -> None:
+    def upsert_run(self, name: str, file: str | None, blob: str | None, spec: dict | None, present: bool, now: float,
+                   spec_text: str | None = None) -> None:
+        """spec_text: the spec as its sorted JSON text when the caller has it (a sync does), not encoded again."""
         priority = spec["priority"] if spec else 0
+        if spec_text is None and spec:
+            spec_text = json.dumps(spec, sort_keys=True)
         self.conn.execute(
             """INSERT INTO runs(name, file, blob, spec, priority, present, created_at, updated_at)
                VALUES(?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT(name) DO UPDATE SET file = excluded.file, blob = excluded.blob,
                  spec = COALESCE(excluded.spec, runs.spec), priority = excluded.priority,
                  present = excluded.present, updated_at = excluded.updated_at""",
-            (name, file, blob, json.dumps(spec, sort_keys=True) if spec else None, priority, int(present), now, now),
+            (name, file, blob, spec_text if spec else None, priority, int(present), now, now),
         )
 
     def mark_absent(self, name: str, now: float) -> None:
@@ -339,14 +343,16 @@ class Store:
 
     # --- submissions --------------------------------------------------------------------------
 
-    def add_submission(self, run: str, spec: dict, commit: str | None, now: float, submitted_by: str | None = None) -> int:
-        """Append submission N+1 of a run, queued (submitted_by: who asked for it by hand, None for a commit)."""
+    def add_submission(self, run: str, spec: dict, commit: str | None, now: float, submitted_by: str | None = None,
+                       spec_text: str | None = None) -> int:
+        """Append submission N+1 of a run, queued (submitted_by: who asked for it by hand, None for a commit;
+        spec_text: as for upsert_run)."""
         number = self.conn.execute("SELECT COALESCE(MAX(number), 0) + 1 FROM submissions WHERE run = ?", (run,)).fetchone()[0]
         cur = self.conn.execute(
             """INSERT INTO submissions(run, number, spec, priority, status, commit_sha, submitted_at, queued_at, attempts, token,
                                        submitted_by)
                VALUES(?, ?, ?, ?, 'queued', ?, ?, ?, 0, ?, ?)""",
-            (run, number, json.dumps(spec, sort_keys=True), spec["priority"], commit, now, now, secrets.token_urlsafe(24),
+            (run, number, spec_text or json.dumps(spec, sort_keys=True), spec["priority"], commit, now, now, secrets.token_urlsafe(24),
              submitted_by),
         )
         sub_id = cur.lastrowid

@@ -107,9 +107,11 @@ def load_yaml(raw: bytes, file: str, allow_empty: bool = False) -> Loaded:
                 return Loaded(None, {(): 1})
             raise SpecError([Problem(file, 1, "", "the file is empty; a run file is a mapping with at least `type`")])
         lines: dict[Path, int] = {(): node.start_mark.line + 1}
-        _walk(node, (), lines, file, [0])
+        walk = _Walk(loader)
+        data = _walk(node, (), lines, file, walk)
         try:
-            data = loader.construct_document(node)
+            if not walk.plain:  # anchors, merge keys, tags: PyYAML's constructor, with its errors
+                data = loader.construct_document(node)
         except RecursionError:
             raise SpecError([Problem(file, None, "", f"nested deeper than {MAX_DEPTH} levels")]) from None
         except yaml.YAMLError as exc:
@@ -120,10 +122,43 @@ def load_yaml(raw: bytes, file: str, allow_empty: bool = False) -> Loaded:
     return Loaded(data, lines)
 
 
-def _walk(node: yaml.Node, path: Path, lines: dict[Path, int], file: str, count: list[int]) -> None:
-    """Record lines, reject duplicate and non-string keys, bound alias expansion and depth."""
-    count[0] += 1
-    if count[0] > MAX_NODES:
+_STR, _MAP, _SEQ, _MERGE = (f"tag:yaml.org,2002:{t}" for t in ("str", "map", "seq", "merge"))
+_PLAIN_SCALARS = {f"tag:yaml.org,2002:{t}" for t in ("int", "float", "bool", "null")}
+
+
+class _Walk:
+    """What one walk of a document carries: the values seen, and whether the document is plain
+    (mappings, lists and str/int/float/bool/null scalars, no anchor used twice), so that the walk's
+    own values are the data. PyYAML builds the same values through a constructor at 4x the cost."""
+
+    def __init__(self, loader: yaml.CSafeLoader) -> None:
+        self.loader = loader
+        self.count = 0
+        self.plain = True
+        self.collections: set[int] = set()
+
+    def scalar(self, node: yaml.ScalarNode) -> Any:
+        if node.tag == _STR:
+            return node.value
+        if node.tag in _PLAIN_SCALARS:
+            try:
+                return self.loader.yaml_constructors[node.tag](self.loader, node)
+            except Exception:  # the constructor says what is wrong, from construct_document
+                pass
+        self.plain = False
+        return None
+
+    def collection(self, node: yaml.Node, tag: str) -> None:
+        if node.tag != tag or id(node) in self.collections:  # a tag, or an alias of a mapping or list
+            self.plain = False
+        self.collections.add(id(node))
+
+
+def _walk(node: yaml.Node, path: Path, lines: dict[Path, int], file: str, walk: _Walk) -> Any:
+    """Record lines, reject duplicate and non-string keys, bound alias expansion and depth; the
+    value of the node (meaningful while walk.plain)."""
+    walk.count += 1
+    if walk.count > MAX_NODES:
         raise SpecError([Problem(file, node.start_mark.line + 1, "", f"more than {MAX_NODES:,} values after expanding anchors and aliases (an alias bomb?)")])
     if len(path) > MAX_DEPTH:
         raise SpecError([Problem(file, node.start_mark.line + 1, "", f"nested deeper than {MAX_DEPTH} levels")])
@@ -132,11 +167,14 @@ def _walk(node: yaml.Node, path: Path, lines: dict[Path, int], file: str, count:
         raise SpecError([Problem(file, node.start_mark.line + 1, field_name(path),
                                  "contains a NUL byte (\\0), which cannot be passed to a process")])
     if isinstance(node, yaml.MappingNode):
+        walk.collection(node, _MAP)
         seen: dict[str, int] = {}
+        mapping = {}
         for key_node, value_node in node.value:
             line = key_node.start_mark.line + 1
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                _walk(value_node, path, lines, file, count)
+            if key_node.tag == _MERGE:
+                walk.plain = False
+                _walk(value_node, path, lines, file, walk)
                 continue
             if not isinstance(key_node, yaml.ScalarNode) or key_node.tag != "tag:yaml.org,2002:str":
                 shown = key_node.value if isinstance(key_node, yaml.ScalarNode) else "a " + key_node.id
@@ -148,9 +186,14 @@ def _walk(node: yaml.Node, path: Path, lines: dict[Path, int], file: str, count:
                 raise SpecError([Problem(file, line, field_name(child), f"duplicate key {key!r} (first at line {seen[key]})")])
             seen[key] = line
             lines.setdefault(child, line)
-            _walk(value_node, child, lines, file, count)
-    elif isinstance(node, yaml.SequenceNode):
+            mapping[key] = _walk(value_node, child, lines, file, walk)
+        return mapping
+    if isinstance(node, yaml.SequenceNode):
+        walk.collection(node, _SEQ)
+        items = []
         for index, item in enumerate(node.value):
             child = path + (index,)
             lines.setdefault(child, item.start_mark.line + 1)
-            _walk(item, child, lines, file, count)
+            items.append(_walk(item, child, lines, file, walk))
+        return items
+    return walk.scalar(node)

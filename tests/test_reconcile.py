@@ -341,3 +341,24 @@ def test_escaped_names_never_collide_with_real_ones(env):
     repo.commit("drop the latin-1 one")
     assert sync(controller) == [], "deleting one never cancels the other"
     assert store.file_problems() == []
+
+
+def test_a_run_and_its_submission_record_the_spec_the_file_gives(env):
+    """A sync records the spec text it parsed once for the file, the run and the submission (and
+    the blob with the run): each is exactly the spec encoded as the store encodes one."""
+    repo, store, provider, controller = env
+    repo.write("runs/b.yml", task("b", priority=10, env="{A: '1'}"))
+    repo.commit()
+    sync(controller)
+    controller.step()
+    repo.write("runs/a.yml", task("a", priority=70))
+    repo.write("runs/b.yml", task("b", priority=10, env="{A: '2'}"))
+    repo.commit()
+    assert sync(controller) == [("update", "a"), ("restart", "b")]
+    files = store.files()
+    for name in ("a", "b"):
+        run, sub = store.run(name), store.current_submission(name)
+        spec = json.loads(run["spec"])
+        assert run["spec"] == sub["spec"] == files[run["file"]]["spec"] == json.dumps(spec, sort_keys=True)
+        assert run["blob"] == files[run["file"]]["blob"]
+    assert spec["env"] == [["A", "2"]] and json.loads(store.run("a")["spec"])["priority"] == 70

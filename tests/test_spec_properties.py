@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 import yaml
@@ -105,3 +106,93 @@ def test_unknown_fields_are_rejected_by_both():
                  "type: dev-environment\nport: 80\n", "type: dev-environment\nmystery: 1\n"):
         assert not plain.is_valid(yaml.safe_load(text)), text
         assert isinstance(outcome(text.encode()), SpecError), text
+
+
+# The compiled yes/no check (spec._fast_check) and jsonschema (spec._validator, the judge of a file
+# the check refuses) must give one verdict: a file the check passes is never shown to jsonschema.
+pairs = st.fixed_dictionaries({}, optional={  # mostly valid values: an invalid one would hide the others
+    "image": st.sampled_from(["python:3.12", "python:3.12", ""]), "python": st.sampled_from(["3.11", "3.11", "2.7"]),
+    "nvcc": st.booleans(), "shell": st.sampled_from(["sh", "/bin/zsh", "/bin\x1czsh"]),
+    "nodes": st.sampled_from([1, 2, 0, 1.0, True]),
+    "ports": st.sampled_from([[8080], ["9000:80"], ["*:80"], ["80\n"], [{"container_port": 80}]]),
+    "schedule": st.sampled_from([{"cron": "0 * * * *"}, {"cron": []}]),
+})
+compiled_cases = st.one_of(documents, near_valid, st.builds(lambda doc, extra: {**doc, **extra}, near_valid, pairs))
+
+
+@settings(max_examples=600, deadline=None)
+@given(compiled_cases)
+def test_the_compiled_check_and_jsonschema_agree(doc):
+    from gitopsq.spec import _fast_check, _validator
+
+    data = yaml.safe_load(yaml.safe_dump(doc))
+    assert _fast_check()(data) == _validator().is_valid(data), data
+
+
+def test_the_compiled_check_refuses_what_only_newer_drafts_say():
+    """fastjsonschema knows draft-07: `dependentSchemas` (image excludes python and nvcc) is
+    given to it as `dependencies`, and Python's regular expressions judge patterns for both."""
+    from gitopsq.spec import _fast_check, _validator
+
+    for doc in ({"type": "task", "commands": ["x"], "image": "a", "python": "3.11"},
+                {"type": "task", "commands": ["x"], "image": "a", "nvcc": True},
+                {"type": "task", "commands": ["x"], "shell": "/bin\x1czsh"},
+                {"type": "task", "commands": ["x"], "docker": True}):
+        assert not _validator().is_valid(doc), doc
+        assert not _fast_check()(doc), doc
+    assert _fast_check()({"type": "task", "commands": ["x"], "image": "a"})
+
+
+def test_a_keyword_draft_07_lacks_is_refused_not_skipped():
+    from gitopsq.spec import _as_draft07, load_schema
+
+    with pytest.raises(ValueError, match="unevaluatedProperties"):
+        _as_draft07(load_schema())  # the published file has it; the runtime copy does not
+
+
+@settings(max_examples=300, deadline=None)
+@given(compiled_cases)
+def test_a_spec_as_a_dict_is_what_dataclasses_asdict_makes(doc):
+    """RunSpec.to_dict is what is stored and diffed: its hand-written walk must give asdict's
+    value and types (tuples stay tuples until JSON), for every spec a file can make."""
+    import dataclasses
+    import json
+
+    result = outcome(yaml.safe_dump(doc).encode())
+    if isinstance(result, RunSpec):
+        plain = result.to_dict()
+        assert plain == dataclasses.asdict(result)
+        assert json.dumps(plain, sort_keys=True) == json.dumps(dataclasses.asdict(result), sort_keys=True)
+        assert repr(plain) == repr(dataclasses.asdict(result))  # same types, same key order
+
+
+def _same_data_as_pyyaml(raw: bytes) -> None:
+    from gitopsq.yamlload import load_yaml
+
+    try:
+        expected = repr(yaml.load(raw, Loader=yaml.CSafeLoader))
+    except Exception as exc:  # what PyYAML refuses, load_yaml refuses alike (parse_run reports either)
+        with pytest.raises((SpecError, type(exc))):
+            load_yaml(raw, "runs/prop.yml", allow_empty=True)
+        return
+    try:
+        loaded = load_yaml(raw, "runs/prop.yml", allow_empty=True)
+    except SpecError:
+        return
+    assert repr(loaded.data) == expected, raw
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(st.text(alphabet="abcdeklmnoprstuy:-[]{}&*!|>'\"#%@`,?\n .0123456789<", max_size=120),
+                 documents.map(yaml.safe_dump)))
+def test_the_data_read_is_what_pyyaml_constructs(text):
+    """load_yaml builds plain documents itself while it walks them for lines; what it builds is
+    what PyYAML's own constructor makes of the same text."""
+    _same_data_as_pyyaml(text.encode())
+
+
+def test_anchors_merge_keys_and_tags_read_as_pyyaml_reads_them():
+    for text in ("a: &x [1, 2]\nb: *x\n", "base: &b {x: 1}\nrun:\n  <<: *b\n  y: 2\n", "t: 2024-01-01\n",
+                 "s: !!str 12\n", "b: !!binary aGk=\n", "o: !!omap [{a: 1}]\n", "f: .inf\nn: ~\ni: 0x1F\nbool: yes\n",
+                 "set: !!set {a, b}\n", "x: &s hi\ny: *s\n", "e: !!int nope\n", "u: !custom 1\n"):
+        _same_data_as_pyyaml(text.encode())
