@@ -489,7 +489,8 @@ def bench_queue(f: Figures, n: int, work: Path, runs: int) -> None:
     c = Controller(store, provider, None)
     c.recovered = True
     real = []
-    for _ in range(runs):
+    # as many decisions as the limit has pops: a median of 3 was the first, cold decision's as often as not
+    for _ in range(max(runs, min(200, n))):
         seconds, launched = timed(c.admit_and_launch)
         assert len(launched) == 1, launched
         real.append(seconds * 1e6)
@@ -497,7 +498,8 @@ def bench_queue(f: Figures, n: int, work: Path, runs: int) -> None:
             provider.stop(node)  # the slot is free again for the next decision
     store.close()
     f.add(f"admission: Controller.admit_and_launch at {n:,} queued", median(real), "us/decision", limit,
-          note="one admission decision as the controller takes it (read the queue, parse specs, admit, launch one)",
+          note=f"one admission decision as the controller takes it (read the queue, parse specs, admit, launch one; "
+               f"median of {len(real)} decisions)",
           target="< 1 ms per decision")
 
 
