@@ -36,6 +36,10 @@ log = logging.getLogger("gitopsq.controller")
 
 POLL_INTERVAL = 1.0  # while nodes run: how often to look at them
 SYNC_CHUNK = 500  # runs planned and recorded at a time by sync_git (see there)
+# First decisions (fail the unsatisfiable, open a retry window) taken in one step besides the head
+# of the queue's: after a first sync of 10,000 runs, the steps that take them stay short, so a
+# commit pushed meanwhile is reconciled at once, not after a second of bookkeeping.
+FIRST_DECISIONS_PER_STEP = 500
 # Final status for each reason a submission was stopped by gitopsq.
 STOP_OUTCOME = {
     "deleted": "cancelled",
@@ -104,6 +108,7 @@ class Controller(ClusterRuns):
         self._free_recorded: dict[str, int] | None = None  # the capacity_free last written (written only when it changes)
         self._known_secrets: set[str] | None = None  # secret names, read once per admission (see _missing_secrets)
         self._secret_waits: dict[int, list[str]] = {}  # submission id -> its missing secrets, this decision
+        self._undecided = False  # the last admission left submissions without their first decision
 
     # --- the step -----------------------------------------------------------------------------
 
@@ -585,7 +590,8 @@ class Controller(ClusterRuns):
         itself is read in order from its head, and only as far as the room goes.
         """
         now = self.clock()
-        rows = {r["id"]: r for r in self.store.queued_needing_decision(now)}
+        rows = {r["id"]: r for r in self.store.queued_needing_decision(now, FIRST_DECISIONS_PER_STEP)}
+        self._undecided = len(rows) == FIRST_DECISIONS_PER_STEP  # maybe more: the next step comes at once
         queue = self.store.queued_in_order()
         head = next(queue, None)
         if not rows and head is None:
@@ -821,6 +827,8 @@ class Controller(ClusterRuns):
     def next_wake(self) -> float | None:
         """When the next step is due without any trigger (None: only a trigger can change anything)."""
         now = self.clock()
+        if self._undecided:
+            return now
         times = [t for t in (*self.store.queue_timers(now), self.store.next_schedule_tick()) if t is not None]
         if self.store.has_active_nodes():
             times.append(now + POLL_INTERVAL)

@@ -445,11 +445,13 @@ class Store:
 
     # --- the queue, read by index (100,000 queued runs must not cost a full read per step) ----------
 
-    def queued_needing_decision(self, now: float) -> list[sqlite3.Row]:
-        """Queued submissions never decided on yet, and those whose retry window has ended (QUEUED_COLUMNS)."""
+    def queued_needing_decision(self, now: float, limit: int = -1) -> list[sqlite3.Row]:
+        """Queued submissions never decided on yet, and those whose retry window has ended
+        (QUEUED_COLUMNS); at most `limit` (-1: all), the ended windows first, then the oldest."""
         return self.conn.execute(  # one statement (each half on its own index): it runs at every step
-            f"SELECT {QUEUED_COLUMNS} FROM submissions WHERE status = 'queued' AND window_start IS NULL UNION ALL "
-            f"SELECT {QUEUED_COLUMNS} FROM submissions WHERE status = 'queued' AND deadline <= ?", (now,)).fetchall()
+            f"SELECT {QUEUED_COLUMNS} FROM submissions WHERE status = 'queued' AND deadline <= ? UNION ALL "
+            f"SELECT {QUEUED_COLUMNS} FROM submissions WHERE status = 'queued' AND window_start IS NULL LIMIT ?",
+            (now, limit)).fetchall()
 
     def queued_in_order(self, first: int = 2) -> Iterator[list[sqlite3.Row]]:
         """The queue in admission order (priority, then first queued), in chunks growing 4x: the

@@ -77,3 +77,27 @@ def test_what_admission_keeps_of_finished_runs_is_forgotten(tmp_path):
         world.provider.finish("node-2", exit_code=0)
         world.controller.step()
         assert world.controller._queued == {} and status(world, "r0") == "done"
+
+
+def test_a_step_takes_a_bounded_number_of_first_decisions_and_asks_for_the_next_step_at_once(tmp_path, monkeypatch):
+    """A first sync of 10,000 runs left them all to decide on (fail the unsatisfiable, open the
+    others' retry windows) in one step of over a second, and a commit pushed meanwhile waited for
+    it. Each step now takes at most FIRST_DECISIONS_PER_STEP of them and wakes the loop at once."""
+    import gitopsq.controller as controller
+
+    monkeypatch.setattr(controller, "FIRST_DECISIONS_PER_STEP", 3)
+    files = {f"runs/w{i}.yml": task(f"w{i}", priority=10, retry=WAIT) for i in range(7)}
+    files["runs/huge.yml"] = task("huge", priority=5, resources="{gpu: 64}")  # nothing here can run it
+    files["runs/top.yml"] = task("top", priority=90)
+    with fake_world(tmp_path, files, slots=1) as world:
+        result = world.controller.step()
+        assert world.provider.running_runs() == ["top"], "the head of the queue is decided on in the first step"
+        undecided = lambda: sum(1 for name in [f"w{i}" for i in range(7)] + ["huge"]  # noqa: E731
+                                if world.store.current_submission(name)["window_start"] is None
+                                and status(world, name) == "queued")
+        assert 4 <= undecided() <= 6, "at most 3 first decisions taken, and the head's"
+        assert result.next_wake is not None and result.next_wake <= world.clock(), "more to decide: step again at once"
+        for _ in range(3):
+            result = world.controller.step()
+        assert undecided() == 0 and status(world, "huge") == "failed"
+        assert result.next_wake is None or result.next_wake > world.clock(), "nothing left: no busy loop"

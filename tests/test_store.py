@@ -38,7 +38,7 @@ def test_the_indexes_that_find_queued_work_hold_only_the_queue_and_are_the_ones_
     store.conn.set_trace_callback(None)
     plans = [[row["detail"] for row in store.conn.execute("EXPLAIN QUERY PLAN " + sql)] for sql in read]
     indexes = [[detail.split(" INDEX ")[1].split()[0] for detail in plan if " INDEX " in detail] for plan in plans]
-    assert indexes == [["submissions_fresh", "submissions_deadline"], ["submissions_deadline"], ["submissions_backoff"]], plans
+    assert indexes == [["submissions_deadline", "submissions_fresh"], ["submissions_deadline"], ["submissions_backoff"]], plans
 
 
 def test_a_newer_database_is_refused(tmp_path):
