@@ -221,7 +221,8 @@ def test_set_signals_the_controller_named_by_the_lock(db, tmp_path):
         assert result.exit_code == 0
         assert f"Woke the controller (pid {holder.pid}): runs waiting for a are tried now." in result.output
         deadline = time.monotonic() + 10
-        while not woken.exists() and time.monotonic() < deadline:
+        # the file exists before its text is written: wait for the text
+        while not (woken.exists() and woken.read_text() == "yes") and time.monotonic() < deadline:
             time.sleep(0.02)
         assert woken.read_text() == "yes"
     finally:
