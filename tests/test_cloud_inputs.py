@@ -48,6 +48,7 @@ class Cloud:
 
     def __init__(self, tmp_path: Path, moto: MotoEC2Server, url: str, store: Store):
         self.tmp = tmp_path
+        self.moto = moto
         self.repo = GitRepo(tmp_path / "config")
         self.store = store
         self.url = url

@@ -13,7 +13,6 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
-import pytest
 
 from gitopsq import tokens
 from gitopsq.nodetoken import attempt_token
@@ -25,24 +24,12 @@ from gitopsq.store import Store
 from gitopsq.web import create_app
 from tests.helpers import Recorder, run_cli
 from tests.moto_ec2 import MotoEC2Server
-from tests.test_cloud_inputs import STATUS, Cloud, env  # noqa: F401  (env: the credentials fixture)
+from tests.test_cloud_inputs import STATUS, Cloud, cloud, env  # noqa: F401  (fixtures: the world, the credentials)
 from tests.test_daemon import wait_for
 from tests.webserver import running
 
 SECRET_VALUE = "hf-secret-value-4242"
 RESOURCES = "resources: {cpu: 2, memory: 8GB}\n"
-
-
-@pytest.fixture
-def cloud(tmp_path):
-    store = Store(tmp_path / "state" / "gitopsq.db")
-    app = create_app(store.path, Recorder(), lambda: dict(STATUS), None)
-    with MotoEC2Server() as moto, running(app) as url:
-        world = Cloud(tmp_path, moto, url, store)
-        world.moto = moto
-        yield world
-        world.config.close()
-    store.close()
 
 
 class Node:
