@@ -173,6 +173,8 @@ class Controller(ClusterRuns):
         tip = self.repo.tip()
         cursor = self.store.cursor(self.branch)
         if tip is None or tip == cursor:
+            if tip is not None and self._tree is None:
+                self._load_tree(tip)
             return tip, []  # a missing branch never means "cancel everything"
         if tip == self._blocked_at:
             return None, []  # already reported; only a new commit can change that
@@ -234,6 +236,18 @@ class Controller(ClusterRuns):
             self.store.mark_absent(name, now)
         self._sync_schedules(desired, known, gone, now)
         return actions, [Problem(desired[name].file, 1, "name", why) for name, why in sorted(stuck.items())]
+
+    def _load_tree(self, tip: str) -> None:
+        """The tree at the cursor, from the file rows the store holds (nothing is parsed): loaded
+        in a start's first step, so that the next commit patches it instead of reading them all
+        (1.5 s at 100,000 files, where a commit takes 50 ms)."""
+        stored = self._stored_files()
+        if not stored:
+            return
+        tree = read_tree(self.repo, tip, stored, base=tip, last_good=self._last_good_config())
+        if not tree.blocked:
+            tree.stored_specs = self.store.file_specs
+            self._tree = tree
 
     def _log_validity(self, tip: str, problems: list[Problem], broke: set[str], fixed: set[str]) -> None:
         """A line when a commit makes a file invalid (its runs keep their last valid spec), and when it is fixed."""

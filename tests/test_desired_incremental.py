@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -46,3 +47,27 @@ def test_patched_equals_rebuilt(tmp_path_factory, commits):
             rebuilt = read_tree(source, head, last_good=tree.applied)  # the config in force if .gitopsq.yml broke
             assert snapshot(patched) == snapshot(rebuilt)
             tree = patched
+
+
+def test_a_controller_started_on_a_store_at_the_tip_loads_its_tree_before_the_next_commit(tmp_path, monkeypatch):
+    """At 100,000 files the first commit after a restart took 1.5 s against 50 ms for the next:
+    with nothing to sync, the start loaded no tree, so that commit read every file row from the
+    store. The start's first step loads it now; a commit then reads only what it changed."""
+    from gitopsq.controller import Controller
+    from gitopsq.source import ConfigRepo
+    from tests.fakes import FakeProvider, fake_world
+    from tests.helpers import task
+
+    with fake_world(tmp_path, {f"runs/r{i}.yml": task(f"r{i}") for i in range(5)}) as world:
+        world.controller.step()
+        source = ConfigRepo(str(world.repo.path))
+        try:
+            restarted = Controller(world.store, FakeProvider(slots=10), source, clock=world.clock)
+            restarted.step()  # the tip is the cursor: nothing to sync
+            monkeypatch.setattr(world.store, "files", lambda: pytest.fail("the commit read every file row"))
+            world.repo.write("runs/r5.yml", task("r5"))
+            world.repo.commit("one more")
+            restarted.step()
+            assert world.store.current_submission("r5")["status"] in ("queued", "running")
+        finally:
+            source.close()
