@@ -182,6 +182,19 @@ def image_registry(image: str) -> str:
     return "https://index.docker.io/v1/"
 
 
+def placement_problem(spec: RunSpec, backend: str, runs_on: str, place: str) -> str | None:
+    """Why a provider with one place to run (no regions, no spot market) never runs the spec:
+    `backends` without `backend`, any `regions`, `spot_policy: spot`; None when none of them.
+    runs_on names the provider ("Slurm"), place where runs go ("a Slurm partition")."""
+    if spec.backends and backend not in spec.backends:
+        return f"backends: this controller runs on {runs_on}, not {', '.join(spec.backends)}"
+    if spec.regions:
+        return f"regions: {place} has no regions (asked for {', '.join(spec.regions)})"
+    if spec.spot_policy == "spot":
+        return f"spot_policy: {place} has no spot capacity; use on-demand or auto"
+    return None
+
+
 def secret_env_names(spec: RunSpec) -> list[str]:
     """The variables whose values hold a secret."""
     return [name for name, value in spec.env if secret_names(value)]

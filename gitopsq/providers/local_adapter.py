@@ -18,7 +18,7 @@ from pathlib import Path
 from libcloud.compute.base import Node
 from libcloud.compute.types import NodeState
 
-from gitopsq.providers.base import Isolation
+from gitopsq.providers.base import Isolation, placement_problem
 from gitopsq.providers.local import PROVIDER, LocalCapacityError, LocalError, LocalImageError, LocalNodeDriver, register
 from gitopsq.providers.pythons import default_python, find_python
 from gitopsq.providers.volumes import CONTAINER_WORKDIR, container_path, overlap, process_path_problem
@@ -64,13 +64,7 @@ class LocalAdapter:
         return None
 
     def _placement(self, spec) -> str | None:
-        if spec.backends and "local" not in spec.backends:
-            return f"backends: this controller runs on the local provider, not {', '.join(spec.backends)}"
-        if spec.regions:
-            return f"regions: the local provider has no regions (asked for {', '.join(spec.regions)})"
-        if spec.spot_policy == "spot":
-            return "spot_policy: the local provider has no spot capacity; use on-demand or auto"
-        return None
+        return placement_problem(spec, "local", "the local provider", "the local provider")
 
     def _runtime(self, spec) -> str | None:
         if spec.image and self.driver._container_tool() is None:

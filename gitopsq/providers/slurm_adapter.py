@@ -50,6 +50,7 @@ from gitopsq.providers.base import (
     LibcloudProvider,
     ProviderConfigError,
     ProviderError,
+    placement_problem,
     run_env,
     run_script,
     secret_env,
@@ -141,13 +142,7 @@ class SlurmAdapter:
         return None
 
     def _placement(self, spec: RunSpec) -> str | None:
-        if spec.backends and "slurm" not in spec.backends:
-            return f"backends: this controller runs on Slurm, not {', '.join(spec.backends)}"
-        if spec.regions:
-            return f"regions: a Slurm partition has no regions (asked for {', '.join(spec.regions)})"
-        if spec.spot_policy == "spot":
-            return "spot_policy: a Slurm partition has no spot capacity; use on-demand or auto"
-        return None
+        return placement_problem(spec, "slurm", "Slurm", "a Slurm partition")
 
     def _runtime(self, spec: RunSpec) -> str | None:
         if spec.image:
